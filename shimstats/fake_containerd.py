@@ -8,7 +8,7 @@ derive CRI's figures (shimstats.cri).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any as AnyType
 
@@ -47,7 +47,7 @@ def message_to_dict(msg: pb_message.Message) -> dict[str, AnyType]:
     for field, value in msg.ListFields():
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             out[field.name] = {k: _plain(v) for k, v in value.items()}
-        elif field.label == field.LABEL_REPEATED:
+        elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
             out[field.name] = [_plain(v) for v in value]
         else:
             out[field.name] = _plain(value)

@@ -35,10 +35,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shim", required=True, metavar="ADDR", help="shim address: unix:///path, vsock://CID:PORT")
+    p.add_argument(
+        "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
+    )
     p.add_argument("--id", required=True, help="container (task) id")
-    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: %(default)s)")
+    p.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
+    )
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run)
 
@@ -78,7 +82,7 @@ def format_table(result: StatsResult) -> str:
     rows = [
         ("usage", m.usage_bytes, human_bytes(m.usage_bytes)),
         ("working set", m.working_set_bytes, human_bytes(m.working_set_bytes)),
-        ("available", m.available_bytes, human_bytes(m.available_bytes) if m.available_bytes else "unlimited"),
+        ("available", m.available_bytes, human_bytes(m.available_bytes)),
         ("rss", m.rss_bytes, human_bytes(m.rss_bytes)),
         ("page faults", m.page_faults, ""),
         ("major page faults", m.major_page_faults, ""),
