@@ -1,0 +1,215 @@
+"""Pure parsers, one per kernel cgroupfs file format (text in, numbers out, no I/O).
+
+Why separate: each format is tiny but easy to get subtly wrong; keeping them pure makes every rule testable on
+a three-line sample. The rules every parser shares:
+
+- integers are plain ASCII decimal; anything else (``+5``, ``1_000``, ``0x10``, ``5.0``) is an error;
+- a negative integer reads as 0 (runc's and containerd's rule: per-cpu counters can drift below 0 briefly);
+- a value above 2**64-1 is an error;
+- the literal ``max`` (single-value limit files only) reads as ``U64_MAX`` ("no limit");
+- every error names the file (``source``) and the 1-based line: ``memory.stat:3: ...``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+U64_MAX = 2**64 - 1
+"""What an unlimited ("max") limit reads as; also the kernel's largest counter value."""
+
+
+class CgroupFormatError(ValueError):
+    """A kernel file did not have the format its parser expects; says which file and line."""
+
+    def __init__(self, source: str, line: int, reason: str) -> None:
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.line = line
+        self.reason = reason
+
+
+def _lines(text: str) -> list[str]:
+    """Split on newlines; the kernel ends every line with one, so only the last may be empty."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _u64(token: str, source: str, line: int) -> int:
+    """One integer token under the shared rules (negative → 0, above 2**64-1 → error)."""
+    if token.isascii() and token.isdigit():
+        value = int(token)
+        if value > U64_MAX:
+            raise CgroupFormatError(source, line, f"value {token} does not fit in 64 bits")
+        return value
+    if token[:1] == "-" and token[1:].isascii() and token[1:].isdigit():
+        return 0
+    raise CgroupFormatError(source, line, f"expected an integer, got {token!r}")
+
+
+def parse_flat_keyed(text: str, source: str) -> dict[str, int]:
+    """``key value`` per line (memory.stat, cpu.stat, memory.events, cpuacct.stat, memory.oom_control, ...).
+
+    Every line must have exactly one space; a repeated key is an error (the kernel never repeats one).
+    """
+    out: dict[str, int] = {}
+    lines = _lines(text)
+    for number, line in enumerate(lines, 1):
+        key, _, token = line.partition(" ")
+        # Fast path for the common line; everything unusual (negative, garbled, huge) goes through _u64.
+        if key and token.isdigit() and token.isascii() and len(token) < 20:
+            out[key] = int(token)
+        elif not key or not token or " " in token:
+            raise CgroupFormatError(source, number, f"expected 'key value', got {line!r}")
+        else:
+            out[key] = _u64(token, source, number)
+    if len(out) != len(lines):
+        seen: set[str] = set()
+        for number, line in enumerate(lines, 1):
+            key = line.partition(" ")[0]
+            if key in seen:
+                raise CgroupFormatError(source, number, f"key {key!r} repeated")
+            seen.add(key)
+    return out
+
+
+def parse_single(text: str, source: str) -> int:
+    """A one-value file (memory.current, memory.max, pids.max, cpuacct.usage, ...); ``max`` → U64_MAX."""
+    lines = _lines(text)
+    if len(lines) != 1:
+        raise CgroupFormatError(source, min(len(lines), 2), f"expected one line, got {len(lines)}")
+    token = lines[0]
+    if token == "max":
+        return U64_MAX
+    return _u64(token, source, 1)
+
+
+def parse_int_list(text: str, source: str) -> list[int]:
+    """Space-separated integers on one line (cpuacct.usage_percpu, which ends with a trailing space)."""
+    lines = _lines(text)
+    if len(lines) != 1:
+        raise CgroupFormatError(source, min(len(lines), 2), f"expected one line, got {len(lines)}")
+    return [_u64(token, source, 1) for token in lines[0].split()]
+
+
+def _device(token: str, source: str, line: int) -> tuple[int, int]:
+    """A ``major:minor`` device number."""
+    major, sep, minor = token.partition(":")
+    if not sep:
+        raise CgroupFormatError(source, line, f"expected 'major:minor', got {token!r}")
+    return _u64(major, source, line), _u64(minor, source, line)
+
+
+class BlkioLine(NamedTuple):
+    """One line of a v1 blkio file: an op of one device (op is ``""`` for files without ops)."""
+
+    major: int
+    minor: int
+    op: str
+    value: int
+
+
+def parse_blkio(text: str, source: str) -> list[BlkioLine]:
+    """A v1 blkio stat file (blkio.*_recursive, blkio.throttle.*, blkio.bfq.*).
+
+    Two shapes: ``maj:min Op value`` (per-op files; op as the kernel spells it: Read, Write, Sync, Async,
+    Discard, Total) and ``maj:min value`` (io_time, sectors). The file's own trailing ``Total n`` line, a sum
+    over devices, is not returned; it must be the last line if present.
+    """
+    out: list[BlkioLine] = []
+    lines = _lines(text)
+    for number, line in enumerate(lines, 1):
+        parts = line.split(" ")
+        if len(parts) == 2 and parts[0] == "Total":
+            if number != len(lines):
+                raise CgroupFormatError(source, number, "the file's 'Total' line must come last")
+            _u64(parts[1], source, number)
+            continue
+        if len(parts) == 3:
+            op = parts[1]
+            if not op.isalpha():
+                raise CgroupFormatError(source, number, f"bad op {op!r}")
+        elif len(parts) == 2:
+            op = ""
+        else:
+            raise CgroupFormatError(source, number, f"expected 'maj:min [Op] value', got {line!r}")
+        major, minor = _device(parts[0], source, number)
+        out.append(BlkioLine(major, minor, op, _u64(parts[-1], source, number)))
+    return out
+
+
+IO_STAT_KEYS = ("rbytes", "wbytes", "rios", "wios", "dbytes", "dios")
+"""The io.stat keys every kernel prints for a device; the parser reads these strictly."""
+
+
+@dataclass(frozen=True)
+class IoStatLine:
+    """One device line of v2 io.stat: the standard counters (a key the kernel did not print is absent)."""
+
+    major: int
+    minor: int
+    stats: dict[str, int]
+
+
+def parse_nested_keyed(text: str, source: str) -> list[IoStatLine]:
+    """v2 io.stat: ``maj:min key=value key=value ...`` per device.
+
+    Every token must be ``key=value``. The standard keys (IO_STAT_KEYS) must be integers; other keys come from
+    optional policies (iocost ``cost.vrate=100.00``, iolatency ``depth=max``, debug ``use_delay``) whose
+    values need not be integers, so they are skipped.
+    """
+    out: list[IoStatLine] = []
+    for number, line in enumerate(_lines(text), 1):
+        tokens = line.split(" ")
+        major, minor = _device(tokens[0], source, number)
+        stats: dict[str, int] = {}
+        for token in tokens[1:]:
+            key, sep, value = token.partition("=")
+            if not sep or not key:
+                raise CgroupFormatError(source, number, f"expected 'key=value', got {token!r}")
+            if key in IO_STAT_KEYS:
+                if key in stats:
+                    raise CgroupFormatError(source, number, f"key {key!r} repeated")
+                stats[key] = _u64(value, source, number)
+        out.append(IoStatLine(major, minor, stats))
+    return out
+
+
+def parse_meminfo(text: str, source: str) -> dict[str, int]:
+    """/proc/meminfo: ``Key:   value [kB]``; values with the ``kB`` unit are returned in bytes."""
+    out: dict[str, int] = {}
+    for number, line in enumerate(_lines(text), 1):
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not key or not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[1] != "kB"):
+            raise CgroupFormatError(source, number, f"expected 'Key: value [kB]', got {line!r}")
+        value = _u64(parts[0], source, number)
+        out[key] = value * 1024 if len(parts) == 2 else value
+    return out
+
+
+_HUGETLB_UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+
+
+def parse_hugetlb_name(name: str) -> tuple[str, str] | None:
+    """Split a hugetlb file name into (page size, file): ``hugetlb.2MB.current`` → ("2MB", "current").
+
+    None when the name is not a per-size hugetlb file. The page size keeps the kernel's spelling (a number and
+    KB/MB/GB), which is also the key kata-agent uses in its hugetlb map.
+    """
+    prefix, _, rest = name.partition(".")
+    size, dot, file = rest.partition(".")
+    if prefix != "hugetlb" or not dot or not file:
+        return None
+    digits, unit = size[:-2], size[-2:]
+    if unit not in _HUGETLB_UNITS or not (digits.isascii() and digits.isdigit()):
+        return None
+    return size, file
+
+
+def hugetlb_size_bytes(size: str) -> int:
+    """Page size in bytes of a kernel page-size name (``2MB`` → 2097152); for sorting and checks."""
+    return int(size[:-2]) * _HUGETLB_UNITS[size[-2:]]
