@@ -1,0 +1,71 @@
+"""Read small kernel files fast by keeping them open and re-reading them with pread at offset 0.
+
+Why: on cgroupfs an open() costs 4-6 µs (kernfs path walk) while pread of an open file costs about 1 µs, and
+kernfs regenerates a file's content on every read from offset 0. A stats answer reads some 20-35 files, so
+this turns ~250 µs of syscalls into ~40 µs. An open file does not pin its cgroup: rmdir still succeeds and
+later reads fail with ENODEV, which reads as "missing" here. Missing files are not cached (a file may appear
+later, e.g. when a v2 parent enables a controller). At most ``max_open`` files stay open (least recently used
+are closed first). Regular files work the same way, as long as they are rewritten in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+
+_CHUNK = 1 << 16
+
+
+class FileCache:
+    """Open kernel files by path, reused across reads; not thread-safe (one event loop owns it)."""
+
+    def __init__(self, max_open: int = 512) -> None:
+        self.max_open = max_open
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """The file's whole current content, or None when it does not exist (or its cgroup was removed)."""
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            self._fds[path] = fd
+            if len(self._fds) > self.max_open:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(path)
+        try:
+            data = os.pread(fd, _CHUNK, 0)
+            while len(data) % _CHUNK == 0 and data:
+                more = os.pread(fd, _CHUNK, len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as e:
+            self._drop(path)
+            if e.errno == errno.ENODEV:  # the cgroup was removed while the file was open
+                return None
+            raise
+        return data
+
+    def forget(self, directory: str) -> None:
+        """Close every cached file under ``directory`` (its cgroup is gone)."""
+        prefix = directory.rstrip("/") + "/"
+        for path in [p for p in self._fds if p.startswith(prefix)]:
+            self._drop(path)
+
+    def close(self) -> None:
+        """Close every cached file."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def _drop(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)

@@ -1,0 +1,374 @@
+"""CgroupReader on small cgroup trees written in tmp_path in the kernel's file formats.
+
+Each test writes the files one kernel version would have, then checks the record against those same numbers
+through the rule named in the test (the rules are listed in guest_agent.reader's docstring).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from guest_agent.layout import Layout, detect_layout
+from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
+from guest_agent.reader import KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.record import Counter
+
+V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
+CLK_TCK = 100
+NS = 1_000_000_000
+
+
+def write(directory: Path, files: Mapping[str, object]) -> None:
+    """Write each file as the kernel prints it: dicts as 'key value' lines, other values as one line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in files.items():
+        lines = [f"{k} {v}" for k, v in value.items()] if isinstance(value, Mapping) else [f"{value}"]
+        (directory / name).write_text("".join(line + "\n" for line in lines))
+
+
+def v1_counter(prefix: str, c: Counter) -> dict[str, object]:
+    return {
+        f"{prefix}usage_in_bytes": c.usage,
+        f"{prefix}max_usage_in_bytes": c.max_usage,
+        f"{prefix}failcnt": c.failcnt,
+        f"{prefix}limit_in_bytes": c.limit,
+    }
+
+
+V1_STAT = {"cache": 103809024, "rss": 114688, "total_cache": 103809024, "total_inactive_file": 73400320}
+V1_USAGE = Counter(usage=107118592, max_usage=109330432, failcnt=3, limit=V1_LIMIT)
+V1_MEMSW = Counter(usage=107118592 + 4096, max_usage=109334528, failcnt=1, limit=V1_LIMIT)
+V1_KMEM = Counter(usage=2633728, max_usage=2772992, failcnt=0, limit=V1_LIMIT)
+V1_KMEM_TCP = Counter(usage=0, max_usage=0, failcnt=0, limit=V1_LIMIT)
+
+
+def v1_tree(root: Path, path: str = "/c1", *, memsw: bool = True) -> Layout:
+    """A v1 hierarchy set with one container cgroup at ``path`` holding every file the agent reads."""
+    rel = path.lstrip("/")
+    memory = {
+        "memory.stat": V1_STAT,
+        "memory.use_hierarchy": 1,
+        "memory.oom_control": {"oom_kill_disable": 0, "under_oom": 0, "oom_kill": 2},
+        **v1_counter("memory.", V1_USAGE),
+        **v1_counter("memory.kmem.", V1_KMEM),
+        **v1_counter("memory.kmem.tcp.", V1_KMEM_TCP),
+    }
+    if memsw:
+        memory.update(v1_counter("memory.memsw.", V1_MEMSW))
+    write(root / "memory" / rel, memory)
+    write(root / "cpuacct" / rel, {"cpuacct.usage": 40220997, "cpuacct.stat": {"user": 7, "system": 3}})
+    (root / "cpuacct" / rel / "cpuacct.usage_percpu").write_text("1621743 38599254 \n")
+    write(
+        root / "cpu" / rel, {"cpu.stat": {"nr_periods": 10, "nr_throttled": 4, "throttled_time": 123456789}}
+    )
+    write(root / "pids" / rel, {"pids.current": 1, "pids.max": "max"})
+    write(root / "blkio" / rel, {})
+    return detect_layout(str(root))
+
+
+def test_v1_memory_is_read_as_the_kernel_counts_it(tmp_path):
+    record = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK).read("/c1")
+    mem = record.memory
+    assert mem is not None
+    assert mem.version == 1
+    assert mem.usage == V1_USAGE
+    assert mem.swap == V1_MEMSW  # memsw: memory + swap, passed through as the kernel counts it
+    assert mem.kernel == V1_KMEM
+    assert mem.kernel_tcp == V1_KMEM_TCP
+    assert mem.cache == V1_STAT["cache"]  # the local key, as kata-agent sends it
+    assert mem.use_hierarchy is True
+    assert dict(mem.stat) == V1_STAT
+    assert mem.oom_control["oom_kill"] == 2
+
+
+def test_v1_without_swap_accounting_has_no_swap_rather_than_zeros(tmp_path):
+    record = CgroupReader(v1_tree(tmp_path, memsw=False), clk_tck=CLK_TCK).read("/c1")
+    assert record.memory is not None
+    assert record.memory.swap is None
+
+
+def test_v1_cpu_converts_user_hz_ticks_to_ns_and_reads_throttling(tmp_path):
+    record = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK).read("/c1")
+    assert record.cpu is not None
+    usage = record.cpu.usage
+    assert usage is not None
+    assert usage.total == 40220997
+    assert usage.user == 7 * NS // CLK_TCK  # ticks × 1e9 / CLK_TCK
+    assert usage.kernel == 3 * NS // CLK_TCK
+    assert usage.percpu == (1621743, 38599254)
+    throttling = record.cpu.throttling
+    assert throttling is not None
+    assert (throttling.periods, throttling.throttled_periods, throttling.throttled_time) == (10, 4, 123456789)
+
+
+def test_pids_max_reads_as_unlimited(tmp_path):
+    record = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK).read("/c1")
+    assert record.pids is not None
+    assert (record.pids.current, record.pids.limit) == (1, U64_MAX)
+
+
+def test_v1_blkio_uses_the_throttle_files_when_cfq_ones_have_no_entry(tmp_path):
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    service_bytes = [BlkioLine(254, 0, "Read", 4096), BlkioLine(254, 0, "Write", 8192)]
+    serviced = [BlkioLine(254, 0, "Read", 1), BlkioLine(254, 0, "Write", 2)]
+    (blkio / "blkio.io_serviced_recursive").write_text("Total 0\n")  # CFQ file with no device (an idle disk)
+    for name, lines in (("io_service_bytes_recursive", service_bytes), ("io_serviced_recursive", serviced)):
+        text = "".join(f"{x.major}:{x.minor} {x.op} {x.value}\n" for x in lines) + "Total 0\n"
+        (blkio / f"blkio.throttle.{name}").write_text(text)
+    record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert dict(record.blkio.files) == {  # type: ignore[union-attr]
+        "io_service_bytes_recursive": tuple(service_bytes),
+        "io_serviced_recursive": tuple(serviced),
+    }
+
+
+def test_v1_blkio_prefers_cfq_files_that_have_entries(tmp_path):
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    (blkio / "blkio.io_serviced_recursive").write_text("8:0 Read 5\n8:0 Total 5\nTotal 5\n")
+    (blkio / "blkio.sectors_recursive").write_text("8:0 40\n")
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text("8:0 Read 999\nTotal 999\n")
+    record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert dict(record.blkio.files) == {  # type: ignore[union-attr]
+        "io_serviced_recursive": (BlkioLine(8, 0, "Read", 5), BlkioLine(8, 0, "Total", 5)),
+        "sectors_recursive": (BlkioLine(8, 0, "", 40),),
+    }
+
+
+def test_v1_missing_a_file_the_kernel_always_writes_is_an_error_naming_it(tmp_path):
+    layout = v1_tree(tmp_path)
+    os.unlink(tmp_path / "memory" / "c1" / "memory.failcnt")
+    with pytest.raises(IncompleteCgroup, match=r"memory/c1/memory\.failcnt: missing"):
+        CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+
+
+def test_a_garbled_file_is_an_error_naming_its_path_and_line(tmp_path):
+    layout = v1_tree(tmp_path)
+    (tmp_path / "memory" / "c1" / "memory.stat").write_text("cache 1\nrss one\n")
+    with pytest.raises(CgroupFormatError) as info:
+        CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert str(info.value).startswith(f"{tmp_path}/memory/c1/memory.stat:2: expected an integer, got 'one'")
+
+
+def test_a_file_that_is_not_ascii_is_an_error_naming_its_path(tmp_path):
+    layout = v1_tree(tmp_path)
+    (tmp_path / "memory" / "c1" / "memory.usage_in_bytes").write_bytes(b"12\xff\n")
+    with pytest.raises(CgroupFormatError, match=r"memory\.usage_in_bytes: not ASCII text \(byte 2\)"):
+        CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+
+
+def test_a_cgroup_that_does_not_exist_is_gone(tmp_path):
+    layout = v1_tree(tmp_path)
+    with pytest.raises(CgroupGone, match=r"memory/nope does not exist"):
+        CgroupReader(layout, clk_tck=CLK_TCK).read("/nope")
+
+
+def test_a_cgroup_removed_after_a_first_read_is_gone_and_its_files_are_closed(tmp_path):
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    reader.read("/c1")
+    assert len(reader.files) > 0
+    for controller in ("memory", "cpu", "cpuacct", "pids", "blkio"):
+        shutil.rmtree(tmp_path / controller / "c1")
+    with pytest.raises(CgroupGone):
+        reader.read("/c1")
+    assert len(reader.files) == 0
+
+
+def test_rewritten_files_are_read_fresh(tmp_path):
+    # The reader keeps files open between reads; an in-place rewrite (as the kernel regenerates) shows.
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    assert reader.read("/c1").pids.current == 1  # type: ignore[union-attr]
+    (tmp_path / "pids" / "c1" / "pids.current").write_text("42\n")
+    assert reader.read("/c1").pids.current == 42  # type: ignore[union-attr]
+
+
+V2_STAT = {
+    "anon": 114688,
+    "file": 103809024,
+    "kernel": 3145728,
+    "kernel_stack": 16384,
+    "pagetables": 8192,
+    "slab_reclaimable": 1000,
+    "slab_unreclaimable": 2000,
+    "inactive_file": 73400320,
+    "active_file": 30408704,
+}
+
+
+def v2_tree(root: Path, *, peak: bool = True, swap: bool = True, stat: Mapping[str, int] = V2_STAT) -> Layout:
+    write(root, {"cgroup.controllers": "cpuset cpu io memory hugetlb pids", "memory.stat": dict(stat)})
+    files: dict[str, object] = {
+        "memory.stat": dict(stat),
+        "memory.current": 107118592,
+        "memory.max": "max",
+        "memory.events": {"low": 0, "high": 0, "max": 7, "oom": 1, "oom_kill": 1, "oom_group_kill": 0},
+        "cpu.stat": {
+            "usage_usec": 40220,
+            "user_usec": 10000,
+            "system_usec": 30220,
+            "nr_periods": 5,
+            "nr_throttled": 2,
+            "throttled_usec": 1500,
+        },
+        "pids.current": 3,
+        "pids.max": 100,
+        "io.stat": "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0",
+    }
+    if peak:
+        files["memory.peak"] = 109330432
+    if swap:
+        files.update(
+            {
+                "memory.swap.current": 8192,
+                "memory.swap.max": "max",
+                "memory.swap.peak": 12288,
+                "memory.swap.events": {"high": 0, "max": 0, "fail": 4},
+            }
+        )
+    write(root / "c1", files)
+    return detect_layout(str(root))
+
+
+def test_v2_memory_fills_what_kata_agent_leaves_empty(tmp_path):
+    mem = CgroupReader(v2_tree(tmp_path)).read("/c1").memory
+    assert mem is not None
+    assert mem.version == 2
+    # usage = memory.current, limit "max" → 2^64-1, peak = memory.peak, failcnt = memory.events "max"
+    assert mem.usage == Counter(usage=107118592, max_usage=109330432, failcnt=7, limit=U64_MAX)
+    # swap only (memory.swap.*), unlimited → 2^64-1, failcnt = swap.events "fail"
+    assert mem.swap == Counter(usage=8192, max_usage=12288, failcnt=4, limit=U64_MAX)
+    assert mem.kernel == Counter(usage=V2_STAT["kernel"], max_usage=0, failcnt=0, limit=U64_MAX)
+    assert mem.cache == V2_STAT["file"]
+    assert mem.use_hierarchy is True
+    assert dict(mem.stat) == V2_STAT
+    assert mem.events["oom_kill"] == 1
+
+
+def test_v2_before_memory_peak_and_the_kernel_key_existed(tmp_path):
+    # Kernels before 5.19: no memory.peak (max_usage 0) and no "kernel" key (sum of the itemised parts).
+    stat = {k: v for k, v in V2_STAT.items() if k != "kernel"}
+    mem = CgroupReader(v2_tree(tmp_path, peak=False, stat=stat)).read("/c1").memory
+    assert mem is not None
+    assert mem.usage.max_usage == 0
+    assert mem.kernel is not None
+    assert mem.kernel.usage == sum(stat.get(k, 0) for k in KERNEL_PARTS)
+    assert mem.kernel.usage == 16384 + 8192 + 1000 + 2000
+
+
+def test_v2_without_swap_accounting_has_no_swap(tmp_path):
+    mem = CgroupReader(v2_tree(tmp_path, swap=False)).read("/c1").memory
+    assert mem is not None
+    assert mem.swap is None
+
+
+def test_v2_root_usage_is_anon_plus_file_and_swap_comes_from_meminfo(tmp_path):
+    layout = v2_tree(tmp_path)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       24684084 kB\nMemFree:        24000468 kB\nSwapTotal: 1024 kB\nSwapFree: 256 kB\n"
+    )
+    mem = CgroupReader(layout, meminfo=str(meminfo)).read("/").memory
+    assert mem is not None
+    # never MemTotal - MemFree (kubernetes#118916): usage = anon + file of the root memory.stat
+    assert mem.usage == Counter(
+        usage=V2_STAT["anon"] + V2_STAT["file"], max_usage=0, failcnt=0, limit=U64_MAX
+    )
+    assert mem.swap == Counter(usage=(1024 - 256) * 1024, max_usage=0, failcnt=0, limit=U64_MAX)
+    assert mem.events == {}
+
+
+def test_v2_root_without_meminfo_has_no_swap(tmp_path):
+    mem = CgroupReader(v2_tree(tmp_path), meminfo=str(tmp_path / "absent")).read("/").memory
+    assert mem is not None
+    assert mem.swap is None
+
+
+def test_v2_cpu_converts_usec_to_ns_including_throttled_time(tmp_path):
+    cpu = CgroupReader(v2_tree(tmp_path)).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert (cpu.usage.total, cpu.usage.user, cpu.usage.kernel) == (40220_000, 10000_000, 30220_000)
+    assert cpu.usage.percpu == ()
+    assert cpu.throttling is not None
+    assert (cpu.throttling.periods, cpu.throttling.throttled_periods) == (5, 2)
+    assert cpu.throttling.throttled_time == 1500 * 1000  # throttled_usec → ns (kata-agent leaves it 0)
+
+
+def test_v2_cpu_without_the_cpu_controller_has_usage_but_no_throttling(tmp_path):
+    layout = v2_tree(tmp_path)
+    (tmp_path / "c1" / "cpu.stat").write_text("usage_usec 5\nuser_usec 3\nsystem_usec 2\n")
+    cpu = CgroupReader(layout).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert cpu.usage.total == 5000
+    assert cpu.throttling is None
+
+
+def test_v2_pids_and_io(tmp_path):
+    record = CgroupReader(v2_tree(tmp_path)).read("/c1")
+    assert record.pids is not None
+    assert (record.pids.current, record.pids.limit) == (3, 100)
+    assert record.blkio is not None
+    devices = record.blkio.devices  # type: ignore[union-attr]
+    assert [(d.major, d.minor, d.stats) for d in devices] == [
+        (254, 0, {"rbytes": 4096, "wbytes": 8192, "rios": 1, "wios": 2, "dbytes": 0, "dios": 0})
+    ]
+
+
+def test_v2_root_pids_has_no_limit_file_and_means_unlimited(tmp_path):
+    layout = v2_tree(tmp_path)
+    (tmp_path / "pids.current").write_text("150\n")
+    record = CgroupReader(layout).read("/")
+    assert record.pids is not None
+    assert (record.pids.current, record.pids.limit) == (150, U64_MAX)
+
+
+def test_hugetlb_v1_and_v2_per_page_size(tmp_path):
+    v1_root = tmp_path / "v1"
+    layout = v1_tree(v1_root)
+    write(
+        v1_root / "hugetlb" / "c1",
+        {
+            "hugetlb.2MB.usage_in_bytes": 4 << 20,
+            "hugetlb.2MB.max_usage_in_bytes": 6 << 20,
+            "hugetlb.2MB.failcnt": 1,
+            "hugetlb.2MB.limit_in_bytes": V1_LIMIT,
+            "hugetlb.1GB.usage_in_bytes": 0,
+            "hugetlb.1GB.max_usage_in_bytes": 0,
+            "hugetlb.1GB.failcnt": 0,
+        },
+    )
+    layout = detect_layout(str(v1_root))
+    huge = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1").hugetlb
+    assert {k: (v.usage, v.max_usage, v.failcnt) for k, v in huge.items()} == {
+        "2MB": (4 << 20, 6 << 20, 1),
+        "1GB": (0, 0, 0),
+    }
+    v2_root = tmp_path / "v2"
+    v2_tree(v2_root)
+    write(v2_root / "c1", {"hugetlb.2MB.current": 2 << 20, "hugetlb.2MB.events": {"max": 5}})
+    huge = CgroupReader(detect_layout(str(v2_root))).read("/c1").hugetlb
+    # v2: usage = current, failcnt = events "max", no peak kept by the kernel → 0
+    assert {k: (v.usage, v.max_usage, v.failcnt) for k, v in huge.items()} == {"2MB": (2 << 20, 0, 5)}
+
+
+def test_hybrid_reads_v1_controllers_and_v2_hugetlb(tmp_path):
+    v1_tree(tmp_path)
+    write(tmp_path / "unified", {"cgroup.controllers": "hugetlb"})
+    write(tmp_path / "unified" / "c1", {"hugetlb.2MB.current": 0, "hugetlb.2MB.events": {"max": 0}})
+    layout = detect_layout(str(tmp_path))
+    assert layout.mode == "hybrid"
+    record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.memory is not None
+    assert record.memory.version == 1
+    assert set(record.hugetlb) == {"2MB"}
