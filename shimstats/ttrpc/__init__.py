@@ -1,0 +1,66 @@
+"""Our own ttrpc (containerd's lightweight RPC over unix sockets and vsock), in asyncio.
+
+Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes and TtrpcError),
+``transport`` (unix, vsock and hybrid-vsock addresses), ``client`` and ``server`` (unary calls).
+Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it.
+"""
+
+from shimstats.ttrpc.client import Client, SyncClient
+from shimstats.ttrpc.framing import (
+    FLAG_NO_DATA,
+    FLAG_REMOTE_CLOSED,
+    FLAG_REMOTE_OPEN,
+    HEADER_LEN,
+    MAX_MESSAGE,
+    Frame,
+    FrameDecoder,
+    MessageType,
+    Metadata,
+    OversizedFrame,
+    ProtocolError,
+    encode_frame,
+)
+from shimstats.ttrpc.server import CallContext, Handler, Server
+from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
+from shimstats.ttrpc.transport import (
+    Address,
+    AddressError,
+    Peer,
+    TransportError,
+    open_connection,
+    parse_address,
+    start_listener,
+    stop_listener,
+)
+
+__all__ = [
+    "FLAG_NO_DATA",
+    "FLAG_REMOTE_CLOSED",
+    "FLAG_REMOTE_OPEN",
+    "HEADER_LEN",
+    "MAX_MESSAGE",
+    "Address",
+    "AddressError",
+    "CallContext",
+    "Client",
+    "Code",
+    "Frame",
+    "FrameDecoder",
+    "Handler",
+    "MessageType",
+    "Metadata",
+    "OversizedFrame",
+    "Peer",
+    "ProtocolError",
+    "Server",
+    "SyncClient",
+    "TransportError",
+    "TtrpcError",
+    "encode_frame",
+    "error_from_status",
+    "make_status",
+    "open_connection",
+    "parse_address",
+    "start_listener",
+    "stop_listener",
+]

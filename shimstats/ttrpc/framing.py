@@ -1,0 +1,234 @@
+"""ttrpc wire format without I/O: frame encoding, an incremental frame decoder and the RPC envelope.
+
+A frame is a 10-byte big-endian header (payload length u32, stream id u32, message type u8, flags u8) and the
+payload. Bytes go in, events come out; sockets and asyncio live in client.py and server.py.
+
+Oversized frames: the length limit is 4 MiB, so byte 0 of a valid header is always zero. A header whose
+length is over the limit (which includes every header with a nonzero byte 0) is reported as
+:class:`OversizedFrame` and its body is skipped, exactly ``length`` bytes, however many feeds that takes. The
+stream then carries on with the next header; this is how containerd's Go server answers RESOURCE_EXHAUSTED
+without dropping the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+from google.protobuf.message import DecodeError
+
+from shimstats._proto.ttrpc.request_pb2 import KeyValue, Request, Response
+from shimstats.ttrpc.status import Code, Status, TtrpcError
+
+__all__ = [
+    "FLAG_NO_DATA",
+    "FLAG_REMOTE_CLOSED",
+    "FLAG_REMOTE_OPEN",
+    "HEADER_LEN",
+    "MAX_MESSAGE",
+    "MAX_STREAM_ID",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "MessageType",
+    "Metadata",
+    "OversizedFrame",
+    "ProtocolError",
+    "decode_request",
+    "decode_response",
+    "encode_frame",
+    "encode_request",
+    "encode_response",
+    "metadata_pairs",
+]
+
+HEADER_LEN = 10
+MAX_MESSAGE = 4 << 20  # payload bytes; exactly 4 MiB is still allowed
+MAX_STREAM_ID = 0xFFFFFFFF
+
+FLAG_REMOTE_CLOSED = 0x1  # Request: no more data from the client. Data: last data from this side.
+FLAG_REMOTE_OPEN = 0x2  # Request: the client will stream data.
+FLAG_NO_DATA = 0x4  # Data: the frame carries no payload.
+
+_HEADER = struct.Struct(">IIBB")
+
+
+class MessageType(enum.IntEnum):
+    """Frame message types. Decoded frames keep the raw int, since peers may send types we do not know."""
+
+    REQUEST = 1
+    RESPONSE = 2
+    DATA = 3
+
+
+class ProtocolError(Exception):
+    """The byte stream or an envelope cannot be ttrpc: the one exception type for malformed input."""
+
+
+@dataclass
+class Frame:
+    """One complete frame."""
+
+    stream_id: int
+    mtype: int
+    flags: int
+    payload: bytes
+
+
+@dataclass
+class OversizedFrame:
+    """A header announcing more than MAX_MESSAGE bytes; the decoder skips its body."""
+
+    stream_id: int
+    mtype: int
+    length: int
+
+
+Event = Union[Frame, OversizedFrame]
+# Call metadata as callers write it: a key maps to one value or to several (sent as repeated pairs, in order).
+Metadata = Mapping[str, Union[str, Sequence[str]]]
+
+
+def encode_frame(stream_id: int, mtype: int, flags: int, payload: bytes) -> bytes:
+    """Header plus payload, ready for one write; a payload over 4 MiB is refused with RESOURCE_EXHAUSTED."""
+    if len(payload) > MAX_MESSAGE:
+        raise TtrpcError(
+            Code.RESOURCE_EXHAUSTED,
+            f"message of {len(payload)} bytes exceeds the ttrpc limit of {MAX_MESSAGE} bytes",
+        )
+    try:
+        return _HEADER.pack(len(payload), stream_id, mtype, flags) + payload
+    except struct.error:
+        raise ValueError(
+            f"frame header out of range: stream id {stream_id}, type {mtype}, flags {flags}"
+        ) from None
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes in any chunking, get whole frames out in order.
+
+    Memory stays bounded by one frame: an oversized body is counted down, never buffered.
+    """
+
+    __slots__ = ("_buf", "_discard", "_need")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()  # start of an incomplete frame
+        self._need = HEADER_LEN  # bytes _buf must hold before it can yield anything
+        self._discard = 0  # body bytes of an oversized frame still to skip
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume ``data`` and return the events it completes (possibly none)."""
+        if type(data) is not bytes:
+            data = bytes(data)  # payloads must be immutable bytes whatever buffer type came in
+        if self._discard:
+            skipped = min(self._discard, len(data))
+            self._discard -= skipped
+            if skipped == len(data):
+                return []
+            data = data[skipped:]
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            data = bytes(self._buf)
+            self._buf.clear()
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        pos = 0
+        end = len(data)
+        unpack = _HEADER.unpack_from
+        while end - pos >= HEADER_LEN:
+            length, stream_id, mtype, flags = unpack(data, pos)
+            body = pos + HEADER_LEN
+            if length > MAX_MESSAGE:
+                events.append(OversizedFrame(stream_id, mtype, length))
+                skipped = min(length, end - body)
+                self._discard = length - skipped
+                pos = body + skipped
+                continue
+            stop = body + length
+            if stop > end:
+                self._need = HEADER_LEN + length
+                break
+            events.append(Frame(stream_id, mtype, flags, data[body:stop]))
+            pos = stop
+        else:
+            self._need = HEADER_LEN
+        if pos < end:
+            self._buf += memoryview(data)[pos:]
+        return events
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished frame held or still to be skipped (0 at a clean frame boundary)."""
+        return len(self._buf) + self._discard
+
+    def eof(self) -> None:
+        """The peer closed its side: raise ProtocolError if that cut a frame short."""
+        if self._discard:
+            raise ProtocolError(f"truncated frame: {self._discard} bytes of an oversized body never arrived")
+        if self._buf:
+            if len(self._buf) < HEADER_LEN:
+                raise ProtocolError(f"truncated frame: {len(self._buf)} of {HEADER_LEN} header bytes")
+            raise ProtocolError(f"truncated frame: {len(self._buf)} of {self._need} bytes")
+
+
+def metadata_pairs(metadata: Metadata | None) -> list[KeyValue]:
+    """Envelope KeyValues for a metadata mapping; a sequence value repeats the key, in order."""
+    if not metadata:
+        return []
+    pairs: list[KeyValue] = []
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            pairs.append(KeyValue(key=key, value=value))
+        else:
+            pairs.extend(KeyValue(key=key, value=v) for v in value)
+    return pairs
+
+
+def encode_request(
+    service: str,
+    method: str,
+    payload: bytes,
+    *,
+    timeout_nano: int = 0,
+    metadata: Iterable[KeyValue] = (),
+) -> bytes:
+    """Serialize a Request envelope."""
+    return Request(
+        service=service, method=method, payload=payload, timeout_nano=timeout_nano, metadata=metadata
+    ).SerializeToString()
+
+
+def decode_request(data: bytes) -> Request:
+    """Parse a Request envelope; ProtocolError says why it is not one."""
+    request = Request()
+    try:
+        request.ParseFromString(data)
+    except DecodeError as exc:
+        raise ProtocolError(f"undecodable request envelope ({len(data)} bytes): {exc}") from None
+    return request
+
+
+_OK = Status()
+
+
+def encode_response(payload: bytes, status: Status | None = None) -> bytes:
+    """Serialize a Response envelope; OK is sent as an empty status, as containerd's Go server does."""
+    return Response(status=_OK if status is None else status, payload=payload).SerializeToString()
+
+
+def decode_response(data: bytes) -> Response:
+    """Parse a Response envelope; ProtocolError says why it is not one."""
+    response = Response()
+    try:
+        response.ParseFromString(data)
+    except DecodeError as exc:
+        raise ProtocolError(f"undecodable response envelope ({len(data)} bytes): {exc}") from None
+    return response

@@ -1,0 +1,334 @@
+"""asyncio ttrpc server for unary calls, answering errors the way containerd's Go server does.
+
+Each connection is a Channel (bytes → frames); each request runs as its own task, so many calls on one
+connection proceed at once. Every response frame goes out in one write, so frames never interleave.
+Handlers get raw payload bytes and return raw bytes; decoding the method's messages is the service
+layer's job.
+
+Where we differ from Go on purpose:
+* a response over 4 MiB is answered with RESOURCE_EXHAUSTED on its stream (Go drops the whole connection);
+* connections and in-flight requests per connection are capped; over a cap a request gets
+  RESOURCE_EXHAUSTED. A peer that does not read our answers stops being read (bounded buffers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from shimstats.ttrpc.channel import Channel
+from shimstats.ttrpc.framing import (
+    MAX_MESSAGE,
+    Event,
+    Frame,
+    MessageType,
+    ProtocolError,
+    decode_request,
+    encode_frame,
+    encode_response,
+)
+from shimstats.ttrpc.status import Code, Status, TtrpcError, make_status
+from shimstats.ttrpc.transport import Address, Peer, create_listener, describe_peer, stop_listener
+
+__all__ = ["CallContext", "Handler", "Server"]
+
+log = logging.getLogger("shimstats.ttrpc")
+
+# Over-cap connections get this long to send a first request (answered RESOURCE_EXHAUSTED); then we hang up.
+_REJECT_WINDOW = 1.0
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about its call. ``deadline`` is in ``loop.time()`` units, None when unbounded."""
+
+    service: str
+    method: str
+    stream_id: int
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    deadline: float | None = None
+    peer: Peer = field(default_factory=lambda: Peer(address=""))
+
+
+Handler = Callable[[bytes, CallContext], Awaitable[bytes]]
+
+
+def _uncancel() -> None:
+    """Undo the cancel request our deadline timer made, so the task can go on to send the answer."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+; older asyncio keeps no count
+        task.uncancel()
+
+
+def _response_frame(stream_id: int, body: bytes) -> bytes:
+    return encode_frame(stream_id, MessageType.RESPONSE, 0, body)
+
+
+def _status_frame(stream_id: int, status: Status) -> bytes:
+    return _response_frame(stream_id, encode_response(b"", status))
+
+
+class _Connection:
+    """One accepted connection: turn Requests into handler tasks and their results into Responses."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.channel = Channel(self.on_event, self.on_close, on_open=self.on_open, backpressure=True)
+        self.calls: dict[int, asyncio.Task[None]] = {}
+        self.expired: set[int] = set()  # calls whose deadline timer cancelled them
+        self.last_stream_id = 0
+        self.draining = False
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.peer = Peer(address="")
+
+    def on_open(self) -> None:
+        self.peer = describe_peer(self.channel)
+
+    def on_event(self, event: Event) -> None:
+        refusal = self.dispatch(event)
+        if refusal is not None:
+            self.channel.write(_status_frame(event.stream_id, refusal))
+
+    def dispatch(self, event: Event) -> Status | None:
+        """Start a call for a good Request; return the Status to send back for anything refused."""
+        if not isinstance(event, Frame):  # OversizedFrame: the decoder skips its body
+            return make_status(
+                Code.RESOURCE_EXHAUSTED,
+                f"message length {event.length} exceeds the maximum of {MAX_MESSAGE} bytes",
+            )
+        stream_id = event.stream_id
+        if stream_id % 2 != 1:
+            return make_status(Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams")
+        if event.mtype == MessageType.DATA:
+            if stream_id not in self.calls:
+                return make_status(Code.INVALID_ARGUMENT, "StreamID is no longer active")
+            return None  # unary calls carry their payload in the Request; extra data is ignored
+        if event.mtype != MessageType.REQUEST:
+            return None  # unknown or server-only types are ignored, as Go does
+        if stream_id <= self.last_stream_id:
+            return make_status(Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment")
+        self.last_stream_id = stream_id
+        if self.draining:
+            return make_status(Code.UNAVAILABLE, "ttrpc server is shutting down")
+        if len(self.calls) >= self.server.max_in_flight:
+            return make_status(
+                Code.RESOURCE_EXHAUSTED,
+                f"too many requests in flight on this connection (limit {self.server.max_in_flight})",
+            )
+        try:
+            request = decode_request(event.payload)
+        except ProtocolError as exc:
+            return make_status(Code.INVALID_ARGUMENT, str(exc))
+        methods = self.server.services.get(request.service)
+        if methods is None:
+            return make_status(Code.UNIMPLEMENTED, f"service {request.service}")
+        handler = methods.get(request.method)
+        if handler is None:
+            return make_status(Code.UNIMPLEMENTED, f"method {request.method}")
+        metadata: dict[str, list[str]] = {}
+        for pair in request.metadata:
+            metadata.setdefault(pair.key.lower(), []).append(pair.value)
+        timeout_nano = request.timeout_nano
+        deadline = self.loop.time() + timeout_nano / 1e9 if timeout_nano else None
+        context = CallContext(request.service, request.method, stream_id, metadata, deadline, self.peer)
+        task = self.loop.create_task(self.call(handler, request.payload, context))
+        self.calls[stream_id] = task
+        task.add_done_callback(lambda _: self.finished(stream_id))
+        return None
+
+    async def call(self, handler: Handler, payload: bytes, context: CallContext) -> None:
+        stream_id = context.stream_id
+        timer = None
+        try:
+            if context.deadline is not None:
+                if context.deadline <= self.loop.time():
+                    raise TtrpcError(
+                        Code.DEADLINE_EXCEEDED, "the deadline had passed before the call started"
+                    )
+                # A timer that cancels this task: cheaper than a cancel scope, and we know who cancelled.
+                timer = self.loop.call_at(context.deadline, self.expire, stream_id)
+            try:
+                result = await handler(payload, context)
+            except asyncio.CancelledError:
+                if stream_id not in self.expired or self.channel.closed:
+                    raise  # the connection went away: nobody to answer
+                _uncancel()
+                raise TtrpcError(
+                    Code.DEADLINE_EXCEEDED,
+                    f"{context.service}/{context.method} did not finish before the deadline",
+                ) from None
+            body = encode_response(result)
+            if len(body) > MAX_MESSAGE:
+                body = encode_response(
+                    b"",
+                    make_status(
+                        Code.RESOURCE_EXHAUSTED,
+                        f"response of {len(body)} bytes exceeds the maximum of {MAX_MESSAGE} bytes",
+                    ),
+                )
+        except TtrpcError as exc:
+            body = encode_response(b"", exc.to_status())
+        except Exception as exc:
+            log.exception("ttrpc %s/%s from %s failed", context.service, context.method, self.peer.address)
+            body = encode_response(b"", make_status(Code.UNKNOWN, str(exc) or type(exc).__name__))
+        finally:
+            if timer is not None:
+                timer.cancel()
+                self.expired.discard(stream_id)
+        self.channel.write(_response_frame(stream_id, body))
+
+    def expire(self, stream_id: int) -> None:
+        task = self.calls.get(stream_id)
+        if task is not None:
+            self.expired.add(stream_id)
+            task.cancel()
+
+    def finished(self, stream_id: int) -> None:
+        del self.calls[stream_id]
+        if self.calls:
+            return
+        if self.channel.closed:
+            self._set_done()
+        elif self.draining:
+            self.channel.close()
+
+    def on_close(self, reason: BaseException | None) -> None:
+        if isinstance(reason, ProtocolError):
+            log.warning("ttrpc %s: %s; closed this connection", self.peer.address, reason)
+        elif reason is not None:
+            log.debug("ttrpc %s: connection ended: %s", self.peer.address, reason)
+        self.server._forget(self)
+        if not self.calls:
+            self._set_done()
+        for task in self.calls.values():
+            task.cancel()  # nobody is left to answer; done is set when the last one has unwound
+
+    def _set_done(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def drain(self) -> None:
+        """Graceful close: refuse new requests, hang up once the running ones have answered."""
+        self.draining = True
+        if not self.calls:
+            self.channel.close()
+
+
+class _Rejection:
+    """A connection we will not serve: answer its first request with RESOURCE_EXHAUSTED, then hang up."""
+
+    def __init__(self, server: Server, message: str) -> None:
+        self.server = server
+        self.message = message
+        self.answered = False
+        self.channel = Channel(self.on_event, self.on_close, on_open=self.on_open)
+        self.timer: asyncio.TimerHandle | None = None
+        server._rejecting += 1
+
+    def on_open(self) -> None:
+        if self.server._rejecting > self.server.max_connections:
+            self.channel.close()  # even rejections are capped: no status, just a closed socket
+        else:
+            self.timer = asyncio.get_running_loop().call_later(_REJECT_WINDOW, self.channel.close)
+
+    def on_event(self, event: Event) -> None:
+        if not self.answered:
+            self.answered = True
+            status = make_status(Code.RESOURCE_EXHAUSTED, self.message)
+            self.channel.write(_status_frame(event.stream_id, status))
+            self.channel.close()
+
+    def on_close(self, reason: BaseException | None) -> None:
+        self.server._rejecting -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class Server:
+    """A ttrpc server: register services, then ``serve`` (blocks until ``close``) or ``start`` (returns)."""
+
+    def __init__(self, *, max_connections: int = 256, max_in_flight: int = 1024) -> None:
+        if max_connections < 1 or max_in_flight < 1:
+            raise ValueError("max_connections and max_in_flight must be at least 1")
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.services: dict[str, Mapping[str, Handler]] = {}
+        self._listeners: list[asyncio.Server] = []
+        self._connections: set[_Connection] = set()
+        self._rejecting = 0
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+
+    def register(self, service: str, methods: Mapping[str, Handler]) -> None:
+        """Serve ``methods`` (name → handler) under a full service name, e.g. ``containerd.task.v2.Task``."""
+        if service in self.services:
+            raise ValueError(f"ttrpc service {service} is already registered")
+        self.services[service] = dict(methods)
+
+    async def start(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> asyncio.Server:
+        """Listen on an address (unix sockets get ``mode``), or adopt a listener made with
+        ``start_listener(addr, server.handle_connection)``. Returns once accepting."""
+        if self._closing:
+            raise RuntimeError("ttrpc server is closed")
+        if isinstance(listener, asyncio.Server):
+            server = listener
+        else:
+            server = await create_listener(listener, self._new_connection, mode=mode)
+        self._listeners.append(server)
+        return server
+
+    async def serve(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> None:
+        """``start``, then return only once ``close`` has finished."""
+        await self.start(listener, mode=mode)
+        await self._closed_event().wait()
+
+    def _closed_event(self) -> asyncio.Event:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        return self._closed
+
+    def _new_connection(self) -> Channel:
+        """Protocol factory for listeners: a served connection, or a rejection when over a cap."""
+        if self._closing:
+            return _Rejection(self, "ttrpc server is shutting down").channel
+        if len(self._connections) >= self.max_connections:
+            limit = self.max_connections
+            return _Rejection(self, f"too many connections to this ttrpc server (limit {limit})").channel
+        connection = _Connection(self)
+        self._connections.add(connection)
+        return connection.channel
+
+    def _forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection given as an asyncio stream pair (the callback for ``start_listener``)."""
+        await self._new_connection().run_streams(reader, writer)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served now (rejected ones excluded)."""
+        return len(self._connections)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, let running calls answer for up to ``grace`` seconds, cancel the rest, clean up."""
+        self._closing = True
+        for listener in self._listeners:
+            listener.close()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.drain()
+        pending = [connection.done for connection in connections]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for connection in connections:
+                if connection.done in late:
+                    connection.channel.close()  # on_close cancels what is still running
+            await asyncio.gather(*pending)
+        for listener in self._listeners:
+            await stop_listener(listener)
+        self._listeners.clear()
+        self._closed_event().set()
