@@ -112,7 +112,9 @@ def parse_address(text: str) -> Address:
     if scheme == "hvsock" and sep:
         path, colon, port_text = rest.rpartition(":")
         if not colon:
-            raise AddressError(f"{text!r}: expected hvsock:///path/to/vmm.sock:PORT")
+            raise AddressError(
+                f"{text!r}: the guest port is missing; expected hvsock:///path/to/vmm.sock:PORT"
+            )
         return Address("hvsock", path=_socket_path(path, text), port=_u32(port_text, "port", text))
     raise AddressError(f"{text!r}: expected unix:///path, vsock://CID:PORT or hvsock:///path:PORT")
 
