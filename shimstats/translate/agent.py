@@ -1,0 +1,298 @@
+"""Read a kata StatsContainerResponse (our guest agent's or a real kata-agent's) into a ContainerRecord.
+
+**Which cgroup version the guest runs** is decided from the raw memory.stat map only, because both agents send
+it verbatim and its key names differ by version: ``anon``/``file`` exist only on v2, ``cache``/``rss`` and the
+``total_*`` keys only on v1. A map with neither kind of key (empty: no memory controller data, or a kernel we
+do not know) or with both is **unknown**: the record then has usage and limit but no breakdown (every
+memory.stat figure None, so the working set is the whole usage: nothing is subtracted, as containerd does
+when the key is missing) and no swap or kernel counter, because what kata's ``swap_usage`` means (memory+swap
+on v1, swap only on v2) cannot be decided. Block I/O is still read by its op names.
+
+**A real kata-agent on a v2 guest** (reference/wire.md §5.3, semantics.md §7) leaves fields empty that our
+agent fills. It is recognised by ``use_hierarchy`` false, which our agent never sends on v2 (v2 is always
+hierarchical). What the stats map lets us rebuild is rebuilt for every v2 reply, so both agents give the same
+record:
+
+* cache (kata sends 0) = memory.stat ``file``;
+* kernel usage (kata sends 0) = memory.stat ``kernel``, or on kernels before 5.19, which lack that key, the
+  sum of its itemised parts (KERNEL_PARTS), a lower bound;
+* kernel_tcp = memory.stat ``sock``.
+
+What cannot be rebuilt is kept as None (sent as 0) and documented here:
+
+* the memory failcnt (kata sends 0; the count lives in memory.events, which kata does not read);
+* a swap limit of 0: kata sends 0 both for "max" (its parser fails on the word) and for a real 0, so the two
+  are indistinguishable (a non-zero swap limit is kept);
+* the throttled time (kata reads ``throttled_time``, a v1 key; v2 writes ``throttled_usec``).
+
+Other rules: a memory peak of 0 means "not reported" (memory.peak needs kernel 5.19); a pids limit of 0 is the
+kata spelling of "max" (no limit). v1 block I/O ops come lowercase from both agents and are restored to the
+kernel's spelling (Read, Write, Sync, Async, Discard, Total). A v2 device arrives as up to six entries in
+``io_service_bytes_recursive`` (ops read, write, rios, wios, dbytes, dios) and becomes one DeviceIO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from shimstats._proto.kata import agent_pb2
+from shimstats.translate.record import (
+    UNLIMITED,
+    BlkioLine,
+    ContainerRecord,
+    Counter,
+    CpuRecord,
+    DeviceIO,
+    GuestVersion,
+    HugetlbRecord,
+    IoRecord,
+    MemoryRecord,
+    MemoryStat,
+    NetworkRecord,
+    PidsRecord,
+    Throttling,
+    is_unlimited,
+)
+
+V1_KEYS: Mapping[str, str] = {
+    "anon": "rss",
+    "file": "cache",
+    "anon_thp": "rss_huge",
+    "shmem": "shmem",
+    "file_mapped": "mapped_file",
+    "file_dirty": "dirty",
+    "file_writeback": "writeback",
+    "swapcached": "swapcached",
+    "inactive_anon": "inactive_anon",
+    "active_anon": "active_anon",
+    "inactive_file": "inactive_file",
+    "active_file": "active_file",
+    "unevictable": "unevictable",
+    "pgfault": "pgfault",
+    "pgmajfault": "pgmajfault",
+    "pgpgin": "pgpgin",
+    "pgpgout": "pgpgout",
+    "workingset_refault_anon": "workingset_refault_anon",
+    "workingset_refault_file": "workingset_refault_file",
+}
+"""MemoryStat field → v1 memory.stat key (local; the hierarchical key is ``total_`` + it)."""
+
+V2_KEYS: tuple[str, ...] = tuple(MemoryStat.__dataclass_fields__)
+"""v2 memory.stat keys: every MemoryStat field, under its own name."""
+
+KERNEL_PARTS = (
+    "kernel_stack",
+    "pagetables",
+    "sec_pagetables",
+    "percpu",
+    "slab_reclaimable",
+    "slab_unreclaimable",
+    "vmalloc",
+)
+"""v2 memory.stat keys whose sum stands for kernel memory on kernels without the ``kernel`` key (< 5.19)."""
+
+V2_IO_OPS: Mapping[str, str] = {
+    "read": "read_bytes",
+    "write": "write_bytes",
+    "dbytes": "discard_bytes",
+    "rios": "read_ios",
+    "wios": "write_ios",
+    "dios": "discard_ios",
+}
+"""kata op of a v2 io.stat entry → DeviceIO field."""
+
+V1_DIRECTIONS: Mapping[str, str] = {"Read": "read", "Write": "write", "Discard": "discard"}
+"""v1 blkio op → DeviceIO direction: bytes in io_service_bytes_recursive, ios in io_serviced_recursive."""
+
+KERNEL_OPS: Mapping[str, str] = {
+    op.lower(): op for op in ("Read", "Write", "Sync", "Async", "Discard", "Total")
+}
+"""kata's lowercase v1 blkio op → the kernel's spelling; other ops ("" in io_time, sectors) pass unchanged."""
+
+BLKIO_FILES = (
+    "io_service_bytes_recursive",
+    "io_serviced_recursive",
+    "io_queued_recursive",
+    "io_service_time_recursive",
+    "io_wait_time_recursive",
+    "io_merged_recursive",
+    "io_time_recursive",
+    "sectors_recursive",
+)
+"""The kata BlkioStats fields; each one carries the v1 ``blkio.<name>`` file of the same name."""
+
+_V2_ONLY_OPS = frozenset(("rios", "wios", "dbytes", "dios"))
+
+
+def guest_version(response: agent_pb2.StatsContainerResponse) -> GuestVersion:
+    """v1, v2 or unknown, from the memory.stat key names (rules in the module docstring)."""
+    stats = response.cgroup_stats.memory_stats.stats
+    v2 = "anon" in stats or "file" in stats
+    v1 = "cache" in stats or "rss" in stats or any(key.startswith("total_") for key in stats)
+    if v1 == v2:
+        return "unknown"
+    return "v2" if v2 else "v1"
+
+
+def record_from_agent(response: agent_pb2.StatsContainerResponse) -> ContainerRecord:
+    """The ContainerRecord for one reply; a controller the reply lacks stays None."""
+    guest = guest_version(response)
+    cg = response.cgroup_stats
+    gaps = guest == "v2" and cg.HasField("memory_stats") and not cg.memory_stats.use_hierarchy
+    return ContainerRecord(
+        guest=guest,
+        kata_v2_gaps=gaps,
+        memory=_memory(cg.memory_stats, guest, gaps) if cg.HasField("memory_stats") else None,
+        cpu=_cpu(cg.cpu_stats, gaps) if cg.HasField("cpu_stats") else None,
+        pids=_pids(cg.pids_stats) if cg.HasField("pids_stats") else None,
+        io=_io(cg.blkio_stats, guest) if cg.HasField("blkio_stats") else None,
+        hugetlb=tuple(
+            HugetlbRecord(size, h.usage, h.max_usage or None, h.failcnt)
+            for size, h in sorted(cg.hugetlb_stats.items())
+        ),
+        network=tuple(_network(n) for n in response.network_stats),
+    )
+
+
+def _pids(ps: agent_pb2.PidsStats) -> PidsRecord:
+    return PidsRecord(current=ps.current, limit=ps.limit or None)
+
+
+def _counter(data: agent_pb2.MemoryData) -> Counter:
+    return Counter(usage=data.usage, limit=data.limit, max_usage=data.max_usage or None, failcnt=data.failcnt)
+
+
+def _memory(ms: agent_pb2.MemoryStats, guest: GuestVersion, gaps: bool) -> MemoryRecord:
+    usage = _counter(ms.usage)
+    if guest == "v1":
+        return _memory_v1(ms, usage)
+    if guest == "v2":
+        return _memory_v2(ms, usage, gaps)
+    empty = MemoryStat()
+    return MemoryRecord(usage, None, None, None, None, empty, empty, None, None)
+
+
+def _memory_v1(ms: agent_pb2.MemoryStats, usage: Counter) -> MemoryRecord:
+    stats = ms.stats
+    memsw = _counter(ms.swap_usage) if ms.HasField("swap_usage") else None
+    return MemoryRecord(
+        usage=usage,
+        swap=_swap_from_memsw(memsw, usage) if memsw is not None else None,
+        memsw=memsw,
+        kernel=_counter(ms.kernel_usage) if ms.HasField("kernel_usage") else None,
+        kernel_tcp=None,
+        hierarchy=MemoryStat(**{name: stats.get("total_" + key) for name, key in V1_KEYS.items()}),
+        local=MemoryStat(**{name: stats.get(key) for name, key in V1_KEYS.items()}),
+        hierarchical_limit=stats.get("hierarchical_memory_limit"),
+        hierarchical_memsw_limit=stats.get("hierarchical_memsw_limit"),
+    )
+
+
+def _memory_v2(ms: agent_pb2.MemoryStats, usage: Counter, gaps: bool) -> MemoryRecord:
+    stats = ms.stats
+    breakdown = MemoryStat(**{key: stats.get(key) for key in V2_KEYS})
+    if gaps:
+        usage = Counter(usage.usage, usage.limit, usage.max_usage, failcnt=None)
+    swap = None
+    if ms.HasField("swap_usage"):
+        swap = _counter(ms.swap_usage)
+        if gaps and swap.limit == 0:
+            swap = Counter(swap.usage, None, swap.max_usage, swap.failcnt)
+    return MemoryRecord(
+        usage=usage,
+        swap=swap,
+        memsw=_memsw_from_swap(swap, usage) if swap is not None else None,
+        kernel=_derived(_kernel_bytes(breakdown)),
+        kernel_tcp=_derived(breakdown.sock),
+        hierarchy=breakdown,
+        local=breakdown,
+        hierarchical_limit=None,
+        hierarchical_memsw_limit=None,
+    )
+
+
+def _kernel_bytes(stat: MemoryStat) -> int | None:
+    if stat.kernel is not None:
+        return stat.kernel
+    parts = [getattr(stat, key) for key in KERNEL_PARTS if getattr(stat, key) is not None]
+    return sum(parts) if parts else None
+
+
+def _derived(usage: int | None) -> Counter | None:
+    """A counter v2 only reports as a memory.stat figure: no limit of its own, no peak, no failcnt."""
+    return None if usage is None else Counter(usage=usage, limit=UNLIMITED)
+
+
+def _swap_from_memsw(memsw: Counter, memory: Counter) -> Counter:
+    """Swap only = memsw - memory; the limit likewise, unless memsw is unlimited."""
+    limit = None
+    if memsw.limit is not None and memory.limit is not None:
+        limit = UNLIMITED if is_unlimited(memsw.limit) else max(memsw.limit - memory.limit, 0)
+    return Counter(usage=max(memsw.usage - memory.usage, 0), limit=limit)
+
+
+def _memsw_from_swap(swap: Counter, memory: Counter) -> Counter:
+    """Memory + swap; the limit is the sum, unlimited when either part is."""
+    limit = None
+    if swap.limit is not None and memory.limit is not None:
+        either_unlimited = is_unlimited(swap.limit) or is_unlimited(memory.limit)
+        limit = UNLIMITED if either_unlimited else swap.limit + memory.limit
+    return Counter(usage=memory.usage + swap.usage, limit=limit)
+
+
+def _cpu(cs: agent_pb2.CpuStats, gaps: bool) -> CpuRecord:
+    u = cs.cpu_usage
+    throttling = None
+    if cs.HasField("throttling_data"):
+        t = cs.throttling_data
+        throttling = Throttling(t.periods, t.throttled_periods, None if gaps else t.throttled_time)
+    return CpuRecord(
+        total_ns=u.total_usage,
+        user_ns=u.usage_in_usermode,
+        kernel_ns=u.usage_in_kernelmode,
+        percpu_ns=tuple(u.percpu_usage),
+        throttling=throttling,
+    )
+
+
+def _io(blkio: agent_pb2.BlkioStats, guest: GuestVersion) -> IoRecord:
+    entries = blkio.io_service_bytes_recursive
+    if guest == "v2" or any(e.op in _V2_ONLY_OPS for e in entries):
+        return IoRecord(_devices((e.major, e.minor, V2_IO_OPS.get(e.op), e.value) for e in entries), {})
+    files = {
+        name: tuple(BlkioLine(e.major, e.minor, KERNEL_OPS.get(e.op, e.op), e.value) for e in lines)
+        for name in BLKIO_FILES
+        if (lines := getattr(blkio, name))
+    }
+    return IoRecord(_devices(_v1_directions(files)), files)
+
+
+def _v1_directions(files: Mapping[str, tuple[BlkioLine, ...]]) -> Iterable[tuple[int, int, str | None, int]]:
+    for name, unit in (("io_service_bytes_recursive", "_bytes"), ("io_serviced_recursive", "_ios")):
+        for line in files.get(name, ()):
+            direction = V1_DIRECTIONS.get(line.op)
+            yield line.major, line.minor, direction + unit if direction else None, line.value
+
+
+def _devices(values: Iterable[tuple[int, int, str | None, int]]) -> tuple[DeviceIO, ...]:
+    """One DeviceIO per (major, minor), in order of first appearance; entries without a field are skipped."""
+    found: dict[tuple[int, int], dict[str, int]] = {}
+    for major, minor, field_name, value in values:
+        fields = found.setdefault((major, minor), {})
+        if field_name is not None:
+            fields[field_name] = value
+    return tuple(DeviceIO(major, minor, **fields) for (major, minor), fields in found.items())
+
+
+def _network(n: agent_pb2.NetworkStats) -> NetworkRecord:
+    return NetworkRecord(
+        n.name,
+        n.rx_bytes,
+        n.rx_packets,
+        n.rx_errors,
+        n.rx_dropped,
+        n.tx_bytes,
+        n.tx_packets,
+        n.tx_errors,
+        n.tx_dropped,
+    )
