@@ -1,0 +1,230 @@
+"""The host's connection to a guest agent (ours or kata-agent): StatsContainer with honest statuses.
+
+One ttrpc connection is dialled on first use and shared by every concurrent call. When it drops (the agent
+restarted, the VM paused), the next call dials again; failed dials back off exponentially, and a call that
+arrives while backing off fails at once instead of piling up dials against a dead socket. A call whose
+connection is found dead under it is retried once on a fresh connection: StatsContainer only reads, so
+sending it twice is harmless, and an agent restart between two scrapes then costs no failed call.
+
+Deadlines: the caller's deadline (event-loop time) bounds the whole call, dialling included, and what is
+left of it travels to the agent as the request's timeout_nano.
+
+Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
+* the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
+  id and the agent's address;
+* except kata-agent's unknown-container answer, INVALID_ARGUMENT ``"invalid container id"`` (the quotes are
+  part of the message), which becomes NOT_FOUND: containerd skips a NOT_FOUND task quietly and logs others;
+* an agent that cannot be reached, or whose connection is lost, is UNAVAILABLE naming the address;
+* an agent that does not answer before the deadline is DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address
+from shimstats.ttrpc._deadline import wait_until
+
+__all__ = [
+    "AGENT_SERVICE",
+    "HEALTH_SERVICE",
+    "KATA_UNKNOWN_CONTAINER",
+    "AgentClient",
+    "Backoff",
+    "map_agent_error",
+]
+
+AGENT_SERVICE = "grpc.AgentService"
+HEALTH_SERVICE = "grpc.Health"
+KATA_UNKNOWN_CONTAINER = '"invalid container id"'
+"""kata-agent's INVALID_ARGUMENT message for an id it does not know, Debug-formatted with its quotes."""
+
+log = logging.getLogger("shimstats.agent")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Wait ``initial * factor**(n-1)`` seconds, at most ``maximum``, after the n-th failed dial in a row."""
+
+    initial: float = 0.05
+    maximum: float = 2.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < self.initial or self.factor < 1:
+            raise ValueError("backoff needs 0 <= initial <= maximum and factor >= 1")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` consecutive failed dials (0 for none)."""
+        if failures <= 0:
+            return 0.0
+        return min(self.maximum, self.initial * self.factor ** min(failures - 1, 64))
+
+
+def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
+    """The status to give containerd for an agent's failure of StatsContainer(``container_id``)."""
+    who = f"guest agent at {address}"
+    if error.code == Code.INVALID_ARGUMENT and error.message == KATA_UNKNOWN_CONTAINER:
+        return TtrpcError(
+            Code.NOT_FOUND,
+            f"container {container_id!r}: unknown to the {who} ({error.message})",
+            error.details,
+        )
+    if error.code == Code.NOT_FOUND:
+        message = f"container {container_id!r}: not found by the {who}: {error.message}"
+    elif error.code == Code.DEADLINE_EXCEEDED:
+        message = f"container {container_id!r}: no answer in time from the {who}: {error.message}"
+    elif error.code == Code.UNAVAILABLE:
+        message = f"container {container_id!r}: {who} unavailable: {error.message}"
+    else:
+        message = f"container {container_id!r}: {who}: {error.message}"
+    return TtrpcError(error.code, message, error.details)
+
+
+class AgentClient:
+    """StatsContainer and Health/Check against one agent address, over one shared, self-healing connection.
+
+    Create and use it inside one running event loop; ``close`` it when done.
+    """
+
+    def __init__(
+        self,
+        address: Address | str,
+        *,
+        connect_timeout: float = 2.0,
+        default_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.address = address if isinstance(address, Address) else parse_address(address)
+        self.connect_timeout = connect_timeout
+        self.default_timeout = default_timeout
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.dials = 0
+        """Successful dials so far: 1 while the first connection lives (for logs and tests)."""
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (it may still turn out to be lost at the next call)."""
+        return self._client is not None and not self._client.closed
+
+    async def stats_container(
+        self, container_id: str, *, deadline: float | None = None
+    ) -> agent_pb2.StatsContainerResponse:
+        """The agent's stats for one container; TtrpcError with the status described in the module doc.
+
+        ``deadline`` is in ``loop.time()`` units; without one the call is bounded by ``default_timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.default_timeout
+        request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
+        try:
+            raw = await wait_until(
+                self._call(AGENT_SERVICE, "StatsContainer", request, deadline),
+                deadline,
+                "StatsContainer did not finish before the caller's deadline",
+            )
+        except TtrpcError as exc:
+            raise map_agent_error(exc, container_id, str(self.address)) from None
+        try:
+            return agent_pb2.StatsContainerResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL,
+                f"container {container_id!r}: the guest agent at {self.address} sent a "
+                f"StatsContainerResponse that does not decode: {exc}",
+            ) from None
+
+    async def check(self, timeout: float) -> bool:
+        """grpc.Health/Check: True when the agent says SERVING; TtrpcError when it cannot be asked."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        request = health_pb2.CheckRequest(service="").SerializeToString()
+        raw = await wait_until(
+            self._call(HEALTH_SERVICE, "Check", request, deadline),
+            deadline,
+            f"Health/Check: no answer from the guest agent at {self.address} within {timeout:g}s",
+        )
+        answer = health_pb2.HealthCheckResponse.FromString(raw)
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def _call(self, service: str, method: str, payload: bytes, deadline: float) -> bytes:
+        """One call on the shared connection, redialled once if it turns out to be dead."""
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            client = await self._connection()
+            try:
+                return await client.call(service, method, payload, timeout=deadline - loop.time())
+            except TtrpcError as exc:
+                lost = exc.code == Code.UNAVAILABLE and client.closed
+                if not lost or attempt == 2:
+                    raise
+                log.info(
+                    "connection to the guest agent lost; dialling again",
+                    extra={"address": str(self.address)},
+                )
+        raise AssertionError("unreachable")  # the loop either returns or raises
+
+    async def _connection(self) -> Client:
+        """The live connection, dialling (at most one dial at a time) when there is none."""
+        client = self._client
+        if client is not None and not client.closed:
+            return client
+        async with self._lock:
+            if self._closed:
+                raise TtrpcError(
+                    Code.UNAVAILABLE, f"the client of the guest agent at {self.address} is closed"
+                )
+            client = self._client
+            if client is not None and not client.closed:
+                return client
+            self._client = None
+            if client is not None:
+                await client.close()
+            return await self._dial()
+
+    async def _dial(self) -> Client:
+        loop = asyncio.get_running_loop()
+        wait = self._retry_at - loop.time()
+        if wait > 0:
+            raise TtrpcError(
+                Code.UNAVAILABLE,
+                f"{self._last_error} (after {self._failures} failed dials; next attempt in {wait:.2f}s)",
+            )
+        try:
+            client = await Client.connect(self.address, timeout=self.connect_timeout)
+        except OSError as exc:  # TransportError is a ConnectionError; its message names the address
+            self._failures += 1
+            self._retry_at = loop.time() + self.backoff.delay(self._failures)
+            self._last_error = f"cannot dial: {exc}"
+            log.warning(
+                "guest agent unreachable: %s",
+                exc,
+                extra={"address": str(self.address)},
+            )
+            raise TtrpcError(Code.UNAVAILABLE, self._last_error) from None
+        if self._failures:
+            log.info("guest agent reachable again", extra={"address": str(self.address)})
+        self._failures = 0
+        self._retry_at = 0.0
+        self.dials += 1
+        self._client = client
+        return client
+
+    async def close(self) -> None:
+        """Close the connection; later calls fail with UNAVAILABLE."""
+        async with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            await client.close()
