@@ -1,0 +1,165 @@
+"""`shimstats verify`: call a shim's Task/Stats as containerd would; check each figure against ground truth.
+
+Ground truth is the container's own cgroup files (--cgroup, read on this machine right before and right
+after the call) or a guest agent's raw answer (--agent). Each figure CRI and the kubelet show is compared;
+a mismatch is named with its likely cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from shimstats import cri
+from shimstats.fake_containerd import DEFAULT_NAMESPACE
+from shimstats.ground_truth import AgentSource, CgroupSource, NoGroundTruth, Source
+from shimstats.table import human_bytes, render
+from shimstats.ttrpc import TtrpcError
+from shimstats.verify import BYTE_FIGURES, CPU_FIGURES, DEFAULT_TOLERANCE, LABELS, Check, Verification, verify
+
+EXIT_OK, EXIT_MISMATCH, EXIT_UNVERIFIED = 0, 1, 2
+
+EPILOG = f"""\
+examples:
+  # a runc container on a cgroup v1 host: its memory cgroup is the ground truth
+  shimstats verify --shim unix:///run/containerd/s/3f2a... --id web-1 --namespace k8s.io \\
+      --cgroup /sys/fs/cgroup/memory/k8s.io/web-1
+
+  # a Kata container behind our adapter: the guest agent's raw answer is the ground truth
+  shimstats verify --shim unix:///run/shimstats/kata-1.sock --id web-1 --agent vsock://3:1026 --json
+
+figures: usage, working set, available, rss, page faults (CRI ContainerStats; the kubelet's summary API
+copies them as usageBytes, workingSetBytes, availableBytes, rssBytes) and CPU time (total, user, system).
+The expected value is computed from the cgroup's own memory.stat by containerd's CRI formulas (working set
+= usage - inactive_file, 0 when the cache is larger). A figure passes when it lies within --tolerance of
+the range spanned by the readings before and after the call (CPU: within one clock tick).
+
+exit codes: 0 every figure agrees; 1 a mismatch (each is named with its likely cause); 2 could not verify
+(shim or agent unreachable or refusing, unknown id, no such cgroup, undecodable answer).
+default tolerance: {DEFAULT_TOLERANCE} bytes."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a shim's Stats answer against the cgroup's own files (exit 1 on a mismatch)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
+    )
+    p.add_argument("--id", required=True, help="container (task) id")
+    truth = p.add_mutually_exclusive_group(required=True)
+    truth.add_argument(
+        "--cgroup", metavar="PATH", help="the container's cgroup: v1 memory directory or v2 directory"
+    )
+    truth.add_argument(
+        "--agent", metavar="ADDR", help="a guest agent whose raw StatsContainer answer is the truth"
+    )
+    p.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=int,
+        default=DEFAULT_TOLERANCE,
+        metavar="BYTES",
+        help="allowed difference for byte figures (default: %(default)s)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(run=run)
+
+
+def open_source(cgroup: str | None, agent: str | None, container_id: str, timeout: float) -> Source:
+    """The ground-truth source the flags name (NoGroundTruth when the cgroup directory is not one)."""
+    if cgroup is not None:
+        return CgroupSource(cgroup)
+    assert agent is not None
+    return AgentSource(agent, container_id, timeout=timeout)
+
+
+async def _verify(args: argparse.Namespace) -> Verification:
+    source = open_source(args.cgroup, args.agent, args.id, args.timeout)
+    try:
+        return await verify(
+            args.shim,
+            args.id,
+            source,
+            namespace=args.namespace,
+            tolerance=args.tolerance,
+            timeout=args.timeout,
+        )
+    finally:
+        await source.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        verification = asyncio.run(_verify(args))
+    except TtrpcError as exc:
+        print(f"shimstats verify: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    except (OSError, EOFError) as exc:
+        print(f"shimstats verify: cannot reach shim at {args.shim}: {exc}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    except (cri.MetricsDecodeError, NoGroundTruth) as exc:
+        print(f"shimstats verify: container {args.id!r}: {exc}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    if args.json:
+        print(json.dumps(verification.to_json(), indent=2))
+    else:
+        print(format_verification(verification, args.shim))
+    return EXIT_OK if verification.ok else EXIT_MISMATCH
+
+
+def show(figure: str, value: int | None) -> str:
+    """A figure for people: bytes in binary units, CPU in seconds, counts as they are."""
+    if value is None:
+        return "-"
+    if figure in BYTE_FIGURES:
+        return human_bytes(value)
+    if figure in CPU_FIGURES:
+        return f"{value / 1e9:.3f} s"
+    return str(value)
+
+
+def _signed(figure: str, value: int | None) -> str:
+    if value is None:
+        return "-"
+    text = show(figure, abs(value))
+    return text if value == 0 else ("+" if value > 0 else "-") + text
+
+
+def _expected(check: Check) -> str:
+    low, high = show(check.figure, check.expected_min), show(check.figure, check.expected_max)
+    return low if low == high else f"{low}..{high}"
+
+
+def format_verification(v: Verification, shim: str) -> str:
+    """The people-table: one row per figure, then the cause of each failure."""
+    head = (
+        f"container {v.result.id} at {shim}: {v.result.type_url}\n"
+        f"ground truth: {v.after.source} (cgroup v{v.after.version}), read before and after the call"
+    )
+    rows = [
+        (
+            LABELS[c.figure][0],
+            LABELS[c.figure][1] or "-",
+            _expected(c),
+            show(c.figure, c.reported),
+            _signed(c.figure, c.difference),
+            "ok" if c.ok else "FAIL",
+        )
+        for c in v.checks
+    ]
+    table = render(("FIGURE", "KUBELET", "EXPECTED", "REPORTED", "DIFFERENCE", "VERDICT"), rows)
+    lines = [head, table]
+    for c in v.failures:
+        lines.append(f"FAIL {LABELS[c.figure][0]}: {c.cause}")
+    lines.append("verdict: " + ("every figure agrees" if v.ok else f"{len(v.failures)} figure(s) disagree"))
+    return "\n".join(lines)

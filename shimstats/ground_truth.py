@@ -1,0 +1,209 @@
+"""Ground truth for one container: what CRI *should* report, from the cgroup's own kernel files.
+
+Two sources give the same thing, a kata StatsContainerResponse (the raw memory.stat map and counters):
+the cgroup directory on this machine, read with the guest agent's own reader (so a host cgroup and a
+guest cgroup are read by the same code), or a guest agent's answer over ttrpc.
+
+From that answer the expected figures follow by containerd's CRI formulas applied to the kernel's keys
+directly, not through our translation: this module is the oracle verify checks every shim against,
+ours included. The kernel keys CRI's figures come from (reference/semantics.md §1):
+
+===========  ======================  ==============
+figure       cgroup v1 memory.stat   cgroup v2
+===========  ======================  ==============
+inactive     total_inactive_file     inactive_file
+rss          total_rss               anon
+page faults  total_pgfault           pgfault
+major        total_pgmajfault        pgmajfault
+===========  ======================  ==============
+
+usage and limit are the usage counter (memory.usage_in_bytes / memory.current, limit_in_bytes / max).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+from guest_agent.kata import to_response
+from guest_agent.layout import detect_layout
+from guest_agent.reader import CgroupReader
+from shimstats import cri
+from shimstats._proto.kata import agent_pb2
+from shimstats.agent_client import AgentClient
+from shimstats.translate import guest_version
+
+Version = Literal[1, 2]
+
+
+@dataclass(frozen=True)
+class KernelKeys:
+    """The memory.stat keys CRI's figures come from, for one cgroup version."""
+
+    inactive_file: str
+    rss: str
+    pgfault: str
+    pgmajfault: str
+
+
+KERNEL_KEYS: dict[Version, KernelKeys] = {
+    1: KernelKeys("total_inactive_file", "total_rss", "total_pgfault", "total_pgmajfault"),
+    2: KernelKeys("inactive_file", "anon", "pgfault", "pgmajfault"),
+}
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The figures a shim's Stats answer is judged by: CRI's memory (bytes, counts) and CPU time (ns).
+
+    CPU is None when the source has no cpu block; the memory figures always exist here (a source
+    without memory cannot be judged and is an error earlier on).
+    """
+
+    usage_bytes: int
+    working_set_bytes: int
+    available_bytes: int
+    rss_bytes: int
+    page_faults: int
+    major_page_faults: int
+    cpu_total_ns: int | None = None
+    cpu_user_ns: int | None = None
+    cpu_system_ns: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+FIGURE_NAMES: tuple[str, ...] = tuple(Figures.__dataclass_fields__)
+
+
+class NoGroundTruth(RuntimeError):
+    """The cgroup or the agent gave nothing to check against (gone, unreadable, no memory block)."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """One reading of the container's own stats, where it came from, and the figures CRI should show."""
+
+    source: str
+    version: Version
+    response: agent_pb2.StatsContainerResponse
+    figures: Figures
+
+    @property
+    def stat(self) -> dict[str, int]:
+        """The raw memory.stat map, as the kernel wrote it."""
+        return dict(self.response.cgroup_stats.memory_stats.stats)
+
+
+def expected_figures(response: agent_pb2.StatsContainerResponse) -> tuple[Version, Figures]:
+    """The guest's cgroup version and CRI's figures for this raw answer (rules in the module docstring)."""
+    stats = response.cgroup_stats
+    if not stats.HasField("memory_stats") or not stats.memory_stats.stats:
+        raise NoGroundTruth("the answer has no memory.stat: nothing to check against")
+    guest = guest_version(response)
+    if guest == "unknown":
+        raise NoGroundTruth("memory.stat has neither cgroup v1 nor v2 keys: cannot tell which figures apply")
+    version: Version = 1 if guest == "v1" else 2
+    keys = KERNEL_KEYS[version]
+    memory = stats.memory_stats
+    raw = memory.stats
+    usage = memory.usage.usage
+    ws = cri.working_set(usage, raw.get(keys.inactive_file, 0))
+    cpu = (
+        stats.cpu_stats.cpu_usage
+        if stats.HasField("cpu_stats") and stats.cpu_stats.HasField("cpu_usage")
+        else None
+    )
+    return version, Figures(
+        usage_bytes=usage,
+        working_set_bytes=ws,
+        available_bytes=cri.available(memory.usage.limit, ws),
+        rss_bytes=raw.get(keys.rss, 0),
+        page_faults=raw.get(keys.pgfault, 0),
+        major_page_faults=raw.get(keys.pgmajfault, 0),
+        cpu_total_ns=cpu.total_usage if cpu is not None else None,
+        cpu_user_ns=cpu.usage_in_usermode if cpu is not None else None,
+        cpu_system_ns=cpu.usage_in_kernelmode if cpu is not None else None,
+    )
+
+
+def from_response(response: agent_pb2.StatsContainerResponse, source: str) -> GroundTruth:
+    version, figures = expected_figures(response)
+    return GroundTruth(source=source, version=version, response=response, figures=figures)
+
+
+def locate(directory: str) -> tuple[str, str]:
+    """(cgroupfs root, cgroup path) of a cgroup directory: a v1 memory dir or a v2 dir.
+
+    v1: climb while the parent is still a memory cgroup (has memory.usage_in_bytes); that top is the
+    hierarchy's mount ``R/memory`` and R is the root. v2: climb while the directory is not a root
+    (only non-root cgroups have cgroup.type); the first one without it is R. Works on a captured tree
+    (a fixture's ``cgroup/``) as well as on /sys/fs/cgroup, since it looks only at files.
+    """
+    path = os.path.abspath(directory)
+    if not os.path.isdir(path):
+        raise NoGroundTruth(f"cgroup directory {directory} does not exist")
+    if os.path.exists(os.path.join(path, "memory.usage_in_bytes")):
+        top = path
+        while os.path.exists(os.path.join(os.path.dirname(top), "memory.usage_in_bytes")):
+            top = os.path.dirname(top)
+        root = os.path.dirname(top)
+        if os.path.basename(top) != "memory":
+            raise NoGroundTruth(
+                f"{directory}: the v1 memory hierarchy is mounted at {top}, not at <root>/memory"
+            )
+    elif os.path.exists(os.path.join(path, "cgroup.controllers")):
+        top = path
+        while os.path.exists(os.path.join(top, "cgroup.type")) and top != "/":
+            top = os.path.dirname(top)
+        root = top
+    else:
+        raise NoGroundTruth(f"{directory} is not a cgroup memory directory (v1) nor a cgroup v2 directory")
+    relative = os.path.relpath(path, top)
+    return root, "/" if relative == "." else "/" + relative
+
+
+class Source(Protocol):
+    """Somewhere ground truth can be read from, again and again."""
+
+    description: str
+
+    async def read(self) -> GroundTruth: ...
+
+    async def close(self) -> None: ...
+
+
+class CgroupSource:
+    """A cgroup directory on this machine, read by the guest agent's reader (files kept open)."""
+
+    def __init__(self, directory: str, meminfo: str = "/proc/meminfo") -> None:
+        root, self.cgroup_path = locate(directory)
+        self.description = f"cgroup {directory}"
+        self.reader = CgroupReader(detect_layout(root), meminfo=meminfo)
+
+    async def read(self) -> GroundTruth:
+        try:
+            record = self.reader.read(self.cgroup_path)
+        except (LookupError, RuntimeError, ValueError, OSError) as exc:
+            raise NoGroundTruth(f"reading {self.description}: {exc}") from exc
+        return from_response(to_response(record), self.description)
+
+    async def close(self) -> None:
+        self.reader.close()
+
+
+class AgentSource:
+    """A guest agent's raw StatsContainer answer for one id (TtrpcError when the agent refuses)."""
+
+    def __init__(self, address: str, container_id: str, *, timeout: float) -> None:
+        self.client = AgentClient(address, connect_timeout=timeout, default_timeout=timeout)
+        self.container_id = container_id
+        self.description = f"agent {address}"
+
+    async def read(self) -> GroundTruth:
+        return from_response(await self.client.stats_container(self.container_id), self.description)
+
+    async def close(self) -> None:
+        await self.client.close()
