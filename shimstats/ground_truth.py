@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
 from guest_agent.kata import to_response
-from guest_agent.layout import detect_layout
+from guest_agent.layout import LayoutError, detect_layout
 from guest_agent.reader import CgroupReader
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
@@ -181,7 +181,11 @@ class CgroupSource:
     def __init__(self, directory: str, meminfo: str = "/proc/meminfo") -> None:
         root, self.cgroup_path = locate(directory)
         self.description = f"cgroup {directory}"
-        self.reader = CgroupReader(detect_layout(root), meminfo=meminfo)
+        try:
+            layout = detect_layout(root)
+        except LayoutError as exc:
+            raise NoGroundTruth(f"{directory}: {exc}") from exc
+        self.reader = CgroupReader(layout, meminfo=meminfo)
 
     async def read(self) -> GroundTruth:
         try:
@@ -207,3 +211,12 @@ class AgentSource:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def open_source(cgroup: str | None, agent: str | None, container_id: str, *, timeout: float) -> Source:
+    """The source a command's ``--cgroup PATH`` or ``--agent ADDR`` names (exactly one of them is given)."""
+    if cgroup is not None:
+        return CgroupSource(cgroup)
+    if agent is None:
+        raise ValueError("either a cgroup directory or an agent address is needed")
+    return AgentSource(agent, container_id, timeout=timeout)

@@ -21,6 +21,7 @@ from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.fake_containerd import StatsResult, call_stats, message_to_dict
 from shimstats.ground_truth import FIGURE_NAMES, KERNEL_KEYS, Figures, GroundTruth, Source
+from shimstats.table import human_bytes
 from shimstats.ttrpc import Client
 
 DEFAULT_TOLERANCE = 512 * 1024
@@ -43,6 +44,17 @@ LABELS: dict[str, tuple[str, str]] = {
 
 BYTE_FIGURES = frozenset({"usage_bytes", "working_set_bytes", "available_bytes", "rss_bytes"})
 CPU_FIGURES = frozenset({"cpu_total_ns", "cpu_user_ns", "cpu_system_ns"})
+
+
+def show_figure(figure: str, value: int | None) -> str:
+    """A figure for people: bytes in binary units, CPU time in seconds, counts as they are."""
+    if value is None:
+        return "-"
+    if figure in BYTE_FIGURES:
+        return human_bytes(value)
+    if figure in CPU_FIGURES:
+        return f"{value / 1e9:.3f} s"
+    return str(value)
 
 
 def reported_figures(metrics: cri.Metrics) -> Figures | None:
@@ -147,7 +159,13 @@ class Verification:
         }
 
 
-def judge(result: StatsResult, before: GroundTruth, after: GroundTruth, tolerance: int) -> Verification:
+def judge(
+    result: StatsResult,
+    before: GroundTruth,
+    after: GroundTruth,
+    tolerance: int,
+    cpu_tolerance: int = CPU_TOLERANCE_NS,
+) -> Verification:
     """Check every figure of ``result`` against the bracket of two ground-truth readings."""
     reported = reported_figures(result.metrics)
     draft: list[Check] = []
@@ -155,7 +173,7 @@ def judge(result: StatsResult, before: GroundTruth, after: GroundTruth, toleranc
         low, high = getattr(before.figures, name), getattr(after.figures, name)
         if low is None or high is None:
             continue  # the source has no such figure (e.g. no cpu controller): nothing to check against
-        allowed = CPU_TOLERANCE_NS if name in CPU_FIGURES else (tolerance if name in BYTE_FIGURES else 0)
+        allowed = cpu_tolerance if name in CPU_FIGURES else (tolerance if name in BYTE_FIGURES else 0)
         value = getattr(reported, name) if reported is not None else None
         draft.append(Check(name, min(low, high), max(low, high), value, allowed))
     failed = {c.figure for c in draft if not c.ok}
@@ -225,9 +243,10 @@ class _Context:
                 where += " (kata-containers#10280)"
             return (
                 f"inactive_file not subtracted: reported working set equals usage; {where}, so "
-                f"{inactive} bytes of inactive file cache count as used"
+                f"{human_bytes(inactive)} of inactive file cache count as used"
             )
-        return f"the inactive file figure the shim sent is not the cgroup's {inactive_key} ({inactive})"
+        shown = human_bytes(inactive)
+        return f"the inactive file figure the shim sent is not the cgroup's {inactive_key} ({shown})"
 
     def _why_available_bytes(self, check: Check) -> str:
         if "working_set_bytes" in self.failed or "usage_bytes" in self.failed:
@@ -242,7 +261,8 @@ class _Context:
             return "cache counted as rss: reported rss equals rss + page cache"
         if check.reported == 0 and expected > 0:
             field = "total_rss" if self.is_v1 else "anon"
-            return f"{field} not set: CRI reads {field}, the shim left it 0 (cgroup's {key} is {expected})"
+            shown = human_bytes(expected)
+            return f"{field} not set: CRI reads {field}, the shim left it 0 (the cgroup's {key} is {shown})"
         return f"rss differs from the cgroup's {key}"
 
     def _why_page_faults(self, check: Check) -> str:

@@ -13,11 +13,11 @@ import json
 import sys
 
 from shimstats import cri
+from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
-from shimstats.ground_truth import AgentSource, CgroupSource, NoGroundTruth, Source
-from shimstats.table import human_bytes, render
+from shimstats.ground_truth import NoGroundTruth, open_source
 from shimstats.ttrpc import TtrpcError
-from shimstats.verify import BYTE_FIGURES, CPU_FIGURES, DEFAULT_TOLERANCE, LABELS, Check, Verification, verify
+from shimstats.verify import DEFAULT_TOLERANCE, LABELS, Check, Verification, show_figure, verify
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNVERIFIED = 0, 1, 2
 
@@ -75,16 +75,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-def open_source(cgroup: str | None, agent: str | None, container_id: str, timeout: float) -> Source:
-    """The ground-truth source the flags name (NoGroundTruth when the cgroup directory is not one)."""
-    if cgroup is not None:
-        return CgroupSource(cgroup)
-    assert agent is not None
-    return AgentSource(agent, container_id, timeout=timeout)
-
-
 async def _verify(args: argparse.Namespace) -> Verification:
-    source = open_source(args.cgroup, args.agent, args.id, args.timeout)
+    source = open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
     try:
         return await verify(
             args.shim,
@@ -117,26 +109,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if verification.ok else EXIT_MISMATCH
 
 
-def show(figure: str, value: int | None) -> str:
-    """A figure for people: bytes in binary units, CPU in seconds, counts as they are."""
-    if value is None:
-        return "-"
-    if figure in BYTE_FIGURES:
-        return human_bytes(value)
-    if figure in CPU_FIGURES:
-        return f"{value / 1e9:.3f} s"
-    return str(value)
-
-
 def _signed(figure: str, value: int | None) -> str:
     if value is None:
         return "-"
-    text = show(figure, abs(value))
+    text = show_figure(figure, abs(value))
     return text if value == 0 else ("+" if value > 0 else "-") + text
 
 
 def _expected(check: Check) -> str:
-    low, high = show(check.figure, check.expected_min), show(check.figure, check.expected_max)
+    low, high = show_figure(check.figure, check.expected_min), show_figure(check.figure, check.expected_max)
     return low if low == high else f"{low}..{high}"
 
 
@@ -151,13 +132,13 @@ def format_verification(v: Verification, shim: str) -> str:
             LABELS[c.figure][0],
             LABELS[c.figure][1] or "-",
             _expected(c),
-            show(c.figure, c.reported),
+            show_figure(c.figure, c.reported),
             _signed(c.figure, c.difference),
             "ok" if c.ok else "FAIL",
         )
         for c in v.checks
     ]
-    table = render(("FIGURE", "KUBELET", "EXPECTED", "REPORTED", "DIFFERENCE", "VERDICT"), rows)
+    table = render_right(("FIGURE", "KUBELET", "EXPECTED", "REPORTED", "DIFFERENCE", "VERDICT"), rows)
     lines = [head, table]
     for c in v.failures:
         lines.append(f"FAIL {LABELS[c.figure][0]}: {c.cause}")
