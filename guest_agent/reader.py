@@ -19,11 +19,13 @@ cpu v1: cpuacct.usage, cpuacct.usage_percpu (ns); cpuacct.stat user/system (USER
   SC_CLK_TCK); throttling from cpu.stat nr_periods, nr_throttled, throttled_time (ns).
 cpu v2: cpu.stat usage_usec, user_usec, system_usec and throttled_usec (µs → ns), nr_periods, nr_throttled.
 pids: pids.current, pids.max (``max`` → 2**64-1; the root has no pids.max: no limit).
-blkio v1: every ``blkio.<name>`` of BLKIO_FILES; when io_serviced_recursive has no entry (no CFQ, as
-  on every kernel since 5.0), io_service_bytes_recursive and io_serviced_recursive come from the
-  blkio.throttle.* files instead, as kata-agent does.
+blkio v1: every ``blkio.<name>`` of BLKIO_FILES (all present or all absent: one policy, CFQ, provides
+  them); when io_serviced_recursive has no entry (no CFQ, as on every kernel since 5.0),
+  io_service_bytes_recursive and io_serviced_recursive come from the blkio.throttle.* files instead, as
+  kata-agent does.
 io v2: io.stat. hugetlb: per page size, v1 usage_in_bytes/max_usage_in_bytes/failcnt, v2 current and
-  events ``max`` (v2 keeps no peak).
+  events ``max`` (v2 keeps no peak), read only when the cgroup's cgroup.controllers lists hugetlb (never on
+  the v2 root, which has no hugetlb files).
 
 Missing files: a controller whose anchor file is absent is None; an optional file (memsw, kmem, peak, swap)
 that is absent stays absent; a file the kernel always writes next to the anchor being absent is an error
@@ -358,10 +360,14 @@ class CgroupReader:
     @staticmethod
     def _blkio_v1(d: _Dir) -> BlkioRecord | None:
         files: dict[str, tuple[BlkioLine, ...]] = {}
-        for name in BLKIO_FILES:
-            lines = d.parsed(f"blkio.{name}", parse_blkio)
-            if lines is not None:
-                files[name] = tuple(lines)
+        # The eight files come from one policy (CFQ, gone since kernel 5.0) and exist all or none: probe one.
+        first = d.parsed(f"blkio.{BLKIO_FILES[0]}", parse_blkio)
+        if first is not None:
+            files[BLKIO_FILES[0]] = tuple(first)
+            for name in BLKIO_FILES[1:]:
+                lines = d.parsed(f"blkio.{name}", parse_blkio)
+                if lines is not None:
+                    files[name] = tuple(lines)
         if not files.get("io_serviced_recursive"):
             for name in ("io_service_bytes_recursive", "io_serviced_recursive"):
                 lines = d.parsed(f"blkio.throttle.{name}", parse_blkio)
@@ -378,6 +384,12 @@ class CgroupReader:
         d = _Dir(self.files, h.dir_for(path))
         anchor, peak = ("usage_in_bytes", "max_usage_in_bytes") if h.version == 1 else ("current", None)
         out: dict[str, HugetlbRecord] = {}
+        if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
+            return out
+        if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
+            enabled = d.parsed("cgroup.controllers", lambda text, _: text.split())
+            if enabled is None or "hugetlb" not in enabled:
+                return out
         for size in self._page_sizes(h, d.path, anchor):
             usage = d.value(f"hugetlb.{size}.{anchor}")
             if usage is None:

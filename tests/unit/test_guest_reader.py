@@ -15,7 +15,7 @@ import pytest
 
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
-from guest_agent.reader import KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.reader import BLKIO_FILES, KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
 from guest_agent.record import Counter
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
@@ -130,17 +130,32 @@ def test_v1_blkio_uses_the_throttle_files_when_cfq_ones_have_no_entry(tmp_path):
 
 
 def test_v1_blkio_prefers_cfq_files_that_have_entries(tmp_path):
+    # A CFQ kernel (before 5.0) writes all eight blkio.*_recursive files; an idle file is just "Total 0".
     layout = v1_tree(tmp_path)
     blkio = tmp_path / "blkio" / "c1"
+    for name in BLKIO_FILES:
+        (blkio / f"blkio.{name}").write_text("Total 0\n")
     (blkio / "blkio.io_serviced_recursive").write_text("8:0 Read 5\n8:0 Total 5\nTotal 5\n")
     (blkio / "blkio.sectors_recursive").write_text("8:0 40\n")
     (blkio / "blkio.throttle.io_serviced_recursive").write_text("8:0 Read 999\nTotal 999\n")
     record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
     assert record.blkio is not None
-    assert dict(record.blkio.files) == {  # type: ignore[union-attr]
-        "io_serviced_recursive": (BlkioLine(8, 0, "Read", 5), BlkioLine(8, 0, "Total", 5)),
-        "sectors_recursive": (BlkioLine(8, 0, "", 40),),
-    }
+    files = dict(record.blkio.files)  # type: ignore[union-attr]
+    assert set(files) == set(BLKIO_FILES)
+    assert files["io_serviced_recursive"] == (BlkioLine(8, 0, "Read", 5), BlkioLine(8, 0, "Total", 5))
+    assert files["sectors_recursive"] == (BlkioLine(8, 0, "", 40),)
+    assert all(
+        files[name] == ()
+        for name in BLKIO_FILES
+        if name not in ("io_serviced_recursive", "sectors_recursive")
+    )
+
+
+def test_v1_blkio_without_cfq_skips_the_other_cfq_files(tmp_path):
+    # All-or-none: with blkio.io_service_bytes_recursive absent, a stray sectors file is not read either.
+    layout = v1_tree(tmp_path)
+    (tmp_path / "blkio" / "c1" / "blkio.sectors_recursive").write_text("8:0 40\n")
+    assert CgroupReader(layout, clk_tck=CLK_TCK).read("/c1").blkio is None
 
 
 def test_v1_missing_a_file_the_kernel_always_writes_is_an_error_naming_it(tmp_path):
@@ -357,6 +372,8 @@ def test_hugetlb_v1_and_v2_per_page_size(tmp_path):
     v2_root = tmp_path / "v2"
     v2_tree(v2_root)
     write(v2_root / "c1", {"hugetlb.2MB.current": 2 << 20, "hugetlb.2MB.events": {"max": 5}})
+    assert CgroupReader(detect_layout(str(v2_root))).read("/c1").hugetlb == {}  # hugetlb not enabled for c1
+    write(v2_root / "c1", {"cgroup.controllers": "memory pids hugetlb"})
     huge = CgroupReader(detect_layout(str(v2_root))).read("/c1").hugetlb
     # v2: usage = current, failcnt = events "max", no peak kept by the kernel → 0
     assert {k: (v.usage, v.max_usage, v.failcnt) for k, v in huge.items()} == {"2MB": (2 << 20, 0, 5)}
@@ -365,7 +382,8 @@ def test_hugetlb_v1_and_v2_per_page_size(tmp_path):
 def test_hybrid_reads_v1_controllers_and_v2_hugetlb(tmp_path):
     v1_tree(tmp_path)
     write(tmp_path / "unified", {"cgroup.controllers": "hugetlb"})
-    write(tmp_path / "unified" / "c1", {"hugetlb.2MB.current": 0, "hugetlb.2MB.events": {"max": 0}})
+    hugetlb = {"cgroup.controllers": "hugetlb", "hugetlb.2MB.current": 0, "hugetlb.2MB.events": {"max": 0}}
+    write(tmp_path / "unified" / "c1", hugetlb)
     layout = detect_layout(str(tmp_path))
     assert layout.mode == "hybrid"
     record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
