@@ -285,14 +285,4 @@ def _devices(values: Iterable[tuple[int, int, str | None, int]]) -> tuple[Device
 
 
 def _network(n: agent_pb2.NetworkStats) -> NetworkRecord:
-    return NetworkRecord(
-        n.name,
-        n.rx_bytes,
-        n.rx_packets,
-        n.rx_errors,
-        n.rx_dropped,
-        n.tx_bytes,
-        n.tx_packets,
-        n.tx_errors,
-        n.tx_dropped,
-    )
+    return NetworkRecord(**{f.name: getattr(n, f.name) for f in n.DESCRIPTOR.fields})
