@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
+import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -154,6 +158,52 @@ def test_serves_a_fixture_logs_json_and_stops_cleanly_on_sigterm(agent, containe
     assert "cgroup_path" in errors[0]
     assert errors[0]["code"] == "NOT_FOUND"
     assert any(r.get("address") == address for r in records)
+
+
+def vsock_port() -> int:
+    """A vsock port free for listening on any CID, or skip when this kernel has no vsock."""
+    for _ in range(20):
+        port = random.randrange(20000, 60000)
+        try:
+            with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as probe:
+                probe.bind((socket.VMADDR_CID_ANY, port))
+                return port
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:  # in use: try another port; anything else: no usable vsock
+                pytest.skip(f"AF_VSOCK unavailable here: {exc}")
+    pytest.skip("no free vsock port found")
+
+
+def test_listens_on_vsock_with_any_cid(container_fixture):
+    # Kata guests reach the agent over vsock; listening needs no peer, so this runs wherever AF_VSOCK binds.
+    fixture, _ = container_fixture
+    address = f"vsock://-1:{vsock_port()}"
+    args = ["--listen", address, "--cgroupfs-root", str(fixture / "cgroup"), "--log-format", "json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guest_agent", *args],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 10
+        listening = False
+        while not listening and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))
+            line = proc.stderr.readline() if ready else ""
+            if not line:
+                break
+            record = json.loads(line)
+            listening = record["msg"] == "listening" and record.get("address") == address
+        assert listening, f"no 'listening' line for {address}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stderr.close()
 
 
 def test_the_agent_imports_neither_grpcio_nor_psutil():
