@@ -108,7 +108,7 @@ NOTES=$STAGE/notes.list
 : >"$NOTES"
 
 uptime_now() {
-    read -r un_up un_idle <"/proc/uptime"
+    read -r un_up _ <"/proc/uptime"
     printf '%s' "$un_up"
 }
 

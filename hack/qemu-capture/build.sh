@@ -34,8 +34,7 @@ done
 
 OUT=$CACHE/guest-$KERNEL_PACKAGE
 # Rebuild only when init.sh or this script changed (the scripts run from the data disk, not the initramfs).
-if [ -f "$OUT/initrd.cpio" ] && [ "$OUT/initrd.cpio" -nt "$HERE/init.sh" ] && [ "$OUT/initrd.cpio" -nt "$0" ]
-then
+if [ -f "$OUT/initrd.cpio" ] && [ -z "$(find "$HERE/init.sh" "$0" -newer "$OUT/initrd.cpio")" ]; then
     echo "$OUT"
     exit 0
 fi

@@ -15,9 +15,9 @@ boot() {
     mount -t devtmpfs devtmpfs /dev
     mount -t tmpfs tmpfs /tmp
     echo "init: kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
-    for m in $(cat /lib/modules/load.order); do
+    while read -r m; do
         insmod "/lib/modules/$m.ko" || return 1
-    done
+    done </lib/modules/load.order
     n=0
     while [ ! -b /dev/vda ]; do
         [ "$n" -lt 50 ] || { echo "init: no /dev/vda" >&2; return 1; }

@@ -7,6 +7,7 @@
 # the last container keeps running while the root cgroup is captured, so the root shows it too.
 set -eu
 
+# shellcheck disable=SC1091  # written by run.sh onto the data disk
 . ./run.env
 . hack/qemu-capture/workloads.sh
 

@@ -65,7 +65,7 @@ wl_inactive_file() {
 # wl_active_file DATA READY: write 100 MiB, then read it 4 times so the pages are promoted to active_file.
 wl_active_file() {
     write_file "$1/active.bin" 100
-    for waf_i in 1 2 3 4; do cat "$1/active.bin" >/dev/null; done
+    for _ in 1 2 3 4; do cat "$1/active.bin" >/dev/null; done
     touch "$2"
     exec sleep 3600
 }
@@ -75,6 +75,7 @@ wl_active_file() {
 wl_anon() {
     rm -f "$1/anon.fifo"
     mkfifo "$1/anon.fifo"
+    # shellcheck disable=SC2217  # sleep holds the fifo's read end open and never reads: that is the point
     sleep 3600 <"$1/anon.fifo" &
     dd if=/dev/zero bs=64M count=1 of="$1/anon.fifo" 2>/dev/null &
     wa_dd=$!
