@@ -5,23 +5,31 @@ kernfs regenerates a file's content on every read from offset 0. A stats answer 
 this turns ~250 µs of syscalls into ~40 µs. An open file does not pin its cgroup: rmdir still succeeds and
 later reads fail with ENODEV, which reads as "missing" here. Missing files are not cached (a file may appear
 later, e.g. when a v2 parent enables a controller). At most ``max_open`` files stay open (least recently used
-are closed first). Regular files work the same way, as long as they are rewritten in place.
+are closed first; by default 512, or a quarter of the fd limit when that is lower). Regular files work the
+same way, as long as they are rewritten in place.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import resource
 from collections import OrderedDict
 
 _CHUNK = 1 << 16
 
 
+def default_max_open() -> int:
+    """512 files, or a quarter of the fd limit when that is lower (sockets need the rest)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 512 if soft == resource.RLIM_INFINITY else max(8, min(512, soft // 4))
+
+
 class FileCache:
     """Open kernel files by path, reused across reads; not thread-safe (one event loop owns it)."""
 
-    def __init__(self, max_open: int = 512) -> None:
-        self.max_open = max_open
+    def __init__(self, max_open: int | None = None) -> None:
+        self.max_open = max_open if max_open is not None else default_max_open()
         self._fds: OrderedDict[str, int] = OrderedDict()
 
     def read_bytes(self, path: str) -> bytes | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 
-from guest_agent.files import FileCache
+from guest_agent.files import FileCache, default_max_open
 
 
 def test_missing_files_read_as_none_and_are_not_kept(tmp_path):
@@ -65,3 +66,11 @@ def test_forget_closes_only_the_files_under_a_directory(tmp_path):
     assert len(cache) == 1  # "ab/x" is not under "a/"
     cache.close()
     assert len(cache) == 0
+
+
+def test_default_bound_leaves_most_descriptors_to_sockets():
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    bound = default_max_open()
+    assert 8 <= bound <= 512
+    if soft != resource.RLIM_INFINITY:
+        assert bound <= max(8, soft // 4)
