@@ -211,5 +211,5 @@ def parse_hugetlb_name(name: str) -> tuple[str, str] | None:
 
 
 def hugetlb_size_bytes(size: str) -> int:
-    """Page size in bytes of a kernel page-size name (``2MB`` → 2097152); for sorting and checks."""
+    """Page size in bytes of a kernel page-size name (``2MB`` → 2097152): sizes are listed smallest first."""
     return int(size[:-2]) * _HUGETLB_UNITS[size[-2:]]

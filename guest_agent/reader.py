@@ -44,6 +44,7 @@ from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    hugetlb_size_bytes,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -417,7 +418,7 @@ class CgroupReader:
             split = parse_hugetlb_name(name)
             if split is not None and split[1] == anchor:
                 found.append(split[0])
-        sizes = tuple(sorted(found))
+        sizes = tuple(sorted(found, key=hugetlb_size_bytes))
         if sizes:
             self._hugetlb_sizes[h.mount] = sizes
         return sizes
