@@ -131,6 +131,62 @@ def kata_agent_v2(ours: agent_pb2.StatsContainerResponse) -> agent_pb2.StatsCont
     return kata
 
 
+DEVICES = ((8, 0), (8, 16))
+"""Two block devices (sda, sdb): enough to see whether devices are kept apart."""
+
+
+def add_controllers(response: agent_pb2.StatsContainerResponse, version: str) -> None:
+    """Fill cpu, pids, blkio, hugetlb and network the way our agent does for a ``version`` guest.
+
+    Numbers follow the kernel's rules so tests can derive expectations: cpu total = user + kernel (ns); v1
+    per-cpu figures add up to the total; v1 blkio per device and file: Sync + Async = Read + Write + Discard
+    = Total; a v2 device is the six kata entries (read, write, rios, wios, dbytes, dios); every value is
+    distinct so a mix-up shows.
+    """
+    cg = response.cgroup_stats
+    user, kernel = 3_000_001_999, 1_999_000_501
+    usage = cg.cpu_stats.cpu_usage
+    usage.total_usage, usage.usage_in_usermode, usage.usage_in_kernelmode = user + kernel, user, kernel
+    if version == "v1":
+        usage.percpu_usage.extend([user, kernel])
+    cg.cpu_stats.throttling_data.CopyFrom(
+        agent_pb2.ThrottlingData(periods=100, throttled_periods=7, throttled_time=123_456_789)
+    )
+    cg.pids_stats.current, cg.pids_stats.limit = 12, 0
+    blkio = cg.blkio_stats
+    blkio.SetInParent()
+    for n, (major, minor) in enumerate(DEVICES, start=1):
+        read, write, discard = 1000 * n + 1, 2000 * n + 2, 30 * n
+        if version == "v2":
+            values = {"read": read * 512, "write": write * 512, "rios": read, "wios": write}
+            values |= {"dbytes": discard * 512, "dios": discard}
+            for op, value in values.items():
+                blkio.io_service_bytes_recursive.add(major=major, minor=minor, op=op, value=value)
+            continue
+        for name, scale in (("io_service_bytes_recursive", 512), ("io_serviced_recursive", 1)):
+            entries = getattr(blkio, name)
+            r, w, d = read * scale, write * scale, discard * scale
+            sync = (r + w + d) // 3
+            for op, value in (("read", r), ("write", w), ("sync", sync), ("async", r + w + d - sync)):
+                entries.add(major=major, minor=minor, op=op, value=value)
+            entries.add(major=major, minor=minor, op="discard", value=d)
+            entries.add(major=major, minor=minor, op="total", value=r + w + d)
+        blkio.io_queued_recursive.add(major=major, minor=minor, op="read", value=n)
+        blkio.io_time_recursive.add(major=major, minor=minor, op="", value=777 * n)
+        blkio.sectors_recursive.add(major=major, minor=minor, op="", value=(read + write) * n)
+    cg.hugetlb_stats["2MB"].CopyFrom(agent_pb2.HugetlbStats(usage=4 << 20, max_usage=6 << 20, failcnt=1))
+    cg.hugetlb_stats["1GB"].CopyFrom(agent_pb2.HugetlbStats(usage=0, max_usage=0, failcnt=0))
+    response.network_stats.add(name="eth0", rx_bytes=1500, rx_packets=3, rx_errors=1, rx_dropped=2)
+    response.network_stats.add(name="eth1", tx_bytes=9000, tx_packets=6, tx_errors=4, tx_dropped=5)
+
+
+def full_response(guest: Guest) -> agent_pb2.StatsContainerResponse:
+    """Our agent's reply for ``guest`` with every controller."""
+    response = agent_response(guest)
+    add_controllers(response, guest.version)
+    return response
+
+
 # ---------------------------------------------------------------------------------------------- strategies
 
 pages = st.integers(min_value=0, max_value=1 << 20).map(lambda n: n * PAGE)
