@@ -44,7 +44,8 @@ from shimstats.ttrpc.status import TtrpcError, error_from_status
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "cgroupfs"
 START_TIMEOUT = 10.0
-"""Seconds an agent gets to accept connections (it needs ~0.3 s; CI machines can be slow)."""
+"""Seconds an agent or adapter process gets to accept connections (~0.3 s here; CI machines can be slow)."""
+CLI = [sys.executable, "-m", "shimstats.cli"]
 
 
 @contextlib.contextmanager
@@ -117,6 +118,48 @@ class AgentProcess:
 
     def __enter__(self) -> AgentProcess:
         self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill()
+
+
+class ServeProcess:
+    """``shimstats --log-level debug serve ... --log-format json`` on ``DIR/NAME.sock``, its log in
+    ``DIR/NAME.log``; returns from the constructor once the socket accepts."""
+
+    def __init__(self, directory: Path, agent_address: str, *extra: str, name: str = "adapter") -> None:
+        self.socket = directory / f"{name}.sock"
+        self.address = f"unix://{self.socket}"
+        self.log_path = directory / f"{name}.log"
+        argv = [*CLI, "--log-level", "debug", "serve", "--listen", self.address, "--agent", agent_address]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [*argv, "--log-format", "json", *extra], cwd=REPO, stdin=subprocess.DEVNULL, stderr=log
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _accepts(self.socket):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"shimstats serve did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send ``signum`` and wait; returns the exit status."""
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=10)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(

@@ -7,11 +7,7 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,48 +16,14 @@ from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_SERVICE
 from shimstats.ttrpc import Client
 from tests.integration.test_adapter_harness import (
+    CLI,
     REPO,
-    START_TIMEOUT,
     AgentProcess,
     Fixture,
+    ServeProcess,
     fixtures,
     short_tmp,
 )
-
-CLI = [sys.executable, "-m", "shimstats.cli"]
-
-
-class ServeProcess:
-    """``shimstats --log-level debug serve ... --log-format json`` with its log in DIR/serve.log."""
-
-    def __init__(self, directory: Path, agent_address: str, *extra: str) -> None:
-        self.socket = directory / "adapter.sock"
-        self.address = f"unix://{self.socket}"
-        self.log_path = directory / "serve.log"
-        argv = [*CLI, "--log-level", "debug", "serve", "--listen", self.address, "--agent", agent_address]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*argv, "--log-format", "json", *extra], cwd=REPO, stdin=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                self.process.wait()
-                raise RuntimeError(f"shimstats serve did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=10)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +43,23 @@ def shimstats_stats(address: str, container_id: str) -> subprocess.CompletedProc
     )
 
 
+async def connect(address: str) -> shim_pb2.ConnectResponse:
+    async with await Client.connect(address) as client:
+        raw = await client.call(TASK_SERVICE, "Connect", b"", timeout=5.0)
+    return shim_pb2.ConnectResponse.FromString(raw)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_answers_logs_and_cleans_up(fixture_agent: tuple[Fixture, AgentProcess], signum: int) -> None:
     fx, agent = fixture_agent
     stat = fx.keyed("memory", "memory.stat")
     usage = int(fx.file("memory", "memory.current"))
     with short_tmp() as directory:
-        serve = ServeProcess(directory, agent.address, "--metrics-format", "v2")
-        try:
+        with ServeProcess(directory, agent.address, "--metrics-format", "v2") as serve:
             ok = shimstats_stats(serve.address, fx.request_id)
             missing = shimstats_stats(serve.address, "no-such-container")
-
-            async def connect() -> shim_pb2.ConnectResponse:
-                async with await Client.connect(serve.address) as client:
-                    raw = await client.call(TASK_SERVICE, "Connect", b"", timeout=5.0)
-                return shim_pb2.ConnectResponse.FromString(raw)
-
-            connected = asyncio.run(connect())
+            connected = asyncio.run(connect(serve.address))
             assert serve.stop(signum) == 0
-        finally:
-            serve.kill()
         assert not serve.socket.exists()
         lines = serve.log_lines()
 
