@@ -6,8 +6,9 @@ or incomplete kernel file, or an I/O error → INTERNAL naming the file. Every o
 answered UNIMPLEMENTED by the ttrpc server itself, since only these are registered. Each error is one log line
 carrying the id and the cgroup path.
 
-The cgroup files are read right in the event loop: a whole answer costs some 100-200 µs of small reads of
-pseudo-files that never block on a disk, less than handing the work to a thread and back would add.
+The cgroup files are read right in the event loop: a whole answer costs some 100-200 µs (guest_agent.bench)
+of reads of pseudo-files that never wait for a disk. Handing it to a thread would add about as much again
+(an executor round trip measured ~110 µs here) and buy no parallelism, since parsing holds the GIL.
 """
 
 from __future__ import annotations
