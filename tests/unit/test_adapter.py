@@ -27,7 +27,8 @@ from shimstats.adapter import TASK_METHODS, TASK_SERVICE, StatsHandler, TaskServ
 from shimstats.agent_client import AgentClient, Backoff, map_agent_error
 from shimstats.fake_containerd import StatsResult, call_stats
 from shimstats.translate import OutputFormat
-from shimstats.ttrpc import CallContext, Client, Code, Server, TtrpcError
+from shimstats.ttrpc import CallContext, Client, Code, Frame, Server, TtrpcError
+from shimstats.ttrpc.framing import FrameDecoder, MessageType, encode_frame, encode_response
 
 Answer = Callable[[str, CallContext], Awaitable[bytes]]
 
@@ -335,6 +336,58 @@ async def test_agent_restart_is_redialled_without_a_failed_call() -> None:
         result = await s.stats("web-1")
         assert result.memory is not None
         assert s.client.dials == 2
+
+
+class DroppingAgent:
+    """A raw ttrpc peer that hangs up on the first ``drops`` connections as soon as a request arrives (an
+    agent dying mid-call) and answers every request on later connections with ``reply``."""
+
+    def __init__(self, directory: Path, drops: int, reply: agent_pb2.StatsContainerResponse) -> None:
+        self.path = str(directory / "dropping.sock")
+        self.address = f"unix://{self.path}"
+        self.drops = drops
+        self.reply = reply
+        self.connections = 0
+        self.requests = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        drop = self.connections <= self.drops
+        decoder = FrameDecoder()
+        try:
+            while data := await reader.read(65536):
+                for event in decoder.feed(data):
+                    if not isinstance(event, Frame) or event.mtype != MessageType.REQUEST:
+                        continue
+                    self.requests += 1
+                    if drop:
+                        return
+                    body = encode_response(self.reply.SerializeToString())
+                    writer.write(encode_frame(event.stream_id, MessageType.RESPONSE, 0, body))
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("drops", "succeeds"), [(1, True), (2, False)])
+async def test_a_connection_lost_mid_call_is_retried_once(drops: int, succeeds: bool) -> None:
+    with short_tmp() as directory:
+        agent = DroppingAgent(directory, drops, v2_guest_reply(10, 0, 10))
+        server = await asyncio.start_unix_server(agent.serve, path=agent.path)
+        client = AgentClient(agent.address, backoff=Backoff(initial=0.0, maximum=0.0))
+        try:
+            if succeeds:
+                reply = await client.stats_container("web-1", deadline=None)
+                assert reply.cgroup_stats.memory_stats.usage.usage == 10
+            else:
+                with pytest.raises(TtrpcError) as err:
+                    await client.stats_container("web-1")
+                assert err.value.code == Code.UNAVAILABLE
+                assert agent.address in err.value.message
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+    assert (agent.connections, agent.requests) == (2, 2)  # one retry, never more
 
 
 async def test_health_check() -> None:
