@@ -332,10 +332,10 @@ def test_v2_io_one_entry_per_device(guest: Guest) -> None:
             for e in entries:
                 if e.op in ("read", "write"):
                     want.setdefault((e.major, e.minor), {})[r if e.op == "read" else w] = e.value
-    entries = _v2(response).io.usage
-    assert len(entries) == len(DEVICES)
+    io = _v2(response).io.usage
+    assert len(io) == len(DEVICES)
     assert {
-        (e.major, e.minor): {k: getattr(e, k) for k in ("rbytes", "wbytes", "rios", "wios")} for e in entries
+        (d.major, d.minor): {k: getattr(d, k) for k in ("rbytes", "wbytes", "rios", "wios")} for d in io
     } == want
 
 

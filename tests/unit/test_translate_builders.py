@@ -423,7 +423,7 @@ def fixture_cases() -> Iterator[Case]:
 
 def example_v1() -> Guest:
     """A v1 container with a child: local + child parts, by the v1 rules above (numbers in pages)."""
-    local = {"cache": 2000, "rss": 300, "rss_huge": 0, "shmem": 100, "mapped_file": 50, "dirty": 7}
+    local = {"cache": 2000, "rss": 300, "rss_huge": 64, "shmem": 100, "mapped_file": 50, "dirty": 7}
     local |= {"writeback": 1, "swap": 20, "inactive_anon": 250, "active_anon": 150, "inactive_file": 1500}
     local |= {"active_file": 400, "unevictable": 0}
     child = {k: v // 2 for k, v in local.items()}
@@ -440,7 +440,7 @@ def example_v1() -> Guest:
 def example_v2() -> Guest:
     """A v2 container on a 5.19+ kernel, by the v2 rules above (sizes in pages)."""
     p = {"anon": 300, "file": 2000, "shmem": 100, "file_mapped": 50, "file_dirty": 7, "file_writeback": 1}
-    p |= {"anon_thp": 0, "inactive_anon": 250, "active_anon": 150, "inactive_file": 1500, "active_file": 400}
+    p |= {"anon_thp": 64, "inactive_anon": 250, "active_anon": 150, "inactive_file": 1500, "active_file": 400}
     p |= {"unevictable": 0, "kernel_stack": 8, "pagetables": 6, "percpu": 2, "vmalloc": 1, "sock": 3}
     p |= {"slab_reclaimable": 20, "slab_unreclaimable": 10, "slab": 30}
     stats = {k: v * PAGE for k, v in p.items()}
