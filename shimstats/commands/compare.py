@@ -111,12 +111,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SOURCE_FAILED if comparison.failed_sources else EXIT_OK
 
 
-def render_right(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """shimstats.table.render with every column but the first right-aligned (values like "6.2 MiB" too)."""
+def render_right(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 0) -> str:
+    """shimstats.table.render with the value columns right-aligned, values like "6.2 MiB" too.
+
+    The first column and the last ``text_columns`` columns (words, not values) stay left-aligned.
+    """
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    values = range(1, len(header) - text_columns)
 
     def justify(row: Sequence[str]) -> list[str]:
-        return [row[0], *(cell.rjust(widths[i]) for i, cell in enumerate(row) if i)]
+        return [cell.rjust(widths[i]) if i in values else cell for i, cell in enumerate(row)]
 
     return render(justify(header), [justify(r) for r in rows])
 
