@@ -2,11 +2,11 @@
 
 **Which cgroup version the guest runs** is decided from the raw memory.stat map only, because both agents send
 it verbatim and its key names differ by version: ``anon``/``file`` exist only on v2, ``cache``/``rss`` and the
-``total_*`` keys only on v1. A map with neither kind of key (empty: no memory controller data, or a kernel we
-do not know) or with both is **unknown**: the record then has usage and limit but no breakdown (every
-memory.stat figure None, so the working set is the whole usage: nothing is subtracted, as containerd does
-when the key is missing) and no swap or kernel counter, because what kata's ``swap_usage`` means (memory+swap
-on v1, swap only on v2) cannot be decided. Block I/O is still read by its op names.
+``total_*`` keys only on v1 (V2_MARKERS, V1_MARKERS). A map with neither kind of key (empty: no memory
+controller data, or a kernel we do not know) or with both is **unknown**: the record then has usage and limit
+but no breakdown (every memory.stat figure None, so the working set is the whole usage: nothing is subtracted,
+as containerd does when the key is missing) and no swap or kernel counter, because what kata's ``swap_usage``
+means (memory+swap on v1, swap only on v2) cannot be decided. Block I/O is still read by its op names.
 
 **A real kata-agent on a v2 guest** (reference/wire.md §5.3, semantics.md §7) leaves fields empty that our
 agent fills. It is recognised by ``use_hierarchy`` false, which our agent never sends on v2 (v2 is always
@@ -122,13 +122,19 @@ BLKIO_FILES = (
 """The kata BlkioStats fields; each one carries the v1 ``blkio.<name>`` file of the same name."""
 
 _V2_ONLY_OPS = frozenset(("rios", "wios", "dbytes", "dios"))
+_NETWORK_FIELDS = tuple(f.name for f in agent_pb2.NetworkStats.DESCRIPTOR.fields)
+
+V2_MARKERS = ("anon", "file")
+"""memory.stat keys only v2 kernels write."""
+V1_MARKERS = ("cache", "rss", "total_cache", "total_rss", "total_inactive_file")
+"""memory.stat keys only v1 kernels write (every v1 kernel writes all of them; any one is enough)."""
 
 
 def guest_version(response: agent_pb2.StatsContainerResponse) -> GuestVersion:
     """v1, v2 or unknown, from the memory.stat key names (rules in the module docstring)."""
     stats = response.cgroup_stats.memory_stats.stats
-    v2 = "anon" in stats or "file" in stats
-    v1 = "cache" in stats or "rss" in stats or any(key.startswith("total_") for key in stats)
+    v2 = any(key in stats for key in V2_MARKERS)
+    v1 = any(key in stats for key in V1_MARKERS)
     if v1 == v2:
         return "unknown"
     return "v2" if v2 else "v1"
@@ -285,4 +291,4 @@ def _devices(values: Iterable[tuple[int, int, str | None, int]]) -> tuple[Device
 
 
 def _network(n: agent_pb2.NetworkStats) -> NetworkRecord:
-    return NetworkRecord(**{f.name: getattr(n, f.name) for f in n.DESCRIPTOR.fields})
+    return NetworkRecord(**{name: getattr(n, name) for name in _NETWORK_FIELDS})

@@ -23,7 +23,6 @@ What containerd's readers need, and how each is met:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.translate.record import (
@@ -73,7 +72,7 @@ def to_v1(record: ContainerRecord) -> v1.Metrics:
     for h in record.hugetlb:
         metrics.hugetlb.add(usage=h.usage, max=h.max_usage or 0, failcnt=h.failcnt, pagesize=h.pagesize)
     for n in record.network:
-        metrics.network.add(**asdict(n))
+        metrics.network.add(**vars(n))  # a NetworkRecord's fields are the proto's, by name
     return metrics
 
 

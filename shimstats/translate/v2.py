@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats.translate.record import UNLIMITED, ContainerRecord, CpuRecord, MemoryRecord, is_unlimited
 
@@ -95,7 +93,7 @@ def to_v2(record: ContainerRecord) -> v2.Metrics:
     for h in record.hugetlb:
         metrics.hugetlb.add(current=h.usage, pagesize=h.pagesize, failcnt=h.failcnt)
     for n in record.network:
-        metrics.network.add(**asdict(n))
+        metrics.network.add(**vars(n))  # a NetworkRecord's fields are the proto's, by name
     return metrics
 
 
