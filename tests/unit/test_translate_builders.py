@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shimstats._proto.kata import agent_pb2
@@ -36,6 +36,8 @@ from shimstats._proto.kata import agent_pb2
 PAGE = 4096
 U64_MAX = 2**64 - 1
 V1_UNLIMITED = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE, what v1 writes for "no limit"
+NO_DEADLINE = settings(deadline=None)
+"""For property tests: bounded by their example count; a loaded machine must not make them flake."""
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroupfs"
 
 
@@ -472,6 +474,7 @@ def _check_lru(stats: dict[str, int], prefix: str, anon: str, file: str) -> None
     assert s["inactive_file"] + s["active_file"] == s[file] - s["shmem"]
 
 
+@NO_DEADLINE
 @given(v1_guests())
 def test_v1_guests_follow_the_v1_rules(guest: Guest) -> None:
     _check_lru(guest.stats, "", "rss", "cache")
@@ -482,6 +485,7 @@ def test_v1_guests_follow_the_v1_rules(guest: Guest) -> None:
     assert all(v % PAGE == 0 for k, v in guest.stats.items() if "pg" not in k and "workingset" not in k)
 
 
+@NO_DEADLINE
 @given(v2_guests())
 def test_v2_guests_follow_the_v2_rules(guest: Guest) -> None:
     s = guest.stats
@@ -492,6 +496,7 @@ def test_v2_guests_follow_the_v2_rules(guest: Guest) -> None:
     assert guest.usage <= s["anon"] + s["file"] + guest.kernel + s["sock"] + 16 * PAGE
 
 
+@NO_DEADLINE
 @given(v2_guests())
 def test_kata_agent_v2_reply_has_the_documented_gaps(guest: Guest) -> None:
     ours = agent_response(guest)

@@ -22,6 +22,7 @@ from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate import translate
 from tests.unit.test_translate_builders import (
+    NO_DEADLINE,
     Case,
     Guest,
     agent_response,
@@ -64,12 +65,14 @@ def check_invariant(guest: Guest, response: agent_pb2.StatsContainerResponse, ou
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
+@NO_DEADLINE
 @given(guest=v1_guests())
 def test_v1_guest(guest: Guest, output: str) -> None:
     check_invariant(guest, agent_response(guest), output)
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
+@NO_DEADLINE
 @given(guest=v2_guests(), kata=st.booleans())
 def test_v2_guest(guest: Guest, kata: bool, output: str) -> None:
     response = agent_response(guest)
