@@ -151,6 +151,7 @@ class Verification:
                 "cgroup_version": self.after.version,
                 "before": self.before.figures.to_dict(),
                 "after": self.after.figures.to_dict(),
+                "memory_stat": self.after.stat,
             },
             "checks": [c.to_json() for c in self.checks],
             "cri": self.result.memory.to_dict() if self.result.memory else None,
