@@ -2,7 +2,7 @@
 
 A Channel is an asyncio BufferedProtocol, so the event loop reads straight into one reused buffer and calls
 us back (no reader task in between, and no fresh 256 KiB allocation per read, which the plain Protocol path
-pays on every recv). It can also be driven from an asyncio stream pair (``run_streams``) for callers that
+pays on every recv). It can also be driven from an asyncio stream pair (``start_streams``) for callers that
 already hold one. Client and server both sit on it; it knows nothing about requests.
 
 Every frame is written with a single ``transport.write`` call, which the event loop never splits or
@@ -165,10 +165,13 @@ class Channel(asyncio.BufferedProtocol):
         """Transport details (``socket``, ``peername``...), as asyncio transports give them."""
         return default if self._transport is None else self._transport.get_extra_info(name, default)
 
-    async def run_streams(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Drive this channel from a stream pair until the connection ends."""
+    def start_streams(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.Task[None]:
+        """Drive this channel from a stream pair: writes work at once; the returned task does the reading."""
         self._writer = writer
         self.connection_made(writer.transport)
+        return asyncio.get_running_loop().create_task(self._pump(reader, writer))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         error: BaseException | None = None
         try:
             while True:

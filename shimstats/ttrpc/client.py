@@ -55,7 +55,7 @@ class Client:
         self.address = address
         if reader is not None and writer is not None:
             self.address = address or str(writer.get_extra_info("peername") or "ttrpc peer")
-            self._pump = self._loop.create_task(self._channel.run_streams(reader, writer))
+            self._pump = self._channel.start_streams(reader, writer)
         elif reader is not None or writer is not None:
             raise ValueError("Client needs both a reader and a writer (or neither, from Client.connect)")
 

@@ -306,7 +306,7 @@ class Server:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection given as an asyncio stream pair (the callback for ``start_listener``)."""
-        await self._new_connection().run_streams(reader, writer)
+        await self._new_connection().start_streams(reader, writer)
 
     @property
     def connection_count(self) -> int:
