@@ -89,7 +89,7 @@ def map_agent_error(error: TtrpcError, container_id: str, address: str) -> Ttrpc
 class AgentClient:
     """StatsContainer and Health/Check against one agent address, over one shared, self-healing connection.
 
-    Create and use it inside one running event loop; ``close`` it when done.
+    Use it from one event loop (it may be created outside it); ``close`` it when done.
     """
 
     def __init__(
@@ -107,7 +107,7 @@ class AgentClient:
         self.dials = 0
         """Successful dials so far: 1 while the first connection lives (for logs and tests)."""
         self._client: Client | None = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # made in the loop that uses it (Python 3.9 binds at creation)
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
@@ -180,7 +180,7 @@ class AgentClient:
         client = self._client
         if client is not None and not client.closed:
             return client
-        async with self._lock:
+        async with self._dial_lock():
             if self._closed:
                 raise TtrpcError(
                     Code.UNAVAILABLE, f"the client of the guest agent at {self.address} is closed"
@@ -192,6 +192,11 @@ class AgentClient:
             if client is not None:
                 await client.close()
             return await self._dial()
+
+    def _dial_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
 
     async def _dial(self) -> Client:
         loop = asyncio.get_running_loop()
@@ -223,7 +228,7 @@ class AgentClient:
 
     async def close(self) -> None:
         """Close the connection; later calls fail with UNAVAILABLE."""
-        async with self._lock:
+        async with self._dial_lock():
             self._closed = True
             client, self._client = self._client, None
         if client is not None:
