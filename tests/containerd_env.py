@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -222,7 +222,16 @@ class Containerd:
     config, root, state, sockets, the bind source for /run, and the containers' root filesystems.
     """
 
-    def __init__(self, base_dir: Path | None = None, *, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        *,
+        start_timeout: float = 10.0,
+        extra_config: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``extra_config`` is appended to the generated config.toml; ``env`` is added to containerd's
+        environment, which its shims inherit (e.g. PATH for extra runtimes, SHIMSTATS_CONFIG)."""
         self._owns_dir = base_dir is None
         # Short on purpose: host paths of shim sockets (run_dir/containerd/s/<64 hex>) must fit sun_path.
         self.base_dir = Path(tempfile.mkdtemp(prefix="ssc-", dir="/tmp")) if base_dir is None else base_dir
@@ -232,6 +241,8 @@ class Containerd:
         self.config_path = self.base_dir / "config.toml"
         self.log_path = self.base_dir / "containerd.log"
         self._start_timeout = start_timeout
+        self._extra_config = extra_config
+        self._env = dict(env) if env is not None else None
         self._state = _State()
         self._process: subprocess.Popen[bytes] | None = None
         self.mount_namespace: int | None = None  # inode of containerd's mount namespace
@@ -280,6 +291,7 @@ class Containerd:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C must not kill it before we clean up
+                env=None if self._env is None else {**os.environ, **self._env},
             )
         self._state.pid = self._process.pid
         self._save_state()
@@ -298,7 +310,7 @@ class Containerd:
             "[ttrpc]\n"
             f"  address = {json.dumps(self.ttrpc_address)}\n"
             "[debug]\n"
-            '  level = "warn"\n'  # below debug: shims start without -debug
+            '  level = "warn"\n' + self._extra_config  # below debug: shims start without -debug
         )
 
     def _wait_ready(self) -> None:
@@ -581,8 +593,12 @@ def _alive(pid: int) -> bool:
 
 
 def _is_shim_of(pid: int, address: str) -> bool:
+    """A shim of the containerd at ``address``: a containerd-shim-* program (argv[0], or argv[1] when an
+    interpreter runs the script) or ``python -m shimstats.proxy``, with ``-address <address>``."""
     argv = _cmdline(pid)
-    if not argv or not os.path.basename(argv[0]).startswith("containerd-shim"):
+    programs = [os.path.basename(arg) for arg in argv[:2]]
+    is_shim = any(p.startswith("containerd-shim") for p in programs) or argv[1:3] == ["-m", "shimstats.proxy"]
+    if not is_shim:
         return False
     return any(a == "-address" and i + 1 < len(argv) and argv[i + 1] == address for i, a in enumerate(argv))
 

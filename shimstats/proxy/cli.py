@@ -1,0 +1,182 @@
+"""The command line containerd runs: ``containerd-shim-kata-stats-v2 [flags] start|delete``.
+
+The flags are the Go shims' (single dash, as containerd writes them; a double dash works too). ``serve`` is
+the serving process ``start`` launches; its extra flags carry what ``start`` resolved. Exit status 0 on
+success; on failure 1 and one line on stderr, which containerd shows in its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shimstats import __version__
+from shimstats.adapter import TASK_SERVICE
+from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
+from shimstats.proxy import logs as proxy_logs
+from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
+from shimstats.proxy.daemon import DaemonSettings, serve
+from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
+from shimstats.proxy.options import OptionsError
+from shimstats.ttrpc import AddressError, TransportError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("shimstats.proxy")
+
+EPILOG = f"""\
+containerd runs this binary for the runtime {RUNTIME_TYPE}; people rarely do.
+The proxy's TOML file comes from the runtime options' ConfigPath or ${CONFIG_ENV}; see docs/proxy-shim.md.
+
+actions:
+  start    start the inner shim and our server in front of it; print our address
+  delete   clean up after a shim that went away (the inner shim's delete; DeleteResponse on stdout)"""
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
+    """A Go-style flag: ``-name`` (as containerd writes it) and ``--name``."""
+    parser.add_argument(f"-{name}", f"--{name}", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=BINARY,
+        description="containerd shim v2 that forwards every task call to the real shim (Kata) and answers "
+        "Stats from the guest agent with working set = usage - inactive_file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    _flag(parser, "namespace", default="", help="namespace that owns the shim")
+    _flag(parser, "id", default="", help="id of the task")
+    _flag(parser, "address", default="", help="grpc address back to containerd")
+    _flag(parser, "publish-binary", default="containerd", dest="publish_binary", help="containerd binary")
+    _flag(parser, "bundle", default="", help="bundle path (default: the working directory)")
+    _flag(parser, "socket", default="", help="accepted and ignored (Go shims' flag)")
+    _flag(parser, "debug", action="store_true", help="debug logs")
+    _flag(parser, "v", action="store_true", dest="version", help="print the version and exit")
+    parser.add_argument(
+        "--stats-fallback",
+        choices=FALLBACKS,
+        default=None,
+        help="when the guest agent is unreachable: pass the inner shim's Stats through (inner) or fail "
+        "with UNAVAILABLE (error); overrides the config's stats_fallback (default there: inner)",
+    )
+    serving = parser.add_argument_group("serve (set by start)")
+    serving.add_argument("--listen", default="", metavar="ADDR")
+    serving.add_argument("--inner", default="", metavar="ADDR")
+    serving.add_argument("--inner-service", default=TASK_SERVICE, metavar="NAME")
+    serving.add_argument("--agent", default="", metavar="ADDR")
+    serving.add_argument("--metrics-format", choices=FORMATS, default="auto")
+    serving.add_argument("--stats-timeout", type=float, default=10.0, metavar="SECONDS")
+    serving.add_argument("--own-config", default="", metavar="PATH")
+    serving.add_argument("--inner-config-path", default="", metavar="PATH")
+    parser.add_argument("action", nargs="?", choices=("start", "delete", "serve"), help="what to do")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{BINARY}: {message}", file=sys.stderr)
+    return 1
+
+
+def _level(args: argparse.Namespace) -> int:
+    return logging.DEBUG if args.debug else logging.INFO
+
+
+def _log_fields(shim: ShimArgs) -> dict[str, str]:
+    return {"id": shim.id, "namespace": shim.namespace, "pid": str(os.getpid())}
+
+
+def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
+    fd = proxy_logs.open_log_fifo(shim.bundle)
+    if fd is not None:  # stdout and stderr are the address containerd reads: logs go to the fifo only
+        proxy_logs.configure(os.fdopen(fd, "w", buffering=1), _level(args), _log_fields(shim))
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    try:
+        address = run_start(shim, stdin, os.environ, args.stats_fallback)
+    except (ConfigError, OptionsError, StartError, AddressError, OSError) as exc:
+        log.error("start failed: %s", exc)
+        return _fail(str(exc))
+    sys.stdout.write(address)
+    sys.stdout.flush()
+    return 0
+
+
+def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
+    # containerd logs this stderr as "cleanup warnings": warnings and worse only, unless -debug.
+    proxy_logs.configure(sys.stderr, logging.DEBUG if args.debug else logging.WARNING, _log_fields(shim))
+    try:
+        status, out, err = run_delete(shim, os.environ)
+    except (ConfigError, StartError, OSError) as exc:
+        return _fail(str(exc))
+    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    sys.stdout.buffer.write(out)  # the inner shim's DeleteResponse, byte for byte
+    sys.stdout.flush()
+    return status
+
+
+def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
+    """The serving process: stderr is the bundle's log fifo (start arranged it), fd 1 the "ready" pipe."""
+    proxy_logs.configure(sys.stderr, _level(args), _log_fields(shim))
+    if not (args.listen and args.inner and args.agent):
+        return _fail("serve needs --listen, --inner and --agent (it is started by start)")
+    settings = DaemonSettings(
+        listen=args.listen,
+        inner_address=args.inner,
+        agent=args.agent,
+        inner_service=args.inner_service,
+        metrics_format=args.metrics_format,
+        stats_fallback=args.stats_fallback or "inner",
+        stats_timeout=args.stats_timeout,
+        namespace=shim.namespace,
+        own_config=args.own_config,
+        inner_config_path=args.inner_config_path,
+    )
+    announced = False
+
+    def ready() -> None:
+        nonlocal announced
+        os.write(1, b"ready\n")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # closes the pipe: start's read sees the end
+        os.close(devnull)
+        announced = True
+
+    try:
+        asyncio.run(serve(settings, ready))
+    except (TransportError, AddressError, OSError, ValueError) as exc:
+        if not announced:
+            os.write(1, f"error: {exc}\n".encode())
+        log.error("serving failed: %s", exc)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"{BINARY}:\n  Version:  shimstats {__version__}\n  Python:   {sys.version.split()[0]}")
+        return 0
+    if not args.namespace:
+        return _fail("shim namespace cannot be empty")
+    if not args.action:
+        return _fail("an action is required: start or delete")
+    shim = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug)
+    if args.action == "start":
+        return _start(shim, args)
+    if args.action == "delete":
+        return _delete(shim, args)
+    return _serve(shim, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The proxy's TOML file: which shim to start, how to reach the guest agent, what to answer Stats with.
+
+```toml
+inner_shim = "containerd-shim-kata-v2"                          # name on PATH, or an absolute path
+agent = "hvsock:///run/vc/vm/{sandbox}/clh.sock:1026"           # {id} {sandbox} {namespace} expand
+metrics_format = "auto"                                         # auto | v1 | v2
+stats_fallback = "inner"                                        # inner | error
+inner_config_path = "/opt/kata/share/defaults/kata-containers/configuration-clh.toml"   # optional
+stats_timeout = 10.0                                            # optional, seconds
+```
+
+Every mistake is refused at load time with the file and key named: a missing or unknown key (typos must not
+pass silently), a placeholder other than the three, a template that does not expand to an address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from shimstats.adapter import validate_id
+from shimstats.proxy import BINARY
+from shimstats.ttrpc import AddressError, TtrpcError, parse_address
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+__all__ = [
+    "FALLBACKS",
+    "FORMATS",
+    "ConfigError",
+    "Fallback",
+    "ProxyConfig",
+    "expand_agent",
+    "load_config",
+    "parse_config",
+    "resolve_inner_shim",
+]
+
+Fallback = Literal["inner", "error"]
+FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
+FORMATS = ("auto", "v1", "v2")
+_PLACEHOLDERS = ("id", "sandbox", "namespace")
+_REQUIRED = ("inner_shim", "agent")
+_OPTIONAL = ("metrics_format", "stats_fallback", "inner_config_path", "stats_timeout")
+
+
+class ConfigError(ValueError):
+    """The proxy's configuration is missing or wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """One proxy runtime's settings (see the module doc for the file they come from)."""
+
+    inner_shim: str
+    agent: str
+    metrics_format: str = "auto"
+    stats_fallback: Fallback = "inner"
+    inner_config_path: str = ""
+    stats_timeout: float = 10.0
+    path: str = ""
+    """The file these settings were read from ("" when built in code)."""
+
+    def agent_address(self, *, container_id: str, sandbox: str, namespace: str) -> str:
+        """The guest agent's address for one shim: the template with its placeholders filled in."""
+        return expand_agent(self.agent, container_id=container_id, sandbox=sandbox, namespace=namespace)
+
+
+def expand_agent(template: str, *, container_id: str, sandbox: str, namespace: str) -> str:
+    """Fill ``{id}``, ``{sandbox}``, ``{namespace}``; each value must be a containerd identifier.
+
+    The values land in socket paths, so an id with ``/`` or ``..`` is refused rather than followed.
+    """
+    values = {"id": container_id, "sandbox": sandbox, "namespace": namespace}
+    for name, value in values.items():
+        try:
+            validate_id(value)
+        except TtrpcError as exc:
+            raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {exc.message}") from None
+    try:
+        text = template.format_map(values)
+    except KeyError as exc:
+        raise ConfigError(
+            f"agent address {template!r}: unknown placeholder {{{exc.args[0]}}}; use "
+            + ", ".join(f"{{{p}}}" for p in _PLACEHOLDERS)
+        ) from None
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"agent address {template!r}: {exc} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    try:
+        parse_address(text)
+    except AddressError as exc:
+        raise ConfigError(f"agent address {template!r} expands to {text!r}: {exc}") from None
+    return text
+
+
+def parse_config(data: Mapping[str, Any], path: str = "") -> ProxyConfig:
+    """Check a decoded TOML table and turn it into a ProxyConfig."""
+    where = path or "proxy config"
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_REQUIRED + _OPTIONAL)}"
+        )
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    for key in ("inner_shim", "agent", "metrics_format", "stats_fallback", "inner_config_path"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, not {type(data[key]).__name__}")
+    if not data["inner_shim"]:
+        raise ConfigError(f"{where}: inner_shim must name the real shim")
+    metrics_format = data.get("metrics_format", "auto")
+    if metrics_format not in FORMATS:
+        raise ConfigError(f"{where}: metrics_format {metrics_format!r}: expected one of {', '.join(FORMATS)}")
+    fallback = data.get("stats_fallback", "inner")
+    if fallback not in FALLBACKS:
+        raise ConfigError(f"{where}: stats_fallback {fallback!r}: expected one of {', '.join(FALLBACKS)}")
+    timeout = data.get("stats_timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f"{where}: stats_timeout must be a positive number of seconds, not {timeout!r}")
+    try:
+        # Sample identifiers: catches bad placeholders and non-addresses now, not at the first Stats.
+        expand_agent(data["agent"], container_id="id", sandbox="sandbox", namespace="namespace")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return ProxyConfig(
+        inner_shim=data["inner_shim"],
+        agent=data["agent"],
+        metrics_format=metrics_format,
+        stats_fallback=cast(Fallback, fallback),
+        inner_config_path=data.get("inner_config_path", ""),
+        stats_timeout=float(timeout),
+        path=path,
+    )
+
+
+def load_config(path: str) -> ProxyConfig:
+    """Read and check the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the proxy config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
+    """The absolute path of the inner shim: ``name`` itself if it has a ``/``, else looked up on PATH.
+
+    Refuses the proxy's own binary: starting ourselves as our inner shim would recurse.
+    """
+    if os.path.basename(name) == BINARY:
+        raise ConfigError(
+            f"inner_shim {name!r} is the proxy itself; name the real shim (e.g. containerd-shim-kata-v2)"
+        )
+    if "/" in name:
+        if not os.path.isabs(name):
+            raise ConfigError(f"inner_shim {name!r}: a path must be absolute")
+        if not (os.path.isfile(name) and os.access(name, os.X_OK)):
+            raise ConfigError(f"inner_shim {name}: not an executable file")
+        return name
+    found = shutil.which(name, path=search_path if search_path is not None else os.environ.get("PATH"))
+    if found is None:
+        raise ConfigError(
+            f"inner_shim {name!r}: not found on PATH ({search_path or os.environ.get('PATH', '')})"
+        )
+    return os.path.abspath(found)

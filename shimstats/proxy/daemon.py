@@ -1,0 +1,117 @@
+"""The proxy's serving process: our Task server in front of one inner shim, for as long as that shim lives.
+
+Started by ``start`` (shimstats.proxy.launch), it dials the inner shim, listens on our socket, says
+"ready", and serves until one of:
+* the inner shim's connection closes: the inner shim exited (after containerd's Shutdown, or it died).
+  Without it there is nothing to forward to, so we stop too; containerd then sees our connection close,
+  exactly as it would have seen the inner shim's;
+* SIGTERM or SIGINT.
+On the way out the calls in flight get a short grace, our socket file is removed, and so is the inner
+shim's when it no longer answers (it removed ours instead: see shimstats.proxy.sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shimstats.adapter import TASK_SERVICE, StatsHandler
+from shimstats.agent_client import AgentClient
+from shimstats.proxy.config import Fallback
+from shimstats.proxy.forward import ProxyService
+from shimstats.proxy.sockets import remove_if_stale, unix_path
+from shimstats.translate import resolve_format
+from shimstats.ttrpc import Client, Server, TransportError
+
+__all__ = ["DaemonSettings", "serve"]
+
+log = logging.getLogger("shimstats.proxy")
+
+CONNECT_TIMEOUT = 5.0
+SHUTDOWN_GRACE = 2.0
+INNER_POLL = 0.1
+"""Seconds between looks at the inner connection (a closed flag; no I/O)."""
+INNER_SOCKET_WAIT = 2.0
+"""How long the inner shim's socket may keep answering after its connection closed before we leave it."""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Everything the serving process needs; ``start`` resolves it and passes it on the command line."""
+
+    listen: str
+    inner_address: str
+    agent: str
+    inner_service: str = TASK_SERVICE
+    metrics_format: str = "auto"
+    stats_fallback: Fallback = "inner"
+    stats_timeout: float = 10.0
+    namespace: str = ""
+    own_config: str = ""
+    inner_config_path: str = ""
+
+
+async def _closed(client: Client) -> None:
+    """Return once ``client``'s connection is gone (Client offers a flag, not an awaitable: we poll it)."""
+    while not client.closed:  # noqa: ASYNC110
+        await asyncio.sleep(INNER_POLL)
+
+
+async def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) -> None:
+    """Serve until the inner shim goes or a signal comes; ``ready`` is called once we accept calls."""
+    output = resolve_format(settings.metrics_format)
+    try:
+        inner = await Client.connect(settings.inner_address, timeout=CONNECT_TIMEOUT)
+    except TransportError as exc:
+        raise TransportError(f"cannot reach the inner shim: {exc}") from None
+    agent = AgentClient(settings.agent, default_timeout=settings.stats_timeout)
+    service = ProxyService(
+        inner,
+        StatsHandler(agent, output, default_namespace=settings.namespace),
+        fallback=settings.stats_fallback,
+        inner_service=settings.inner_service,
+        own_config=settings.own_config,
+        inner_config_path=settings.inner_config_path,
+    )
+    server = Server()
+    service.register(server)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    waits: list[asyncio.Task[object]] = []
+    inner_gone = False
+    try:
+        await server.start(settings.listen)
+        log.info(
+            "serving %s, forwarding to %s; Stats from the guest agent at %s as %s metrics",
+            TASK_SERVICE,
+            settings.inner_address,
+            settings.agent,
+            output,
+            extra={"address": settings.listen},
+        )
+        ready()
+        waits = [loop.create_task(_closed(inner)), loop.create_task(stop.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        inner_gone = inner.closed
+        why = "the inner shim's connection closed" if inner_gone else "signalled"
+        log.info("stopping: %s", why, extra={"address": settings.listen})
+    finally:
+        for task in waits:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await server.close(grace=SHUTDOWN_GRACE)
+        await inner.close()
+        await agent.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    if inner_gone:
+        path = unix_path(settings.inner_address)
+        if not await loop.run_in_executor(None, remove_if_stale, path, INNER_SOCKET_WAIT):
+            log.warning("the inner shim's socket still answers; left in place", extra={"address": path})

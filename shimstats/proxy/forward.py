@@ -1,0 +1,144 @@
+"""The proxy's ``containerd.task.v2.Task``: every call forwarded to the inner shim, Stats from the agent.
+
+Forwarding keeps the call as containerd made it: the payload bytes go through untouched, the metadata
+(containerd's namespace among it) travels along, the time left before the caller's deadline becomes the
+inner call's timeout (no deadline stays no deadline: Wait blocks until the task exits), and the inner
+shim's status comes back unchanged (code, message, details). Two calls are looked at:
+
+* Stats is answered from the guest agent through the adapter core (StatsHandler). When the agent cannot be
+  reached (UNAVAILABLE) the fallback policy decides: ``inner`` forwards the call to the inner shim and logs
+  one warning per container until the agent answers for it again; ``error`` returns the agent's status.
+  Any other agent status (NOT_FOUND for an unknown id, DEADLINE_EXCEEDED...) is the answer.
+* Create carries the runtime options again; options naming the proxy's own config file are swapped for
+  what the inner shim should get (shimstats.proxy.options), everything else in the request is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from google.protobuf.message import DecodeError
+
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats.adapter import TASK_METHODS, TASK_SERVICE, StatsHandler
+from shimstats.proxy.config import Fallback
+from shimstats.proxy.options import for_inner
+from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
+
+__all__ = ["ProxyService"]
+
+log = logging.getLogger("shimstats.proxy")
+
+
+class ProxyService:
+    """Task handlers for the proxy: ``register`` them on a Server."""
+
+    def __init__(
+        self,
+        inner: Client,
+        stats: StatsHandler,
+        *,
+        fallback: Fallback = "inner",
+        inner_service: str = TASK_SERVICE,
+        own_config: str = "",
+        inner_config_path: str = "",
+    ) -> None:
+        self.inner = inner
+        self.stats_handler = stats
+        self.fallback = fallback
+        self.inner_service = inner_service
+        self.own_config = own_config
+        self.inner_config_path = inner_config_path
+        self._warned: set[str] = set()
+        """Containers whose Stats fell back since the agent last answered for them."""
+
+    def handlers(self) -> dict[str, Handler]:
+        """A handler for every Task method."""
+        table: dict[str, Handler] = {name: self._forwarder(name) for name in TASK_METHODS}
+        table["Stats"] = self.stats
+        table["Create"] = self.create
+        return table
+
+    def register(self, server: Server) -> None:
+        """Serve the Task service on ``server``."""
+        server.register(TASK_SERVICE, self.handlers())
+
+    def _forwarder(self, method: str) -> Handler:
+        async def forward_call(payload: bytes, ctx: CallContext) -> bytes:
+            return await self.forward(method, payload, ctx)
+
+        return forward_call
+
+    async def forward(self, method: str, payload: bytes, ctx: CallContext) -> bytes:
+        """Send ``payload`` to the inner shim's ``method`` with the caller's metadata and remaining time."""
+        timeout = None
+        if ctx.deadline is not None:
+            timeout = ctx.deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                raise TtrpcError(Code.DEADLINE_EXCEEDED, f"{TASK_SERVICE}/{method}: the deadline has passed")
+        return await self.inner.call(
+            self.inner_service, method, payload, timeout=timeout, metadata=ctx.metadata
+        )
+
+    async def create(self, payload: bytes, ctx: CallContext) -> bytes:
+        """Create, with the proxy's own runtime options replaced by the inner shim's (see module doc)."""
+        if self.own_config:
+            payload = self._inner_create(payload)
+        return await self.forward("Create", payload, ctx)
+
+    def _inner_create(self, payload: bytes) -> bytes:
+        try:
+            request = shim_pb2.CreateTaskRequest.FromString(payload)
+        except DecodeError:
+            return payload  # not ours to judge: the inner shim answers it
+        if not request.HasField("options"):
+            return payload
+        options = for_inner(request.options, self.own_config, self.inner_config_path)
+        if options is request.options:
+            return payload
+        if options is None:
+            request.ClearField("options")
+        else:
+            request.options.CopyFrom(options)
+        return request.SerializeToString()
+
+    async def stats(self, payload: bytes, ctx: CallContext) -> bytes:
+        """Stats from the guest agent; on UNAVAILABLE, the fallback policy (module doc)."""
+        try:
+            container_id = shim_pb2.StatsRequest.FromString(payload).id
+        except DecodeError as exc:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"StatsRequest does not decode: {exc}") from None
+        try:
+            response = await self.stats_handler.stats(container_id, deadline=ctx.deadline)
+        except TtrpcError as exc:
+            if exc.code != Code.UNAVAILABLE:
+                level = logging.DEBUG if exc.code == Code.NOT_FOUND else logging.WARNING
+                log.log(
+                    level, "Stats failed: %s", exc.message, extra={"id": container_id, "code": exc.code.name}
+                )
+                raise
+            self._warn_once(container_id, exc)
+            if self.fallback == "error":
+                raise
+            return await self.forward("Stats", payload, ctx)
+        if container_id in self._warned:
+            self._warned.discard(container_id)
+            log.info("guest agent answers Stats again", extra={"id": container_id})
+        return response.SerializeToString()
+
+    def _warn_once(self, container_id: str, exc: TtrpcError) -> None:
+        """One warning per container and outage: scrapes every few seconds must not flood the log."""
+        if container_id in self._warned:
+            return
+        self._warned.add(container_id)
+        then = (
+            "passing the inner shim's Stats through" if self.fallback == "inner" else "answering UNAVAILABLE"
+        )
+        log.warning(
+            "guest agent unreachable; %s until it answers (stats_fallback = %s): %s",
+            then,
+            self.fallback,
+            exc.message,
+            extra={"id": container_id},
+        )

@@ -1,0 +1,356 @@
+"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, reference/wire.md §2.3).
+
+containerd runs ``<shim> -namespace NS -address GRPC -publish-binary CONTAINERD -id ID [-debug] start`` in
+the bundle directory, with TTRPC_ADDRESS in the environment and the runtime options (an Any) on stdin, and
+takes everything the process prints (stdout and stderr together) as the address to dial. Our ``start``:
+1. finds our config (the runtime options' config_path, else $SHIMSTATS_CONFIG) and the inner shim;
+2. runs the inner shim's ``start`` with the same flags, environment and directory, giving it the options
+   meant for it, and reads its address (plain = task v2 over ttrpc; the JSON form of newer shims too);
+3. starts our serving process on a socket named after that address (shimstats.proxy.sockets), unless one
+   already answers there (the inner shim groups containers: one proxy per inner shim);
+4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
+   reads it to reconnect after a restart) and prints our address.
+
+``delete`` (``... -id ID -bundle DIR delete``, after a shim went away) runs the inner shim's ``delete``,
+whose stdout is the DeleteResponse containerd reads, tells a still-running inner shim to let go of the task,
+and removes socket files nobody serves any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats.adapter import TASK_SERVICE
+from shimstats.fake_containerd import NAMESPACE_KEY
+from shimstats.proxy import CONFIG_ENV
+from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
+from shimstats.proxy.daemon import DaemonSettings
+from shimstats.proxy.logs import open_log_fifo
+from shimstats.proxy.options import config_path_of, decode_any, for_inner
+from shimstats.proxy.sockets import accepts, proxy_address, remove_if_stale, unix_path
+from shimstats.ttrpc import AddressError, SyncClient, TtrpcError
+
+__all__ = [
+    "STATE_FILE",
+    "ShimArgs",
+    "StartError",
+    "daemon_argv",
+    "parse_start_output",
+    "run_delete",
+    "run_start",
+    "sandbox_id",
+]
+
+log = logging.getLogger("shimstats.proxy")
+
+STATE_FILE = "shimstats-proxy.json"
+"""In the bundle: the inner shim and both addresses, for ``delete`` (which gets no runtime options)."""
+ADDRESS_FILE = "address"
+INNER_START_TIMEOUT = 60.0
+INNER_DELETE_TIMEOUT = 60.0
+READY_TIMEOUT = 15.0
+"""Seconds the serving process gets to listen (a Python start is ~0.5 s; slow CI machines need more)."""
+SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
+TASK_V3_SERVICE = "containerd.task.v3.Task"
+"""Same messages as v2 (reference/wire.md §2.1); a shim that answers JSON version 3 serves this name."""
+_HANDOVER_TIMEOUT = 5.0
+_SOCKET_WAIT = 0.5
+
+
+class StartError(RuntimeError):
+    """``start`` or ``delete`` cannot go on; the message is what containerd should show."""
+
+
+@dataclass(frozen=True)
+class ShimArgs:
+    """The flags containerd passes to a shim binary (the Go shims' flag names)."""
+
+    namespace: str
+    id: str
+    address: str = ""
+    publish_binary: str = ""
+    bundle_flag: str = ""
+    """``-bundle`` as given ("" when containerd ran us in the bundle directory instead)."""
+    debug: bool = False
+
+    @property
+    def bundle(self) -> str:
+        """The bundle directory: ``-bundle``, else where containerd ran us."""
+        return self.bundle_flag or os.getcwd()
+
+    def argv(self, binary: str, action: str) -> list[str]:
+        """``binary`` with these flags and ``action``, in the order containerd writes them."""
+        argv = [binary, "-namespace", self.namespace, "-address", self.address]
+        argv += ["-publish-binary", self.publish_binary, "-id", self.id]
+        if self.debug:
+            argv.append("-debug")
+        if self.bundle_flag:
+            argv += ["-bundle", self.bundle_flag]
+        return [*argv, action]
+
+
+@dataclass(frozen=True)
+class _State:
+    inner_shim: str
+    inner_address: str
+    address: str
+
+    def save(self, bundle: str) -> None:
+        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, bundle: str) -> _State | None:
+        try:
+            with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
+                data = json.load(f)
+            return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write through a hidden temp file and rename, as containerd's shims write ``address``."""
+    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(temp, path)
+
+
+def parse_start_output(text: str) -> tuple[str, str]:
+    """(address, Task service name) from what an inner shim's ``start`` printed."""
+    text = text.strip()
+    service = TASK_SERVICE
+    if text.startswith("{"):
+        try:
+            answer = json.loads(text)
+            version, address, protocol = (
+                answer.get("version", 2),
+                answer["address"],
+                answer.get("protocol", "ttrpc"),
+            )
+        except (ValueError, KeyError, AttributeError):
+            raise StartError(f"the inner shim's start printed unreadable JSON: {text!r}") from None
+        if protocol != "ttrpc" or version not in (2, 3):
+            raise StartError(
+                f"the inner shim speaks {protocol} version {version}; the proxy forwards ttrpc v2/v3"
+            )
+        service = TASK_V3_SERVICE if version == 3 else TASK_SERVICE
+        text = str(address)
+    try:
+        unix_path(text)
+    except AddressError:
+        raise StartError(f"the inner shim's start printed {text!r}, not a unix:// address") from None
+    return text, service
+
+
+def sandbox_id(bundle: str, container_id: str) -> str:
+    """The pod sandbox a container belongs to (CRI's annotation in config.json), else its own id."""
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            annotations = json.load(f).get("annotations") or {}
+    except (OSError, ValueError, AttributeError):
+        return container_id
+    for key in SANDBOX_ANNOTATIONS:
+        value = annotations.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return container_id
+
+
+def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
+    path = options_path or environ.get(CONFIG_ENV, "")
+    if not path:
+        raise ConfigError(
+            f"no proxy config: set {CONFIG_ENV} in containerd's environment "
+            "or ConfigPath in the runtime's options"
+        )
+    return load_config(path)
+
+
+def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.executable) -> list[str]:
+    """The serving process's command line (visible in ps: every setting is a flag)."""
+    argv = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug).argv(
+        python, "serve"
+    )
+    flags = [
+        "--listen", settings.listen,
+        "--inner", settings.inner_address,
+        "--inner-service", settings.inner_service,
+        "--agent", settings.agent,
+        "--metrics-format", settings.metrics_format,
+        "--stats-fallback", settings.stats_fallback,
+        "--stats-timeout", repr(settings.stats_timeout),
+    ]  # fmt: skip
+    if settings.own_config:
+        flags += ["--own-config", settings.own_config, "--inner-config-path", settings.inner_config_path]
+    return [python, "-m", "shimstats.proxy", *argv[1:-1], *flags, "serve"]
+
+
+def _spawn(argv: Sequence[str], bundle: str, environ: Mapping[str, str]) -> None:
+    """Start the serving process detached and wait (bounded) for its "ready" line."""
+    log_fd = open_log_fifo(bundle)
+    try:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
+            cwd="/",  # never hold the bundle directory, which containerd removes
+            env=dict(environ),
+            start_new_session=True,
+        )
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+    assert process.stdout is not None
+    with process.stdout:
+        answer = _read_line(process.stdout.fileno(), READY_TIMEOUT)
+    if answer == "ready":
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+    raise StartError(f"the proxy's server did not start: {answer or 'it exited without a word'}")
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return f"no answer within {timeout:g}s"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").partition("\n")[0].strip()
+
+
+def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]) -> str:
+    try:
+        done = subprocess.run(
+            list(argv),
+            input=options,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(environ),
+            timeout=INNER_START_TIMEOUT,
+            check=False,
+        )
+    except OSError as exc:
+        raise StartError(f"cannot run the inner shim {argv[0]}: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        raise StartError(
+            f"the inner shim {argv[0]} did not finish start within {INNER_START_TIMEOUT:g}s"
+        ) from None
+    output = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        raise StartError(f"the inner shim {argv[0]} failed to start ({done.returncode}): {output.strip()}")
+    return output
+
+
+def run_start(
+    args: ShimArgs, stdin: bytes, environ: Mapping[str, str], fallback: Fallback | None = None
+) -> str:
+    """The ``start`` action; returns the address to print. ConfigError / StartError say why not."""
+    options = decode_any(stdin)
+    options_path = config_path_of(options)
+    config = _find_config(options_path, environ)
+    inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
+    bundle = args.bundle
+    agent = config.agent_address(
+        container_id=args.id, sandbox=sandbox_id(bundle, args.id), namespace=args.namespace
+    )
+    inner_options = for_inner(options, options_path, config.inner_config_path)
+    output = _inner_start(
+        args.argv(inner_shim, "start"),
+        inner_options.SerializeToString() if inner_options is not None else b"",
+        environ,
+    )
+    inner_address, inner_service = parse_start_output(output)
+    address = proxy_address(inner_address)
+    settings = DaemonSettings(
+        listen=address,
+        inner_address=inner_address,
+        agent=agent,
+        inner_service=inner_service,
+        metrics_format=config.metrics_format,
+        stats_fallback=fallback or config.stats_fallback,
+        stats_timeout=config.stats_timeout,
+        namespace=args.namespace,
+        own_config=options_path,
+        inner_config_path=config.inner_config_path,
+    )
+    _State(inner_shim, inner_address, address).save(bundle)
+    try:
+        if not accepts(unix_path(address)):
+            _spawn(daemon_argv(args, settings), bundle, environ)
+    except StartError:
+        if not accepts(unix_path(address)):  # a concurrent start for the same inner shim may have won
+            _release_inner(args, inner_address)
+            raise
+    _write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
+    log.info(
+        "started",
+        extra={"id": args.id, "namespace": args.namespace, "address": address, "inner": inner_address},
+    )
+    return address
+
+
+def _release_inner(args: ShimArgs, inner_address: str) -> None:
+    """Ask a running inner shim to drop the task and exit when it has no other (best effort)."""
+    path = unix_path(inner_address)
+    if not accepts(path):
+        return
+    metadata = {NAMESPACE_KEY: args.namespace}
+    try:
+        with SyncClient(inner_address, timeout=_HANDOVER_TIMEOUT) as client:
+            for method, request in (
+                ("Delete", shim_pb2.DeleteRequest(id=args.id)),
+                ("Shutdown", shim_pb2.ShutdownRequest(id=args.id)),
+            ):
+                with contextlib.suppress(TtrpcError):
+                    client.call(TASK_SERVICE, method, request.SerializeToString(), metadata=metadata)
+    except OSError as exc:
+        log.warning("cannot reach the inner shim to release it: %s", exc, extra={"id": args.id})
+
+
+def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, bytes]:
+    """The ``delete`` action: (exit status, stdout, stderr) of the inner shim's ``delete``."""
+    state = _State.load(args.bundle)
+    if state is not None:
+        inner_shim = state.inner_shim
+    else:
+        inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
+    try:
+        done = subprocess.run(
+            args.argv(inner_shim, "delete"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(environ),
+            timeout=INNER_DELETE_TIMEOUT,
+            check=False,
+        )
+    except OSError as exc:
+        raise StartError(f"cannot run the inner shim {inner_shim}: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        raise StartError(
+            f"the inner shim {inner_shim} did not finish delete within {INNER_DELETE_TIMEOUT:g}s"
+        ) from None
+    if state is not None:
+        if not accepts(unix_path(state.address)):
+            _release_inner(args, state.inner_address)  # we died before it did: nobody else will tell it
+        for address in (state.address, state.inner_address):
+            remove_if_stale(unix_path(address), _SOCKET_WAIT)
+    return done.returncode, done.stdout, done.stderr

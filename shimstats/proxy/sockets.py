@@ -1,0 +1,73 @@
+"""Where the proxy listens, and removing socket files whose server is gone.
+
+Our socket sits next to the inner shim's (containerd 1.6/1.7 keep them in ``/run/containerd/s``) and is
+named after the inner address, so every container the inner shim serves (Kata: one shim per pod) shares one
+proxy: a second ``start`` that gets the same inner address finds our socket already answering.
+
+Shims remove their socket on the way out by reading the bundle's ``address`` file, which after our
+``start`` names *our* socket. So the inner shim's own socket file is ours to clean once it stops answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import stat
+import time
+
+from shimstats.ttrpc import AddressError, parse_address
+
+__all__ = ["accepts", "proxy_address", "remove_if_stale", "unix_path"]
+
+
+def unix_path(address: str) -> str:
+    """The socket path of a ``unix://`` address; AddressError for anything else."""
+    parsed = parse_address(address)
+    if parsed.kind != "unix":
+        raise AddressError(f"{address!r}: the shim address must be a unix socket")
+    return parsed.path
+
+
+def proxy_address(inner_address: str) -> str:
+    """``unix://<dir of the inner socket>/<sha256 of "shimstats-proxy:<inner address>">``."""
+    directory = os.path.dirname(unix_path(inner_address))
+    digest = hashlib.sha256(f"shimstats-proxy:{inner_address}".encode()).hexdigest()
+    address = f"unix://{directory}/{digest}"
+    unix_path(address)  # same length as the inner's own (64 hex) name: fits when the inner's did
+    return address
+
+
+def accepts(path: str, timeout: float = 0.5) -> bool:
+    """True when a server accepts connections on the unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def remove_if_stale(path: str, wait: float = 0.0) -> bool:
+    """Remove the socket file at ``path`` once nobody listens there (polling up to ``wait`` seconds).
+
+    True when no file is left. Anything that is not a socket is never touched.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+        if not accepts(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
