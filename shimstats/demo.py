@@ -11,6 +11,7 @@ when its stdin, a pipe from the demo, closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -74,7 +75,7 @@ sys.stdin.read()
 
 
 class Interrupted(BaseException):
-    """SIGTERM arrived (SIGINT arrives as KeyboardInterrupt): stop and clean up."""
+    """SIGINT or SIGTERM arrived: stop and clean up."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"signal {signum}")
@@ -110,17 +111,43 @@ class Cleanup:
                 signal.signal(signum, handler)
 
 
-def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+_RECEIVED: list[int] = []
+"""Signals seen by on_signal. Python swallows an exception raised by a signal handler in some places (an
+at-fork hook while a child is spawned, a __del__), so checkpoint() raises again for any signal seen."""
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    """The SIGINT/SIGTERM handler while the demo runs: remember the signal, and stop right here."""
+    _RECEIVED.append(signum)
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while a resource is created and registered for cleanup together."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def checkpoint() -> None:
+    """Raise Interrupted if a signal arrived whose exception was swallowed on the way."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[0])
 
 
 # -- child processes ------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the demo dies (Linux PR_SET_PDEATHSIG)."""
+def _child_setup() -> None:
+    """In the child before exec: get SIGTERM when the demo dies (Linux PR_SET_PDEATHSIG), and let through
+    the signals signals_held() blocked in the demo (a signal mask survives exec)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def child_env() -> dict[str, str]:
@@ -164,7 +191,7 @@ def spawn(
 ) -> Child:
     """Start ``argv`` in its own session (Ctrl-C reaches only the demo, which then stops it in order)."""
     log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
+    with signals_held(), open(log, "wb") as out:
         process = subprocess.Popen(
             list(argv),
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
@@ -172,10 +199,11 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=child_env(),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
         )
-    child = Child(name, process, log)
-    cleanup.push(f"stop {name} (pid {process.pid})", child.stop)
+        child = Child(name, process, log)
+        cleanup.push(f"stop {name} (pid {process.pid})", child.stop)
+    checkpoint()
     return child
 
 
@@ -202,6 +230,7 @@ def wait_listening(children: Sequence[Child], timeout: float = START_TIMEOUT) ->
         if waiting and time.monotonic() > deadline:
             raise DemoError(f"{waiting[0].name} did not listen within {timeout:g}s: {waiting[0].log_tail()}")
         if waiting:
+            checkpoint()
             time.sleep(0.02)
 
 
@@ -274,9 +303,10 @@ class DemoCgroup:
             directory = Path(os.path.realpath(layout.controllers[controller].dir_for(path)))
             if directory in directories:
                 continue  # cpu and cpuacct share one hierarchy, or v2 has one for all
-            directory.mkdir()
-            directories.append(directory)
-            cleanup.push(f"remove cgroup {directory}", functools.partial(remove_cgroup, directory))
+            with signals_held():
+                directory.mkdir()
+                directories.append(directory)
+                cleanup.push(f"remove cgroup {directory}", functools.partial(remove_cgroup, directory))
         return cls(path, Path(layout.controllers["memory"].dir_for(path)), directories, tuple(controllers))
 
     def add(self, pid: int) -> None:
@@ -346,8 +376,9 @@ def start_workload(
     cgroup: DemoCgroup, directory: str, filesystem: str, workdir: Path, cleanup: Cleanup
 ) -> Workload:
     """Start the workload, move it into the cgroup before it allocates anything, wait until it is ready."""
-    datadir = Path(tempfile.mkdtemp(prefix="ss-demo-", dir=directory))
-    cleanup.push(f"remove {datadir}", lambda: shutil.rmtree(datadir, ignore_errors=True))
+    with signals_held():
+        datadir = Path(tempfile.mkdtemp(prefix=f"ss-demo-{os.getpid()}-", dir=directory))
+        cleanup.push(f"remove {datadir}", functools.partial(shutil.rmtree, datadir))
     target = datadir / "page-cache.bin"
     argv = [
         sys.executable,
@@ -370,6 +401,7 @@ def start_workload(
             raise DemoError(f"the workload exited with {child.process.returncode}: {child.log_tail()}")
         if time.monotonic() > deadline:
             raise DemoError(f"the workload was not ready within {START_TIMEOUT:g}s")
+        checkpoint()
         time.sleep(0.02)
     return Workload(target, filesystem, child.process.pid)
 
@@ -553,4 +585,5 @@ def run(cleanup: Cleanup, workdir: Path) -> Report:
     notes: list[str] = []
     pending = [p for p in (live_setup(workdir, cleanup, notes), replay_setup(workdir, cleanup)) if p]
     cases = tuple(asyncio.run(examine(ready())) for ready in pending)
+    checkpoint()
     return Report(cases, tuple(notes), workdir)

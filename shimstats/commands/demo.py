@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import signal
 import sys
@@ -54,11 +55,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     cleanup = demo.Cleanup()
-    previous = signal.signal(signal.SIGTERM, demo.raise_interrupted)
+    previous = {s: signal.signal(s, demo.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     code = EXIT_MISMATCH
     try:
-        workdir = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))  # short: unix socket paths
-        cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
+        with demo.signals_held():
+            # Short (unix socket paths), and named after our pid so that leftovers can be traced to us.
+            workdir = Path(tempfile.mkdtemp(prefix=f"ss-{os.getpid()}-", dir="/tmp"))
+            cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
         report = demo.run(cleanup, workdir)
         print(json.dumps(report_json(report), indent=2) if args.json else format_report(report), flush=True)
         code = EXIT_OK if report.ok else EXIT_MISMATCH
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         code = EXIT_MISMATCH
     finally:
         cleanup.run()
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     for problem in cleanup.problems:
         print(f"shimstats demo: cleanup: {problem}", file=sys.stderr)
     return EXIT_MISMATCH if cleanup.problems and code == EXIT_OK else code
