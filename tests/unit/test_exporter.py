@@ -1,0 +1,237 @@
+"""The exporter's families (shimstats.exporter), rendered and parsed back as Prometheus text.
+
+Every expected value is the guest's own figure moved by the rule the test names: cAdvisor's meanings
+(reference/semantics.md §2), seconds = ns / 1e9, unlimited (above 2**62) = 0 in the spec limit. Guests come
+from tests/unit/test_translate_builders.py: real fixtures read through the guest agent's reader, and
+hand-built examples whose every figure is distinct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from shimstats._proto.kata import agent_pb2
+from shimstats.exporter import (
+    CONTAINER_FAMILIES,
+    CONTAINER_LABELS,
+    ContainerTarget,
+    Reading,
+    container_families,
+    exporter_families,
+    kata_go_working_set,
+)
+from shimstats.translate import ContainerRecord, OutputFormat
+from shimstats.ttrpc import Code
+from tests.unit.test_translate_builders import (
+    DEVICES,
+    Case,
+    Guest,
+    agent_response,
+    all_cases,
+    example_v1,
+    example_v2,
+    expected_working_set,
+    full_response,
+    kata_agent_v2,
+)
+
+AGENT = "vsock://3:2048"
+TARGET = ContainerTarget("c1", container="web", pod="web-0", namespace="shop", image="nginx:1")
+LABELS = {
+    "id": "c1",
+    "container": "web",
+    "pod": "web-0",
+    "namespace": "shop",
+    "image": "nginx:1",
+    "agent": AGENT,
+}
+
+Exposed = dict[str, dict[frozenset[tuple[str, str]], float]]
+"""Sample name → {its labels other than CONTAINER_LABELS: value}."""
+
+
+def exposed(metrics: Sequence[Metric]) -> tuple[Exposed, dict[str, str]]:
+    """Render ``metrics`` as /metrics text and parse it back: (samples by name, family type by name)."""
+
+    class Fixed:
+        def collect(self) -> Sequence[Metric]:
+            return metrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+    samples: Exposed = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        types[family.name] = family.type
+        for s in family.samples:
+            rest = {k: v for k, v in s.labels.items() if k not in CONTAINER_LABELS}
+            samples.setdefault(s.name, {})[frozenset(rest.items())] = s.value
+    return samples, types
+
+
+def reading(
+    response: agent_pb2.StatsContainerResponse,
+    kata_host: OutputFormat = "v1",
+    target: ContainerTarget = TARGET,
+) -> Reading:
+    record = ContainerRecord.from_agent(response)
+    return Reading(AGENT, target, record, kata_go_working_set(response, kata_host))
+
+
+def one(samples: Exposed, name: str, **labels: str) -> float | None:
+    """The value of ``name`` with ``labels`` (besides CONTAINER_LABELS), None when there is no such series."""
+    return samples.get(name, {}).get(frozenset(labels.items()))
+
+
+CASES = all_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_memory_figures_follow_cadvisor(case: Case) -> None:
+    samples, _ = exposed(container_families([reading(case.response)]))
+    g = case.guest
+    assert one(samples, "container_memory_usage_bytes") == g.usage
+    assert one(samples, "container_memory_working_set_bytes") == expected_working_set(
+        g.usage, g.inactive_file
+    )
+    assert one(samples, "container_memory_rss") == g.rss  # total_rss (v1), anon (v2)
+    assert one(samples, "container_memory_cache") == g.key("cache", "file")
+    assert one(samples, "container_memory_mapped_file") == g.key("mapped_file", "file_mapped")
+    assert one(samples, "container_memory_total_inactive_file_bytes") == g.inactive_file
+    assert one(samples, "container_memory_total_active_file_bytes") == g.key("active_file", "active_file")
+    assert one(samples, "container_memory_swap") == g.swap  # swap only on both versions; None: no series
+    assert one(samples, "container_spec_memory_limit_bytes") == (0 if g.limit > 1 << 62 else g.limit)
+    for failure in ("pgfault", "pgmajfault"):
+        hierarchy = one(samples, "container_memory_failures_total", failure_type=failure, scope="hierarchy")
+        container = one(samples, "container_memory_failures_total", failure_type=failure, scope="container")
+        assert hierarchy == g.key(failure, failure)
+        assert container == g.stats[failure]  # the cgroup alone: v1's local key, v2's only key
+
+
+@pytest.mark.parametrize("guest", [example_v1(), example_v2()], ids=["v1", "v2"])
+def test_counters_only_the_guest_reported(guest: Guest) -> None:
+    ours, _ = exposed(container_families([reading(agent_response(guest))]))
+    assert one(ours, "container_memory_max_usage_bytes") == guest.peak
+    assert one(ours, "container_memory_failcnt") == guest.failcnt
+    assert one(ours, "container_memory_kernel_usage") == guest.kernel
+    if guest.version == "v2":
+        # a real kata-agent sends failcnt 0 on v2 without counting: no series rather than a false 0
+        kata, _ = exposed(container_families([reading(kata_agent_v2(agent_response(guest)))]))
+        assert one(kata, "container_memory_failcnt") is None
+        assert one(kata, "container_memory_kernel_usage") == guest.kernel  # rebuilt from memory.stat
+
+
+@pytest.mark.parametrize("guest", [example_v1(), example_v2()], ids=["v1", "v2"])
+def test_cpu_io_hugetlb_network(guest: Guest) -> None:
+    response = full_response(guest)
+    samples, _ = exposed(container_families([reading(response)]))
+    usage = response.cgroup_stats.cpu_stats.cpu_usage
+    throttling = response.cgroup_stats.cpu_stats.throttling_data
+    assert one(samples, "container_cpu_usage_seconds_total", cpu="total") == usage.total_usage / 1e9
+    assert len(samples["container_cpu_usage_seconds_total"]) == 1  # no per-cpu series beside the total
+    assert one(samples, "container_cpu_user_seconds_total") == usage.usage_in_usermode / 1e9
+    assert one(samples, "container_cpu_system_seconds_total") == usage.usage_in_kernelmode / 1e9
+    assert one(samples, "container_cpu_cfs_periods_total") == throttling.periods
+    assert one(samples, "container_cpu_cfs_throttled_periods_total") == throttling.throttled_periods
+    assert one(samples, "container_cpu_cfs_throttled_seconds_total") == throttling.throttled_time / 1e9
+
+    # block I/O: the bytes of each device and direction, v1 from Read/Write/Discard lines, v2 from io.stat
+    entries = response.cgroup_stats.blkio_stats.io_service_bytes_recursive
+    ops = {"v1": {"read": "Read", "write": "Write", "discard": "Discard"}}
+    ops["v2"] = {"read": "Read", "write": "Write", "dbytes": "Discard"}
+    expected = {
+        frozenset(
+            {
+                "device": "",
+                "major": str(e.major),
+                "minor": str(e.minor),
+                "operation": ops[guest.version][e.op],
+            }.items()
+        ): float(e.value)
+        for e in entries
+        if e.op in ops[guest.version]
+    }
+    assert samples["container_blkio_device_usage_total"] == expected
+    assert {(int(dict(k)["major"]), int(dict(k)["minor"])) for k in expected} == set(DEVICES)
+
+    for size, h in response.cgroup_stats.hugetlb_stats.items():
+        assert one(samples, "container_hugetlb_usage_bytes", pagesize=size) == h.usage
+        assert one(samples, "container_hugetlb_failcnt", pagesize=size) == h.failcnt
+        assert one(samples, "container_hugetlb_max_usage_bytes", pagesize=size) == (h.max_usage or None)
+    for n in response.network_stats:
+        assert one(samples, "container_network_receive_bytes_total", interface=n.name) == n.rx_bytes
+        assert one(samples, "container_network_receive_packets_total", interface=n.name) == n.rx_packets
+        assert one(samples, "container_network_receive_errors_total", interface=n.name) == n.rx_errors
+        assert (
+            one(samples, "container_network_receive_packets_dropped_total", interface=n.name) == n.rx_dropped
+        )
+        assert one(samples, "container_network_transmit_bytes_total", interface=n.name) == n.tx_bytes
+        assert one(samples, "container_network_transmit_packets_total", interface=n.name) == n.tx_packets
+        assert one(samples, "container_network_transmit_errors_total", interface=n.name) == n.tx_errors
+        assert (
+            one(samples, "container_network_transmit_packets_dropped_total", interface=n.name) == n.tx_dropped
+        )
+
+
+def test_cadvisor_names_and_types_survive_the_text_format() -> None:
+    """Between them a v1 and a v2 guest report every family (pgscan and pgsteal exist on v2 only)."""
+    v1 = reading(full_response(example_v1()), target=ContainerTarget("v1"))
+    v2 = reading(full_response(example_v2()), target=ContainerTarget("v2"))
+    samples, types = exposed(container_families([v1, v2]))
+    for family in CONTAINER_FAMILIES:
+        # prometheus_client names a counter family without its _total; the samples keep cAdvisor's name
+        parsed = family.name.removesuffix("_total") if family.kind == "counter" else family.name
+        assert types[parsed] == {"gauge": "gauge", "counter": "counter", "untyped": "unknown"}[family.kind]
+        assert family.name in samples, family.name
+        for labels in samples[family.name]:
+            assert {k for k, _ in labels} == set(family.extra_labels)
+
+
+def test_every_series_carries_the_container_labels() -> None:
+    metrics = container_families([reading(full_response(example_v2()))])
+    for metric in metrics:
+        for s in metric.samples:
+            assert {k: s.labels[k] for k in CONTAINER_LABELS} == LABELS
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.guest.version == "v2"], ids=lambda c: c.name)
+def test_correction_is_what_the_go_shim_overstates(case: Case) -> None:
+    """A v2 guest on a v1 host: the Go shim finds no total_inactive_file and reports usage as working set
+    (defect G1), so the correction is usage - working set; on a v2 host it copies inactive_file: 0."""
+    ws = expected_working_set(case.guest.usage, case.guest.inactive_file)
+    on_v1, _ = exposed(container_families([reading(case.response, "v1")]))
+    on_v2, _ = exposed(container_families([reading(case.response, "v2")]))
+    assert one(on_v1, "shimstats_working_set_correction_bytes") == case.guest.usage - ws
+    assert one(on_v2, "shimstats_working_set_correction_bytes") == 0
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.guest.version == "v1"], ids=lambda c: c.name)
+def test_no_correction_for_a_v1_guest_on_a_v1_host(case: Case) -> None:
+    samples, _ = exposed(container_families([reading(case.response, "v1")]))
+    assert one(samples, "shimstats_working_set_correction_bytes") == 0
+    assert one(samples, "shimstats_guest_cgroup_info", version="v1") == 1
+
+
+def test_a_failed_read_has_no_series_and_counts_by_code() -> None:
+    good = reading(full_response(example_v2()))
+    other = ContainerTarget("c2")
+    failed = [
+        Reading(AGENT, other, None, error=Code.UNAVAILABLE, message="gone"),
+        Reading("unix:///a.sock", other, None, error=Code.NOT_FOUND, message="no such container"),
+    ]
+    for metric in container_families([good, *failed]):
+        assert {s.labels["id"] for s in metric.samples} == {"c1"}, metric.name
+
+    errors = {(AGENT, "UNAVAILABLE"): 2, ("unix:///a.sock", "NOT_FOUND"): 1}
+    own = {m.name: m for m in exporter_families([good, *failed], errors, 0.25)}
+    assert [s.value for s in own["shimstats_scrape_duration_seconds"].samples] == [0.25]
+    up = {s.labels["agent"]: s.value for s in own["shimstats_agent_up"].samples}
+    # the vsock agent failed one read with UNAVAILABLE (down); the other answered NOT_FOUND itself (up)
+    assert up == {AGENT: 0.0, "unix:///a.sock": 1.0}
+    counted = {(s.labels["agent"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples}
+    assert counted == {k: float(v) for k, v in errors.items()}
