@@ -554,9 +554,14 @@ def live_setup(workdir: Path, cleanup: Cleanup, notes: list[str]) -> Callable[[]
     return ready
 
 
-def replay_setup(workdir: Path, cleanup: Cleanup) -> Callable[[], Setup]:
-    """Serve the bundled cgroup v2 capture through a guest agent and both adapters."""
-    fx = data.fixture()
+def replay_setup(workdir: Path, cleanup: Cleanup, notes: list[str]) -> Callable[[], Setup] | None:
+    """Serve the bundled cgroup v2 capture through a guest agent and both adapters (None, with a note,
+    when this installation lacks it)."""
+    try:
+        fx = data.fixture()
+    except (OSError, ValueError, KeyError) as exc:
+        notes.append(f"the bundled cgroup v2 capture is missing from this installation ({exc})")
+        return None
     agent, adapters = start_servers(
         "replay",
         fx.container_id,
@@ -583,7 +588,7 @@ def replay_setup(workdir: Path, cleanup: Cleanup) -> Callable[[], Setup]:
 def run(cleanup: Cleanup, workdir: Path) -> Report:
     """Set both cases up (processes start in parallel), then examine each."""
     notes: list[str] = []
-    pending = [p for p in (live_setup(workdir, cleanup, notes), replay_setup(workdir, cleanup)) if p]
+    pending = [p for p in (live_setup(workdir, cleanup, notes), replay_setup(workdir, cleanup, notes)) if p]
     cases = tuple(asyncio.run(examine(ready())) for ready in pending)
     checkpoint()
     return Report(cases, tuple(notes), workdir)

@@ -133,6 +133,8 @@ def format_report(report: demo.Report) -> str:
     parts.extend(format_case(i, case) + "\n" for i, case in enumerate(report.cases, 1))
     if report.ok:
         parts.append("result: our figures verify in every case (exit 0)")
+    elif not report.cases:
+        parts.append("result: nothing could be shown here (see the notes) (exit 1)")
     else:
         parts.append("result: MISMATCH: some of our figures do not verify (exit 1)")
     return "\n".join(parts)
