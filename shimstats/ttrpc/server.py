@@ -281,9 +281,13 @@ class Server:
         return server
 
     async def serve(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> None:
-        """``start``, then return only once ``close`` has finished."""
+        """``start``, then return once ``close`` has finished; cancelling it closes at once (no grace)."""
         await self.start(listener, mode=mode)
-        await self._closed_event().wait()
+        try:
+            await self._closed_event().wait()
+        except asyncio.CancelledError:
+            await self.close(grace=0)
+            raise
 
     def _closed_event(self) -> asyncio.Event:
         if self._closed is None:

@@ -576,6 +576,31 @@ async def test_close_cancels_calls_still_running_after_the_grace_time(sock_dir: 
         await c.close()
 
 
+async def test_serve_runs_until_close_and_cancelling_it_closes(sock_dir: Path) -> None:
+    handlers = Handlers()
+    server = Server()
+    server.register(SERVICE, handlers.methods())  # type: ignore[arg-type]
+    path = sock_dir / "serve.sock"
+    serving_task = asyncio.create_task(server.serve(f"unix://{path}"))
+    for _ in range(500):
+        if path.exists():
+            break
+        await asyncio.sleep(0.01)
+    c = await Client.connect(f"unix://{path}")
+    running = asyncio.create_task(c.call(SERVICE, "Block", b"cut short"))
+    await within(handlers.entered.get())
+    assert not serving_task.done()
+    serving_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(serving_task)
+    assert handlers.cancelled == ["cut short"]
+    with pytest.raises(TtrpcError) as caught:
+        await within(running)
+    assert caught.value.code == Code.UNAVAILABLE
+    assert not path.exists()
+    await c.close()
+
+
 async def test_in_flight_cap_per_connection(sock_dir: Path) -> None:
     async with serving(sock_dir, max_in_flight=2) as s, await Client.connect(s.address) as c:
         blocked = [asyncio.create_task(c.call(SERVICE, "Block", b"%d" % i)) for i in range(2)]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from google.protobuf.any_pb2 import Any
@@ -294,3 +297,16 @@ def test_code_numbers_match_grpc() -> None:
 def test_request_envelope_is_the_generated_message() -> None:
     data = encode_request("a", "b", b"c")
     assert Request.FromString(data) == Request(service="a", method="b", payload=b"c")
+
+
+def test_ttrpc_imports_neither_grpcio_nor_psutil() -> None:
+    # The guest agent uses this package and guest images carry protobuf only; ask a fresh interpreter.
+    probe = (
+        "import sys, shimstats.ttrpc\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'psutil'))\n"
+        "print(','.join(bad))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
