@@ -1,0 +1,164 @@
+"""The pure parts of start/delete: reading an inner shim's answer, command lines, naming, bundle facts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from shimstats.adapter import TASK_SERVICE
+from shimstats.proxy.cli import build_parser
+from shimstats.proxy.daemon import DaemonSettings
+from shimstats.proxy.launch import (
+    TASK_V3_SERVICE,
+    ShimArgs,
+    StartError,
+    daemon_argv,
+    parse_start_output,
+    sandbox_id,
+)
+from shimstats.proxy.sockets import proxy_address, remove_if_stale, unix_path
+from shimstats.ttrpc import AddressError
+
+INNER = "unix:///run/containerd/s/" + "ab" * 32
+
+
+@pytest.mark.parametrize("printed", [INNER, f"{INNER}\n", f"  {INNER}  \n"])
+def test_a_plain_address_is_task_v2(printed: str) -> None:
+    assert parse_start_output(printed) == (INNER, TASK_SERVICE)
+
+
+@pytest.mark.parametrize(("version", "service"), [(2, TASK_SERVICE), (3, TASK_V3_SERVICE)])
+def test_the_json_answer_of_newer_shims(version: int, service: str) -> None:
+    printed = json.dumps({"version": version, "address": INNER, "protocol": "ttrpc"})
+    assert parse_start_output(printed) == (INNER, service)
+
+
+@pytest.mark.parametrize(
+    ("printed", "why"),
+    [
+        (json.dumps({"version": 3, "address": INNER, "protocol": "grpc"}), "speaks grpc"),
+        (json.dumps({"version": 4, "address": INNER}), "version 4"),
+        ('{"version": 2', "unreadable JSON"),
+        ("time=... level=fatal msg=boom", "not a unix:// address"),
+        ("vsock://3:1024", "not a unix:// address"),
+        ("", "not a unix:// address"),
+    ],
+)
+def test_other_answers_are_refused_with_what_was_printed(printed: str, why: str) -> None:
+    with pytest.raises(StartError, match=why):
+        parse_start_output(printed)
+
+
+def test_argv_keeps_containerds_flags_and_order() -> None:
+    args = ShimArgs("k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd")
+    assert args.argv("inner", "start") == [
+        "inner", "-namespace", "k8s.io", "-address", "/run/containerd/containerd.sock",
+        "-publish-binary", "/usr/bin/containerd", "-id", "c1", "start",
+    ]  # fmt: skip
+    debug = ShimArgs("ns", "c1", "a", "p", bundle_flag="/b", debug=True)
+    assert debug.argv("inner", "delete")[-5:] == ["c1", "-debug", "-bundle", "/b", "delete"]
+
+
+def test_bundle_is_the_flag_or_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert ShimArgs("ns", "c1").bundle == str(tmp_path)
+    assert ShimArgs("ns", "c1", bundle_flag="/elsewhere").bundle == "/elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ({"io.kubernetes.cri.sandbox-id": "pod-1", "io.kubernetes.cri.container-type": "container"}, "pod-1"),
+        ({"io.kubernetes.cri-o.SandboxID": "pod-2"}, "pod-2"),
+        ({}, "c1"),
+        (None, "c1"),
+    ],
+)
+def test_sandbox_comes_from_the_bundle_annotations(
+    tmp_path: Path, annotations: object, expected: str
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": annotations}))
+    assert sandbox_id(str(tmp_path), "c1") == expected
+
+
+def test_sandbox_without_a_readable_spec_is_the_container(tmp_path: Path) -> None:
+    assert sandbox_id(str(tmp_path), "c1") == "c1"
+    (tmp_path / "config.json").write_text("{not json")
+    assert sandbox_id(str(tmp_path), "c1") == "c1"
+
+
+def test_our_socket_sits_next_to_the_inner_one_named_after_it() -> None:
+    ours = proxy_address(INNER)
+    digest = hashlib.sha256(f"shimstats-proxy:{INNER}".encode()).hexdigest()
+    assert ours == f"unix:///run/containerd/s/{digest}"
+    assert ours != INNER
+    assert len(unix_path(ours)) == len(unix_path(INNER))  # 64 hex either way: fits where the inner's fits
+    assert proxy_address("unix:///run/containerd/s/other") != ours
+    with pytest.raises(AddressError):
+        proxy_address("vsock://3:1024")
+
+
+def test_the_serving_process_gets_every_setting_back() -> None:
+    """daemon_argv (written by start) parsed by the CLI (read by serve) gives the same settings."""
+    args = ShimArgs(
+        "k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd", "/b", debug=True
+    )
+    settings = DaemonSettings(
+        listen=proxy_address(INNER),
+        inner_address=INNER,
+        agent="hvsock:///run/vc/vm/pod/clh.sock:1026",
+        inner_service=TASK_V3_SERVICE,
+        metrics_format="v2",
+        stats_fallback="error",
+        stats_timeout=2.5,
+        namespace="k8s.io",
+        own_config="/etc/shimstats/kata.toml",
+        inner_config_path="/opt/kata/configuration.toml",
+    )
+    argv = daemon_argv(args, settings, python="/usr/bin/python3")
+    assert argv[:3] == ["/usr/bin/python3", "-m", "shimstats.proxy"]
+    parsed = build_parser().parse_args(argv[3:])
+    assert parsed.action == "serve"
+    assert (parsed.namespace, parsed.id, parsed.address, parsed.bundle, parsed.debug) == (
+        "k8s.io", "c1", "/run/containerd/containerd.sock", "/b", True,
+    )  # fmt: skip
+    back = DaemonSettings(
+        listen=parsed.listen,
+        inner_address=parsed.inner,
+        agent=parsed.agent,
+        inner_service=parsed.inner_service,
+        metrics_format=parsed.metrics_format,
+        stats_fallback=parsed.stats_fallback,
+        stats_timeout=parsed.stats_timeout,
+        namespace=parsed.namespace,
+        own_config=parsed.own_config,
+        inner_config_path=parsed.inner_config_path,
+    )
+    assert back == settings
+
+
+def test_stale_sockets_go_live_ones_and_other_files_stay(tmp_path: Path) -> None:
+    live, stale, plain = tmp_path / "live", tmp_path / "stale", tmp_path / "plain"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(live))
+    listener.listen()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))  # bound, never listening: connecting is refused, as after a server exited
+    dead.close()
+    plain.write_text("not a socket")
+    try:
+        assert remove_if_stale(str(live)) is False
+        assert live.exists()
+        assert remove_if_stale(str(stale)) is True
+        assert not stale.exists()
+        assert remove_if_stale(str(plain)) is False
+        assert plain.read_text() == "not a socket"
+        assert remove_if_stale(str(tmp_path / "absent")) is True
+    finally:
+        listener.close()
+    assert remove_if_stale(str(live)) is True  # its server is gone now
+    assert not live.exists()
