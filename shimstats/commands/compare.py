@@ -135,10 +135,10 @@ def _type(column: Column) -> str:
 def _cell(column: Column, figure: str) -> str:
     v = column.verification
     if v is None:
-        return "-"
+        return "-  "
     check = next((c for c in v.checks if c.figure == figure), None)
     if check is None:
-        return "-"
+        return "-  "
     return show_figure(figure, check.reported) + ("  " if check.ok else " *")
 
 
@@ -146,13 +146,18 @@ def format_comparison(comparison: Comparison) -> str:
     """The people-table, then the cause of every marked cell and the error of every failed source."""
     guest = comparison.guest
     columns = comparison.columns
-    header = ("FIGURE", "guest files", *(c.label for c in columns))
-    rows: list[tuple[str, ...]] = [("type", f"cgroup v{guest.version}", *(_type(c) for c in columns))]
+    # Every value cell ends in two characters, " *" for a difference, so that the digits line up.
+    header = ("FIGURE", "guest files  ", *(f"{c.label}  " for c in columns))
+    rows: list[tuple[str, ...]] = [
+        ("type", f"cgroup v{guest.version}  ", *(f"{_type(c)}  " for c in columns))
+    ]
     for figure in FIGURE_NAMES:
         truth = getattr(guest.figures, figure)
         if truth is None:
             continue
-        rows.append((LABELS[figure][0], show_figure(figure, truth), *(_cell(c, figure) for c in columns)))
+        rows.append(
+            (LABELS[figure][0], show_figure(figure, truth) + "  ", *(_cell(c, figure) for c in columns))
+        )
     lines = [
         f"container {comparison.container_id}: guest figures from {guest.source} (cgroup v{guest.version})",
         render_right(header, rows),
