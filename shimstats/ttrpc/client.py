@@ -35,7 +35,8 @@ class Client:
     """A ttrpc connection: ``await Client.connect(address)``, or ``Client(reader, writer)`` on open streams.
 
     ``call`` raises TtrpcError for every failure of the call itself; ``connect`` raises TransportError (a
-    ConnectionError) when the address cannot be reached. Must be created inside a running event loop.
+    ConnectionError) when the address cannot be reached and AddressError (a ValueError) for text that is no
+    address. Must be created inside a running event loop.
     """
 
     def __init__(

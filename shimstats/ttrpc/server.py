@@ -100,6 +100,7 @@ class _Connection:
                 f"message length {event.length} exceeds the maximum of {MAX_MESSAGE} bytes",
             )
         stream_id = event.stream_id
+        # Go's order: parity first (for every message type), then Data, then ignore non-Requests.
         if stream_id % 2 != 1:
             return make_status(Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams")
         if event.mtype == MessageType.DATA:
