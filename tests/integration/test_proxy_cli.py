@@ -1,0 +1,190 @@
+"""The proxy binary as containerd runs it, without containerd: real processes, real sockets.
+
+``start`` must print nothing but an address (containerd reads stdout and stderr together), and on failure
+one line saying why. ``delete`` hands the inner shim's DeleteResponse through byte for byte. The serving
+process says "ready" on its stdout pipe, forwards to its inner shim (here ``shimstats serve``, a real Task
+server in another process), and stops on SIGTERM or when the inner shim goes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats.adapter import TASK_SERVICE
+from shimstats.proxy import CONFIG_ENV
+from shimstats.proxy.launch import ShimArgs
+from shimstats.ttrpc import SyncClient
+from tests.integration.test_adapter_harness import REPO, ServeProcess, short_tmp
+
+PROXY = [sys.executable, "-m", "shimstats.proxy"]
+ARGS = ShimArgs("k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd")
+TIMEOUT = 30
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != CONFIG_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    return {**env, **extra}
+
+
+def _fake_shim(directory: Path, body: str) -> Path:
+    """An inner shim that records its arguments (argv.txt) and stdin (stdin.bin), then runs ``body``."""
+    path = directory / "fake-shim"
+    path.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > "{directory}/argv.txt"\ncat > "{directory}/stdin.bin"\n{body}\n'
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _config(directory: Path, inner_shim: Path | str) -> Path:
+    path = directory / "proxy.toml"
+    path.write_text(f'inner_shim = "{inner_shim}"\nagent = "unix://{directory}/{{id}}.sock"\n')
+    return path
+
+
+def _run(argv: list[str], bundle: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        argv, cwd=bundle, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT, check=False
+    )
+
+
+def _proxy(action: str, args: ShimArgs = ARGS) -> list[str]:
+    return [*PROXY, *args.argv("", action)[1:]]
+
+
+def test_start_without_a_config_says_where_to_put_one() -> None:
+    with short_tmp() as bundle:
+        done = _run(_proxy("start"), bundle, _env())
+    assert done.returncode == 1
+    assert done.stdout == b""  # containerd would take anything here for an address
+    assert CONFIG_ENV in done.stderr.decode()
+    assert len(done.stderr.decode().strip().splitlines()) == 1
+
+
+def test_start_reports_the_inner_shims_failure() -> None:
+    with short_tmp() as directory:
+        shim = _fake_shim(directory, 'echo "inner says no: bad bundle"; exit 3')
+        done = _run(_proxy("start"), directory, _env(**{CONFIG_ENV: str(_config(directory, shim))}))
+        argv = (directory / "argv.txt").read_text().splitlines()
+        stdin = (directory / "stdin.bin").read_bytes()
+    assert done.returncode == 1
+    assert done.stdout == b""
+    message = done.stderr.decode()
+    assert "inner says no: bad bundle" in message
+    assert "(3)" in message
+    assert argv == ARGS.argv("", "start")[1:]  # the same flags containerd gave us
+    assert stdin == b""  # containerd sent no options, so neither do we
+
+
+def test_start_refuses_an_inner_answer_that_is_no_address() -> None:
+    with short_tmp() as directory:
+        shim = _fake_shim(directory, 'echo "level=info msg=hello"')
+        done = _run(_proxy("start"), directory, _env(**{CONFIG_ENV: str(_config(directory, shim))}))
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert "not a unix:// address" in done.stderr.decode()
+
+
+def test_start_needs_a_namespace() -> None:
+    with short_tmp() as directory:
+        done = _run([*PROXY, "-id", "c1", "start"], directory, _env())
+    assert done.returncode == 1
+    assert "namespace cannot be empty" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("status", [0, 2])
+def test_delete_hands_the_inner_shims_answer_through(status: int) -> None:
+    answer = shim_pb2.DeleteResponse(pid=4242, exit_status=137)
+    answer.exited_at.GetCurrentTime()
+    with short_tmp() as directory:
+        (directory / "answer.bin").write_bytes(answer.SerializeToString())
+        shim = _fake_shim(
+            directory, f'cat "{directory}/answer.bin"; echo "warning: runc gone" >&2; exit {status}'
+        )
+        args = ShimArgs(
+            "k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd", str(directory)
+        )
+        done = _run(_proxy("delete", args), directory, _env(**{CONFIG_ENV: str(_config(directory, shim))}))
+        argv = (directory / "argv.txt").read_text().splitlines()
+    assert done.returncode == status
+    assert done.stdout == answer.SerializeToString()
+    assert "warning: runc gone" in done.stderr.decode()
+    assert argv == args.argv("", "delete")[1:]
+
+
+def _wait_gone(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    return process.wait(timeout=timeout)
+
+
+def _serve(directory: Path, inner: ServeProcess) -> tuple[subprocess.Popen[bytes], Path]:
+    ours = directory / "proxy.sock"
+    argv = [
+        *_proxy("serve")[:-1],
+        "--listen", f"unix://{ours}",
+        "--inner", inner.address,
+        "--agent", f"unix://{directory}/agent.sock",
+        "serve",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    assert process.stdout.read() == b""  # and the pipe is closed right after: start's read ends
+    return process, ours
+
+
+def test_serve_forwards_to_its_inner_shim_and_stops_on_sigterm() -> None:
+    with (
+        short_tmp() as directory,
+        ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
+    ):
+        process, ours = _serve(directory, inner)
+        try:
+            with SyncClient(f"unix://{ours}") as client:
+                raw = client.call(
+                    TASK_SERVICE, "Connect", shim_pb2.ConnectRequest(id="c1").SerializeToString()
+                )
+            # The answer is the inner process's (shimstats serve reports its own pid), not ours.
+            assert shim_pb2.ConnectResponse.FromString(raw).shim_pid == inner.process.pid
+            process.send_signal(signal.SIGTERM)
+            assert _wait_gone(process) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert not ours.exists()
+        assert inner.socket.exists()  # the inner shim is alive: its socket is not ours to remove
+
+
+def test_serve_ends_when_its_inner_shim_ends() -> None:
+    with (
+        short_tmp() as directory,
+        ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
+    ):
+        process, ours = _serve(directory, inner)
+        try:
+            started = time.monotonic()
+            inner.stop()
+            assert _wait_gone(process) == 0
+            assert time.monotonic() - started < 5.0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert not ours.exists()
