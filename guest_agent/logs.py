@@ -12,12 +12,17 @@ import sys
 import time
 from typing import Any, TextIO
 
-EXTRA_FIELDS = ("container_id", "cgroup_path", "code", "address", "layout")
-"""Record attributes shown after the message when a call set them."""
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+"""What every LogRecord carries; anything else on a record came from a call's ``extra=``."""
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in EXTRA_FIELDS if hasattr(record, name)}
+    """Every field a log call passed with ``extra=`` (container_id, namespace, address...), in call order."""
+    return {name: value for name, value in vars(record).items() if name not in _STANDARD_ATTRIBUTES}
 
 
 class TextFormatter(logging.Formatter):

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
-from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address
-from shimstats.ttrpc._deadline import wait_until
+from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
     "AGENT_SERVICE",

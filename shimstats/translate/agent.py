@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from guest_agent.reader import KERNEL_PARTS  # one list of the kernel parts, shared with the agent
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate.record import (
     UNLIMITED,
@@ -79,17 +80,6 @@ V1_KEYS: Mapping[str, str] = {
 
 V2_KEYS: tuple[str, ...] = tuple(MemoryStat.__dataclass_fields__)
 """v2 memory.stat keys: every MemoryStat field, under its own name."""
-
-KERNEL_PARTS = (
-    "kernel_stack",
-    "pagetables",
-    "sec_pagetables",
-    "percpu",
-    "slab_reclaimable",
-    "slab_unreclaimable",
-    "vmalloc",
-)
-"""v2 memory.stat keys whose sum stands for kernel memory on kernels without the ``kernel`` key (< 5.19)."""
 
 V2_IO_OPS: Mapping[str, str] = {
     "read": "read_bytes",

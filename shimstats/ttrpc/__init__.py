@@ -5,6 +5,7 @@ Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes
 Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it.
 """
 
+from shimstats.ttrpc._deadline import wait_until
 from shimstats.ttrpc.client import Client, SyncClient
 from shimstats.ttrpc.framing import (
     FLAG_NO_DATA,
@@ -67,4 +68,5 @@ __all__ = [
     "parse_address",
     "start_listener",
     "stop_listener",
+    "wait_until",
 ]
