@@ -127,6 +127,9 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
 def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
     """The serving process: stderr is the bundle's log fifo (start arranged it), fd 1 the "ready" pipe."""
     proxy_logs.configure(sys.stderr, _level(args), _log_fields(shim))
+    if not args.debug:
+        # The agent client warns at every failed dial; our once-per-container warning says it instead.
+        logging.getLogger("shimstats.agent").setLevel(logging.ERROR)
     if not (args.listen and args.inner and args.agent):
         return _fail("serve needs --listen, --inner and --agent (it is started by start)")
     settings = DaemonSettings(
