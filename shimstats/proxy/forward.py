@@ -6,9 +6,9 @@ inner call's timeout (no deadline stays no deadline: Wait blocks until the task 
 shim's status comes back unchanged (code, message, details). Two calls are looked at:
 
 * Stats is answered from the guest agent through the adapter core (StatsHandler). When the agent cannot be
-  reached (UNAVAILABLE) the fallback policy decides: ``inner`` forwards the call to the inner shim and logs
-  one warning per container until the agent answers for it again; ``error`` returns the agent's status.
-  Any other agent status (NOT_FOUND for an unknown id, DEADLINE_EXCEEDED...) is the answer.
+  reached (UNAVAILABLE) the fallback policy decides: ``inner`` forwards the call to the inner shim,
+  ``error`` returns the agent's status; either way one warning per container until the agent answers for
+  it again. Any other agent status (NOT_FOUND for an unknown id, DEADLINE_EXCEEDED...) is the answer.
 * Create carries the runtime options again; options naming the proxy's own config file are swapped for
   what the inner shim should get (shimstats.proxy.options), everything else in the request is untouched.
 """
@@ -125,6 +125,7 @@ class ProxyService:
         if container_id in self._warned:
             self._warned.discard(container_id)
             log.info("guest agent answers Stats again", extra={"id": container_id})
+        log.debug("Stats answered from the guest agent", extra={"id": container_id})
         return response.SerializeToString()
 
     def _warn_once(self, container_id: str, exc: TtrpcError) -> None:
