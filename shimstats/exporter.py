@@ -61,6 +61,7 @@ __all__ = [
     "Reading",
     "container_families",
     "exporter_families",
+    "kata_go_working_set",
 ]
 
 log = logging.getLogger("shimstats.exporter")
@@ -467,7 +468,7 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         _blkio,
         ("device", "major", "minor", "operation"),
     ),
-    # ours
+    # shimstats' own, per container
     Family(
         "shimstats_guest_cgroup_info",
         "The guest's cgroup version as read from the agent's reply (v1, v2, or unknown), always 1.",
@@ -569,7 +570,12 @@ class AgentPool:
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
         # made in the loop's own thread, so every asyncio object they hold belongs to that loop
-        self._clients = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        try:
+            self._clients = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        except BaseException:
+            self._clients = {}
+            self.close()
+            raise
 
     async def _open(self) -> dict[str, AgentClient]:
         return {a.address: AgentClient(a.address, default_timeout=self.timeout) for a in self.agents}

@@ -8,6 +8,7 @@ hand-built examples whose every figure is distinct.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -19,6 +20,8 @@ from shimstats._proto.kata import agent_pb2
 from shimstats.exporter import (
     CONTAINER_FAMILIES,
     CONTAINER_LABELS,
+    AgentPool,
+    AgentTarget,
     ContainerTarget,
     Reading,
     container_families,
@@ -26,7 +29,7 @@ from shimstats.exporter import (
     kata_go_working_set,
 )
 from shimstats.translate import ContainerRecord, OutputFormat
-from shimstats.ttrpc import Code
+from shimstats.ttrpc import AddressError, Code
 from tests.unit.test_translate_builders import (
     DEVICES,
     Case,
@@ -235,3 +238,10 @@ def test_a_failed_read_has_no_series_and_counts_by_code() -> None:
     assert up == {AGENT: 0.0, "unix:///a.sock": 1.0}
     counted = {(s.labels["agent"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples}
     assert counted == {k: float(v) for k, v in errors.items()}
+
+
+def test_a_pool_that_cannot_start_leaves_no_thread_behind() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(AddressError, match="tcp://agent:1"):
+        AgentPool([AgentTarget("tcp://agent:1", (TARGET,))], timeout=1.0, kata_host="v1")
+    assert {t.ident for t in threading.enumerate()} == before
