@@ -104,6 +104,7 @@ class _State:
     inner_shim: str
     inner_address: str
     address: str
+    inner_service: str = TASK_SERVICE
 
     def save(self, bundle: str) -> None:
         _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(asdict(self)))
@@ -113,7 +114,8 @@ class _State:
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)
-            return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]))
+            service = str(data.get("inner_service", TASK_SERVICE))
+            return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -292,13 +294,13 @@ def run_start(
         own_config=options_path,
         inner_config_path=config.inner_config_path,
     )
-    _State(inner_shim, inner_address, address).save(bundle)
+    _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
         if not accepts(unix_path(address)):
             _spawn(daemon_argv(args, settings), bundle, environ)
     except StartError:
         if not accepts(unix_path(address)):  # a concurrent start for the same inner shim may have won
-            _release_inner(args, inner_address)
+            _release_inner(args, inner_address, inner_service)
             raise
     _write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
     log.info(
@@ -308,7 +310,7 @@ def run_start(
     return address
 
 
-def _release_inner(args: ShimArgs, inner_address: str) -> None:
+def _release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
     """Ask a running inner shim to drop the task and exit when it has no other (best effort)."""
     path = unix_path(inner_address)
     if not accepts(path):
@@ -321,7 +323,7 @@ def _release_inner(args: ShimArgs, inner_address: str) -> None:
                 ("Shutdown", shim_pb2.ShutdownRequest(id=args.id)),
             ):
                 with contextlib.suppress(TtrpcError):
-                    client.call(TASK_SERVICE, method, request.SerializeToString(), metadata=metadata)
+                    client.call(service, method, request.SerializeToString(), metadata=metadata)
     except OSError as exc:
         log.warning("cannot reach the inner shim to release it: %s", exc, extra={"id": args.id})
 
@@ -350,7 +352,7 @@ def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, 
         ) from None
     if state is not None:
         if not accepts(unix_path(state.address)):
-            _release_inner(args, state.inner_address)  # we died before it did: nobody else will tell it
+            _release_inner(args, state.inner_address, state.inner_service)  # we died first: tell it
         for address in (state.address, state.inner_address):
             remove_if_stale(unix_path(address), _SOCKET_WAIT)
     return done.returncode, done.stdout, done.stderr
