@@ -23,8 +23,8 @@ log = logging.getLogger("guest_agent")
 
 EXAMPLES = """\
 examples:
-  # inside a Kata VM, next to kata-agent (which owns vsock port 1024): any CID, port 1026
-  shimstats-agent --listen vsock://-1:1026
+  # inside a Kata VM, next to kata-agent (which owns vsock port 1024): any CID, port 2048
+  shimstats-agent --listen vsock://-1:2048
 
   # on a host or in tests: a unix socket (mode 0600), containers found by their cgroup directory names
   shimstats-agent --listen unix:///run/shimstats/agent.sock

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
+from shimstats.commands._args import add_timeout_and_json
 from shimstats.compare import Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
@@ -25,7 +26,7 @@ EXIT_OK, EXIT_SOURCE_FAILED, EXIT_NO_GUEST = 0, 1, 2
 EPILOG = """\
 examples:
   # a Kata container: the guest agent's answer through every mapping, and what our adapter serves
-  shimstats compare --id web-1 --agent vsock://3:1026 --shim unix:///run/shimstats/kata-1.sock
+  shimstats compare --id web-1 --agent vsock://3:2048 --shim unix:///run/shimstats/kata-1.sock
 
   # a runc container on this host, next to containerd's own Tasks.Metrics (our agent reads the host cgroup)
   shimstats-agent --listen unix:///tmp/a.sock --container web-1=/k8s.io/web-1 &
@@ -72,8 +73,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="BYTES",
         help="allowed difference for the live columns' byte figures (default: %(default)s)",
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 
+from shimstats.commands._args import add_timeout_and_json
 from shimstats.commands.compare import render_right
 from shimstats.explain import EVICTION_HARD_DEFAULT, Explanation, explain
 from shimstats.ground_truth import NoGroundTruth, open_source
@@ -22,7 +23,7 @@ EXIT_OK, EXIT_UNREADABLE = 0, 2
 
 EPILOG = """\
 examples:
-  shimstats explain --id web-1 --agent vsock://3:1026
+  shimstats explain --id web-1 --agent vsock://3:2048
   shimstats explain --id web-1 --cgroup /sys/fs/cgroup/memory/k8s.io/web-1 --json
 
 parts of the working set: anon (heap, stacks), active file cache (files re-read recently: counted as used,
@@ -46,8 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     source.add_argument(
         "--cgroup", metavar="PATH", help="a cgroup directory on this machine (v1 memory or v2)"
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 

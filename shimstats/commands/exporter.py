@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from guest_agent import logs
-from shimstats.commands.serve import _address, _seconds
+from shimstats.commands._args import address, seconds
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--agent", type=_address, metavar="ADDR", help="one guest agent; name its containers with --container"
+        "--agent", type=address, metavar="ADDR", help="one guest agent; name its containers with --container"
     )
     source.add_argument(
         "--config",
@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=5.0,
         metavar="SECONDS",
         help="deadline of one scrape, shared by every container (default: %(default)s)",

@@ -17,8 +17,9 @@ import signal
 from guest_agent import logs
 from shimstats.adapter import TASK_SERVICE, StatsHandler, TaskService
 from shimstats.agent_client import AgentClient
+from shimstats.commands._args import address, seconds
 from shimstats.translate import OutputFormat, resolve_format
-from shimstats.ttrpc import AddressError, Server, TransportError, TtrpcError, parse_address
+from shimstats.ttrpc import Server, TransportError, TtrpcError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SHUTDOWN_GRACE = 2.0
@@ -30,11 +31,11 @@ log = logging.getLogger("shimstats.serve")
 EPILOG = """\
 examples:
   # the guest agent on its vsock port, metrics in the host's own cgroup format
-  shimstats --log-level info serve --listen unix:///run/shimstats/kata-1.sock --agent vsock://3:1026
+  shimstats --log-level info serve --listen unix:///run/shimstats/kata-1.sock --agent vsock://3:2048
 
   # Firecracker / Cloud Hypervisor (hybrid vsock), v2 metrics, JSON logs for a collector
   shimstats serve --listen unix:///run/shimstats/kata-1.sock \\
-      --agent hvsock:///run/vc/firecracker/ID/root/kata.hvsock:1026 --metrics-format v2 --log-format json
+      --agent hvsock:///run/vc/firecracker/ID/root/kata.hvsock:2048 --metrics-format v2 --log-format json
 
   # then ask it as containerd would
   shimstats stats --shim unix:///run/shimstats/kata-1.sock --id CONTAINER_ID
@@ -64,14 +65,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--listen",
         required=True,
-        type=_address,
+        type=address,
         metavar="ADDR",
         help="where to serve: unix:///path (created mode 0600, removed on exit) or vsock://-1:PORT",
     )
     p.add_argument(
         "--agent",
         required=True,
-        type=_address,
+        type=address,
         metavar="ADDR",
         help="the guest agent: vsock://CID:PORT, hvsock:///path/kata.hvsock:PORT or unix:///path",
     )
@@ -89,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="deadline for a Stats call whose caller set none (default: %(default)s)",
@@ -113,25 +114,6 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot serve: %s", exc, extra={"address": args.listen})
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _address(text: str) -> str:
-    """argparse type: a ttrpc address, refused with the parser's usage message when it is not one."""
-    try:
-        parse_address(text)
-    except AddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 async def serve(

@@ -8,6 +8,7 @@ import json
 import sys
 
 from shimstats import cri
+from shimstats.commands._args import add_timeout_and_json
 from shimstats.fake_containerd import DEFAULT_NAMESPACE, StatsResult, call_stats
 from shimstats.table import human_bytes, render
 from shimstats.ttrpc import Client, TtrpcError
@@ -42,8 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 

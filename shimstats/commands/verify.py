@@ -13,6 +13,7 @@ import json
 import sys
 
 from shimstats import cri
+from shimstats.commands._args import add_timeout_and_json
 from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import NoGroundTruth, open_source
@@ -28,7 +29,7 @@ examples:
       --cgroup /sys/fs/cgroup/memory/k8s.io/web-1
 
   # a Kata container behind our adapter: the guest agent's raw answer is the ground truth
-  shimstats verify --shim unix:///run/shimstats/kata-1.sock --id web-1 --agent vsock://3:1026 --json
+  shimstats verify --shim unix:///run/shimstats/kata-1.sock --id web-1 --agent vsock://3:2048 --json
 
 figures: usage, working set, available, rss, page faults (CRI ContainerStats; the kubelet's summary API
 copies them as usageBytes, workingSetBytes, availableBytes, rssBytes) and CPU time (total, user, system).
@@ -70,8 +71,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="BYTES",
         help="allowed difference for byte figures (default: %(default)s)",
     )
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline (default: 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 

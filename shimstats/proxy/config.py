@@ -2,7 +2,7 @@
 
 ```toml
 inner_shim = "containerd-shim-kata-v2"                          # name on PATH, or an absolute path
-agent = "hvsock:///run/vc/vm/{sandbox}/clh.sock:1026"           # {id} {sandbox} {namespace} expand
+agent = "hvsock:///run/vc/vm/{sandbox}/clh.sock:2048"           # {id} {sandbox} {namespace} expand
 metrics_format = "auto"                                         # auto | v1 | v2
 stats_fallback = "inner"                                        # inner | error
 inner_config_path = "/opt/kata/share/defaults/kata-containers/configuration-clh.toml"   # optional

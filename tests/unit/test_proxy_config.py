@@ -12,7 +12,7 @@ import pytest
 from shimstats.proxy import BINARY
 from shimstats.proxy.config import ConfigError, expand_agent, load_config, parse_config, resolve_inner_shim
 
-MINIMAL = {"inner_shim": "containerd-shim-kata-v2", "agent": "hvsock:///run/vc/vm/{sandbox}/clh.sock:1026"}
+MINIMAL = {"inner_shim": "containerd-shim-kata-v2", "agent": "hvsock:///run/vc/vm/{sandbox}/clh.sock:2048"}
 
 
 def test_minimal_config_gets_the_documented_defaults() -> None:
@@ -49,7 +49,7 @@ def test_every_key_is_read() -> None:
         ({"inner_shim": ""}, "inner_shim"),
         ({"agent": "unix:///run/{pod}/agent.sock"}, "{pod}"),
         ({"agent": "unix:///run/{}/agent.sock"}, "agent"),
-        ({"agent": "tcp://10.0.0.1:1026"}, "agent"),
+        ({"agent": "tcp://10.0.0.1:2048"}, "agent"),
         ({"agent": "run/{id}.sock"}, "agent"),
     ],
 )
@@ -67,7 +67,7 @@ def test_required_keys(missing: str) -> None:
 
 
 def test_agent_template_expands_every_placeholder() -> None:
-    template = "hvsock:///run/vc/{namespace}/{sandbox}/{id}.sock:1026"
+    template = "hvsock:///run/vc/{namespace}/{sandbox}/{id}.sock:2048"
     got = expand_agent(template, container_id="c1", sandbox="pod-9", namespace="k8s.io")
     assert got == template.replace("{namespace}", "k8s.io").replace("{sandbox}", "pod-9").replace(
         "{id}", "c1"

@@ -110,7 +110,7 @@ def test_the_serving_process_gets_every_setting_back() -> None:
     settings = DaemonSettings(
         listen=proxy_address(INNER),
         inner_address=INNER,
-        agent="hvsock:///run/vc/vm/pod/clh.sock:1026",
+        agent="hvsock:///run/vc/vm/pod/clh.sock:2048",
         inner_service=TASK_V3_SERVICE,
         metrics_format="v2",
         stats_fallback="error",
