@@ -21,6 +21,7 @@ from guest_agent.kata import to_response
 from guest_agent.lookup import ContainerLocator, InvalidId, UnknownContainer
 from guest_agent.parse import CgroupFormatError
 from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.resources import ResourcesService
 from shimstats import __version__
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
@@ -40,9 +41,10 @@ class AgentService:
         self.locator = locator
 
     def register(self, server: Server) -> None:
-        """Register both services on ``server``."""
+        """Register both services on ``server``, and our own Resources service (guest_agent.resources)."""
         server.register(AGENT_SERVICE, {"StatsContainer": self.stats_container})
         server.register(HEALTH_SERVICE, {"Check": self.check, "Version": self.version})
+        ResourcesService(self.reader, self.locator).register(server)
 
     async def stats_container(self, payload: bytes, ctx: CallContext) -> bytes:
         """grpc.AgentService/StatsContainer."""
