@@ -216,12 +216,13 @@ def decode_request(data: bytes) -> Request:
     return request
 
 
-_OK = Status()
-
-
 def encode_response(payload: bytes, status: Status | None = None) -> bytes:
-    """Serialize a Response envelope; OK is sent as an empty status, as containerd's Go server does."""
-    return Response(status=_OK if status is None else status, payload=payload).SerializeToString()
+    """Serialize a Response envelope; OK leaves the status out, as containerd's Go server does.
+
+    (ttrpc-rust sends an empty status instead; every client, ours included, reads both as OK.)
+    """
+    response = Response(payload=payload) if status is None else Response(status=status, payload=payload)
+    return response.SerializeToString()
 
 
 def decode_response(data: bytes) -> Response:

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats._proto.ttrpc.request_pb2 import KeyValue
 from shimstats.fake_containerd import StatsResult, call_stats
-from shimstats.ttrpc import Client, Code, TtrpcError
+from shimstats.ttrpc import Client, Code, Frame, FrameDecoder, MessageType, TtrpcError, encode_frame
+from shimstats.ttrpc.framing import decode_response, encode_request, encode_response
 from tests.containerd_env import Container, Containerd
 
 pytestmark = pytest.mark.containerd
@@ -167,3 +172,30 @@ def test_stats_cli_exit_codes(busybox_container: Container, tmp_path: Path) -> N
     )
     assert status.returncode == 1
     assert "no-such-task" in status.stderr
+
+
+def test_our_ok_envelope_has_the_go_servers_shape(busybox_container: Container) -> None:
+    """The Go server leaves the status out of an OK Response; our server encodes OK the same way."""
+    request = encode_request(
+        "containerd.task.v2.Task",
+        "Connect",
+        shim_pb2.ConnectRequest(id=busybox_container.id).SerializeToString(),
+        metadata=[KeyValue(key="containerd-namespace-ttrpc", value=busybox_container.namespace)],
+    )
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(busybox_container.shim_socket))
+        sock.sendall(encode_frame(1, MessageType.REQUEST, 0, request))
+        decoder = FrameDecoder()
+        events: Sequence[object] = []
+        while not events:
+            chunk = sock.recv(65536)
+            assert chunk, "the runc shim closed the connection"
+            events = decoder.feed(chunk)
+    frame = events[0]
+    assert isinstance(frame, Frame)
+    go_envelope = frame.payload
+    payload = decode_response(go_envelope).payload
+    assert shim_pb2.ConnectResponse.FromString(payload).shim_pid > 0
+    assert not decode_response(go_envelope).HasField("status")
+    assert encode_response(payload) == go_envelope
