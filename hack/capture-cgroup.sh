@@ -165,7 +165,7 @@ if [ "$MODE" = v2 ]; then
     T1=$(uptime_now)
     for f in cgroup.controllers cgroup.subtree_control cpu.stat io.stat; do grab "$CG/$f" "$f"; done
     if [ -n "$SUB" ]; then
-        grab_glob "$CDIR" "$C" 'cpu.*' 'pids.*' 'io.*' 'hugetlb.*' 'cgroup.controllers' \
+        grab_glob "$CDIR" "$C" 'cpu.*' 'pids.*' 'io.*' 'hugetlb.*' 'cpuset.*' 'cgroup.controllers' \
             'cgroup.subtree_control' 'cgroup.events' 'cgroup.stat' 'cgroup.type'
         empty_procs "$CDIR" "$C"
     fi

@@ -51,8 +51,9 @@ capture() {
 Data disk: ext4 on virtio-blk; 1 GiB RAM, no swap."
 }
 
-# start_container KIND FUNC LIMIT TEXT: create /shimstats-fx-KIND in every hierarchy, set the memory limit
-# (none when LIMIT is -), run FUNC there, wait until it is ready and capture it.
+# start_container KIND FUNC LIMIT TEXT [SETUP]: create /shimstats-fx-KIND in every hierarchy, set the memory
+# limit (none when LIMIT is -), call SETUP with the v2 cgroup directory (when given), run FUNC there, wait
+# until it is ready and capture it.
 start_container() {
     sc_id=shimstats-fx-$1
     sc_procs=""
@@ -64,6 +65,7 @@ start_container() {
         sc_limit=$CG/$LIMIT_FILE
         echo "$3" >"${sc_limit%/*}/$sc_id/${sc_limit##*/}"
     fi
+    if [ -n "${5:-}" ]; then "$5" "$CG/$sc_id"; fi
     run_in_cgroup "$sc_procs" "$2" "$DATA" "$DATA/ready.$1" >"$DATA/$1.log" 2>&1
     if ! wait_for "$DATA/ready.$1" 300; then
         echo "scenarios: workload $1 did not get ready; its log:" >&2
@@ -104,4 +106,49 @@ start_container anon wl_anon 512M "$ANON; memory limit 512M ($LIMIT_FILE)"
 capture / "$PREFIX-root" "" "guest root cgroup while /shimstats-fx-anon ran; the page cache written by\
  $EARLIER was moved to the root when their cgroups were removed"
 stop_container anon
+
+# The resized containers (v2 only, after every other capture so that enabling cpuset changes none of them):
+# a container's cgroup written the way a runtime applies the kubelet's CRI values for the requests and
+# limits given (reference/semantics.md §6). shares = request*1024/1000; cpu.weight is given, from the
+# shares by the linear rule (Kata agent, kubelet) or the quadratic one (runc >= 1.3.2, crun), as in §6's
+# table (busybox awk has no log or exp to compute the quadratic one here); cpu.max = limit*100000/1000 and
+# period 100000; memory.max = the limit as given (the kernel keeps whole pages); memory.high by the
+# kubelet's MemoryQoS (request + 0.9*(limit - request), whole pages; left at max when request = limit);
+# memory.swap.max 0 (NoSwap on a v2 node); pids.max a pod pids limit.
+# resized RULE WEIGHT CPU_REQUEST_M CPU_LIMIT_M MEMORY_REQUEST MEMORY_LIMIT PIDS: start, capture, stop.
+resized() {
+    rz_shares=$(($3 * 1024 / 1000))
+    RZ_WEIGHT=$2
+    RZ_CPU_MAX="$(($4 * 100000 / 1000)) 100000"
+    RZ_MEMORY_MAX=$6
+    RZ_HIGH=max
+    if [ "$5" != "$6" ]; then
+        RZ_HIGH=$(awk -v r="$5" -v l="$6" 'BEGIN { printf "%d", int((r + 0.9 * (l - r)) / 4096) * 4096 }')
+    fi
+    RZ_PIDS=$7
+    start_container "resized-$1" wl_anon - "$ANON; cgroup written as the $1 rule's writer would for cpu\
+ request ${3}m, limit ${4}m, memory request $5, limit $6: cpu.weight $RZ_WEIGHT ($rz_shares shares),\
+ cpu.max $RZ_CPU_MAX, memory.max $RZ_MEMORY_MAX, memory.high $RZ_HIGH, memory.swap.max 0,\
+ pids.max $RZ_PIDS" write_resized
+    stop_container "resized-$1"
+}
+
+# write_resized DIR: the settings resized computed, written into the container's v2 cgroup directory.
+write_resized() {
+    echo "$RZ_WEIGHT" >"$1/cpu.weight"
+    echo "$RZ_CPU_MAX" >"$1/cpu.max"
+    echo "$RZ_MEMORY_MAX" >"$1/memory.max"
+    echo "$RZ_HIGH" >"$1/memory.high"
+    echo 0 >"$1/memory.swap.max"
+    echo "$RZ_PIDS" >"$1/pids.max"
+}
+
+if [ "$MODE" = v2 ]; then
+    case " $(cat "$CG/cgroup.controllers") " in
+        *" cpuset "*) echo +cpuset >"$CG/cgroup.subtree_control" ;;
+    esac
+    # 100m: 102 shares, linear weight 4. 2 CPUs: 2048 shares, quadratic weight 174 (linear: 79).
+    resized linear 4 100 500 134217728 1000000000 1024
+    resized quadratic 174 2000 2000 268435456 268435456 512
+fi
 echo "scenarios: done at $(cut -d' ' -f1 /proc/uptime) s"
