@@ -1,0 +1,155 @@
+"""Every cgroup file parser under hypothesis: any text gives a value or CgroupFormatError, nothing else.
+
+Two kinds of input: arbitrary text (whatever a broken or hostile kernel file could hold), and text built
+from the files' own grammar with random mistakes, which reaches the deep branches far more often than
+random characters do. Valid files generated from their grammar must parse back to exactly what was written.
+The budget is bounded for CI (max_examples); fuzz/README.md says how to run the same targets for hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guest_agent.parse import (
+    U64_MAX,
+    BlkioLine,
+    CgroupFormatError,
+    parse_blkio,
+    parse_flat_keyed,
+    parse_hugetlb_name,
+    parse_int_list,
+    parse_meminfo,
+    parse_nested_keyed,
+    parse_single,
+)
+from guest_agent.reader import decode
+from guest_agent.resources import parse_cpu_list, parse_setting, parse_value
+
+BUDGET = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+TEXT_PARSERS: dict[str, Callable[[str, str], object]] = {
+    "flat_keyed": parse_flat_keyed,
+    "single": parse_single,
+    "int_list": parse_int_list,
+    "blkio": parse_blkio,
+    "nested_keyed": parse_nested_keyed,
+    "meminfo": parse_meminfo,
+    "cpu_list": parse_cpu_list,
+    "value": parse_value,
+    "setting cpu.max": lambda text, source: parse_setting("cpu.max", 2, text, source),
+    "setting cpuset.cpus": lambda text, source: parse_setting("cpuset.cpus", 2, text, source),
+}
+
+# Pieces of real cgroup files: near-valid text is where parsers go wrong.
+PIECES = st.sampled_from(
+    [" ", "  ", "\n", ":", "=", "-", ",", "max", "Total", "Read", "Write", "kB", "rbytes", "wios",
+     "dbytes", "cost.vrate", "8:0", "253:1", "0", "1", "42", "18446744073709551615", "18446744073709551616",
+     "-1", "+5", "0x10", "1_000", "5.0", "cache", "inactive_file", "MemTotal", "\t", "\x00", "é", "٣"]
+)  # fmt: skip
+NEAR_VALID = st.lists(PIECES, max_size=40).map("".join)
+ANY_TEXT = st.text(max_size=300)
+
+
+def _only_format_errors(parser: Callable[[str, str], object], text: str) -> None:
+    error: CgroupFormatError | None = None
+    try:
+        parser(text, "fuzzed.file")
+    except CgroupFormatError as exc:
+        error = exc
+    assert error is None or str(error).startswith("fuzzed.file"), "every error names the file"
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_PARSERS))
+@BUDGET
+@given(text=st.one_of(ANY_TEXT, NEAR_VALID))
+def test_any_text_is_a_value_or_a_format_error_naming_the_file(name: str, text: str) -> None:
+    _only_format_errors(TEXT_PARSERS[name], text)
+
+
+@BUDGET
+@given(data=st.binary(max_size=300))
+def test_any_bytes_decode_to_ascii_text_or_a_format_error(data: bytes) -> None:
+    try:
+        text = decode(data, "fuzzed.file")
+    except CgroupFormatError:
+        assert not data.isascii()
+    else:
+        assert text.encode("ascii") == data
+
+
+@BUDGET
+@given(name=st.one_of(st.text(max_size=40), NEAR_VALID.map(lambda s: "hugetlb." + s.replace(" ", ""))))
+def test_hugetlb_names_split_or_are_none(name: str) -> None:
+    parsed = parse_hugetlb_name(name)
+    if parsed is not None:
+        size, file = parsed
+        assert name == f"hugetlb.{size}.{file}"
+
+
+# -- valid files round trip ----------------------------------------------------------------------------------
+
+KEYS = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz_"), min_size=1, max_size=24)
+U64 = st.integers(0, U64_MAX)
+
+
+@BUDGET
+@given(stats=st.dictionaries(KEYS, U64, max_size=60), final_newline=st.booleans())
+def test_flat_keyed_files_round_trip(stats: dict[str, int], final_newline: bool) -> None:
+    text = "".join(f"{key} {value}\n" for key, value in stats.items())
+    if not final_newline:
+        text = text.rstrip("\n")
+    assert parse_flat_keyed(text, "memory.stat") == stats
+
+
+@BUDGET
+@given(value=st.one_of(U64, st.just("max")))
+def test_single_value_files_round_trip(value: int | str) -> None:
+    assert parse_single(f"{value}\n", "memory.max") == (U64_MAX if value == "max" else value)
+
+
+@BUDGET
+@given(values=st.lists(U64, max_size=64))
+def test_percpu_lists_round_trip_with_the_kernels_trailing_space(values: list[int]) -> None:
+    assert parse_int_list("".join(f"{v} " for v in values) + "\n", "cpuacct.usage_percpu") == values
+
+
+DEVICE = st.tuples(st.integers(0, 4095), st.integers(0, 1 << 20))
+OPS = st.sampled_from(["Read", "Write", "Sync", "Async", "Discard", "Total"])
+
+
+@BUDGET
+@given(lines=st.lists(st.tuples(DEVICE, OPS, U64), max_size=30), total=st.one_of(st.none(), U64))
+def test_blkio_files_round_trip_and_drop_the_file_total(
+    lines: list[tuple[tuple[int, int], str, int]], total: int | None
+) -> None:
+    text = "".join(f"{major}:{minor} {op} {value}\n" for (major, minor), op, value in lines)
+    if total is not None:
+        text += f"Total {total}\n"
+    expected = [BlkioLine(major, minor, op, value) for (major, minor), op, value in lines]
+    assert parse_blkio(text, "blkio.throttle.io_service_bytes") == expected
+
+
+@BUDGET
+@given(
+    devices=st.lists(
+        st.tuples(DEVICE, st.dictionaries(st.sampled_from(["rbytes", "wbytes", "rios", "wios"]), U64)),
+        max_size=10,
+    )
+)
+def test_io_stat_round_trips(devices: list[tuple[tuple[int, int], dict[str, int]]]) -> None:
+    text = "".join(
+        f"{major}:{minor}" + "".join(f" {k}={v}" for k, v in stats.items()) + "\n"
+        for (major, minor), stats in devices
+    )
+    parsed = parse_nested_keyed(text, "io.stat")
+    assert [((p.major, p.minor), p.stats) for p in parsed] == devices
+
+
+@BUDGET
+@given(cpus=st.sets(st.integers(0, 511), max_size=40))
+def test_cpu_lists_round_trip(cpus: set[int]) -> None:
+    assert parse_cpu_list(",".join(str(c) for c in sorted(cpus)), "cpuset.cpus") == sorted(cpus)
