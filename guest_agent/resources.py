@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import DecodeError
 
@@ -150,7 +150,7 @@ def read_resources(
     }
     primary = layout.primary
     if not os.path.isdir(primary.dir_for(cgroup_path)):
-        raise CgroupGone(primary.dir_for(cgroup_path))
+        raise _gone(files, hierarchies.values(), cgroup_path, primary)
     response = resources_pb2.GetResponse(cgroup_path=cgroup_path, page_size=page_size)
     response.populated = _populated(files, primary, cgroup_path)
     for version in (1, 2):
@@ -166,10 +166,17 @@ def read_resources(
                 else:
                     response.settings.append(parse_setting(name, version, text, path))
     if not os.path.isdir(primary.dir_for(cgroup_path)):  # removed while read: the files may be stale
-        for h in {h for h in hierarchies.values() if h is not None}:
-            files.forget(h.dir_for(cgroup_path))
-        raise CgroupGone(primary.dir_for(cgroup_path))
+        raise _gone(files, hierarchies.values(), cgroup_path, primary)
     return response
+
+
+def _gone(
+    files: FileCache, hierarchies: Iterable[Hierarchy | None], cgroup_path: str, primary: Hierarchy
+) -> CgroupGone:
+    """Close the vanished cgroup's cached files; the error to raise."""
+    for h in {h for h in hierarchies if h is not None}:
+        files.forget(h.dir_for(cgroup_path))
+    return CgroupGone(primary.dir_for(cgroup_path))
 
 
 class ResourcesService:
