@@ -153,10 +153,15 @@ def read_resources(
         raise _gone(files, hierarchies.values(), cgroup_path, primary)
     response = resources_pb2.GetResponse(cgroup_path=cgroup_path, page_size=page_size)
     response.populated = _populated(files, primary, cgroup_path)
+    unmounted_version = 2 if layout.mode == "v2" else 1  # the names listed for a controller mounted nowhere
     for version in (1, 2):
         for controller, names in FILES[version]:
             h = hierarchies[controller]
-            if h is None or h.version != version:
+            if h is None:
+                if version == unmounted_version:
+                    response.absent.extend(names)
+                continue
+            if h.version != version:
                 continue
             for name in names:
                 path = f"{h.dir_for(cgroup_path)}/{name}"
