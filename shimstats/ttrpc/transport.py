@@ -5,6 +5,9 @@
 * ``hvsock:///path/to/kata.hvsock:PORT``: hybrid vsock (Firecracker, Cloud Hypervisor). Dial only: connect to
   the VMM's unix socket, send ``CONNECT <port>\\n``, and the VMM answers ``OK <host port>\\n`` once the guest
   has accepted; after that line the socket carries raw ttrpc.
+* ``serial:///dev/vport0p1``: a virtio-serial port in a guest (how Kata 1.x reached its agent). Listen only:
+  the port is one byte stream, served as one connection for as long as the host end is open; the host dials
+  the unix socket the VMM made for it (qemu ``-chardev socket``), so the host side is a plain ``unix://``.
 
 Every error names the address, so a log line says which socket is at fault.
 """
@@ -12,6 +15,10 @@ Every error names the address, so a log line says which socket is at fault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import functools
+import logging
 import os
 import re
 import socket
@@ -28,6 +35,7 @@ __all__ = [
     "AddressError",
     "ConnectedCallback",
     "Peer",
+    "SerialListener",
     "TransportError",
     "create_connection",
     "create_listener",
@@ -37,6 +45,8 @@ __all__ = [
     "start_listener",
     "stop_listener",
 ]
+
+_log = logging.getLogger("shimstats.ttrpc")
 
 # StreamReader buffer limit: big enough that a 4 MiB frame does not pause the socket every 128 KiB.
 STREAM_LIMIT = 1 << 20
@@ -66,7 +76,7 @@ class TransportError(ConnectionError):
 class Address:
     """A parsed address; ``str()`` gives the canonical text back, and parsing that gives an equal Address."""
 
-    kind: Literal["unix", "vsock", "hvsock"]
+    kind: Literal["unix", "vsock", "hvsock", "serial"]
     path: str = ""
     cid: int = 0
     port: int = 0
@@ -76,6 +86,8 @@ class Address:
             return f"unix://{self.path}"
         if self.kind == "vsock":
             return f"vsock://{self.cid}:{self.port}"
+        if self.kind == "serial":
+            return f"serial://{self.path}"
         return f"hvsock://{self.path}:{self.port}"
 
 
@@ -116,7 +128,13 @@ def parse_address(text: str) -> Address:
                 f"{text!r}: the guest port is missing; expected hvsock:///path/to/vmm.sock:PORT"
             )
         return Address("hvsock", path=_socket_path(path, text), port=_u32(port_text, "port", text))
-    raise AddressError(f"{text!r}: expected unix:///path, vsock://CID:PORT or hvsock:///path:PORT")
+    if scheme == "serial" and sep:
+        if not rest.startswith("/") or "\0" in rest:
+            raise AddressError(f"{text!r}: expected serial:///dev/PORT, an absolute character device path")
+        return Address("serial", path=rest)
+    raise AddressError(
+        f"{text!r}: expected unix:///path, vsock://CID:PORT, hvsock:///path:PORT or serial:///dev/PORT"
+    )
 
 
 def _as_address(addr: Address | str) -> Address:
@@ -185,6 +203,10 @@ async def _connect_unix(loop: asyncio.AbstractEventLoop, addr: Address) -> socke
 
 async def _connected_socket(address: Address, timeout: float | None) -> socket.socket:
     """A connected non-blocking socket (hvsock: past the handshake), or TransportError naming the address."""
+    if address.kind == "serial":
+        raise TransportError(
+            f"{address}: a serial port is served inside the guest; dial the VMM's unix socket for it instead"
+        )
     loop = asyncio.get_running_loop()
     dial = _connect_vsock(loop, address) if address.kind == "vsock" else _connect_unix(loop, address)
     try:
@@ -225,17 +247,32 @@ async def open_connection(
 
 
 # Unix socket files we created, by listener, so stop_listener removes ours and never a successor's.
-_owned_files: weakref.WeakKeyDictionary[asyncio.Server, tuple[str, int]] = weakref.WeakKeyDictionary()
+_owned_files: weakref.WeakKeyDictionary[asyncio.AbstractServer, tuple[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _check_socket_directory(addr: Address, directory: str) -> None:
+    """Refuse a directory where someone else could swap our socket: owned by another user (root is
+    fine), or writable by group or others without the sticky bit."""
+    st = os.stat(directory)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise TransportError(f"{addr}: {directory} belongs to uid {st.st_uid}; not listening there")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise TransportError(
+            f"{addr}: {directory} is writable by others (mode {stat.S_IMODE(st.st_mode):o}, no sticky bit); "
+            "not listening there"
+        )
 
 
 def _clear_stale_socket(addr: Address) -> None:
-    """Remove a leftover socket file nobody listens on; refuse to touch anything else."""
+    """Remove a leftover socket file of ours nobody listens on; refuse to touch anything else."""
     try:
         st = os.lstat(addr.path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise TransportError(f"{addr}: {addr.path} exists and is not a socket; not replacing it")
+    if st.st_uid != os.geteuid():
+        raise TransportError(f"{addr}: {addr.path} belongs to uid {st.st_uid}; not replacing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)
     try:
@@ -252,7 +289,9 @@ def _clear_stale_socket(addr: Address) -> None:
 
 def _bound_unix_socket(addr: Address, mode: int) -> tuple[socket.socket, int]:
     # Like containerd's shims: make a missing parent directory, private to us.
-    os.makedirs(os.path.dirname(addr.path), mode=0o700, exist_ok=True)
+    directory = os.path.dirname(addr.path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _check_socket_directory(addr, directory)
     _clear_stale_socket(addr)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -308,23 +347,32 @@ async def _serve_socket(
 
 async def create_listener(
     addr: Address | str, protocol_factory: Callable[[], asyncio.BaseProtocol], *, mode: int = 0o600
-) -> asyncio.Server:
+) -> asyncio.AbstractServer:
     """Listen on ``addr`` with one asyncio Protocol per connection (the ttrpc server's fast path)."""
+    address = _as_address(addr)
+    if address.kind == "serial":
+        return SerialListener(address, protocol_factory)
     loop = asyncio.get_running_loop()
-    return await _serve_socket(
-        _as_address(addr), mode, lambda sock: loop.create_server(protocol_factory, sock=sock)
-    )
+    return await _serve_socket(address, mode, lambda sock: loop.create_server(protocol_factory, sock=sock))
 
 
 async def start_listener(
     addr: Address | str, callback: ConnectedCallback, *, mode: int = 0o600
-) -> asyncio.Server:
+) -> asyncio.AbstractServer:
     """Listen on ``addr`` and run ``callback(reader, writer)`` per connection; unix sockets get ``mode``."""
+    address = _as_address(addr)
+    if address.kind == "serial":
+        return SerialListener(address, functools.partial(_stream_protocol, callback))
     return await _serve_socket(
-        _as_address(addr),
+        address,
         mode,
         lambda sock: asyncio.start_server(callback, sock=sock, limit=STREAM_LIMIT),
     )
+
+
+def _stream_protocol(callback: ConnectedCallback) -> asyncio.StreamReaderProtocol:
+    """What asyncio.start_server makes per connection: a reader, and the callback run once connected."""
+    return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), callback)
 
 
 def _unlink_if(path: str, inode: int | None) -> None:
@@ -335,7 +383,7 @@ def _unlink_if(path: str, inode: int | None) -> None:
         pass
 
 
-async def stop_listener(server: asyncio.Server) -> None:
+async def stop_listener(server: asyncio.AbstractServer) -> None:
     """Stop accepting, wait for the listener to close, and remove the socket file start_listener made."""
     server.close()
     await server.wait_closed()
@@ -389,3 +437,246 @@ def _unix_peer(sock: Any) -> Peer:
         return Peer(address=address)
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, so_peercred, _UCRED.size))
     return Peer(address=address, pid=pid, uid=uid, gid=gid)
+
+
+# -- serial ports -------------------------------------------------------------------------------------------
+
+SERIAL_POLL = 0.1
+"""Seconds between looks at a serial port whose host end is closed. The port cannot say when the host
+comes back in a way an event loop can wait for (poll() keeps reporting it readable, read() returns 0), so
+the listener looks again this often, and only while nobody is connected."""
+_SERIAL_HIGH_WATER = 64 * 1024
+
+
+def _host_gone(exc: OSError) -> bool:
+    """EIO is how a pseudo-terminal says its other end is closed (a virtio port returns 0 bytes instead)."""
+    return exc.errno == errno.EIO
+
+
+class _SerialTransport(asyncio.Transport):
+    """One connection over an open serial port: non-blocking reads and writes on its file descriptor.
+
+    The host closing its end reads as end of file; the connection then ends and the listener waits for
+    the next one. ``done`` resolves once the protocol has been told the connection is lost.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        protocol: asyncio.BaseProtocol,
+        address: Address,
+        first: bytes,
+        done: asyncio.Future[None],
+    ) -> None:
+        super().__init__(extra={"peername": str(address)})
+        if not isinstance(protocol, (asyncio.Protocol, asyncio.BufferedProtocol)):
+            raise TypeError("a serial port carries a stream: the protocol must be a (Buffered)Protocol")
+        self._loop = asyncio.get_running_loop()
+        self._fd = fd
+        self._protocol = protocol
+        self._buffer = bytearray()
+        self._closing = False
+        self._finished = False
+        self._reading = True
+        self._protocol_paused = False
+        self._high, self._low = _SERIAL_HIGH_WATER, _SERIAL_HIGH_WATER // 4
+        self.done = done
+        protocol.connection_made(self)
+        if first:
+            self._deliver(first)
+        if not self._closing:
+            self._loop.add_reader(fd, self._read_ready)
+
+    def _deliver(self, data: bytes) -> None:
+        """Hand bytes already read to the protocol, through its own buffer if it is a BufferedProtocol."""
+        protocol = self._protocol
+        if isinstance(protocol, asyncio.Protocol):
+            protocol.data_received(data)
+            return
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, STREAM_LIMIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(None if _host_gone(exc) else exc)
+            return
+        if not data:
+            self._protocol.eof_received()
+            self._finish(None)
+            return
+        self._deliver(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._finish(exc)
+                return
+            data = memoryview(data)[sent:]
+            if not data:
+                return
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._buffer += data
+        if not self._protocol_paused and len(self._buffer) > self._high:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def _write_ready(self) -> None:
+        try:
+            sent = os.write(self._fd, self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        del self._buffer[:sent]
+        if self._protocol_paused and len(self._buffer) <= self._low:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._finish(None)
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closing:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; finish once what is buffered has been written."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if not self._buffer:
+            self._finish(None)
+
+    def abort(self) -> None:
+        self._finish(None)
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = _SERIAL_HIGH_WATER if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def _finish(self, exc: Exception | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._closing = True
+        self._buffer.clear()
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        os.close(self._fd)
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+        self._loop.call_soon(self._signal_done)
+
+    def _signal_done(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class SerialListener(asyncio.AbstractServer):
+    """Serve a serial port (``serial:///dev/vport0p1``): one connection at a time, each lasting as long as
+    the host end stays open; the port is opened again for the next one."""
+
+    def __init__(self, address: Address, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._address = address
+        self._factory = protocol_factory
+        self._loop = asyncio.get_running_loop()
+        # Opened now so that a port that cannot be opened at all fails here, with the address in the message.
+        self._task = self._loop.create_task(self._serve(self._open_port()))
+
+    def _open_port(self) -> int:
+        try:
+            return os.open(self._address.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TransportError(f"{self._address}: cannot open the port: {exc.strerror or exc}") from exc
+
+    async def _host_connected(self, fd: int) -> bytes:
+        """Wait (polling) until the host end is open; return what it already sent."""
+        while True:
+            try:
+                data = os.read(fd, STREAM_LIMIT)
+            except (BlockingIOError, InterruptedError):
+                return b""  # open, nothing sent yet
+            except OSError as exc:
+                if not _host_gone(exc):
+                    raise
+                data = b""
+            if data:
+                return data
+            await asyncio.sleep(SERIAL_POLL)
+
+    async def _serve(self, fd: int) -> None:
+        try:
+            await self._serve_port(fd)
+        except Exception:
+            _log.exception("%s: serving the port failed; no longer serving it", self._address)
+
+    async def _serve_port(self, fd: int) -> None:
+        while True:
+            try:
+                first = await self._host_connected(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            done: asyncio.Future[None] = self._loop.create_future()
+            _SerialTransport(fd, self._factory(), self._address, first, done)
+            await asyncio.shield(done)  # close() cancels this wait, never the connection
+            try:
+                fd = self._open_port()
+            except TransportError as exc:  # the port went away (unplugged; a test's pseudo-terminal)
+                _log.warning("%s; no longer serving it", exc)
+                return
+
+    def close(self) -> None:
+        """Stop waiting for the host; the connection being served, if any, goes on until it ends."""
+        self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def is_serving(self) -> bool:
+        return not self._task.done()
+
+    async def start_serving(self) -> None:
+        """Serving starts when the listener is made; nothing to do."""
+
+    async def serve_forever(self) -> None:
+        await self._task
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
