@@ -8,7 +8,7 @@ memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.soft_limit_in_bytes, 
 cpu.weight, cpu.max, memory.max, memory.high, memory.low, memory.min, memory.swap.max, memory.oom.group,
 pids.max, cpuset.cpus.effective. Each setting carries its raw text and its fields parsed: ``max`` stays
 ``max`` and a number keeps its sign (v1's -1 quota), unlike the stats parsers, which fold both into u64.
-The cpuset hierarchy is not part of guest_agent.layout (stats never read it), so CPUSET finds it here.
+The cpuset hierarchy is not part of guest_agent.layout (stats never read it): cpuset_hierarchy finds it.
 
 ``populated`` tells a running container from an empty cgroup (not started, restarting, exited): v2
 cgroup.events ``populated``; v1 a non-empty cgroup.procs of the primary hierarchy; the root always is.
@@ -133,8 +133,13 @@ def _populated(files: FileCache, primary: Hierarchy, cgroup_path: str) -> bool:
         events_path = f"{directory}/cgroup.events"
         text = _read_text(files, events_path)
         return text is not None and parse_flat_keyed(text, events_path).get("populated", 0) == 1
-    procs = _read_text(files, f"{directory}/cgroup.procs")
-    return bool(procs and procs.strip())
+    # Opened afresh on every call, not through the file cache: v1 keeps a pid list per open file and does not
+    # reload it when the file is read again from offset 0 (seen on 6.18), so a held fd never sees a restart.
+    try:
+        with open(f"{directory}/cgroup.procs", "rb") as f:
+            return bool(f.read(64).strip())
+    except FileNotFoundError:
+        return False
 
 
 def read_resources(

@@ -115,6 +115,33 @@ def test_live_v1_cgroup_passes_then_fails_naming_the_changed_setting(container, 
         assert "verdict: MISMATCH in cpu.cfs_quota_us" in out
 
 
+def test_live_v1_container_that_starts_during_the_wait_is_checked(container, sock_dir, capsys):
+    address = f"unix://{sock_dir}/a.sock"
+    container.stop()  # restarting: the cgroup and its settings are there, no process yet
+    late = subprocess.Popen(["sleep", "120"])
+
+    def start() -> None:
+        for directory in container.dirs.values():
+            (directory / "cgroup.procs").write_text(str(late.pid))
+
+    timer = threading.Timer(0.4, start)
+    try:
+        with agent(address, CGROUP_ROOT):
+            timer.start()
+            try:
+                # 5 s: a v1 pid list read through a held fd went stale for some 12 s here (see _populated)
+                code, out, _ = check(capsys, address, container.name, *FLAGS, "--wait", "5s", "--json")
+            finally:
+                timer.join()
+    finally:
+        late.kill()
+        late.wait(timeout=10)
+    report = json.loads(out)
+    assert (code, report["verdict"]) == (0, "match")
+    assert report["attempts"] > 1  # the empty cgroup was not checked, the running one was
+    assert 0.4 <= report["waited_seconds"] < 5
+
+
 def test_live_v1_cgroup_removed_mid_wait_is_retried_then_could_not_check(container, sock_dir, capsys):
     address = f"unix://{sock_dir}/a.sock"
     container.stop()  # the container exits: its cgroup is empty, so it is not checked
