@@ -16,14 +16,15 @@ boot() {
     mount -t tmpfs tmpfs /tmp
     echo "init: kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
     while read -r m; do
-        insmod "/lib/modules/$m.ko" || return 1
-    done </lib/modules/load.order
+        insmod "/modules/$m.ko" || return 1
+    done </modules/load.order
     n=0
     while [ ! -b /dev/vda ]; do
         [ "$n" -lt 50 ] || { echo "init: no /dev/vda" >&2; return 1; }
         sleep 0.2
         n=$((n + 1))
     done
+    mkdir -p /mnt/data
     mount -t ext4 /dev/vda /mnt/data || return 1
     [ -f /mnt/data/run.env ] || { echo "init: no run.env on the data disk" >&2; return 1; }
     cd /mnt/data && sh hack/qemu-capture/scenarios.sh
