@@ -135,7 +135,13 @@ class AgentClient:
                 "StatsContainer did not finish before the caller's deadline",
             )
         except TtrpcError as exc:
+            if exc.code == Code.DEADLINE_EXCEEDED:
+                await self._drop_connection()
             raise map_agent_error(exc, container_id, str(self.address)) from None
+        except asyncio.CancelledError:
+            if loop.time() >= deadline:  # the server's deadline timer got there first: the same expiry
+                await self._drop_connection()
+            raise
         try:
             return agent_pb2.StatsContainerResponse.FromString(raw)
         except DecodeError as exc:
@@ -224,6 +230,17 @@ class AgentClient:
         self.dials += 1
         self._client = client
         return client
+
+    async def _drop_connection(self) -> None:
+        """Close the shared connection after a call expired on it; the next call dials a fresh one.
+
+        An agent that let a call expire may have garbled its byte stream (a header announcing gigabytes
+        swallows every later answer), and the connection would then never answer again. Calls still in
+        flight on it fail as lost and are retried once on the new connection, like after an agent restart.
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def close(self) -> None:
         """Close the connection; later calls fail with UNAVAILABLE."""
