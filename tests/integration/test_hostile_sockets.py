@@ -141,6 +141,15 @@ async def _wait_for_fds(target: Target, at_most: int, timeout: float = 5.0) -> i
     return fds
 
 
+async def _answer_or_hang_up(sock: socket.socket, target: Target) -> TtrpcError | bytes | None:
+    """The answer to a good call on ``sock``, or None when the server closed it without one."""
+    try:
+        sock.sendall(request_frame(1, target))
+        return (await _answers(sock, {1}))[1]
+    except (ConnectionError, AssertionError):  # reset, broken pipe, or closed: read_answers asserts data
+        return None
+
+
 async def test_ten_thousand_idle_connections_opened_and_dropped(target: Target, caller: Client) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < IDLE_CONNECTIONS + 200:
@@ -153,17 +162,15 @@ async def test_ten_thousand_idle_connections_opened_and_dropped(target: Target, 
             started = time.monotonic()
             await target.good_call(caller)
             assert time.monotonic() - started < DEADLINE
-        # The server holds at most its cap of served connections, plus rejections it is closing.
-        assert target.fds() <= baseline + 2 * MAX_CONNECTIONS + 16
+        # The server holds its cap of served connections, at most as many rejections waiting up to a second
+        # for a request to refuse, and the last accept batch (asyncio accepts up to its listen backlog, 100,
+        # per wake-up) whose over-cap connections are being closed.
+        assert target.fds() <= baseline + 2 * MAX_CONNECTIONS + 100 + 16
         # A connection over the cap is told why (or just closed when even rejections are over the cap).
         with raw_socket(target.path) as late:
-            late.sendall(request_frame(1, target))
-            try:
-                answer = (await _answers(late, {1}))[1]
-            except AssertionError:  # closed without a word: allowed once rejections are capped too
-                answer = None
-            if answer is not None:
-                assert _code(answer) == Code.RESOURCE_EXHAUSTED
+            answer = await _answer_or_hang_up(late, target)
+        if answer is not None:
+            assert _code(answer) == Code.RESOURCE_EXHAUSTED
     finally:
         for sock in idle:
             sock.close()
