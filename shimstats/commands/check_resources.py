@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, cast
+from typing import cast
 
 from google.protobuf.message import DecodeError
 
@@ -185,22 +185,32 @@ async def fetch(address: str, container_id: str, wait: float, timeout: float) ->
             await client.close()
 
 
-def run(args: argparse.Namespace) -> int:
+def inputs(args: argparse.Namespace) -> tuple[rs.ContainerResources, rs.Node]:
+    """The container's requests and the node from the flags; a usage error (exit 2) when they conflict."""
+
+    def milli(q: Fraction | None) -> int | None:
+        return None if q is None else rs.milli_value(q)
+
+    def size(q: Fraction | None) -> int | None:
+        return None if q is None else rs.byte_value(q)
+
+    pod = rs.ContainerResources(
+        milli(args.cpu_request), milli(args.cpu_limit), size(args.memory_request), size(args.memory_limit)
+    )
     try:
-        pod = rs.ContainerResources(
-            cpu_request=None if args.cpu_request is None else rs.milli_value(args.cpu_request),
-            cpu_limit=None if args.cpu_limit is None else rs.milli_value(args.cpu_limit),
-            memory_request=None if args.memory_request is None else rs.byte_value(args.memory_request),
-            memory_limit=None if args.memory_limit is None else rs.byte_value(args.memory_limit),
-        )
         node = rs.Node(
             cgroup_version=1 if args.node_cgroup == "v1" else 2,
             swap_behavior=args.swap_behavior,
-            memory_capacity=0 if args.node_memory is None else rs.byte_value(args.node_memory),
-            swap_capacity=0 if args.node_swap is None else rs.byte_value(args.node_swap),
+            memory_capacity=size(args.node_memory) or 0,
+            swap_capacity=size(args.node_swap) or 0,
         )
     except ValueError as exc:
         args.parser.error(str(exc))
+    return pod, node
+
+
+def run(args: argparse.Namespace) -> int:
+    pod, node = inputs(args)
     cri = rs.kubelet_cri(pod, node)
     report: dict[str, object] = {
         "id": args.id,
@@ -218,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"shimstats: could not check {args.id!r} at {args.agent}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_CHECK
     response = fetched.response
-    rule = cast(Literal["linear", "quadratic"], args.cpu_weight_rule)
+    rule = cast(rs.WeightRule, args.cpu_weight_rule)
     expected = rs.expected_settings(cri, node, response.page_size or 4096, rule)
     rows = rs.compare(expected, rs.applied_settings(response), response.absent)
     failed = [r.file for r in rows if r.fails]
