@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests need: containerd + runc (a real Go ttrpc
-# server, the runc shim) and busybox-static (the containers' root filesystem).
+# server, the runc shim), busybox-static (the containers' root filesystem), and qemu-system-x86 +
+# e2fsprogs (shimstats guest-test boots a real guest kernel under qemu with an ext4 data disk).
 # Idempotent and quiet: does nothing when every package is already installed.
 set -euo pipefail
 
-packages=(containerd runc busybox-static)
+packages=(containerd runc busybox-static qemu-system-x86 e2fsprogs)
 
 missing=()
 for pkg in "${packages[@]}"; do
