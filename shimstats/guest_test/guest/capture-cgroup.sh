@@ -1,0 +1,1 @@
+../../../hack/capture-cgroup.sh
