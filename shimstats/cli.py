@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import __version__
-from shimstats.commands import check_resources, compare, demo, explain, exporter, serve, stats, verify
+from shimstats.commands import (
+    check_resources,
+    compare,
+    demo,
+    explain,
+    exporter,
+    guest_test,
+    serve,
+    stats,
+    verify,
+)
 
 DESCRIPTION = """\
 Make Kata Containers report container memory the way containerd and the kubelet expect.
@@ -25,7 +35,7 @@ start here:
 
 Each subcommand has its own --help with examples."""
 
-COMMANDS = (demo, stats, serve, verify, compare, explain, exporter, check_resources)
+COMMANDS = (demo, stats, serve, verify, compare, explain, exporter, check_resources, guest_test)
 
 
 def build_parser() -> argparse.ArgumentParser:
