@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 
-from guest_agent.files import FileCache, default_max_open
+from guest_agent.files import MAX_OPEN, FileCache, default_max_open
 
 
 def test_missing_files_read_as_none_and_are_not_kept(tmp_path):
@@ -71,6 +71,6 @@ def test_forget_closes_only_the_files_under_a_directory(tmp_path):
 def test_default_bound_leaves_most_descriptors_to_sockets():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     bound = default_max_open()
-    assert 8 <= bound <= 512
+    assert 8 <= bound <= MAX_OPEN
     if soft != resource.RLIM_INFINITY:
         assert bound <= max(8, soft // 4)
