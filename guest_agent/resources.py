@@ -19,7 +19,6 @@ before or while it was read → NOT_FOUND; a garbled file or an I/O error → IN
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Mapping
 
@@ -27,9 +26,10 @@ from google.protobuf.message import DecodeError
 
 from guest_agent.files import FileCache
 from guest_agent.layout import Hierarchy, Layout
-from guest_agent.lookup import ContainerLocator, InvalidId, UnknownContainer
+from guest_agent.lookup import ContainerLocator
 from guest_agent.parse import CgroupFormatError, parse_flat_keyed
 from guest_agent.reader import CgroupGone, CgroupReader, decode
+from guest_agent.statuses import ContainerCall
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 
@@ -58,7 +58,6 @@ INT64_MAX = 2**63 - 1
 MAX_CPUS = 8192
 """The largest NR_CPUS a kernel config allows; a cpu list naming more is garbled, not a big machine."""
 
-log = logging.getLogger("guest_agent")
 
 
 def cpuset_hierarchy(layout: Layout) -> Hierarchy | None:
@@ -210,31 +209,6 @@ class ResourcesService:
         return self.applied(request.container_id).SerializeToString()
 
     def applied(self, container_id: str) -> resources_pb2.GetResponse:
-        """The response for one id, or TtrpcError with the status described in the module docstring."""
-        path = ""
-        try:
-            path = self.locator.resolve(container_id)
-            return read_resources(self.reader.layout, self.reader.files, path, self.page_size)
-        except InvalidId as exc:
-            raise self._fail(Code.INVALID_ARGUMENT, str(exc), container_id, path) from None
-        except UnknownContainer as exc:
-            raise self._fail(Code.NOT_FOUND, str(exc), container_id, path) from None
-        except CgroupGone as exc:
-            self.locator.forget(container_id)
-            raise self._fail(
-                Code.NOT_FOUND, f"container {container_id!r}: {exc}", container_id, path
-            ) from None
-        except CgroupFormatError as exc:
-            raise self._fail(
-                Code.INTERNAL, f"container {container_id!r}: {exc}", container_id, path
-            ) from None
-        except OSError as exc:
-            message = f"container {container_id!r}: reading {exc.filename or path}: {exc.strerror or exc}"
-            raise self._fail(Code.INTERNAL, message, container_id, path) from None
-
-    @staticmethod
-    def _fail(code: Code, message: str, container_id: str, path: str) -> TtrpcError:
-        level = logging.ERROR if code == Code.INTERNAL else logging.WARNING
-        extra = {"container_id": container_id, "cgroup_path": path, "code": code.name}
-        log.log(level, "Resources/Get failed: %s", message, extra=extra)
-        return TtrpcError(code, message)
+        """The response for one id, or TtrpcError with the status guest_agent.statuses gives."""
+        with ContainerCall("Resources/Get", self.locator, container_id) as call:
+            return read_resources(self.reader.layout, self.reader.files, call.resolve(), self.page_size)

@@ -1,10 +1,9 @@
 """The ttrpc services: ``grpc.AgentService/StatsContainer`` and ``grpc.Health/{Check,Version}``.
 
-Statuses: a malformed request or an unsafe id → INVALID_ARGUMENT; an unknown id, or a cgroup that vanished
-before or while it was read → NOT_FOUND naming the id (containerd skips NOT_FOUND tasks quietly); a garbled
-or incomplete kernel file, or an I/O error → INTERNAL naming the file. Every other kata-agent method is
-answered UNIMPLEMENTED by the ttrpc server itself, since only these are registered. Each error is one log line
-carrying the id and the cgroup path.
+Statuses: a malformed request → INVALID_ARGUMENT; reading a container maps its errors as
+guest_agent.statuses says (unsafe id INVALID_ARGUMENT, unknown or vanished NOT_FOUND, garbled INTERNAL).
+Every other kata-agent method is answered UNIMPLEMENTED by the ttrpc server itself, since only these are
+registered.
 
 The cgroup files are read right in the event loop: a whole answer costs some 100-200 µs (guest_agent.bench)
 of reads of pseudo-files that never wait for a disk. Handing it to a thread would add about as much again
@@ -13,15 +12,14 @@ of reads of pseudo-files that never wait for a disk. Handing it to a thread woul
 
 from __future__ import annotations
 
-import logging
 
 from google.protobuf.message import DecodeError
 
 from guest_agent.kata import to_response
-from guest_agent.lookup import ContainerLocator, InvalidId, UnknownContainer
-from guest_agent.parse import CgroupFormatError
-from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.lookup import ContainerLocator
+from guest_agent.reader import CgroupReader
 from guest_agent.resources import ResourcesService
+from guest_agent.statuses import ContainerCall
 from shimstats import __version__
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
@@ -30,7 +28,6 @@ AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
 AGENT_VERSION = f"shimstats-agent {__version__}"
 
-log = logging.getLogger("guest_agent")
 
 
 class AgentService:
@@ -55,36 +52,9 @@ class AgentService:
         return self.stats(request.container_id).SerializeToString()
 
     def stats(self, container_id: str) -> agent_pb2.StatsContainerResponse:
-        """The response for one id, or TtrpcError with the status described in the module docstring."""
-        path = ""
-        try:
-            path = self.locator.resolve(container_id)
-            return to_response(self.reader.read(path))
-        except InvalidId as exc:
-            raise self._fail(Code.INVALID_ARGUMENT, str(exc), container_id, path) from None
-        except UnknownContainer as exc:
-            raise self._fail(Code.NOT_FOUND, str(exc), container_id, path) from None
-        except CgroupGone as exc:
-            self.locator.forget(container_id)
-            message = f"container {container_id!r}: {exc}"
-            raise self._fail(Code.NOT_FOUND, message, container_id, path) from None
-        except (CgroupFormatError, IncompleteCgroup) as exc:
-            message = f"container {container_id!r}: {exc}"
-            raise self._fail(Code.INTERNAL, message, container_id, path) from None
-        except OSError as exc:
-            message = f"container {container_id!r}: reading {exc.filename or path}: {exc.strerror or exc}"
-            raise self._fail(Code.INTERNAL, message, container_id, path) from None
-
-    @staticmethod
-    def _fail(code: Code, message: str, container_id: str, path: str) -> TtrpcError:
-        level = logging.ERROR if code == Code.INTERNAL else logging.WARNING
-        log.log(
-            level,
-            "StatsContainer failed: %s",
-            message,
-            extra={"container_id": container_id, "cgroup_path": path, "code": code.name},
-        )
-        return TtrpcError(code, message)
+        """The response for one id, or TtrpcError with the status guest_agent.statuses gives."""
+        with ContainerCall("StatsContainer", self.locator, container_id) as call:
+            return to_response(self.reader.read(call.resolve()))
 
     async def check(self, payload: bytes, ctx: CallContext) -> bytes:
         """grpc.Health/Check: serving whenever the process answers."""
