@@ -59,7 +59,6 @@ MAX_CPUS = 8192
 """The largest NR_CPUS a kernel config allows; a cpu list naming more is garbled, not a big machine."""
 
 
-
 def cpuset_hierarchy(layout: Layout) -> Hierarchy | None:
     """Where cpuset lives: beside everything else on v2; ``root/cpuset`` on v1; else the unified part."""
     if layout.mode == "v2":

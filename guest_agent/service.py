@@ -12,7 +12,6 @@ of reads of pseudo-files that never wait for a disk. Handing it to a thread woul
 
 from __future__ import annotations
 
-
 from google.protobuf.message import DecodeError
 
 from guest_agent.kata import to_response
@@ -27,7 +26,6 @@ from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
 AGENT_VERSION = f"shimstats-agent {__version__}"
-
 
 
 class AgentService:
