@@ -118,8 +118,8 @@ class HostControl:
             ) from None
         if not line:
             raise GuestTestError(
-                f"the guest went away while the host waited for {'/'.join(expect)} (qemu: "
-                f"{self.vm.process.poll()}); console:\n{console_tail(console)}"
+                f"the guest went away while the host waited for {'/'.join(expect)}; "
+                f"console:\n{console_tail(console)}"
             )
         message = protocol.decode(line)
         if message["type"] == "error":
@@ -236,6 +236,7 @@ class Session:
             )
         except qemu.QemuError as exc:
             raise GuestTestError(str(exc)) from exc
+        r.console.unlink(missing_ok=True)  # qemu's file chardev does not truncate: no stale tail
         log(f"[{r.mode}] booting {s.kernel.release} ({s.accel.name}); console: {r.console}")
         vm = demo.spawn(f"qemu-{r.mode}", argv, workdir, self.cleanup)
         control = await HostControl.connect(sockets.control, vm)
