@@ -76,7 +76,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         choices=[phase.name for phase in PHASES],
         metavar="NAME",
-        help="run only these phases (repeatable; default: all, in order)",
+        help="run only these phases (repeatable; default: all, in order). Phases build on each other: "
+        "one run without those before it may miss its effects (pressure needs what anon-thp and shmem hold)",
     )
     place = p.add_mutually_exclusive_group()
     place.add_argument("--fixtures", type=Path, metavar="DIR", help="where to save each phase's capture")

@@ -257,7 +257,7 @@ class Server:
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.services: dict[str, Mapping[str, Handler]] = {}
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[asyncio.Server] = []
         self._connections: set[_Connection] = set()
         self._rejecting = 0
         self._closing = False
@@ -269,21 +269,19 @@ class Server:
             raise ValueError(f"ttrpc service {service} is already registered")
         self.services[service] = dict(methods)
 
-    async def start(
-        self, listener: Address | str | asyncio.AbstractServer, *, mode: int = 0o600
-    ) -> asyncio.AbstractServer:
+    async def start(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> asyncio.Server:
         """Listen on an address (unix sockets get ``mode``), or adopt a listener made with
         ``start_listener(addr, server.handle_connection)``. Returns once accepting."""
         if self._closing:
             raise RuntimeError("ttrpc server is closed")
-        if isinstance(listener, asyncio.AbstractServer):
+        if isinstance(listener, asyncio.Server):
             server = listener
         else:
             server = await create_listener(listener, self._new_connection, mode=mode)
         self._listeners.append(server)
         return server
 
-    async def serve(self, listener: Address | str | asyncio.AbstractServer, *, mode: int = 0o600) -> None:
+    async def serve(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> None:
         """``start``, then return once ``close`` has finished; cancelling it closes at once (no grace)."""
         await self.start(listener, mode=mode)
         try:

@@ -247,7 +247,7 @@ async def open_connection(
 
 
 # Unix socket files we created, by listener, so stop_listener removes ours and never a successor's.
-_owned_files: weakref.WeakKeyDictionary[asyncio.AbstractServer, tuple[str, int]] = weakref.WeakKeyDictionary()
+_owned_files: weakref.WeakKeyDictionary[asyncio.Server, tuple[str, int]] = weakref.WeakKeyDictionary()
 
 
 def _check_socket_directory(addr: Address, directory: str) -> None:
@@ -347,7 +347,7 @@ async def _serve_socket(
 
 async def create_listener(
     addr: Address | str, protocol_factory: Callable[[], asyncio.BaseProtocol], *, mode: int = 0o600
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Listen on ``addr`` with one asyncio Protocol per connection (the ttrpc server's fast path)."""
     address = _as_address(addr)
     if address.kind == "serial":
@@ -358,7 +358,7 @@ async def create_listener(
 
 async def start_listener(
     addr: Address | str, callback: ConnectedCallback, *, mode: int = 0o600
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Listen on ``addr`` and run ``callback(reader, writer)`` per connection; unix sockets get ``mode``."""
     address = _as_address(addr)
     if address.kind == "serial":
@@ -383,7 +383,7 @@ def _unlink_if(path: str, inode: int | None) -> None:
         pass
 
 
-async def stop_listener(server: asyncio.AbstractServer) -> None:
+async def stop_listener(server: asyncio.Server) -> None:
     """Stop accepting, wait for the listener to close, and remove the socket file start_listener made."""
     server.close()
     await server.wait_closed()
@@ -607,16 +607,22 @@ class _SerialTransport(asyncio.Transport):
             self.done.set_result(None)
 
 
-class SerialListener(asyncio.AbstractServer):
+class SerialListener(asyncio.Server):
     """Serve a serial port (``serial:///dev/vport0p1``): one connection at a time, each lasting as long as
-    the host end stays open; the port is opened again for the next one."""
+    the host end stays open; the port is opened again for the next one.
+
+    An asyncio.Server with no sockets, so the ttrpc server and stop_listener treat it like any listener;
+    every method they use is its own."""
 
     def __init__(self, address: Address, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        loop = asyncio.get_running_loop()
+        # (loop, sockets, protocol_factory, ssl_context, backlog, ssl_handshake_timeout): no sockets here.
+        super().__init__(loop, [], protocol_factory, None, 0, None)
         self._address = address
         self._factory = protocol_factory
-        self._loop = asyncio.get_running_loop()
+        self._event_loop = loop
         # Opened now so that a port that cannot be opened at all fails here, with the address in the message.
-        self._task = self._loop.create_task(self._serve(self._open_port()))
+        self._task = loop.create_task(self._serve(self._open_port()))
 
     def _open_port(self) -> int:
         try:
@@ -652,7 +658,7 @@ class SerialListener(asyncio.AbstractServer):
             except BaseException:
                 os.close(fd)
                 raise
-            done: asyncio.Future[None] = self._loop.create_future()
+            done: asyncio.Future[None] = self._event_loop.create_future()
             _SerialTransport(fd, self._factory(), self._address, first, done)
             await asyncio.shield(done)  # close() cancels this wait, never the connection
             try:
@@ -678,5 +684,6 @@ class SerialListener(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         await self._task
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return ()
