@@ -10,18 +10,25 @@ Steps, each measured alone on a v1 and a v2 capture of a container:
 - decode: those bytes parsed back (what the adapter does first);
 - translate: the translation core to v1 and to v2 Metrics (shimstats.translate.translate);
 - encode: Metrics packed in an Any inside a StatsResponse, serialised (the adapter's reply bytes).
+
+And the read of one container while cycling over 100 (the v1 capture copied 100 times), as containerd's
+collector asks: with the open-file cache at the old 512 files (smaller than the cycle: every read reopens
+its files) and at its default now (guest_agent.files.MAX_OPEN, bounded by the fd limit).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import print_rows
+from bench.common import PAGECACHE_V1, many_containers, print_rows
+from guest_agent.files import default_max_open
 from guest_agent.kata import to_response
 from guest_agent.layout import detect_layout
 from guest_agent.parse import parse_flat_keyed
@@ -85,6 +92,30 @@ def costs(fixture: Fixture, seconds: float) -> list[list[object]]:
         reader.close()
 
 
+def _cycling(reader: CgroupReader, ids: Sequence[str]) -> Callable[[], object]:
+    """A call that reads the next container of the cycle, after one sweep has filled the cache."""
+    paths = itertools.cycle([f"/{i}" for i in ids])
+    for _ in ids:
+        reader.read(next(paths))
+    return lambda: reader.read(next(paths))
+
+
+def cycling_reads(seconds: float, containers: int = 100) -> list[list[object]]:
+    """µs per read while cycling over ``containers`` copies, for two open-file cache sizes."""
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="ss-costs-", dir="/tmp") as directory:
+        ids = many_containers(PAGECACHE_V1, Path(directory) / "cgroup", containers)
+        layout = detect_layout(str(Path(directory) / "cgroup"))
+        for max_open in (512, default_max_open()):
+            reader = CgroupReader(layout, meminfo=str(PAGECACHE_V1 / "meminfo"))
+            reader.files.max_open = max_open
+            try:
+                rows.append([containers, max_open, per_call_us(_cycling(reader, ids), seconds)])
+            finally:
+                reader.close()
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time spent per step")
@@ -94,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_rows("Cost per step of one answer (µs; median of 5 batches)", ["guest", "step", "µs"], rows)
     print(
         '\n("read all stat files → record" includes the parse of every file; the fixtures are regular files.)'
+    )
+    print_rows(
+        "Read of one container while cycling over many (µs; median of 5 batches)",
+        ["containers", "open-file cache", "µs"],
+        cycling_reads(args.seconds),
     )
     return 0
 
