@@ -37,11 +37,11 @@ def test_wheel_has_the_bundled_capture_the_stubs_and_the_console_scripts(tmp_pat
     (wheel,) = tmp_path.glob("shimstats-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
 
-    bundled = {
-        p.relative_to(REPO).as_posix() for p in (REPO / "shimstats" / "data").rglob("*") if p.is_file()
-    }
+    data_dirs = (REPO / "shimstats" / "data", REPO / "shimstats" / "guest_test" / "guest")
+    bundled = {p.relative_to(REPO).as_posix() for d in data_dirs for p in d.rglob("*") if p.is_file()}
     bundled = {n for n in bundled if "__pycache__" not in n}
     assert any(n.endswith("/meta.json") for n in bundled)
+    assert "shimstats/guest_test/guest/capture-cgroup.sh" in bundled  # a symlink: its content ships
     assert bundled <= names, sorted(bundled - names)
 
     for module in (
