@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import psutil
 
 from bench.common import print_rows
-from guest_agent.bench import _agent_process, _first_answer
+from guest_agent.bench import agent_process, first_answer
 from shimstats._proto.kata import agent_pb2
 
 TARGETS = {"start": "≤ 300 ms", "rss": "≤ 30 MB", "growth": "< 1 MB", "idle": "none"}
@@ -32,9 +32,9 @@ def one_start(args: argparse.Namespace, payload: bytes, calls: int) -> dict[str,
     directory = tempfile.mkdtemp(prefix="ss-fp-", dir="/tmp")
     address = f"unix://{directory}/agent.sock"
     started = time.perf_counter()
-    proc = _agent_process(args, address)
+    proc = agent_process(args, address)
     try:
-        client = _first_answer(address, proc, payload)
+        client = first_answer(address, proc, payload)
         result = {"start_ms": (time.perf_counter() - started) * 1e3}
         agent = psutil.Process(proc.pid)
         with client:

@@ -52,13 +52,13 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _agent_process(args: argparse.Namespace, address: str) -> subprocess.Popen[bytes]:
+def agent_process(args: argparse.Namespace, address: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "guest_agent", "--listen", address, "--cgroupfs-root", args.cgroupfs_root]
     cmd += ["--meminfo", args.meminfo, "--container", f"bench={args.path}", "--log-level", "warning"]
     return subprocess.Popen(cmd)
 
 
-def _first_answer(address: str, proc: subprocess.Popen[bytes], payload: bytes) -> SyncClient:
+def first_answer(address: str, proc: subprocess.Popen[bytes], payload: bytes) -> SyncClient:
     """Connect and get one StatsContainer answer as soon as the agent listens (polling every 1 ms)."""
     deadline = time.monotonic() + 10
     while True:
@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     address = f"unix://{sock_dir}/agent.sock"
     payload = agent_pb2.StatsContainerRequest(container_id="bench").SerializeToString()
     started = time.perf_counter()
-    proc = _agent_process(args, address)
+    proc = agent_process(args, address)
     try:
-        client = _first_answer(address, proc, payload)
+        client = first_answer(address, proc, payload)
         results["start_to_first_answer_ms"] = (time.perf_counter() - started) * 1e3
         with client:
             samples = []
