@@ -193,17 +193,29 @@ class CgroupReader:
         except IncompleteCgroup:
             if not os.path.isdir(primary):
                 raise self._gone(cgroup_path) from None
-            raise
+            # A cgroup being removed loses its files a moment before its directory: read once more, with
+            # fresh fds, before calling it broken.
+            self._forget(cgroup_path)
+            try:
+                record = self._read(cgroup_path)
+            except IncompleteCgroup:
+                if not os.path.isdir(primary):
+                    raise self._gone(cgroup_path) from None
+                raise
         # Checked after reading, whatever was found: a file of a removed cgroup may have been read through an
         # fd opened earlier (regular files keep their content after unlink; kernfs ones fail with ENODEV).
         if not os.path.isdir(primary):
             raise self._gone(cgroup_path)
         return record
 
-    def _gone(self, cgroup_path: str) -> CgroupGone:
-        """Close the vanished cgroup's cached files in every hierarchy; the error to raise."""
+    def _forget(self, cgroup_path: str) -> None:
+        """Close the cgroup's cached files in every hierarchy."""
         for h in set(self.layout.controllers.values()):
             self.files.forget(h.dir_for(cgroup_path))
+
+    def _gone(self, cgroup_path: str) -> CgroupGone:
+        """Close the vanished cgroup's cached files; the error to raise."""
+        self._forget(cgroup_path)
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
     def _dir(self, h: Hierarchy | None, path: str) -> _Dir | None:
