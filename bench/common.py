@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Container, Containerd
-from tests.integration.test_adapter_harness import CLI, FIXTURES, REPO
+from tests.integration.harness import CLI, FIXTURES, REPO
 
 __all__ = [
     "PAGECACHE_V1",

@@ -37,7 +37,7 @@ from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate import translate
-from tests.integration.test_adapter_harness import Fixture, fixtures
+from tests.integration.harness import Fixture, fixtures
 
 CAPTURES = ("v1-6.18.44-fc-v669-container-pagecache", "v2-6.1.0-56-amd64-container-inactive-file")
 

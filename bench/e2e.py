@@ -22,7 +22,7 @@ from bench.common import Summary, adapter_process, alternate, print_rows, ratio,
 from shimstats.fake_containerd import StatsResult, call_stats
 from shimstats.ttrpc import Client
 from tests.containerd_env import Container
-from tests.integration.test_adapter_harness import AgentProcess, short_tmp
+from tests.integration.harness import AgentProcess, short_tmp
 
 CALL_TIMEOUT = 5.0
 

@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.load import Load, LoadSide, stats_load
 from shimstats.ttrpc import Client
-from tests.integration.test_adapter_harness import AgentProcess, short_tmp
+from tests.integration.harness import AgentProcess, short_tmp
 
 CONCURRENCY = (1, 16, 256)
 SCALING = (1, 10, 100, 1000)

@@ -18,7 +18,7 @@ from shimstats.adapter import TASK_SERVICE
 from shimstats.agent_client import Backoff
 from shimstats.fake_containerd import StatsResult
 from shimstats.ttrpc import Code, TtrpcError
-from tests.integration.test_adapter_harness import (
+from tests.integration.harness import (
     AgentProcess,
     Fixture,
     SilentAgent,

@@ -27,7 +27,7 @@ from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats.translate import OutputFormat
-from tests.integration.test_adapter_harness import (
+from tests.integration.harness import (
     AgentProcess,
     Fixture,
     fake_stats,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_adapter_harness import CLI, REPO, AgentProcess, ServeProcess, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, ServeProcess, short_tmp
 
 CGROUPFS = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "cpuacct", "pids")

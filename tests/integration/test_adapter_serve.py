@@ -15,7 +15,7 @@ from shimstats import __version__
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_SERVICE
 from shimstats.ttrpc import Client
-from tests.integration.test_adapter_harness import (
+from tests.integration.harness import (
     CLI,
     REPO,
     AgentProcess,

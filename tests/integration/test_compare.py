@@ -17,7 +17,7 @@ import pytest
 
 from shimstats import cri
 from tests.containerd_env import Container, Containerd
-from tests.integration.test_adapter_harness import CLI, REPO, AgentProcess, fixtures, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, fixtures, short_tmp
 
 USAGE_TOLERANCE = 512 * 1024
 BYTE_FIGURES = ("usage_bytes", "working_set_bytes", "available_bytes", "rss_bytes")

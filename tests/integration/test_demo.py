@@ -23,7 +23,7 @@ import pytest
 
 from shimstats import data
 from shimstats.demo import PAGE_CACHE_BYTES, REREAD_BYTES
-from tests.integration.test_adapter_harness import REPO
+from tests.integration.harness import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "cgroupfs"
 DEMO_TIMEOUT = 60

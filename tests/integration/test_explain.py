@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.containerd_env import PAGE_CACHE_BYTES, Container
-from tests.integration.test_adapter_harness import CLI, REPO, AgentProcess, fixtures, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, fixtures, short_tmp
 
 BY_NAME = {fx.name: fx for fx in fixtures()}
 

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shimstats._proto.kata import agent_pb2
 from shimstats.ttrpc import Frame, FrameDecoder, MessageType
 from shimstats.ttrpc.framing import decode_request
-from tests.integration.test_adapter_harness import (
+from tests.integration.harness import (
     CLI,
     REPO,
     START_TIMEOUT,

@@ -37,7 +37,7 @@ from shimstats.ttrpc.framing import (
     encode_frame,
     encode_response,
 )
-from tests.integration.test_adapter_harness import AgentProcess, fake_stats, running_adapter, short_tmp
+from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE
 
 BACKOFF = Backoff(initial=0.02, maximum=0.05)

@@ -22,7 +22,7 @@ import pytest
 from guest_agent.layout import detect_layout
 from shimstats.fake_containerd import StatsResult
 from shimstats.ttrpc import Code, TtrpcError
-from tests.integration.test_adapter_harness import AgentProcess, fake_stats, running_adapter, short_tmp
+from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
 
 pytestmark = [
     pytest.mark.live_cgroup,

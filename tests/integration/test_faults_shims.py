@@ -26,7 +26,7 @@ from shimstats.fake_containerd import StatsResult, stats_metadata
 from shimstats.ttrpc import Client, Code, TtrpcError
 from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Containerd
 from tests.integration.conftest import unique_container_id
-from tests.integration.test_adapter_harness import AgentProcess, fake_stats, running_adapter, short_tmp
+from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE, stack, stats_request
 
 DEADLINE = 5.0

@@ -32,7 +32,7 @@ from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client, Frame
 from shimstats.ttrpc.framing import FrameDecoder, MessageType, decode_response, encode_frame, encode_request
 from shimstats.ttrpc.status import TtrpcError, error_from_status
-from tests.integration.test_adapter_harness import (
+from tests.integration.harness import (
     REPO,
     START_TIMEOUT,
     AgentProcess,

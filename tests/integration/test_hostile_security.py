@@ -32,7 +32,7 @@ from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client, Code, Server, TransportError, TtrpcError
-from tests.integration.test_adapter_harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE, stack, stats_request
 
 NOBODY = 65534

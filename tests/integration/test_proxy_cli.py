@@ -23,7 +23,7 @@ from shimstats.adapter import TASK_SERVICE
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
-from tests.integration.test_adapter_harness import REPO, ServeProcess, short_tmp
+from tests.integration.harness import REPO, ServeProcess, short_tmp
 
 PROXY = [sys.executable, "-m", "shimstats.proxy"]
 ARGS = ShimArgs("k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd")

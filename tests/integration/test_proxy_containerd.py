@@ -38,7 +38,7 @@ from tests.containerd_env import (
     _cmdline,
 )
 from tests.integration.conftest import unique_container_id
-from tests.integration.test_adapter_harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, short_tmp
 
 pytestmark = pytest.mark.containerd
 

@@ -28,7 +28,7 @@ from shimstats.proxy.daemon import DaemonSettings, serve
 from shimstats.proxy.forward import ProxyService
 from shimstats.proxy.options import config_path_of, runtime_options
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
-from tests.integration.test_adapter_harness import AgentProcess, fixtures, short_tmp
+from tests.integration.harness import AgentProcess, fixtures, short_tmp
 
 OURS = "/etc/shimstats/kata.toml"
 KATA = "/opt/kata/configuration-clh.toml"

@@ -25,7 +25,7 @@ from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client
-from tests.integration.test_adapter_harness import CLI, REPO, START_TIMEOUT, AgentProcess, _accepts, short_tmp
+from tests.integration.harness import CLI, REPO, START_TIMEOUT, AgentProcess, accepts, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ class QuietAdapter:
         argv = [*CLI, "--log-level", "warning", "serve", "--listen", self.address, "--agent", agent_address]
         self.process = subprocess.Popen([*argv, "--metrics-format", "v2"], cwd=REPO, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.socket):
+        while not accepts(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("shimstats serve did not start")

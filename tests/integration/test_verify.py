@@ -23,7 +23,7 @@ from shimstats.emulate import kata_go
 from shimstats.fake_containerd import TASK_SERVICE
 from shimstats.ttrpc import CallContext, Server
 from tests.containerd_env import Container
-from tests.integration.test_adapter_harness import CLI, REPO, AgentProcess, ServeProcess, fixtures, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, ServeProcess, fixtures, short_tmp
 
 V2_INACTIVE = next(fx for fx in fixtures() if fx.name == "v2-6.1.0-56-amd64-container-inactive-file")
 V2_INACTIVE_DIR = V2_INACTIVE.path / "cgroup" / str(V2_INACTIVE.meta["container_path"]).lstrip("/")

@@ -9,7 +9,7 @@ import pytest
 from shimstats import cri
 from shimstats.commands.compare import format_comparison, render_right
 from shimstats.compare import Column, Comparison, mapped_columns
-from tests.integration.test_adapter_harness import Fixture
+from tests.integration.harness import Fixture
 from tests.unit.test_verify import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, read_truth
 
 MAPPING_KEYS = ["ours_v1", "ours_v2", "kata_go_v1_host", "kata_go_v2_host", "kata_rs"]

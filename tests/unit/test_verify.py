@@ -19,7 +19,7 @@ from shimstats.compare import MAPPING_CPU_TOLERANCE_NS, as_result
 from shimstats.emulate import kata_go
 from shimstats.ground_truth import CgroupSource, GroundTruth, NoGroundTruth, locate
 from shimstats.verify import CPU_TOLERANCE_NS, Check, judge
-from tests.integration.test_adapter_harness import Fixture, fixtures
+from tests.integration.harness import Fixture, fixtures
 
 CONTAINERS = [fx for fx in fixtures() if not fx.is_root]
 V2_INACTIVE = next(fx for fx in CONTAINERS if fx.name == "v2-6.1.0-56-amd64-container-inactive-file")
