@@ -1,6 +1,6 @@
 """Checks on protos/ and the generated code in shimstats/_proto.
 
-The field tables below are copied from the fact sheet (/work/shared/reference/wire.md, which cites
+The field tables below are copied from the fact sheet (reference/wire.md, which cites
 upstream containerd, containerd/cgroups and kata-containers sources); the shim messages that the sheet
 does not list were checked against containerd api/runtime/task/v2/shim.proto at 301026e. The byte
 strings in the encoding tests are worked out by hand from the protobuf wire rules: a tag is

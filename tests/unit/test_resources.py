@@ -1,6 +1,6 @@
 """shimstats.resources: quantities, the kubelet's CRI values, both cpu.weight rules, expectations, verdicts.
 
-Golden numbers are the ones in /work/shared/reference/semantics.md §6 (its table of cpu.weight values and
+Golden numbers are the ones in the fact sheet reference/semantics.md §6 (its table of cpu.weight values and
 the kubelet constants: shares in [2, 262144], 1024 per CPU, period 100000, quota at least 1000). Every
 other expected number is derived here from the input by the rule stated next to it.
 """
