@@ -20,6 +20,7 @@ Defects reproduced, all visible in the Metrics:
 
 from __future__ import annotations
 
+from guest_agent.reader import BLKIO_FILES
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.kata import agent_pb2
 from shimstats.emulate._copy import blkio_entries, hugetlb_v1, memory_entry
@@ -54,17 +55,6 @@ STAT_KEYS = (
     "total_unevictable",
 )
 """The memory.stat keys runtime-rs looks up, each copied into the v1 field of the same name (R2, R3)."""
-
-BLKIO_LISTS = (
-    "io_service_bytes_recursive",
-    "io_serviced_recursive",
-    "io_queued_recursive",
-    "io_service_time_recursive",
-    "io_wait_time_recursive",
-    "io_merged_recursive",
-    "io_time_recursive",
-    "sectors_recursive",
-)
 
 
 def metrics(response: agent_pb2.StatsContainerResponse) -> v1.Metrics:
@@ -102,7 +92,7 @@ def _cgroup(m: v1.Metrics, cg: agent_pb2.CgroupStats) -> None:
         m.pids.current = cg.pids_stats.current
     if cg.HasField("blkio_stats"):
         m.blkio.SetInParent()
-        for name in BLKIO_LISTS:
+        for name in BLKIO_FILES:  # runtime-rs copies every kata BlkioStats list
             blkio_entries(getattr(m.blkio, name), getattr(cg.blkio_stats, name))
     hugetlb_v1(m.hugetlb, cg.hugetlb_stats)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guest_agent.reader import KERNEL_PARTS  # one list of the kernel parts, shared with the agent
+from guest_agent.reader import BLKIO_FILES, KERNEL_PARTS  # the agent's own lists: one source
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate.record import (
     UNLIMITED,
@@ -99,17 +99,6 @@ KERNEL_OPS: Mapping[str, str] = {
 }
 """kata's lowercase v1 blkio op → the kernel's spelling; other ops ("" in io_time, sectors) pass unchanged."""
 
-BLKIO_FILES = (
-    "io_service_bytes_recursive",
-    "io_serviced_recursive",
-    "io_queued_recursive",
-    "io_service_time_recursive",
-    "io_wait_time_recursive",
-    "io_merged_recursive",
-    "io_time_recursive",
-    "sectors_recursive",
-)
-"""The kata BlkioStats fields; each one carries the v1 ``blkio.<name>`` file of the same name."""
 
 _V2_ONLY_OPS = frozenset(("rios", "wios", "dbytes", "dios"))
 _NETWORK_FIELDS = tuple(f.name for f in agent_pb2.NetworkStats.DESCRIPTOR.fields)

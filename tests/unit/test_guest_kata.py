@@ -140,3 +140,11 @@ def test_hugetlb_map_is_keyed_by_page_size():
     assert {k: (v.usage, v.max_usage, v.failcnt) for k, v in hs.items()} == {
         k: (v.usage, v.max_usage, v.failcnt) for k, v in huge.items()
     }
+
+
+def test_the_blkio_files_read_are_exactly_the_kata_blkio_lists() -> None:
+    # One list serves the reader, translate and the runtime-rs emulation: it must name every kata list.
+    from guest_agent.reader import BLKIO_FILES
+    from shimstats._proto.kata import agent_pb2
+
+    assert BLKIO_FILES == tuple(f.name for f in agent_pb2.BlkioStats.DESCRIPTOR.fields)
