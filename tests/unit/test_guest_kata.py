@@ -147,4 +147,4 @@ def test_the_blkio_files_read_are_exactly_the_kata_blkio_lists() -> None:
     from guest_agent.reader import BLKIO_FILES
     from shimstats._proto.kata import agent_pb2
 
-    assert BLKIO_FILES == tuple(f.name for f in agent_pb2.BlkioStats.DESCRIPTOR.fields)
+    assert tuple(f.name for f in agent_pb2.BlkioStats.DESCRIPTOR.fields) == BLKIO_FILES
