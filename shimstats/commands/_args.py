@@ -39,3 +39,21 @@ def add_timeout_and_json(p: argparse.ArgumentParser, json_help: str = "instead o
         help=f"deadline (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument("--json", action="store_true", help=f"print one JSON object {json_help}")
+
+
+def add_guest_source(p: argparse.ArgumentParser, *, agent_help: str, cgroup_help: str) -> None:
+    """--agent ADDR or --cgroup PATH, one required: where the guest's own figures come from."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--agent", type=address, metavar="ADDR", help=agent_help)
+    source.add_argument("--cgroup", metavar="PATH", help=cgroup_help)
+
+
+def add_tolerance(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    """--tolerance BYTES: how far a live byte figure may move between two reads around a call."""
+    p.add_argument(
+        "--tolerance",
+        type=int,
+        default=default,
+        metavar="BYTES",
+        help=f"allowed difference for {what} (default: %(default)s)",
+    )

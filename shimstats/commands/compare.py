@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
-from shimstats.commands._args import add_timeout_and_json
+from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
 from shimstats.compare import Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
@@ -56,23 +56,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    guest = p.add_mutually_exclusive_group(required=True)
-    guest.add_argument("--agent", metavar="ADDR", help="the guest agent (ours or kata-agent)")
-    guest.add_argument(
-        "--cgroup", metavar="PATH", help="or a cgroup directory on this machine, read directly"
+    add_guest_source(
+        p,
+        agent_help="the guest agent (ours or kata-agent)",
+        cgroup_help="or a cgroup directory on this machine, read directly",
     )
     p.add_argument("--shim", metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)")
     p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )
-    p.add_argument(
-        "--tolerance",
-        type=int,
-        default=DEFAULT_TOLERANCE,
-        metavar="BYTES",
-        help="allowed difference for the live columns' byte figures (default: %(default)s)",
-    )
+    add_tolerance(p, DEFAULT_TOLERANCE, "the live columns' byte figures")
     add_timeout_and_json(p)
     p.set_defaults(run=run)
 

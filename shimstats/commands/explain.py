@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 
-from shimstats.commands._args import add_timeout_and_json
+from shimstats.commands._args import add_guest_source, add_timeout_and_json
 from shimstats.commands.compare import render_right
 from shimstats.explain import EVICTION_HARD_DEFAULT, Explanation, explain
 from shimstats.ground_truth import NoGroundTruth, open_source
@@ -42,10 +42,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--id", required=True, help="container id (for --agent; a label with --cgroup)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--agent", metavar="ADDR", help="the guest agent (ours or kata-agent)")
-    source.add_argument(
-        "--cgroup", metavar="PATH", help="a cgroup directory on this machine (v1 memory or v2)"
+    add_guest_source(
+        p,
+        agent_help="the guest agent (ours or kata-agent)",
+        cgroup_help="a cgroup directory on this machine (v1 memory or v2)",
     )
     add_timeout_and_json(p)
     p.set_defaults(run=run)

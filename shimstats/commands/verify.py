@@ -13,7 +13,7 @@ import json
 import sys
 
 from shimstats import cri
-from shimstats.commands._args import add_timeout_and_json
+from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
 from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import NoGroundTruth, open_source
@@ -54,23 +54,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    truth = p.add_mutually_exclusive_group(required=True)
-    truth.add_argument(
-        "--cgroup", metavar="PATH", help="the container's cgroup: v1 memory directory or v2 directory"
-    )
-    truth.add_argument(
-        "--agent", metavar="ADDR", help="a guest agent whose raw StatsContainer answer is the truth"
+    add_guest_source(
+        p,
+        agent_help="a guest agent whose raw StatsContainer answer is the truth",
+        cgroup_help="the container's cgroup: v1 memory directory or v2 directory",
     )
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
     )
-    p.add_argument(
-        "--tolerance",
-        type=int,
-        default=DEFAULT_TOLERANCE,
-        metavar="BYTES",
-        help="allowed difference for byte figures (default: %(default)s)",
-    )
+    add_tolerance(p, DEFAULT_TOLERANCE, "byte figures")
     add_timeout_and_json(p)
     p.set_defaults(run=run)
 
