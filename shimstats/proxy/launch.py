@@ -239,23 +239,32 @@ def _read_line(fd: int, timeout: float) -> str:
     return data.decode(errors="replace").partition("\n")[0].strip()
 
 
-def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]) -> str:
+def _run_inner(
+    argv: Sequence[str], action: str, environ: Mapping[str, str], timeout: float, *, stdin: bytes | None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the inner shim's ``action`` (start: stderr joins stdout, as containerd reads it; delete: apart).
+
+    StartError names the shim when it cannot be run or does not finish within ``timeout``.
+    """
     try:
-        done = subprocess.run(
+        return subprocess.run(
             list(argv),
-            input=options,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT if action == "start" else subprocess.PIPE,
             env=dict(environ),
-            timeout=INNER_START_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except OSError as exc:
         raise StartError(f"cannot run the inner shim {argv[0]}: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
-        raise StartError(
-            f"the inner shim {argv[0]} did not finish start within {INNER_START_TIMEOUT:g}s"
-        ) from None
+        raise StartError(f"the inner shim {argv[0]} did not finish {action} within {timeout:g}s") from None
+
+
+def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]) -> str:
+    done = _run_inner(argv, "start", environ, INNER_START_TIMEOUT, stdin=options)
     output = done.stdout.decode(errors="replace")
     if done.returncode != 0:
         raise StartError(f"the inner shim {argv[0]} failed to start ({done.returncode}): {output.strip()}")
@@ -335,21 +344,7 @@ def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, 
         inner_shim = state.inner_shim
     else:
         inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
-    try:
-        done = subprocess.run(
-            args.argv(inner_shim, "delete"),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(environ),
-            timeout=INNER_DELETE_TIMEOUT,
-            check=False,
-        )
-    except OSError as exc:
-        raise StartError(f"cannot run the inner shim {inner_shim}: {exc.strerror or exc}") from None
-    except subprocess.TimeoutExpired:
-        raise StartError(
-            f"the inner shim {inner_shim} did not finish delete within {INNER_DELETE_TIMEOUT:g}s"
-        ) from None
+    done = _run_inner(args.argv(inner_shim, "delete"), "delete", environ, INNER_DELETE_TIMEOUT, stdin=None)
     if state is not None:
         if not accepts(unix_path(state.address)):
             _release_inner(args, state.inner_address, state.inner_service)  # we died first: tell it
