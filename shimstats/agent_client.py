@@ -7,7 +7,9 @@ connection is found dead under it is retried once on a fresh connection: StatsCo
 sending it twice is harmless, and an agent restart between two scrapes then costs no failed call.
 
 Deadlines: the caller's deadline (event-loop time) bounds the whole call, dialling included, and what is
-left of it travels to the agent as the request's timeout_nano.
+left of it travels to the agent as the request's timeout_nano. An expired call gives up its own stream only:
+the connection, and every other call in flight on it, carries on (the ttrpc client closes it only when its
+byte stream is stuck mid-frame, which no later answer could get through).
 
 Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
 * the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
@@ -135,13 +137,7 @@ class AgentClient:
                 "StatsContainer did not finish before the caller's deadline",
             )
         except TtrpcError as exc:
-            if exc.code == Code.DEADLINE_EXCEEDED:
-                await self._drop_connection()
             raise map_agent_error(exc, container_id, str(self.address)) from None
-        except asyncio.CancelledError:
-            if loop.time() >= deadline:  # the server's deadline timer got there first: the same expiry
-                await self._drop_connection()
-            raise
         try:
             return agent_pb2.StatsContainerResponse.FromString(raw)
         except DecodeError as exc:
@@ -230,17 +226,6 @@ class AgentClient:
         self.dials += 1
         self._client = client
         return client
-
-    async def _drop_connection(self) -> None:
-        """Close the shared connection after a call expired on it; the next call dials a fresh one.
-
-        An agent that let a call expire may have garbled its byte stream (a header announcing gigabytes
-        swallows every later answer), and the connection would then never answer again. Calls still in
-        flight on it fail as lost and are retried once on the new connection, like after an agent restart.
-        """
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
 
     async def close(self) -> None:
         """Close the connection; later calls fail with UNAVAILABLE."""

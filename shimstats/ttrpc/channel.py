@@ -156,6 +156,11 @@ class Channel(asyncio.BufferedProtocol):
         """True once on_close has run."""
         return self._closed
 
+    @property
+    def mid_frame(self) -> bool:
+        """True while bytes of an unfinished frame are held or an oversized body is being skipped."""
+        return self._decoder.pending > 0
+
     def close(self) -> None:
         """Close the connection (data already written is still flushed); on_close follows."""
         if self._transport is not None:

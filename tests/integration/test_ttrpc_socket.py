@@ -354,6 +354,40 @@ async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_i
         await listener.wait_closed()
 
 
+async def test_a_deadline_passing_on_a_stream_stuck_mid_frame_closes_the_connection(sock_dir: Path) -> None:
+    """A peer that sent a header and then only part of its body: nothing behind it can arrive, so the
+    expiring call takes the connection down and the call waiting behind it fails at once, UNAVAILABLE."""
+    path = sock_dir / "stuck.sock"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        requests: list[Frame] = []
+        while len(requests) < 2:
+            data = await reader.read(65536)
+            if not data:
+                return
+            requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+        writer.write(encode_frame(requests[0].stream_id, MessageType.RESPONSE, 0, b"\x00" * 100)[:50])
+        await reader.read()  # until the client goes
+        writer.close()
+
+    listener = await asyncio.start_unix_server(handle, str(path))
+    try:
+        async with await Client.connect(f"unix://{path}") as c:
+            behind = asyncio.create_task(c.call(SERVICE, "Echo", b"behind", timeout=30.0))
+            with pytest.raises(TtrpcError) as expired:
+                await within(c.call(SERVICE, "Echo", b"first", timeout=0.3))
+            with pytest.raises(TtrpcError) as lost:
+                await within(behind)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert expired.value.code == Code.DEADLINE_EXCEEDED
+    assert lost.value.code == Code.UNAVAILABLE
+    assert "stuck inside a frame" in lost.value.message
+    assert c.closed
+
+
 async def test_cancelling_a_call_cleans_up_its_stream(client: Client, served: Served) -> None:
     call = asyncio.create_task(client.call(SERVICE, "Block", b"cancel-me"))
     assert await within(served.handlers.entered.get()) == "cancel-me"
