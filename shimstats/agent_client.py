@@ -14,8 +14,11 @@ byte stream is stuck mid-frame, which no later answer could get through).
 Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
 * the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
   id and the agent's address;
-* except kata-agent's unknown-container answer, INVALID_ARGUMENT ``"invalid container id"`` (the quotes are
-  part of the message), which becomes NOT_FOUND: containerd skips a NOT_FOUND task quietly and logs others;
+* except kata-agent's unknown-container answer, INVALID_ARGUMENT ``invalid container id``, which becomes
+  NOT_FOUND: containerd skips a NOT_FOUND task quietly and logs others. kata-agent 2.4 and later send it
+  with quotes (``"invalid container id"``: its ttrpc_error! macro Debug-formats the text); 2.0 to 2.3 send it
+  bare (they call ttrpc's get_rpc_status directly; kata-containers 2.3.0 src/agent/src/rpc.rs,
+  stats_container);
 * an agent that cannot be reached, or whose connection is lost, is UNAVAILABLE naming the address;
 * an agent that does not answer before the deadline is DEADLINE_EXCEEDED.
 """
@@ -42,8 +45,8 @@ __all__ = [
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
-KATA_UNKNOWN_CONTAINER = '"invalid container id"'
-"""kata-agent's INVALID_ARGUMENT message for an id it does not know, Debug-formatted with its quotes."""
+KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
+"""kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
 
 log = logging.getLogger("shimstats.agent")
 
@@ -70,7 +73,7 @@ class Backoff:
 def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
     """The status to give containerd for an agent's failure of StatsContainer(``container_id``)."""
     who = f"guest agent at {address}"
-    if error.code == Code.INVALID_ARGUMENT and error.message == KATA_UNKNOWN_CONTAINER:
+    if error.code == Code.INVALID_ARGUMENT and error.message in KATA_UNKNOWN_CONTAINER:
         return TtrpcError(
             Code.NOT_FOUND,
             f"container {container_id!r}: unknown to the {who} ({error.message})",
