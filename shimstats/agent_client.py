@@ -130,14 +130,14 @@ class AgentClient:
         ``deadline`` is in ``loop.time()`` units; without one the call is bounded by ``default_timeout``.
         """
         loop = asyncio.get_running_loop()
+        expired = "StatsContainer did not finish before the caller's deadline"
         if deadline is None:
             deadline = loop.time() + self.default_timeout
+            expired = f"StatsContainer did not finish within the default timeout of {self.default_timeout:g}s"
         request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
         try:
             raw = await wait_until(
-                self._call(AGENT_SERVICE, "StatsContainer", request, deadline),
-                deadline,
-                "StatsContainer did not finish before the caller's deadline",
+                self._call(AGENT_SERVICE, "StatsContainer", request, deadline), deadline, expired
             )
         except TtrpcError as exc:
             raise map_agent_error(exc, container_id, str(self.address)) from None
