@@ -668,6 +668,22 @@ async def test_connection_cap(sock_dir: Path) -> None:
             assert await third.call(SERVICE, "Echo", b"three") == b"three"
 
 
+async def test_connections_whose_peer_already_hung_up_do_not_count_against_the_cap(sock_dir: Path) -> None:
+    """A burst of connects dropped before the server got to accept them: they are all accepted together with
+    the caller behind them, their EOFs not read yet; at the cap the server lets them go and serves the call."""
+    async with serving(sock_dir, max_connections=4) as s:
+        alive = await Client.connect(s.address)  # a real connection holds one place throughout
+        assert await alive.call(SERVICE, "Echo", b"alive") == b"alive"
+        for _ in range(20):  # no await in this loop: the server accepts none of them yet
+            dropped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            dropped.connect(str(s.path))
+            dropped.close()
+        async with await Client.connect(s.address) as behind:
+            assert await within(behind.call(SERVICE, "Echo", b"behind")) == b"behind"
+        assert await alive.call(SERVICE, "Echo", b"still") == b"still"
+        await alive.close()
+
+
 # -- stream pairs, listeners ---------------------------------------------------------------------------------
 
 
