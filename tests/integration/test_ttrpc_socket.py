@@ -669,8 +669,8 @@ async def test_connection_cap(sock_dir: Path) -> None:
 
 
 async def test_connections_whose_peer_already_hung_up_do_not_count_against_the_cap(sock_dir: Path) -> None:
-    """A burst of connects dropped before the server got to accept them: they are all accepted together with
-    the caller behind them, their EOFs not read yet; at the cap the server lets them go and serves the call."""
+    """A burst of connects dropped before the server got to accept them: all are accepted together with the
+    caller behind them, their EOFs not read yet; at the cap the server lets them go and serves the call."""
     async with serving(sock_dir, max_connections=4) as s:
         alive = await Client.connect(s.address)  # a real connection holds one place throughout
         assert await alive.call(SERVICE, "Echo", b"alive") == b"alive"
