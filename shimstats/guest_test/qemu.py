@@ -12,12 +12,14 @@ guest meets emulation failures, so a short probe boot decides, once per host, qe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,7 +238,7 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def choose_accel(kernel: Kernel, requested: str, cache: Path, workdir: Path) -> tuple[Accel, str]:
+def choose_accel(kernel: Kernel, requested: str, cache: Path) -> tuple[Accel, str]:
     """The accelerator to use and why. ``auto``: KVM if a probe boot of this kernel works (remembered in
     the cache per host kernel, qemu and guest kernel), else TCG."""
     if requested == "tcg":
@@ -254,22 +256,37 @@ def choose_accel(kernel: Kernel, requested: str, cache: Path, workdir: Path) -> 
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = _probe(kernel, workdir)
-        store.write_text(json.dumps(known, indent=2), encoding="utf-8")
+        known[key] = _probe(kernel)
+        _write_atomic(store, json.dumps(known, indent=2))
     works, detail = known[key]
     if works:
         return KVM, "KVM: a probe boot of this kernel worked"
     return TCG, f"TCG: /dev/kvm exists but cannot run this kernel ({detail}; result cached in {store})"
 
 
-def _probe(kernel: Kernel, workdir: Path) -> tuple[bool, str]:
-    console = workdir / "kvm-probe.log"
-    argv = command(kernel, KVM, console, probe=True)
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename: a run reading it at the same time sees the old or the new text."""
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"the probe boot did not finish within {PROBE_TIMEOUT:g} s"
-    text = console.read_text(errors="replace") if console.exists() else ""
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
+
+
+def _probe(kernel: Kernel) -> tuple[bool, str]:
+    # The probe's console is private to this probe: another run probing at the same time has its own.
+    with tempfile.TemporaryDirectory(prefix="ssgt-probe-") as private:
+        console = Path(private) / "kvm-probe.log"
+        argv = command(kernel, KVM, console, probe=True)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"the probe boot did not finish within {PROBE_TIMEOUT:g} s"
+        text = console.read_text(errors="replace") if console.exists() else ""
     if "SHIMSTATS-PROBE-OK" in text:
         return True, "ok"
     last = (done.stderr.strip().splitlines() or [f"qemu exited with {done.returncode}"])[0]
