@@ -213,7 +213,7 @@ def _busybox(cache: Path, log: Log) -> bytes:
         return path.read_bytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` in one rename, staged under a name no other run uses: concurrent runs building the
     same kernel each write whole files, and a reader sees the old or the new one."""
     fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -243,14 +243,14 @@ def _assemble(
     module_files = [(name, modules.unpack(files[name])) for name in order]
     initrd = _initramfs(_busybox(cache, log), init, module_files)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "vmlinuz", image)
-    _write_atomic(out / "initrd.cpio", initrd)
+    write_atomic(out / "vmlinuz", image)
+    write_atomic(out / "initrd.cpio", initrd)
     kernel = Kernel(out / "vmlinuz", out / "initrd.cpio", release, unpacked.source, tuple(order))
     meta = {"format": BUILD_FORMAT, "release": release, "source": kernel.source, "modules": order}
-    _write_atomic(out / "kernel.json", json.dumps(meta, indent=2).encode())
+    write_atomic(out / "kernel.json", json.dumps(meta, indent=2).encode())
     # One value per file too, for shell scripts (hack/qemu-capture/run.sh).
-    _write_atomic(out / "kernel.release", f"{release}\n".encode())
-    _write_atomic(out / "kernel.package", f"{kernel.source}\n".encode())
+    write_atomic(out / "kernel.release", f"{release}\n".encode())
+    write_atomic(out / "kernel.package", f"{kernel.source}\n".encode())
     return kernel
 
 
@@ -308,7 +308,7 @@ def build(
         else:
             unpacked = _Unpacked(Path(kernel), None, str(Path(kernel).resolve()))
         built = _assemble(unpacked, out, cache, log, init, wanted)
-    _write_atomic(out / "inputs", key.encode())
+    write_atomic(out / "inputs", key.encode())
     return built
 
 

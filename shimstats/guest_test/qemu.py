@@ -12,7 +12,6 @@ guest meets emulation failures, so a short probe boot decides, once per host, qe
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shimstats.guest_test import protocol
-from shimstats.guest_test.image import Kernel
+from shimstats.guest_test.image import Kernel, write_atomic
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MIB = 1024
@@ -257,24 +256,11 @@ def choose_accel(kernel: Kernel, requested: str, cache: Path) -> tuple[Accel, st
         known = {}
     if key not in known:
         known[key] = _probe(kernel)
-        _write_atomic(store, json.dumps(known, indent=2))
+        write_atomic(store, json.dumps(known, indent=2).encode())
     works, detail = known[key]
     if works:
         return KVM, "KVM: a probe boot of this kernel worked"
     return TCG, f"TCG: /dev/kvm exists but cannot run this kernel ({detail}; result cached in {store})"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` in one rename: a run reading it at the same time sees the old or the new text."""
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(staging, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
-        raise
 
 
 def _probe(kernel: Kernel) -> tuple[bool, str]:

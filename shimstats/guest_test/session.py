@@ -30,7 +30,7 @@ from shimstats.agent_client import AgentClient
 from shimstats.fake_containerd import DEFAULT_NAMESPACE, StatsResult, call_stats
 from shimstats.guest_test import protocol, qemu
 from shimstats.guest_test.evaluate import LIVE, PhaseResult, evaluate
-from shimstats.guest_test.image import Kernel
+from shimstats.guest_test.image import Kernel, write_atomic
 from shimstats.guest_test.phases import BY_NAME
 from shimstats.ttrpc import Client, TtrpcError
 
@@ -191,20 +191,10 @@ def save_fixture(capture: Path, fixtures: Path) -> str:
 def publish_console(console: Path, cache: Path, mode: str) -> Path | None:
     """Copy a run's private console log to ``cache/console-MODE.log`` (the last finished run's, for
     people to read) in one rename; None when there is no console or the cache cannot take it."""
-    if not console.is_file():
-        return None
+    published = cache / f"console-{mode}.log"
     try:
-        fd, staging = tempfile.mkstemp(prefix=f".console-{mode}.", dir=cache)
+        write_atomic(published, console.read_bytes())
     except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "wb") as out, open(console, "rb") as log:
-            shutil.copyfileobj(log, out)
-        published = cache / f"console-{mode}.log"
-        os.replace(staging, published)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
         return None
     return published
 

@@ -14,8 +14,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +24,11 @@ from shimstats._proto.kata import health_pb2
 from shimstats.adapter import TASK_SERVICE
 from shimstats.agent_client import HEALTH_SERVICE
 from shimstats.fake_containerd import stats_metadata
-from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
 from shimstats.ttrpc.transport import listen_backlog
 from tests.containerd_env import Container
-from tests.integration.harness import REPO, AgentProcess, ServeProcess, fixtures, short_tmp
+from tests.integration.harness import AgentProcess, ServeProcess, fixtures, short_tmp
+from tests.integration.test_proxy_cli import _serve as serve_proxy
 
 STORM = 300
 
@@ -102,26 +100,8 @@ def test_a_storm_against_the_proxy() -> None:
         short_tmp() as directory,
         ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
     ):
-        ours = directory / "proxy.sock"
-        shim = ShimArgs("k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd")
-        argv = [
-            sys.executable, "-m", "shimstats.proxy", *shim.argv("", "serve")[1:-1],
-            "--listen", f"unix://{ours}",
-            "--inner", inner.address,
-            "--agent", f"unix://{directory}/agent.sock",
-            "serve",
-        ]  # fmt: skip
-        proxy = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        proxy, ours = serve_proxy(directory, inner)  # the proxy's serving process, as start leaves it
         try:
-            assert proxy.stdout is not None
-            assert proxy.stdout.readline() == b"ready\n"
             with _stopped(proxy.pid):
                 refused = _storm(ours)
             answer = _connect_call(f"unix://{ours}")  # forwarded to the inner shim

@@ -314,6 +314,18 @@ async def test_server_deadline_error_from_our_client(client: Client, served: Ser
     assert await client.call(SERVICE, "Echo", b"after") == b"after"
 
 
+async def _two_requests(reader: asyncio.StreamReader) -> list[Frame]:
+    """Read until two request frames have arrived (fewer if the peer hangs up first)."""
+    decoder = FrameDecoder()
+    requests: list[Frame] = []
+    while len(requests) < 2:
+        data = await reader.read(65536)
+        if not data:
+            break
+        requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+    return requests
+
+
 async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_is_ignored(
     sock_dir: Path,
 ) -> None:
@@ -322,13 +334,9 @@ async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_i
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Holds the first request until the second arrives, then answers both: the first one late.
-        decoder = FrameDecoder()
-        requests: list[Frame] = []
-        while len(requests) < 2:
-            data = await reader.read(65536)
-            if not data:
-                return
-            requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+        requests = await _two_requests(reader)
+        if len(requests) < 2:
+            return
         for r in requests:
             seen.append(r.stream_id)
             echo = Response(payload=decode_request(r.payload).payload).SerializeToString()
@@ -360,13 +368,9 @@ async def test_a_deadline_passing_on_a_stream_stuck_mid_frame_closes_the_connect
     path = sock_dir / "stuck.sock"
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder()
-        requests: list[Frame] = []
-        while len(requests) < 2:
-            data = await reader.read(65536)
-            if not data:
-                return
-            requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+        requests = await _two_requests(reader)
+        if len(requests) < 2:
+            return
         writer.write(encode_frame(requests[0].stream_id, MessageType.RESPONSE, 0, b"\x00" * 100)[:50])
         await reader.read()  # until the client goes
         writer.close()
