@@ -53,7 +53,9 @@ def _u64(token: str, source: str, line: int) -> int:
             raise CgroupFormatError(source, line, f"value {token} does not fit in 64 bits")
         return value
     if token[:1] == "-" and token[1:].isascii() and token[1:].isdigit():
-        raise CgroupFormatError(source, line, f"negative value {token} where the kernel writes unsigned numbers")
+        raise CgroupFormatError(
+            source, line, f"negative value {token} where the kernel writes unsigned numbers"
+        )
     raise CgroupFormatError(source, line, f"expected an integer, got {token!r}")
 
 

@@ -48,7 +48,6 @@ from guest_agent.files import FileCache
 from guest_agent.layout import Hierarchy, Layout
 from guest_agent.parse import (
     U64_MAX,
-    BlkioLine,
     CgroupFormatError,
     hugetlb_size_bytes,
     parse_blkio,
@@ -102,7 +101,12 @@ BlkioGroup = tuple[tuple[str, str], ...]
 def _cfq_like(prefix: str) -> BlkioGroup:
     """The eight recursive stat files CFQ (``blkio.``) and debug BFQ (``blkio.bfq.``) write, by kata field."""
     fields = ("io_serviced_recursive", "io_service_bytes_recursive", "sectors_recursive")
-    rest = ("io_service_time_recursive", "io_wait_time_recursive", "io_merged_recursive", "io_queued_recursive")
+    rest = (
+        "io_service_time_recursive",
+        "io_wait_time_recursive",
+        "io_merged_recursive",
+        "io_queued_recursive",
+    )
     return (
         *((f, f"{prefix}{f}") for f in fields),
         *((f, f"{prefix}{f}") for f in rest),
@@ -256,11 +260,12 @@ class _Dir:
         return self.parsed("memory.stat", self.lenient(parse_flat_keyed))
 
     def counter_v1(self, prefix: str) -> Counter | None:
-        """An optional v1 page counter ``<prefix>{usage_in_bytes,max_usage_in_bytes,failcnt,limit_in_bytes}``."""
+        """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
         usage = self.optional(prefix + "usage_in_bytes", parse_single)
         return None if usage is None else self.counter_rest_v1(prefix, usage)
 
     def counter_rest_v1(self, prefix: str, usage: int) -> Counter:
+        """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected."""
         return Counter(
             usage=usage,
             max_usage=self.value(prefix + "max_usage_in_bytes"),
@@ -317,8 +322,11 @@ class CgroupReader:
         # fd opened earlier (regular files keep their content after unlink; kernfs ones fail with ENODEV).
         if not os.path.isdir(primary):
             raise self._gone(cgroup_path)
-        for path, reason in misses:
-            self.errors.add(path, reason, cgroup_path)
+        counted: set[str] = set()
+        for path, reason in misses:  # one count per file and read, with its first reason
+            if path not in counted:
+                counted.add(path)
+                self.errors.add(path, reason, cgroup_path)
         return record
 
     def _forget(self, cgroup_path: str) -> None:
@@ -393,11 +401,12 @@ class CgroupReader:
             usage = Counter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
             swap = self._root_swap(d)
         else:
-            events = d.keyed("memory.events", expected=True) or {}
+            events_read = d.keyed("memory.events", expected=True)
+            events = events_read or {}
             usage = Counter(
                 usage=d.need(d.parsed("memory.current", parse_single), "memory.current"),
                 max_usage=d.optional("memory.peak", parse_single) or 0,
-                failcnt=d.key(events, "max", "memory.events") if events else 0,
+                failcnt=d.key(events_read, "max", "memory.events"),
                 limit=d.value("memory.max"),
             )
             swap = self._swap_v2(d)

@@ -232,7 +232,9 @@ def truth(cgroup: Path, path: str, meminfo: Path) -> agent_pb2.StatsContainerRes
         if not v2 and v2_files:
             huge_dir = cgroup / "unified" / rel
         suffix = ".current" if v2_files else ".usage_in_bytes"
-        sizes = {p.name.split(".")[1] for p in huge_dir.glob(f"hugetlb.*{suffix}")} if huge_dir.is_dir() else ()
+        sizes = (
+            {p.name.split(".")[1] for p in huge_dir.glob(f"hugetlb.*{suffix}")} if huge_dir.is_dir() else ()
+        )
         for size in sorted(sizes):
             # The reservation files (mm/hugetlb_cgroup.c, 5.7+) where present, as runc reads them.
             rsvd = (huge_dir / f"hugetlb.{size}.rsvd{suffix}").exists()

@@ -217,7 +217,9 @@ def test_a_garbled_file_is_an_error_naming_its_path_and_line(tmp_path):
     (tmp_path / "memory" / "c1" / "memory.stat").write_text("cache 1\ntotal_inactive_file one\n")
     with pytest.raises(CgroupFormatError) as info:
         CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
-    assert str(info.value).startswith(f"{tmp_path}/memory/c1/memory.stat:2: expected an integer, got 'one'")  # a key the working set needs
+    assert str(info.value).startswith(
+        f"{tmp_path}/memory/c1/memory.stat:2: expected an integer, got 'one'"
+    )  # a key the working set needs
 
 
 def test_a_file_that_is_not_ascii_is_an_error_naming_its_path(tmp_path):
