@@ -439,3 +439,24 @@ def test_hybrid_reads_v1_controllers_and_v2_hugetlb(tmp_path):
     assert record.memory is not None
     assert record.memory.version == 1
     assert set(record.hugetlb) == {"2MB"}
+
+
+def test_a_stat_file_deleted_and_copied_afresh_is_read_afresh(tmp_path):
+    # Issue 15 §4 as found: under --cgroupfs-root, rm memory.stat and copy a new one in; the reader must not
+    # keep reading the deleted file through the fd it kept open.
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    assert reader.read("/c1").memory.cache == V1_STAT["cache"]  # type: ignore[union-attr]
+    stat = tmp_path / "memory" / "c1" / "memory.stat"
+    stat.unlink()
+    write(tmp_path / "memory" / "c1", {"memory.stat": {**V1_STAT, "cache": 4096}})
+    assert reader.read("/c1").memory.cache == 4096  # type: ignore[union-attr]
+
+
+def test_a_captured_tree_is_checked_per_read_and_a_live_one_is_not(tmp_path):
+    # The per-read inode check costs an fstat; mounted hierarchies (kernfs) do without it.
+    reader = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK)
+    assert reader.files.kernfs_devices == frozenset()
+    if os.path.isdir("/sys/fs/cgroup/memory") and detect_layout("/sys/fs/cgroup").mounted_devices:
+        live = CgroupReader(detect_layout("/sys/fs/cgroup"))
+        assert os.stat("/sys/fs/cgroup/memory/memory.stat").st_dev in live.files.kernfs_devices
