@@ -48,6 +48,7 @@ from guest_agent.files import FileCache
 from guest_agent.layout import Hierarchy, Layout
 from guest_agent.parse import (
     U64_MAX,
+    BlkioLine,
     CgroupFormatError,
     hugetlb_size_bytes,
     parse_blkio,
@@ -501,9 +502,12 @@ class CgroupReader:
     @staticmethod
     def _blkio_v1(d: _Dir) -> BlkioRecord | None:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
+        probed: dict[str, list[BlkioLine] | None] = {}  # BFQ's two groups share their first file
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
-            first = d.optional(first_name, d.lenient(parse_blkio))
+            if first_name not in probed:
+                probed[first_name] = d.optional(first_name, d.lenient(parse_blkio))
+            first = probed[first_name]
             if not first:
                 continue
             files = {field: tuple(first)}
