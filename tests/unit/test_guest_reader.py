@@ -16,7 +16,7 @@ import pytest
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
 from guest_agent.reader import KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import Counter
+from guest_agent.record import Counter, Throttling
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
 CLK_TCK = 100
@@ -460,3 +460,37 @@ def test_a_captured_tree_is_checked_per_read_and_a_live_one_is_not(tmp_path):
     if os.path.isdir("/sys/fs/cgroup/memory") and detect_layout("/sys/fs/cgroup").mounted_devices:
         live = CgroupReader(detect_layout("/sys/fs/cgroup"))
         assert os.stat("/sys/fs/cgroup/memory/memory.stat").st_dev in live.files.kernfs_devices
+
+
+def comounted_cpu_tree(root: Path) -> None:
+    """The v1 tree of v1_tree, but cpu and cpuacct co-mounted as one ``cpu,cpuacct`` without symlinks."""
+    v1_tree(root)
+    shutil.rmtree(root / "cpu")
+    os.rename(root / "cpuacct", root / "cpu,cpuacct")
+    write(
+        root / "cpu,cpuacct" / "c1", {"cpu.stat": {"nr_periods": 10, "nr_throttled": 4, "throttled_time": 9}}
+    )
+
+
+def test_a_comounted_cpu_hierarchy_found_in_mountinfo_reports_cpu_usage(tmp_path):
+    # Issue 15 §2: such a tree used to report CPU usage 0, silently.
+    root = tmp_path / "cg"
+    comounted_cpu_tree(root)
+    (tmp_path / "mountinfo").write_text(
+        f"27 23 0:22 / {root}/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpuacct,cpu,clone_children\n"
+        f"28 23 0:23 / {root}/memory rw,nosuid - cgroup cgroup rw,memory\n"
+    )
+    layout = detect_layout(str(root), mountinfo=str(tmp_path / "mountinfo"))
+    cpu = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert cpu.usage.total == 40220997
+    assert cpu.throttling == Throttling(periods=10, throttled_periods=4, throttled_time=9)
+
+
+def test_a_comounted_cpu_hierarchy_of_a_captured_tree_reports_cpu_usage(tmp_path):
+    comounted_cpu_tree(tmp_path)
+    cpu = CgroupReader(detect_layout(str(tmp_path)), clk_tck=CLK_TCK).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert cpu.usage.total == 40220997
