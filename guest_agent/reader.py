@@ -266,12 +266,20 @@ class _Dir:
         return None if usage is None else self.counter_rest_v1(prefix, usage)
 
     def counter_rest_v1(self, prefix: str, usage: int) -> Counter:
-        """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected."""
+        """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected.
+
+        Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData): kernels
+        dropped the kmem limit (its setter went in 5.16; runc allows for the file going too).
+        """
+        if prefix == "memory.kmem.":
+            limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
+        else:
+            limit = self.value(prefix + "limit_in_bytes")
         return Counter(
             usage=usage,
             max_usage=self.value(prefix + "max_usage_in_bytes"),
             failcnt=self.value(prefix + "failcnt"),
-            limit=self.value(prefix + "limit_in_bytes"),
+            limit=limit,
         )
 
 

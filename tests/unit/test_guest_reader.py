@@ -494,3 +494,13 @@ def test_a_comounted_cpu_hierarchy_of_a_captured_tree_reports_cpu_usage(tmp_path
     assert cpu is not None
     assert cpu.usage is not None
     assert cpu.usage.total == 40220997
+
+
+def test_v1_without_the_kmem_limit_file_is_not_a_read_error(tmp_path):
+    # runc (fs/memory.go getMemoryData) lets memory.kmem.limit_in_bytes be absent on newer kernels.
+    layout = v1_tree(tmp_path)
+    os.unlink(tmp_path / "memory" / "c1" / "memory.kmem.limit_in_bytes")
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    kernel = reader.read("/c1").memory.kernel  # type: ignore[union-attr]
+    assert kernel == Counter(usage=V1_KMEM.usage, max_usage=V1_KMEM.max_usage, failcnt=0, limit=0)
+    assert reader.errors.snapshot() == {}
