@@ -4,9 +4,10 @@ Why separate: each format is tiny but easy to get subtly wrong; keeping them pur
 a three-line sample. The rules every parser shares:
 
 - integers are plain ASCII decimal; anything else (``+5``, ``1_000``, ``0x10``, ``5.0``) is an error;
-- a negative integer is an error: every file read here is one the kernel prints with an unsigned format
-  (``%llu``/``%lu``), so a sign means a garbled file, not a count (runc and containerd/cgroups read it as 0;
-  docs/cgroup-files.md says why we do not);
+- a negative integer is an error: every file read here holds a size, a time or a count the kernel prints
+  unsigned (``%llu``/``%lu``; pids.current with ``%lld`` of a counter that cannot go below 0), so a sign
+  means a garbled file, not a count (runc and containerd/cgroups read it as 0; docs/cgroup-files.md says
+  why we do not);
 - a value above 2**64-1 is an error;
 - the literal ``max`` (single-value limit files only) reads as ``U64_MAX`` ("no limit");
 - every error names the file (``source``) and the 1-based line: ``memory.stat:3: ...``;
