@@ -13,21 +13,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from guest_agent.layout import detect_layout
-from guest_agent.lookup import ContainerLocator
-from guest_agent.reader import CgroupReader
-from guest_agent.service import DIAGNOSTICS_SERVICE, AgentService
+from guest_agent.service import DIAGNOSTICS_SERVICE
 from shimstats._proto.kata import agent_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
-from shimstats.ttrpc import Client, Code, Server, TtrpcError
+from shimstats.ttrpc import Client, Code, TtrpcError
 from tests.integration.harness import AgentProcess, Fixture, fixtures, short_tmp
+from tests.integration.test_guest_socket import serving as serving_tree
 
 BY_NAME = {f.name: f for f in fixtures()}
 V1_ROOT = BY_NAME["v1-6.18.44-fc-v669-root"]
@@ -48,24 +46,11 @@ def cgroup_dir(fx: Fixture, controller: str) -> Path:
     return base / str(fx.meta["container_path"]).lstrip("/")
 
 
-@contextlib.asynccontextmanager
-async def serving(fx: Fixture, directory: Path) -> AsyncIterator[Client]:
-    """Our agent service on ``directory/a.sock`` for the fixture, and a connected client."""
-    layout = detect_layout(str(fx.path / "cgroup"))
-    reader = CgroupReader(layout, meminfo=str(fx.path / "meminfo"))
+def serving(fx: Fixture, directory: Path) -> contextlib.AbstractAsyncContextManager[Client]:
+    """Our agent service on ``directory/a.sock`` for the fixture (test_guest_socket's), and a client."""
     explicit = {} if fx.is_root else {fx.request_id: str(fx.meta["container_path"])}
-    server = Server()
-    roots = [fx.request_id] if fx.is_root else []
-    AgentService(reader, ContainerLocator(layout, explicit, roots)).register(server)
-    address = f"unix://{directory}/a.sock"
-    await server.start(address)
-    client = await Client.connect(address)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await server.close()
-        reader.close()
+    roots = (fx.request_id,) if fx.is_root else ()
+    return serving_tree(directory / "a.sock", fx.path / "cgroup", fx.path / "meminfo", explicit, roots)
 
 
 async def stats(client: Client, fx: Fixture) -> dict[str, object]:
