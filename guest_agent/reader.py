@@ -268,8 +268,8 @@ class _Dir:
     def counter_rest_v1(self, prefix: str, usage: int) -> Counter:
         """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected.
 
-        Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData): kernels
-        dropped the kmem limit (its setter went in 5.16; runc allows for the file going too).
+        Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData: "removed in
+        newer kernels"); 6.18 still shows it, read-only.
         """
         if prefix == "memory.kmem.":
             limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
