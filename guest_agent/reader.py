@@ -269,7 +269,7 @@ class _Dir:
         """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected.
 
         Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData: "removed in
-        newer kernels"); 6.18 still shows it, read-only.
+        newer kernels"); this 6.18 kernel still has it.
         """
         if prefix == "memory.kmem.":
             limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
