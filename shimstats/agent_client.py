@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
+DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
 """kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
 
@@ -237,3 +239,22 @@ class AgentClient:
             client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+    async def read_errors(self, deadline: float) -> dict[str, int]:
+        """Our agent's Diagnostics/ReadErrors: reads that left a figure out, per kernel file name.
+
+        TtrpcError when the agent cannot say (kata-agent serves no such method): no counts, never zeros.
+        """
+        request = diagnostics_pb2.ReadErrorsRequest().SerializeToString()
+        raw = await wait_until(
+            self._call(DIAGNOSTICS_SERVICE, "ReadErrors", request, deadline),
+            deadline,
+            f"Diagnostics/ReadErrors: no answer from the guest agent at {self.address} in time",
+        )
+        try:
+            answer = diagnostics_pb2.ReadErrorsResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL, f"ReadErrorsResponse from {self.address} does not decode: {exc}"
+            ) from None
+        return {entry.file: entry.count for entry in answer.files}
