@@ -103,6 +103,16 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
                 'stats_fallback = "error"\n'
             )
             runtimes[f"kata-stats-{version}"] = Runtime(RUNTIME_TYPE, config)
+        # Any containerd 1.6/1.7 also takes an absolute path as runtime_type (resolveRuntimePath): a
+        # second wrapper, off containerd's PATH, that leaves a mark when containerd runs it.
+        off_path = directory / "opt" / "shimstats-proxy"
+        off_path.parent.mkdir()
+        _executable(
+            off_path,
+            f"#!/bin/sh\ntouch {off_path}.ran\n"
+            f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
+        )
+        runtimes["kata-stats-abs"] = Runtime(str(off_path), directory / "kata-stats-v2.toml")
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         with CriContainerd(runtimes, env=env) as containerd:
             yield CriEnv(containerd, directory)
@@ -350,3 +360,19 @@ def test_a_cri_plugin_that_fails_to_load_is_a_clear_error(containerd_available: 
     with pytest.raises(CriUnavailable, match=r"CRI plugin did not load.*default_runtime_name"):
         instance.start()
     instance.stop()  # strict: nothing may be left of the failed start
+
+
+def test_an_absolute_runtime_type_runs_the_proxy_from_off_path(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    """containerd 1.6.20 ignores runtime_path (containerd#8207) but runs an absolute runtime_type as is."""
+    wrapper = Path(cri_env.containerd.runtimes["kata-stats-abs"].runtime_type)
+    assert str(wrapper.parent) not in os.environ["PATH"].split(os.pathsep)
+    running = run_workload("absolute", "kata-stats-abs")
+    assert Path(f"{wrapper}.ran").exists()
+    with cri_env.agent(running.pod, running.container):
+        _eventually(
+            lambda: cri_env.containerd.client.container_stats(running.container.id).memory is not None,
+            "figures from the agent through the off-PATH proxy",
+        )
+    _assert_gone(cri_env, running)
