@@ -71,11 +71,13 @@ class Runtime:
     """One runtime handler: a key under ``[...cri.containerd.runtimes]``.
 
     ``config_path`` goes to the shim as runtime options (``options.ConfigPath``), which CRI sends as
-    ``runtimeoptions.v1.Options`` for any runtime type other than runc's.
+    ``runtimeoptions.v1.Options`` for any runtime type other than runc's. ``runtime_path`` is honoured
+    from containerd 1.6.21 and 1.7.1 on only (containerd#8207).
     """
 
     runtime_type: str
     config_path: Path | None = None
+    runtime_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,8 @@ class CriContainerd(Containerd):
                 f"[{section}.containerd.runtimes.{json.dumps(name)}]",
                 f"  runtime_type = {json.dumps(runtime.runtime_type)}",
             ]
+            if runtime.runtime_path is not None:
+                lines.append(f"  runtime_path = {json.dumps(str(runtime.runtime_path))}")
             if runtime.config_path is not None:
                 lines += [
                     f"[{section}.containerd.runtimes.{json.dumps(name)}.options]",

@@ -21,7 +21,9 @@ just after the calls; a reading counts only when the files did not move in betwe
 from __future__ import annotations
 
 import os
+import re
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -113,6 +115,15 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
             f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
         )
         runtimes["kata-stats-abs"] = Runtime(str(off_path), directory / "kata-stats-v2.toml")
+        # runtime_path naming another off-PATH wrapper (same binary name as the one on the PATH).
+        by_path = directory / "opt" / "by-runtime-path" / BINARY
+        by_path.parent.mkdir()
+        _executable(
+            by_path,
+            f"#!/bin/sh\ntouch {by_path}.ran\n"
+            f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
+        )
+        runtimes["kata-stats-path"] = Runtime(RUNTIME_TYPE, directory / "kata-stats-v2.toml", by_path)
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         with CriContainerd(runtimes, env=env) as containerd:
             yield CriEnv(containerd, directory)
@@ -375,4 +386,28 @@ def test_an_absolute_runtime_type_runs_the_proxy_from_off_path(
             lambda: cri_env.containerd.client.container_stats(running.container.id).memory is not None,
             "figures from the agent through the off-PATH proxy",
         )
+    _assert_gone(cri_env, running)
+
+
+def _containerd_version() -> tuple[int, ...]:
+    """containerd's release: (1, 6, 20) from "containerd github.com/containerd/containerd 1.6.20~ds1 ..."."""
+    words = subprocess.run(
+        ["containerd", "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    release = re.match(r"v?(\d+)\.(\d+)\.(\d+)", words[2])
+    assert release is not None, words
+    return tuple(int(part) for part in release.groups())
+
+
+def test_runtime_path_is_honoured_only_from_1_6_21_and_1_7_1(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    """docs/proxy-shim.md's version table: before the fix for containerd#8207, runtime_path is ignored and
+    the binary is looked up by name on containerd's PATH (here: the PATH wrapper runs, not this one)."""
+    wrapper = cri_env.containerd.runtimes["kata-stats-path"].runtime_path
+    assert wrapper is not None
+    running = run_workload("runtime-path", "kata-stats-path")
+    version = _containerd_version()
+    honoured = version >= (1, 7, 1) or (1, 6, 21) <= version < (1, 7, 0)
+    assert Path(f"{wrapper}.ran").exists() == honoured, f"containerd {version}"
     _assert_gone(cri_env, running)
