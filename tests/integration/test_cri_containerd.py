@@ -20,6 +20,7 @@ just after the calls; a reading counts only when the files did not move in betwe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -46,7 +47,7 @@ from tests.cri_env import (
     cgroup_pids,
     cpuacct_dir,
 )
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp
 
 pytestmark = [pytest.mark.containerd, pytest.mark.cri]
 
@@ -410,4 +411,89 @@ def test_runtime_path_is_honoured_only_from_1_6_21_and_1_7_1(
     version = _containerd_version()
     honoured = version >= (1, 7, 1) or (1, 6, 21) <= version < (1, 7, 0)
     assert Path(f"{wrapper}.ran").exists() == honoured, f"containerd {version}"
+    _assert_gone(cri_env, running)
+
+
+# -- shimstats compare --cri ------------------------------------------------------------------------------
+
+
+def _compare(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "compare", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compare_shows_what_cri_reports_next_to_the_guest(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    running = run_workload("compare", "runc")
+    container = running.container
+    cgroup = str(memory_cgroup_root() / container.cgroup.lstrip("/"))
+    address = cri_env.containerd.cri_address
+    args = ["--id", container.id, "--cgroup", cgroup, "--cri", address]
+
+    done = _compare(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (column,) = [c for c in report["columns"] if c["key"] == "cri"]
+    assert (column["label"], column["live"], column["type_url"], column["error"]) == (
+        "containerd CRI",
+        True,
+        "CRI stats",
+        None,
+    )
+    assert column["differs"] == {}
+    figures = column["figures"]
+    assert set(figures) == {
+        "usage_bytes",
+        "working_set_bytes",
+        "available_bytes",
+        "rss_bytes",
+        "page_faults",
+        "major_page_faults",
+        "cpu_total_ns",
+    }
+    # The kubelet's working set left the inactive cache out, like the guest's own figure.
+    guest = report["guest"]["figures"]
+    assert figures["usage_bytes"] - figures["working_set_bytes"] >= (WRITE_MIB - READ_MIB) * MIB * 0.8
+    assert abs(figures["working_set_bytes"] - guest["working_set_bytes"]) <= 512 * 1024
+
+    table = _compare(*args)
+    assert table.returncode == 0, table.stderr
+    header, kinds = table.stdout.splitlines()[1:3]
+    assert header.rstrip().endswith("containerd CRI")
+    assert kinds.rstrip().endswith("CRI stats")
+    # Notes list what differs from the guest (the Kata shims' mistakes); nothing about CRI's column.
+    assert not [line for line in table.stdout.splitlines() if line.startswith(("* containerd CRI", "! "))]
+
+    # A CRI that cannot be reached is a failed source (exit 1) whose error names the socket.
+    absent = f"unix://{cri_env.directory}/absent.sock"
+    failed = _compare("--id", container.id, "--cgroup", cgroup, "--cri", absent)
+    assert failed.returncode == 1
+    assert (
+        f"shimstats compare: containerd CRI: CRI ContainerStats({container.id}) at {absent}: UNAVAILABLE"
+        in (failed.stderr)
+    )
+    assert "Traceback" not in failed.stderr
+    _assert_gone(cri_env, running)
+
+
+def test_compare_says_why_cri_has_no_figures_when_the_agent_is_down(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    running = run_workload("compare-down", "kata-stats-v1")
+    container = running.container
+    cgroup = str(memory_cgroup_root() / container.cgroup.lstrip("/"))
+    done = _compare("--id", container.id, "--cgroup", cgroup, "--cri", cri_env.containerd.cri_address)
+    assert done.returncode == 1
+    assert "unexpected metrics response: []: containerd got no Stats answer from the container's shim" in (
+        done.stderr
+    )
+    assert "shows this container's working set as 0" in done.stderr
     _assert_gone(cri_env, running)

@@ -33,7 +33,7 @@ def test_the_containerd_snippet_names_our_runtime_and_binary() -> None:
     # works on every version finds the binary on containerd's PATH, which the doc says how to arrange.
     assert "runtime_path" not in entry
     text = DOC.read_text(encoding="utf-8")
-    assert f"ln -s \"$(command -v {BINARY})\" /usr/local/bin/" in text
+    assert f'ln -s "$(command -v {BINARY})" /usr/local/bin/' in text
     assert "| 1.6.0 – 1.6.20, 1.7.0 | **ignored**" in text
     assert entry["options"]["ConfigPath"].endswith(".toml")
     assert f"handler: {name}" in DOC.read_text(encoding="utf-8")  # the RuntimeClass picks this entry
