@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shimstats.cri import CriMemory
 from shimstats.cri_client import ContainerStatsRecord, CriError, MemoryFigures, PodSandboxStatsRecord
 from shimstats.proxy import BINARY, RUNTIME_TYPE
 from tests.containerd_env import READY_MARKER, memory_cgroup_root
@@ -47,7 +47,7 @@ from tests.cri_env import (
     cgroup_pids,
     cpuacct_dir,
 )
-from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp, write_executable
 
 pytestmark = [pytest.mark.containerd, pytest.mark.cri]
 
@@ -81,19 +81,13 @@ class CriEnv:
         return AgentProcess(directory, ["--container", f"{container.id}={container.cgroup}"])
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cri_env(containerd_available: None) -> Iterator[CriEnv]:
     with short_tmp() as directory:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
         # containerd 1.6.20 ignores runtime_path (containerd#8207): the proxy must be on its PATH.
-        _executable(
+        write_executable(
             bin_dir / BINARY, f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n'
         )
         runtimes = {}
@@ -110,7 +104,7 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
         # second wrapper, off containerd's PATH, that leaves a mark when containerd runs it.
         off_path = directory / "opt" / "shimstats-proxy"
         off_path.parent.mkdir()
-        _executable(
+        write_executable(
             off_path,
             f"#!/bin/sh\ntouch {off_path}.ran\n"
             f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
@@ -119,7 +113,7 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
         # runtime_path naming another off-PATH wrapper (same binary name as the one on the PATH).
         by_path = directory / "opt" / "by-runtime-path" / BINARY
         by_path.parent.mkdir()
-        _executable(
+        write_executable(
             by_path,
             f"#!/bin/sh\ntouch {by_path}.ran\n"
             f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
@@ -417,6 +411,10 @@ def test_runtime_path_is_honoured_only_from_1_6_21_and_1_7_1(
 # -- shimstats compare --cri ------------------------------------------------------------------------------
 
 
+def _memory_dir(container: CriContainer) -> str:
+    return str(memory_cgroup_root() / container.cgroup.lstrip("/"))
+
+
 def _compare(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "compare", *args],
@@ -434,9 +432,7 @@ def test_compare_shows_what_cri_reports_next_to_the_guest(
 ) -> None:
     running = run_workload("compare", "runc")
     container = running.container
-    cgroup = str(memory_cgroup_root() / container.cgroup.lstrip("/"))
-    address = cri_env.containerd.cri_address
-    args = ["--id", container.id, "--cgroup", cgroup, "--cri", address]
+    args = ["--id", container.id, "--cgroup", _memory_dir(container), "--cri", cri_env.containerd.cri_address]
 
     done = _compare(*args, "--json")
     assert done.returncode == 0, done.stderr
@@ -450,15 +446,7 @@ def test_compare_shows_what_cri_reports_next_to_the_guest(
     )
     assert column["differs"] == {}
     figures = column["figures"]
-    assert set(figures) == {
-        "usage_bytes",
-        "working_set_bytes",
-        "available_bytes",
-        "rss_bytes",
-        "page_faults",
-        "major_page_faults",
-        "cpu_total_ns",
-    }
+    assert set(figures) == {*CriMemory.__dataclass_fields__, "cpu_total_ns"}  # CRI's six and its CPU time
     # The kubelet's working set left the inactive cache out, like the guest's own figure.
     guest = report["guest"]["figures"]
     assert figures["usage_bytes"] - figures["working_set_bytes"] >= (WRITE_MIB - READ_MIB) * MIB * 0.8
@@ -474,7 +462,7 @@ def test_compare_shows_what_cri_reports_next_to_the_guest(
 
     # A CRI that cannot be reached is a failed source (exit 1) whose error names the socket.
     absent = f"unix://{cri_env.directory}/absent.sock"
-    failed = _compare("--id", container.id, "--cgroup", cgroup, "--cri", absent)
+    failed = _compare("--id", container.id, "--cgroup", _memory_dir(container), "--cri", absent)
     assert failed.returncode == 1
     assert (
         f"shimstats compare: containerd CRI: CRI ContainerStats({container.id}) at {absent}: UNAVAILABLE"
@@ -489,8 +477,8 @@ def test_compare_says_why_cri_has_no_figures_when_the_agent_is_down(
 ) -> None:
     running = run_workload("compare-down", "kata-stats-v1")
     container = running.container
-    cgroup = str(memory_cgroup_root() / container.cgroup.lstrip("/"))
-    done = _compare("--id", container.id, "--cgroup", cgroup, "--cri", cri_env.containerd.cri_address)
+    address = cri_env.containerd.cri_address
+    done = _compare("--id", container.id, "--cgroup", _memory_dir(container), "--cri", address)
     assert done.returncode == 1
     assert "unexpected metrics response: []: containerd got no Stats answer from the container's shim" in (
         done.stderr
