@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ import pytest
 from shimstats.cri import CriMemory
 from shimstats.cri_client import ContainerStatsRecord, CriError, MemoryFigures, PodSandboxStatsRecord
 from shimstats.proxy import BINARY, RUNTIME_TYPE
-from tests.containerd_env import READY_MARKER, memory_cgroup_root
+from tests.containerd_env import READY_MARKER, _alive, memory_cgroup_root
 from tests.cri_env import (
     POD_MEMORY_LIMIT,
     CriContainer,
@@ -485,3 +486,21 @@ def test_compare_says_why_cri_has_no_figures_when_the_agent_is_down(
     )
     assert "shows this container's working set as 0" in done.stderr
     _assert_gone(cri_env, running)
+
+
+def test_pods_of_a_crashed_run_come_back_not_ready_and_start_removes_them(containerd_available: None) -> None:
+    """A node that lost containerd and every pod process at once (a crash, a reboot): containerd restarted on
+    the same root lists the old pod as NotReady, and the harness removes it before anything else runs."""
+    with CriContainerd() as instance:
+        pod = instance.run_pod("crashed", "runc")
+        container = instance.create_container(pod, "sleeper", ["sleep", "3600"])
+        instance.start_container(container)
+        victims = [instance.pid, *instance.shim_pids(), *cgroup_pids(container.cgroup)]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _eventually(lambda: not any(_alive(pid) for pid in victims), "the crashed run's processes are gone")
+        instance.start()
+        assert [(p.id, p.ready) for p in instance.removed_at_start] == [(pod.id, False)]
+        assert instance.client.list_pod_sandboxes() == []
+        assert instance.client.list_containers() == []
+    # Leaving the block stopped it strictly: no process, cgroup, mount or directory is left.
