@@ -87,10 +87,16 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
     with short_tmp() as directory:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
+
+        def proxy(path: Path, mark: bool = False) -> Path:
+            """A wrapper running the proxy from this checkout; with ``mark``, it touches <path>.ran first."""
+            path.parent.mkdir(parents=True, exist_ok=True)
+            touch = f"touch {path}.ran\n" if mark else ""
+            run = f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n'
+            return write_executable(path, f"#!/bin/sh\n{touch}{run}")
+
         # containerd 1.6.20 ignores runtime_path (containerd#8207): the proxy must be on its PATH.
-        write_executable(
-            bin_dir / BINARY, f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n'
-        )
+        proxy(bin_dir / BINARY)
         runtimes = {}
         for version in ("v1", "v2"):
             config = directory / f"kata-stats-{version}.toml"
@@ -103,22 +109,10 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
             runtimes[f"kata-stats-{version}"] = Runtime(RUNTIME_TYPE, config)
         # Any containerd 1.6/1.7 also takes an absolute path as runtime_type (resolveRuntimePath): a
         # second wrapper, off containerd's PATH, that leaves a mark when containerd runs it.
-        off_path = directory / "opt" / "shimstats-proxy"
-        off_path.parent.mkdir()
-        write_executable(
-            off_path,
-            f"#!/bin/sh\ntouch {off_path}.ran\n"
-            f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
-        )
+        off_path = proxy(directory / "opt" / "shimstats-proxy", mark=True)
         runtimes["kata-stats-abs"] = Runtime(str(off_path), directory / "kata-stats-v2.toml")
         # runtime_path naming another off-PATH wrapper (same binary name as the one on the PATH).
-        by_path = directory / "opt" / "by-runtime-path" / BINARY
-        by_path.parent.mkdir()
-        write_executable(
-            by_path,
-            f"#!/bin/sh\ntouch {by_path}.ran\n"
-            f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
-        )
+        by_path = proxy(directory / "opt" / "by-runtime-path" / BINARY, mark=True)
         runtimes["kata-stats-path"] = Runtime(RUNTIME_TYPE, directory / "kata-stats-v2.toml", by_path)
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         with CriContainerd(runtimes, env=env) as containerd:
