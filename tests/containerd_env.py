@@ -46,6 +46,18 @@ PAGE_CACHE_COMMAND = (
     f" && cat /cache.bin >/dev/null && echo {READY_MARKER} && exec sleep 3600",
 )  # fmt: skip
 
+#: Write WRITE_MIB once (inactive file cache) and read the first READ_MIB back twice (active), print
+#: READY_MARKER, then sleep: the working set and the usage then differ by about WRITE_MIB - READ_MIB, so
+#: whether a working set left inactive_file out shows.
+WRITE_MIB, READ_MIB = 64, 16
+SPLIT_CACHE_COMMAND = (
+    "sh", "-c",
+    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
+    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
+    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
+    f" && echo {READY_MARKER} && exec sleep 3600",
+)  # fmt: skip
+
 #: containerd's identifier rule (namespaces, container ids); it also keeps ids safe to use in paths.
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 _IDENTIFIER_MAX = 76

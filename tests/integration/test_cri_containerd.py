@@ -37,7 +37,14 @@ import pytest
 from shimstats.cri import CriMemory
 from shimstats.cri_client import ContainerStatsRecord, CriError, MemoryFigures, PodSandboxStatsRecord
 from shimstats.proxy import BINARY, RUNTIME_TYPE
-from tests.containerd_env import READY_MARKER, _alive, memory_cgroup_root
+from tests.containerd_env import (
+    READ_MIB,
+    READY_MARKER,
+    SPLIT_CACHE_COMMAND,
+    WRITE_MIB,
+    _alive,
+    memory_cgroup_root,
+)
 from tests.cri_env import (
     POD_MEMORY_LIMIT,
     CriContainer,
@@ -52,14 +59,6 @@ from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp, write_
 
 pytestmark = [pytest.mark.containerd, pytest.mark.cri]
 
-WRITE_MIB, READ_MIB = 64, 16
-WORKLOAD = (
-    "sh", "-c",
-    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && echo {READY_MARKER} && exec sleep 3600",
-)  # fmt: skip
 CONTAINER_MEMORY_LIMIT = 256 * 1024 * 1024
 MIB = 1024 * 1024
 HANDLERS = ("runc", "kata-stats-v1", "kata-stats-v2")
@@ -135,7 +134,7 @@ def run_workload(cri_env: CriEnv) -> Iterator[Callable[[str, str], Running]]:
         containerd = cri_env.containerd
         pod = containerd.run_pod(name, handler)
         container = containerd.create_container(
-            pod, "cache", list(WORKLOAD), memory_limit=CONTAINER_MEMORY_LIMIT
+            pod, "cache", list(SPLIT_CACHE_COMMAND), memory_limit=CONTAINER_MEMORY_LIMIT
         )
         running = Running(pod, container, [])
         started.append(running)

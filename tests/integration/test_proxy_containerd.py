@@ -30,7 +30,10 @@ import pytest
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.launch import STATE_FILE
 from tests.containerd_env import (
+    READ_MIB,
     READY_MARKER,
+    SPLIT_CACHE_COMMAND,
+    WRITE_MIB,
     Container,
     Containerd,
     CtrError,
@@ -44,16 +47,7 @@ pytestmark = pytest.mark.containerd
 
 TOLERANCE = 512 * 1024
 """How far usage may move between our reads around ctr's (per-cpu charge batches, kernel allocations)."""
-WRITE_MIB, READ_MIB = 64, 16
-WORKLOAD = (
-    "sh", "-c",
-    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && echo {READY_MARKER} && exec sleep 3600",
-)  # fmt: skip
-"""Write WRITE_MIB once (inactive file cache) and read the first READ_MIB twice (active), then sleep: the
-working set and the usage then differ by about WRITE_MIB - READ_MIB, so subtracting inactive_file shows."""
+WORKLOAD = SPLIT_CACHE_COMMAND
 SETTLE = 10.0
 """Seconds processes and sockets get to go after ctr returns (shims exit asynchronously)."""
 
