@@ -30,7 +30,10 @@ import pytest
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.launch import STATE_FILE
 from tests.containerd_env import (
+    READ_MIB,
     READY_MARKER,
+    SPLIT_CACHE_COMMAND,
+    WRITE_MIB,
     Container,
     Containerd,
     CtrError,
@@ -38,22 +41,13 @@ from tests.containerd_env import (
     _cmdline,
 )
 from tests.integration.conftest import unique_container_id
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, short_tmp, write_executable
 
 pytestmark = pytest.mark.containerd
 
 TOLERANCE = 512 * 1024
 """How far usage may move between our reads around ctr's (per-cpu charge batches, kernel allocations)."""
-WRITE_MIB, READ_MIB = 64, 16
-WORKLOAD = (
-    "sh", "-c",
-    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && echo {READY_MARKER} && exec sleep 3600",
-)  # fmt: skip
-"""Write WRITE_MIB once (inactive file cache) and read the first READ_MIB twice (active), then sleep: the
-working set and the usage then differ by about WRITE_MIB - READ_MIB, so subtracting inactive_file shows."""
+WORKLOAD = SPLIT_CACHE_COMMAND
 SETTLE = 10.0
 """Seconds processes and sockets get to go after ctr returns (shims exit asynchronously)."""
 
@@ -77,23 +71,17 @@ class ProxyEnv:
         )
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 @pytest.fixture(scope="module")
 def proxy_env(containerd_available: None) -> Iterator[ProxyEnv]:
     with short_tmp() as directory:
         bin_dir, recordings = directory / "bin", directory / "rec"
         bin_dir.mkdir()
         recordings.mkdir()
-        _executable(
+        write_executable(
             bin_dir / BINARY,
             f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
         )
-        recorder = _executable(
+        recorder = write_executable(
             bin_dir / "recording-runc-shim",
             "#!/bin/sh\n# keeps what start got on stdin, then is containerd-shim-runc-v2 with it\n"
             f'f={recordings}/stdin.$$\ncat > "$f"\nexec containerd-shim-runc-v2 "$@" < "$f"\n',
