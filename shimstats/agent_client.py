@@ -217,7 +217,9 @@ class AgentClient:
             self._failures += 1
             self._retry_at = loop.time() + self.backoff.delay(self._failures)
             self._last_error = f"cannot dial: {exc}"
-            log.warning(
+            # once per streak of failures: a dead agent must not log at every call (or every scrape)
+            log.log(
+                logging.WARNING if self._failures == 1 else logging.DEBUG,
                 "guest agent unreachable: %s",
                 exc,
                 extra={"address": str(self.address)},

@@ -28,9 +28,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Literal, TypeVar, Union
+from typing import Literal, Protocol, TypeVar, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -48,7 +48,7 @@ from shimstats.translate.record import (
     NetworkRecord,
     is_unlimited,
 )
-from shimstats.ttrpc import Code, TtrpcError
+from shimstats.ttrpc import Code, TtrpcError, parse_address
 
 __all__ = [
     "CONTAINER_FAMILIES",
@@ -66,9 +66,11 @@ __all__ = [
 
 log = logging.getLogger("shimstats.exporter")
 
-CONTAINER_LABELS = ("id", "container", "pod", "namespace", "image", "agent")
-"""Labels of every per-container series: cAdvisor's names for what Kubernetes knows about the container (empty
-when not configured) and the address of the agent asked."""
+CONTAINER_LABELS = ("id", "name", "container", "pod", "namespace", "image", "sandbox")
+"""Labels of every per-container series: the kubelet's /metrics/cadvisor labels (empty when not known; ``id``
+and ``name`` as docs/operating.md explains) and the sandbox the container runs in."""
+SANDBOX_LABELS = ("sandbox", "pod", "namespace")
+"""Labels of the per-sandbox series (shimstats_agent_up): alert rules select on exactly these."""
 
 AGENT_DOWN_CODES = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 """Statuses that mean the agent itself did not answer (any other status is the agent's own answer)."""
@@ -93,21 +95,66 @@ class ContainerTarget:
     pod: str = ""
     namespace: str = ""
     image: str = ""
+    created: float | None = None
+    """When the runtime created the container, in Unix seconds (CRI's ``created_at``); None when unknown."""
 
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """One guest agent (ttrpc address) and the containers to read from it."""
+    """One sandbox (Kata VM): the address of its guest agent and the containers to read from it.
+
+    ``sandbox`` is the sandbox id; a hand-written config may leave it empty, and the address then names
+    the sandbox in every label.
+    """
 
     address: str
     containers: tuple[ContainerTarget, ...]
+    sandbox: str = ""
+    pod: str = ""
+    namespace: str = ""
+
+    @property
+    def name(self) -> str:
+        """The ``sandbox`` label: the sandbox id, or the agent's address when the id is not known."""
+        return self.sandbox or self.address
+
+
+class TargetSource(Protocol):
+    """What to export, asked again at every scrape, so that sandboxes and containers can come and go."""
+
+    def targets(self) -> Sequence[AgentTarget]:
+        """Every sandbox to read now, with its containers."""
+
+    def gone(self, target: AgentTarget) -> bool:
+        """Whether the sandbox itself went away (its shim socket vanished), asked after its agent did not
+        answer: a gone sandbox is left out quietly, one that still exists counts as down."""
+
+
+class StaticTargets:
+    """A fixed list (``--agent`` or the TOML file) that SIGHUP may replace; it never knows a sandbox gone."""
+
+    def __init__(self, agents: Sequence[AgentTarget]) -> None:
+        self._agents = tuple(agents)
+        self._lock = threading.Lock()
+
+    def replace(self, agents: Sequence[AgentTarget]) -> None:
+        """Export ``agents`` from the next scrape on."""
+        with self._lock:
+            self._agents = tuple(agents)
+
+    def targets(self) -> Sequence[AgentTarget]:
+        with self._lock:
+            return self._agents
+
+    def gone(self, target: AgentTarget) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
 class Reading:
     """What one scrape learned about one container: its record, or the status of the failed read."""
 
-    agent: str
+    sandbox: AgentTarget
     target: ContainerTarget
     record: ContainerRecord | None
     kata_go_working_set: int | None = None
@@ -119,7 +166,22 @@ class Reading:
     def labels(self) -> tuple[str, ...]:
         """The values of CONTAINER_LABELS."""
         t = self.target
-        return (t.id, t.container, t.pod, t.namespace, t.image, self.agent)
+        return (t.id, t.id, t.container, t.pod, t.namespace, t.image, self.sandbox.name)
+
+
+@dataclass(frozen=True)
+class SandboxReading:
+    """One scrape's outcome for one sandbox: its containers' readings and whether its agent answered.
+
+    ``down`` is the status that shows the agent did not answer (UNAVAILABLE, DEADLINE_EXCEEDED), None when it
+    did; ``gone`` is set when the sandbox itself turned out to have left since it was listed.
+    """
+
+    target: AgentTarget
+    readings: tuple[Reading, ...]
+    down: Code | None = None
+    message: str = ""
+    gone: bool = False
 
 
 # -- per-container families: cAdvisor's names, one rule each -----------------------------------------------
@@ -517,32 +579,33 @@ def container_families(readings: Sequence[Reading]) -> list[Metric]:
 
 
 def exporter_families(
-    readings: Sequence[Reading], errors: Mapping[tuple[str, str], int], duration: float
+    sandboxes: Sequence[SandboxReading], errors: Mapping[tuple[str, str], int], duration: float
 ) -> list[Metric]:
-    """The exporter's own families: scrape duration, agent health, and the cumulative ``errors`` counts
-    keyed by (agent address, status code name)."""
+    """The exporter's own families: scrape duration, agent health per sandbox, and the cumulative ``errors``
+    counts keyed by (sandbox label, status code name). A gone sandbox has no series."""
     duration_family = GaugeMetricFamily(
-        "shimstats_scrape_duration_seconds", "Seconds this scrape spent reading the guest agents."
+        "shimstats_scrape_duration_seconds", "Seconds this scrape spent listing and reading the guest agents."
     )
     duration_family.add_metric([], duration)
     up = GaugeMetricFamily(
         "shimstats_agent_up",
-        "1 when the agent answered every read of this scrape (a status of its own, such as NOT_FOUND, is an "
-        "answer), 0 when a read ended UNAVAILABLE or DEADLINE_EXCEEDED.",
-        labels=["agent"],
+        "1 when the sandbox's guest agent answered this scrape (a status of its own, such as NOT_FOUND, is "
+        "an answer), 0 when it did not (UNAVAILABLE, or no answer within the deadline) while the sandbox "
+        "exists.",
+        labels=SANDBOX_LABELS,
     )
-    down: dict[str, bool] = {}
-    for r in readings:
-        down[r.agent] = down.get(r.agent, False) or r.error in AGENT_DOWN_CODES
-    for agent, is_down in down.items():
-        up.add_metric([agent], 0.0 if is_down else 1.0)
+    for s in sandboxes:
+        if not s.gone:
+            t = s.target
+            up.add_metric([t.name, t.pod, t.namespace], 0.0 if s.down is not None else 1.0)
     counter = CounterMetricFamily(
         "shimstats_agent_errors_total",
-        "Reads of a container that failed, by agent and status code, since the exporter started.",
-        labels=["agent", "code"],
+        "Failed reads of a container whose sandbox still exists, by sandbox and status code, since the "
+        "sandbox was first exported (a container or sandbox that is gone is not an error).",
+        labels=["sandbox", "code"],
     )
-    for (agent, code), count in sorted(errors.items()):
-        counter.add_metric([agent, code], count)
+    for (sandbox, code), count in sorted(errors.items()):
+        counter.add_metric([sandbox, code], count)
     return [duration_family, up, counter]
 
 
@@ -556,33 +619,27 @@ def kata_go_working_set(response: agent_pb2.StatsContainerResponse, host: Output
 
 
 class AgentPool:
-    """One shared AgentClient per agent, on a private event-loop thread; ``read`` is safe from any thread.
+    """One shared AgentClient per agent address, on a private event-loop thread; ``read`` is safe from any
+    thread. Clients are opened for new addresses and closed when their sandbox leaves the list.
 
-    ``kata_host`` is the host cgroup mode the Kata Go shim would see (it picks its output format by it), for
-    the correction metric.
+    Every sandbox gets its own deadline of ``timeout`` seconds and all are read concurrently, so a paused or
+    hung VM costs its own sandbox the deadline and delays nobody else's answer. ``kata_host`` is the host
+    cgroup mode the Kata Go shim would see (it picks its output format by it), for the correction metric.
     """
 
-    def __init__(self, agents: Sequence[AgentTarget], *, timeout: float, kata_host: OutputFormat) -> None:
-        self.agents = tuple(agents)
+    def __init__(self, *, timeout: float, kata_host: OutputFormat) -> None:
         self.timeout = timeout
         self.kata_host: OutputFormat = kata_host
+        self._clients: dict[str, AgentClient] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
-        # made in the loop's own thread, so every asyncio object they hold belongs to that loop
-        try:
-            self._clients = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
-        except BaseException:
-            self._clients = {}
-            self.close()
-            raise
 
-    async def _open(self) -> dict[str, AgentClient]:
-        return {a.address: AgentClient(a.address, default_timeout=self.timeout) for a in self.agents}
-
-    def read(self) -> list[Reading]:
-        """Every configured container, read once, concurrently, within ``timeout`` seconds."""
-        future = asyncio.run_coroutine_threadsafe(self._read_all(), self._loop)
+    def read(self, agents: Sequence[AgentTarget]) -> list[SandboxReading]:
+        """Every container of every sandbox in ``agents``, read once, concurrently."""
+        for a in agents:
+            parse_address(a.address)  # AddressError here, in the caller's thread, not in the loop
+        future = asyncio.run_coroutine_threadsafe(self._read_all(agents), self._loop)
         try:
             return future.result(self.timeout + POOL_GRACE)
         except concurrent.futures.TimeoutError:
@@ -590,41 +647,77 @@ class AgentPool:
             message = f"the agent thread did not finish within {self.timeout + POOL_GRACE:g}s"
             log.error("scrape abandoned: %s", message)
             return [
-                Reading(a.address, t, None, error=Code.DEADLINE_EXCEEDED, message=message)
-                for a in self.agents
-                for t in a.containers
+                SandboxReading(
+                    a,
+                    tuple(
+                        Reading(a, t, None, error=Code.DEADLINE_EXCEEDED, message=message)
+                        for t in a.containers
+                    ),
+                    Code.DEADLINE_EXCEEDED,
+                    message,
+                )
+                for a in agents
             ]
 
-    async def _read_all(self) -> list[Reading]:
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        reads = [self._read(a.address, t, deadline) for a in self.agents for t in a.containers]
-        return list(await asyncio.gather(*reads))
+    async def _read_all(self, agents: Sequence[AgentTarget]) -> list[SandboxReading]:
+        await self._follow(agents)
+        return list(await asyncio.gather(*(self._read_sandbox(a) for a in agents)))
 
-    async def _read(self, address: str, target: ContainerTarget, deadline: float) -> Reading:
+    async def _follow(self, agents: Sequence[AgentTarget]) -> None:
+        """Open a client per new address; close those whose sandbox is no longer listed."""
+        wanted = {a.address for a in agents}
+        left = [self._clients.pop(address) for address in list(self._clients) if address not in wanted]
+        for address in wanted - set(self._clients):
+            self._clients[address] = AgentClient(address, default_timeout=self.timeout)
+        await asyncio.gather(*(client.close() for client in left))
+
+    async def _read_sandbox(self, agent: AgentTarget) -> SandboxReading:
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        client = self._clients[agent.address]
+        if not agent.containers:  # nothing listed yet: still tell whether the agent answers
+            return await self._check(agent, client, deadline)
+        readings = tuple(
+            await asyncio.gather(*(self._read(agent, client, t, deadline) for t in agent.containers))
+        )
+        down = next((r for r in readings if r.error in AGENT_DOWN_CODES), None)
+        if down is None:
+            return SandboxReading(agent, readings)
+        return SandboxReading(agent, readings, down.error, down.message)
+
+    async def _check(self, agent: AgentTarget, client: AgentClient, deadline: float) -> SandboxReading:
         try:
-            response = await self._clients[address].stats_container(target.id, deadline=deadline)
+            await client.check(deadline - asyncio.get_running_loop().time())
         except TtrpcError as exc:
-            return Reading(address, target, None, error=exc.code, message=exc.message)
+            if exc.code in AGENT_DOWN_CODES:
+                return SandboxReading(agent, (), exc.code, exc.message)
+        except OSError as exc:
+            return SandboxReading(agent, (), Code.UNAVAILABLE, str(exc))
+        return SandboxReading(agent, ())
+
+    async def _read(
+        self, agent: AgentTarget, client: AgentClient, target: ContainerTarget, deadline: float
+    ) -> Reading:
+        try:
+            response = await client.stats_container(target.id, deadline=deadline)
+        except TtrpcError as exc:
+            return Reading(agent, target, None, error=exc.code, message=exc.message)
         try:
             record = ContainerRecord.from_agent(response)
             kata = kata_go_working_set(response, self.kata_host)
         except Exception as exc:  # one reply we cannot read must not take the other containers' series
-            log.exception("cannot read the reply", extra={"container_id": target.id, "address": address})
-            return Reading(
-                address, target, None, error=Code.INTERNAL, message=f"cannot read the reply: {exc}"
+            log.exception(
+                "cannot read the reply", extra={"container_id": target.id, "address": agent.address}
             )
-        return Reading(address, target, record, kata)
+            return Reading(agent, target, None, error=Code.INTERNAL, message=f"cannot read the reply: {exc}")
+        return Reading(agent, target, record, kata)
 
     def close(self) -> None:
         """Close every agent connection and stop the thread."""
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._close_clients(), self._loop).result(POOL_GRACE + 5)
+            asyncio.run_coroutine_threadsafe(self._follow(()), self._loop).result(POOL_GRACE + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
         self._loop.close()
-
-    async def _close_clients(self) -> None:
-        await asyncio.gather(*(client.close() for client in self._clients.values()))
 
     def __enter__(self) -> AgentPool:
         return self
@@ -635,20 +728,31 @@ class AgentPool:
         self.close()
 
 
-class ContainerCollector:
-    """The prometheus_client collector: every ``collect`` is one scrape of every configured container.
+GONE = "gone"
+"""A container's state once its agent said NOT_FOUND: it left; nothing more is logged until it answers."""
+UP = "up"
 
-    Keeps the error counts across scrapes and logs each container's changes of state (first answer, first
-    failure, a different failure, recovery), so a dead agent is one log line, not one per scrape.
+
+class ContainerCollector:
+    """The prometheus_client collector: every ``collect`` is one scrape of what ``source`` lists now.
+
+    Tells *gone* from *down*: a container the agent no longer knows (NOT_FOUND) or a sandbox the source says
+    left is dropped from the output without an error, an ``agent_up 0`` or a log line; an agent that does not
+    answer while its sandbox exists is down: ``shimstats_agent_up 0``, an error counted, one log line.
+
+    Logs changes of state only (a container first exported, a sandbox's agent stopping or starting to answer,
+    a container failing in a new way, a container leaving), so nothing is logged per scrape.
     """
 
-    def __init__(self, pool: AgentPool) -> None:
+    def __init__(self, pool: AgentPool, source: TargetSource) -> None:
         self.pool = pool
+        self.source = source
         self._lock = threading.Lock()  # scrapes may run on several HTTP threads at once
-        self._errors: dict[tuple[str, str], int] = {
-            (a.address, code.name): 0 for a in pool.agents for code in AGENT_DOWN_CODES
-        }
-        self._state: dict[tuple[str, str], Code] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+        self._sandboxes: dict[str, str] = {}
+        """sandbox label → UP or the name of the code that shows it down."""
+        self._containers: dict[tuple[str, str], str] = {}
+        """(sandbox label, container id) → UP, GONE, or the name of the failing code."""
 
     def describe(self) -> list[Metric]:
         """Nothing to describe up front: registering must not read the agents."""
@@ -656,27 +760,78 @@ class ContainerCollector:
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
-        readings = self.pool.read()
+        agents = self.source.targets()
+        sandboxes = [
+            replace(s, gone=True) if s.down is not None and self.source.gone(s.target) else s
+            for s in self.pool.read(agents)
+        ]
         duration = time.monotonic() - started
         with self._lock:
-            for reading in readings:
-                self._account(reading)
+            self._account(sandboxes)
             errors = dict(self._errors)
-        yield from container_families(readings)
-        yield from exporter_families(readings, errors, duration)
+        yield from container_families([r for s in sandboxes if not s.gone for r in s.readings])
+        yield from exporter_families(sandboxes, errors, duration)
 
-    def _account(self, reading: Reading) -> None:
-        key = (reading.agent, reading.target.id)
-        state = reading.error if reading.error is not None else Code.OK
-        before = self._state.get(key)
-        self._state[key] = state
-        extra = {"container_id": reading.target.id, "address": reading.agent}
-        if reading.error is not None:
-            name = reading.error.name
-            self._errors[(reading.agent, name)] = self._errors.get((reading.agent, name), 0) + 1
+    def _account(self, sandboxes: Sequence[SandboxReading]) -> None:
+        present = {s.target.name for s in sandboxes if not s.gone}
+        for s in sandboxes:
+            if s.gone and s.target.name in self._sandboxes:
+                log.info("sandbox gone; no longer exported", extra={"sandbox": s.target.name})
+        self._forget(present, {(s.target.name, r.target.id) for s in sandboxes for r in s.readings})
+        for s in sandboxes:
+            if not s.gone:
+                self._account_sandbox(s)
+                for r in s.readings:
+                    if r.error not in AGENT_DOWN_CODES:
+                        self._account_container(r)
+
+    def _forget(self, sandboxes: set[str], containers: set[tuple[str, str]]) -> None:
+        """Drop the state and the error counts of whatever is no longer listed (or gone)."""
+        for name in [n for n in self._sandboxes if n not in sandboxes]:
+            del self._sandboxes[name]
+        for key in [k for k in self._containers if k not in containers or k[0] not in sandboxes]:
+            if self._containers.pop(key) == UP and key[0] in sandboxes:
+                log.info("container no longer listed; no longer exported", extra=_ids(*key))
+        for key in [k for k in self._errors if k[0] not in sandboxes]:
+            del self._errors[key]
+
+    def _account_sandbox(self, s: SandboxReading) -> None:
+        name = s.target.name
+        state = UP if s.down is None else s.down.name
+        before = self._sandboxes.get(name)
+        self._sandboxes[name] = state
+        extra = {"sandbox": name, "address": s.target.address}
+        if s.down is not None:
+            for code in AGENT_DOWN_CODES:  # both down codes show from the first failure on, at 0 or more
+                self._errors.setdefault((name, code.name), 0)
+            self._errors[(name, s.down.name)] += 1
             if before != state:
-                log.warning("cannot read container: %s", reading.message, extra={**extra, "code": name})
-        elif before is None:
-            log.info("exporting container", extra=extra)
-        elif before != state:
+                log.warning("guest agent not answering: %s", s.message, extra={**extra, "code": state})
+        elif before not in (None, UP):
+            log.info("agent reachable again", extra=extra)
+
+    def _account_container(self, r: Reading) -> None:
+        key = (r.sandbox.name, r.target.id)
+        before = self._containers.get(key)
+        extra = _ids(*key)
+        if r.error == Code.NOT_FOUND:
+            self._containers[key] = GONE
+            if before == UP:
+                log.info("container gone; no longer exported", extra=extra)
+            return
+        if r.error is not None:
+            state = r.error.name
+            self._containers[key] = state
+            self._errors[(key[0], state)] = self._errors.get((key[0], state), 0) + 1
+            if before != state:
+                log.warning("cannot read container: %s", r.message, extra={**extra, "code": state})
+            return
+        self._containers[key] = UP
+        if before in (None, GONE):
+            log.info("exporting container %s", r.target.id, extra=extra)
+        elif before != UP:
             log.info("container readable again", extra=extra)
+
+
+def _ids(sandbox: str, container: str) -> dict[str, str]:
+    return {"sandbox": sandbox, "container_id": container}

@@ -12,14 +12,15 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from guest_agent import logs
 from shimstats.commands._args import address, seconds
-from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
+from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
+from shimstats.exporter_http import MetricsServer
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
 
@@ -31,6 +32,10 @@ else:  # pragma: no cover - the project's dependency on tomli covers 3.9 and 3.1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LABEL_KEYS = ("container", "pod", "namespace", "image")
 """Optional per-container keys of the config file; each becomes the label of the same name."""
+SANDBOX_KEYS = ("sandbox", "pod", "namespace")
+"""Optional per-agent keys of the config file: the labels of shimstats_agent_up."""
+DEFAULT_TIMEOUT = 3.0
+"""Seconds per sandbox: kata-monitor's deadline per shim (src/runtime/pkg/kata-monitor/shim_client.go)."""
 
 log = logging.getLogger("shimstats.exporter")
 
@@ -94,9 +99,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--timeout",
         type=seconds,
-        default=5.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="deadline of one scrape, shared by every container (default: %(default)s)",
+        help="deadline per sandbox: its agent's answers for all its containers (default: %(default)s, "
+        "kata-monitor's per shim); sandboxes are read concurrently",
     )
     p.add_argument(
         "--kata-host-cgroup",
@@ -131,44 +137,65 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"shimstats exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    source = StaticTargets(agents)
     host, port = args.listen_http
     kata_host = resolve_format(args.kata_host_cgroup)
-    with AgentPool(agents, timeout=args.timeout, kata_host=kata_host) as pool:
+    with AgentPool(timeout=args.timeout, kata_host=kata_host) as pool:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ContainerCollector(pool))
+        registry.register(ContainerCollector(pool, source))
         ProcessCollector(registry=registry)
         try:
-            server, thread = start_http_server(port, host, registry)
+            server = MetricsServer(host, port, registry)
         except OSError as exc:
             log.error("cannot serve /metrics: %s", exc, extra={"address": f"{host}:{port}"})
             return EXIT_FAILED
-        try:
-            url = f"http://{_url_host(host)}:{server.server_address[1]}/metrics"
+        with server:
             count = sum(len(a.containers) for a in agents)
             log.info(
-                "serving /metrics (%d containers, %d agents)", count, len(agents), extra={"address": url}
+                "serving /metrics on %s (%d containers, %d agents)",
+                server.url,
+                count,
+                len(agents),
+                extra={"address": server.url},
             )
-            _wait_for_signal()
-            log.info("stopping", extra={"address": url})
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+            _serve_until_stopped(lambda: _reload(args.config, source))
+            log.info("stopping", extra={"address": server.url})
     return EXIT_OK
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _wait_for_signal() -> None:
-    """Block the main thread until SIGTERM or SIGINT."""
-    stop = threading.Event()
-    previous = {
-        signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
+def _reload(config: str | None, source: StaticTargets) -> None:
+    """SIGHUP: read the config file again; a file that is now wrong keeps the previous list."""
+    if config is None:
+        log.info("SIGHUP: nothing to reload (no --config)")
+        return
     try:
-        stop.wait()
+        agents = load_config(config)
+    except ConfigError as exc:
+        log.error("config not reloaded, the previous one stays: %s", exc, extra={"path": config})
+        return
+    source.replace(agents)
+    count = sum(len(a.containers) for a in agents)
+    log.info("config reloaded (%d containers, %d agents)", count, len(agents), extra={"path": config})
+
+
+def _serve_until_stopped(reload: Callable[[], None]) -> None:
+    """Block the main thread until SIGTERM or SIGINT; call ``reload`` (on this thread) at each SIGHUP."""
+    stop, hup = threading.Event(), threading.Event()
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+    try:
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                reload()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -209,7 +236,7 @@ def parse_config(data: Mapping[str, Any], path: str) -> tuple[AgentTarget, ...]:
         where = f"{path}: agents #{n}"
         if not isinstance(agent, dict):
             raise ConfigError(f"{where}: not a table")
-        _only(agent, ("address", "containers"), where)
+        _only(agent, ("address", "containers", *SANDBOX_KEYS), where)
         address = agent.get("address")
         if not isinstance(address, str):
             raise ConfigError(f"{where}: address must be a string such as vsock://3:2048")
@@ -223,7 +250,15 @@ def parse_config(data: Mapping[str, Any], path: str) -> tuple[AgentTarget, ...]:
         if not isinstance(containers, list) or not containers:
             raise ConfigError(f"{where} ({address}): no [[agents.containers]]")
         listed = [_container(c, f"{where} ({address}) container #{i}") for i, c in enumerate(containers, 1)]
-        found.append(AgentTarget(address, _unique(f"{where} ({address})", listed)))
+        names = {key: agent.get(key, "") for key in SANDBOX_KEYS}
+        for key, value in names.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{where} ({address}): {key} must be a string")
+        for key in ("pod", "namespace"):  # one pod per sandbox: its containers' own value when they agree
+            given = {getattr(c, key) for c in listed} - {""}
+            if not names[key] and len(given) == 1:
+                names[key] = given.pop()
+        found.append(AgentTarget(address, _unique(f"{where} ({address})", listed), **names))
     return tuple(found)
 
 

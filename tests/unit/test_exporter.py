@@ -20,10 +20,12 @@ from shimstats._proto.kata import agent_pb2
 from shimstats.exporter import (
     CONTAINER_FAMILIES,
     CONTAINER_LABELS,
+    SANDBOX_LABELS,
     AgentPool,
     AgentTarget,
     ContainerTarget,
     Reading,
+    SandboxReading,
     container_families,
     exporter_families,
     kata_go_working_set,
@@ -45,13 +47,15 @@ from tests.unit.test_translate_builders import (
 
 AGENT = "vsock://3:2048"
 TARGET = ContainerTarget("c1", container="web", pod="web-0", namespace="shop", image="nginx:1")
+SANDBOX = AgentTarget(AGENT, (TARGET,), sandbox="sb1", pod="web-0", namespace="shop")
 LABELS = {
     "id": "c1",
+    "name": "c1",
     "container": "web",
     "pod": "web-0",
     "namespace": "shop",
     "image": "nginx:1",
-    "agent": AGENT,
+    "sandbox": "sb1",
 }
 
 Exposed = dict[str, dict[frozenset[tuple[str, str]], float]]
@@ -83,7 +87,7 @@ def reading(
     target: ContainerTarget = TARGET,
 ) -> Reading:
     record = ContainerRecord.from_agent(response)
-    return Reading(AGENT, target, record, kata_go_working_set(response, kata_host))
+    return Reading(SANDBOX, target, record, kata_go_working_set(response, kata_host))
 
 
 def one(samples: Exposed, name: str, **labels: str) -> float | None:
@@ -220,28 +224,49 @@ def test_no_correction_for_a_v1_guest_on_a_v1_host(case: Case) -> None:
     assert one(samples, "shimstats_guest_cgroup_info", version="v1") == 1
 
 
-def test_a_failed_read_has_no_series_and_counts_by_code() -> None:
+def test_a_failed_read_has_no_series_and_a_down_agent_counts_per_sandbox() -> None:
     good = reading(full_response(example_v2()))
     other = ContainerTarget("c2")
+    down_sandbox = AgentTarget(AGENT, (other,), sandbox="sb2", pod="db-0", namespace="shop")
+    answering = AgentTarget("unix:///a.sock", (other,))
+    gone = AgentTarget("unix:///gone.sock", (other,), sandbox="sb4")
     failed = [
-        Reading(AGENT, other, None, error=Code.UNAVAILABLE, message="gone"),
-        Reading("unix:///a.sock", other, None, error=Code.NOT_FOUND, message="no such container"),
+        Reading(down_sandbox, other, None, error=Code.UNAVAILABLE, message="refused"),
+        Reading(answering, other, None, error=Code.NOT_FOUND, message="no such container"),
     ]
     for metric in container_families([good, *failed]):
         assert {s.labels["id"] for s in metric.samples} == {"c1"}, metric.name
 
-    errors = {(AGENT, "UNAVAILABLE"): 2, ("unix:///a.sock", "NOT_FOUND"): 1}
-    own = {m.name: m for m in exporter_families([good, *failed], errors, 0.25)}
+    sandboxes = [
+        SandboxReading(SANDBOX, (good,)),
+        SandboxReading(down_sandbox, (failed[0],), Code.UNAVAILABLE, "refused"),
+        SandboxReading(answering, (failed[1],)),
+        SandboxReading(gone, (), Code.UNAVAILABLE, "no such file", gone=True),
+    ]
+    errors = {("sb2", "UNAVAILABLE"): 2}
+    own = {m.name: m for m in exporter_families(sandboxes, errors, 0.25)}
     assert [s.value for s in own["shimstats_scrape_duration_seconds"].samples] == [0.25]
-    up = {s.labels["agent"]: s.value for s in own["shimstats_agent_up"].samples}
-    # the vsock agent failed one read with UNAVAILABLE (down); the other answered NOT_FOUND itself (up)
-    assert up == {AGENT: 0.0, "unix:///a.sock": 1.0}
-    counted = {(s.labels["agent"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples}
+    up = {tuple(s.labels[k] for k in SANDBOX_LABELS): s.value for s in own["shimstats_agent_up"].samples}
+    # sb2 did not answer (down); the unix agent answered NOT_FOUND itself (up, and named by its address
+    # without a sandbox id); the gone sandbox has no series at all
+    assert up == {
+        ("sb1", "web-0", "shop"): 1.0,
+        ("sb2", "db-0", "shop"): 0.0,
+        ("unix:///a.sock", "", ""): 1.0,
+    }
+    counted = {
+        (s.labels["sandbox"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples
+    }
     assert counted == {k: float(v) for k, v in errors.items()}
 
 
-def test_a_pool_that_cannot_start_leaves_no_thread_behind() -> None:
+def test_a_pool_refuses_a_bad_address_in_the_callers_thread() -> None:
+    with AgentPool(timeout=1.0, kata_host="v1") as pool, pytest.raises(AddressError, match="tcp://agent:1"):
+        pool.read([AgentTarget("tcp://agent:1", (TARGET,))])
+
+
+def test_a_closed_pool_leaves_no_thread_behind() -> None:
     before = {t.ident for t in threading.enumerate()}
-    with pytest.raises(AddressError, match="tcp://agent:1"):
-        AgentPool([AgentTarget("tcp://agent:1", (TARGET,))], timeout=1.0, kata_host="v1")
+    with AgentPool(timeout=1.0, kata_host="v1"):
+        pass
     assert {t.ident for t in threading.enumerate()} == before
