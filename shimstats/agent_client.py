@@ -203,6 +203,10 @@ class AgentClient:
             self._lock = asyncio.Lock()
         return self._lock
 
+    async def _target_address(self) -> Address:
+        """Where the next dial goes: the fixed address; a subclass may look it up (OSError if it cannot)."""
+        return self.address
+
     async def _dial(self) -> Client:
         loop = asyncio.get_running_loop()
         wait = self._retry_at - loop.time()
@@ -212,6 +216,7 @@ class AgentClient:
                 f"{self._last_error} (after {self._failures} failed dials; next attempt in {wait:.2f}s)",
             )
         try:
+            self.address = await self._target_address()
             client = await Client.connect(self.address, timeout=self.connect_timeout)
         except OSError as exc:  # TransportError is a ConnectionError; its message names the address
             self._failures += 1
