@@ -19,6 +19,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from guest_agent import logs
 from shimstats.commands._args import address, seconds
+from shimstats.cri_client import DEFAULT_ADDRESS as CRI_DEFAULT
+from shimstats.cri_client import CriError
+from shimstats.discovered_targets import CriNames, DiscoveredTargets
+from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, parse_agent_port
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.exporter_http import MetricsServer
 from shimstats.translate import resolve_format
@@ -89,6 +93,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="FILE",
         help="TOML file listing agents and their containers with Kubernetes labels (instead of --agent)",
     )
+    source.add_argument(
+        "--discover",
+        action="store_true",
+        help="find every Kata sandbox under --kata-root, its agent (asked from its shim) and its containers "
+        "and names (from --cri), again at every scrape",
+    )
+    p.add_argument(
+        "--kata-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --discover: a directory of Kata sandboxes, repeatable (default: "
+        + " and ".join(DEFAULT_ROOTS)
+        + ")",
+    )
+    p.add_argument(
+        "--cri",
+        default=CRI_DEFAULT,
+        metavar="ADDR",
+        help="with --discover: the CRI socket naming pods and containers (default: %(default)s); 'none' "
+        "exports each sandbox by its id alone",
+    )
+    p.add_argument(
+        "--agent-port",
+        type=agent_port,
+        default=SHIMSTATS_AGENT_PORT,
+        metavar="PORT|kata-agent",
+        help="with --discover: the guest port of our agent (default: %(default)s), or kata-agent to read "
+        "Kata's own agent on the port its shim reports",
+    )
     p.add_argument(
         "--container",
         action="append",
@@ -130,14 +164,45 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def agent_port(text: str) -> AgentPort:
+    """argparse type: a guest port, or ``kata-agent``."""
+    try:
+        return parse_agent_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
-        agents = targets(args.agent, args.container, args.config)
-    except ConfigError as exc:
+        source = _source(args)
+    except (ConfigError, CriError) as exc:
         print(f"shimstats exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    source = StaticTargets(agents)
+    try:
+        return _serve(args, source)
+    finally:
+        if isinstance(source, DiscoveredTargets):
+            source.close()
+
+
+def _source(args: argparse.Namespace) -> StaticTargets | DiscoveredTargets:
+    """What to export: the sandboxes found on this node (--discover), or the fixed list."""
+    discover_only = [
+        flag for flag, given in (("--kata-root", args.kata_root), ("--cri", args.cri != CRI_DEFAULT)) if given
+    ]
+    if not args.discover:
+        if discover_only:
+            raise ConfigError(f"{', '.join(discover_only)} goes with --discover")
+        return StaticTargets(targets(args.agent, args.container, args.config))
+    if args.container:
+        raise ConfigError("--container goes with --agent; --discover finds the containers itself")
+    names = None if args.cri == "none" else CriNames(args.cri, timeout=args.timeout)
+    roots = args.kata_root or DEFAULT_ROOTS
+    return DiscoveredTargets(roots, port=args.agent_port, names=names, timeout=args.timeout)
+
+
+def _serve(args: argparse.Namespace, source: StaticTargets | DiscoveredTargets) -> int:
     host, port = args.listen_http
     kata_host = resolve_format(args.kata_host_cgroup)
     with AgentPool(timeout=args.timeout, kata_host=kata_host) as pool:
@@ -150,15 +215,26 @@ def run(args: argparse.Namespace) -> int:
             log.error("cannot serve /metrics: %s", exc, extra={"address": f"{host}:{port}"})
             return EXIT_FAILED
         with server:
-            count = sum(len(a.containers) for a in agents)
-            log.info(
-                "serving /metrics on %s (%d containers, %d agents)",
-                server.url,
-                count,
-                len(agents),
-                extra={"address": server.url},
-            )
-            _serve_until_stopped(lambda: _reload(args.config, source))
+            if isinstance(source, DiscoveredTargets):
+                where = ", ".join(source.roots)
+                log.info(
+                    "serving /metrics on %s (sandboxes found under %s)",
+                    server.url,
+                    where,
+                    extra={"address": server.url},
+                )
+                _serve_until_stopped(lambda: log.info("SIGHUP: nothing to reload with --discover"))
+            else:
+                agents = source.targets()
+                count = sum(len(a.containers) for a in agents)
+                log.info(
+                    "serving /metrics on %s (%d containers, %d agents)",
+                    server.url,
+                    count,
+                    len(agents),
+                    extra={"address": server.url},
+                )
+                _serve_until_stopped(lambda: _reload(args.config, source))
             log.info("stopping", extra={"address": server.url})
     return EXIT_OK
 
