@@ -27,19 +27,23 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
     "AGENT_SERVICE",
     "HEALTH_SERVICE",
     "KATA_UNKNOWN_CONTAINER",
+    "RESOURCES_SERVICE",
     "AgentClient",
     "Backoff",
     "map_agent_error",
+    "resources_unsupported",
 ]
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
+RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
 KATA_UNKNOWN_CONTAINER = '"invalid container id"'
 """kata-agent's INVALID_ARGUMENT message for an id it does not know, Debug-formatted with its quotes."""
 
@@ -63,6 +67,14 @@ class Backoff:
         if failures <= 0:
             return 0.0
         return min(self.maximum, self.initial * self.factor ** min(failures - 1, 64))
+
+
+def resources_unsupported(error: TtrpcError) -> bool:
+    """Whether ``error`` says the agent has no Resources service: kata-agent (ttrpc-rust answers
+    INVALID_ARGUMENT "… service does not exist") or a Go ttrpc server (UNIMPLEMENTED)."""
+    if error.code == Code.UNIMPLEMENTED:
+        return True
+    return error.code == Code.INVALID_ARGUMENT and error.message.endswith("service does not exist")
 
 
 def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
@@ -149,6 +161,23 @@ class AgentClient:
                 Code.INTERNAL,
                 f"container {container_id!r}: the guest agent at {self.address} sent a "
                 f"StatsContainerResponse that does not decode: {exc}",
+            ) from None
+
+    async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
+        """shimstats.agent.v1.Resources/Get (our agent only: see ``resources_unsupported``); TtrpcError as the
+        agent answered, or UNAVAILABLE / DEADLINE_EXCEEDED when it did not."""
+        request = resources_pb2.GetRequest(container_id=container_id).SerializeToString()
+        raw = await wait_until(
+            self._call(RESOURCES_SERVICE, "Get", request, deadline),
+            deadline,
+            "Resources/Get did not finish before the caller's deadline",
+        )
+        try:
+            return resources_pb2.GetResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL,
+                f"the guest agent at {self.address} sent a GetResponse that does not decode: {exc}",
             ) from None
 
     async def check(self, timeout: float) -> bool:

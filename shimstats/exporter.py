@@ -37,7 +37,8 @@ from prometheus_client.metrics_core import Metric
 
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
-from shimstats.agent_client import AgentClient
+from shimstats.agent_client import AgentClient, resources_unsupported
+from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec
 from shimstats.emulate import kata_go
 from shimstats.translate import ContainerRecord, OutputFormat
 from shimstats.translate.record import (
@@ -161,12 +162,16 @@ class Reading:
     """The working set the Kata Go shim would report for the same agent reply (None: no memory block)."""
     error: Code | None = None
     message: str = ""
+    spec: CadvisorSpec | None = None
+    """From our agent's Resources/Get; None with kata-agent or when that read failed."""
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The values of CONTAINER_LABELS."""
+        """The values of CONTAINER_LABELS: ``id`` is the container's cgroup path in the guest when our agent
+        reports it (cAdvisor's id is the cgroup path), else the container id; ``name`` the container id."""
         t = self.target
-        return (t.id, t.id, t.container, t.pod, t.namespace, t.image, self.sandbox.name)
+        cgroup = t.id if self.spec is None or not self.spec.cgroup_path else self.spec.cgroup_path
+        return (cgroup, t.id, t.container, t.pod, t.namespace, t.image, self.sandbox.name)
 
 
 @dataclass(frozen=True)
@@ -333,11 +338,10 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         _mem(lambda m: None if m.kernel is None else m.kernel.usage),
     ),
     Family(
-        # untyped: prometheus_client can only type a counter whose samples end in _total, and this is
-        # cAdvisor's name
+        # a counter without _total, as cAdvisor names and types it (BareCounterFamily)
         "container_memory_failcnt",
         "Number of memory usage hits limits.",
-        "untyped",
+        "counter",
         _mem(lambda m: m.usage.failcnt),
     ),
     Family(
@@ -402,6 +406,18 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         _mem(lambda m: m.hierarchy.workingset_refault_anon),
     ),
     Family(
+        "container_threads",
+        "Number of threads running inside the container (the guest's pids.current).",
+        "gauge",
+        _scalar(lambda r: r.pids, lambda p: p.current),
+    ),
+    Family(
+        "container_threads_max",
+        "Maximum number of threads allowed inside the container, 0 when unlimited (pids.max).",
+        "gauge",
+        _scalar(lambda r: r.pids, lambda p: p.limit or 0),
+    ),
+    Family(
         "container_spec_memory_limit_bytes",
         "Memory limit for the container (0 when unlimited).",
         "gauge",
@@ -461,9 +477,9 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         ("pagesize",),
     ),
     Family(
-        "container_hugetlb_failcnt",  # untyped for the reason given at container_memory_failcnt
+        "container_hugetlb_failcnt",  # a counter without _total, like container_memory_failcnt
         "Number of hugepage usage hits limits.",
-        "untyped",
+        "counter",
         _per_pagesize(lambda h: h.failcnt),
         ("pagesize",),
     ),
@@ -541,19 +557,104 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
 )
 """Every per-container family, in exposition order."""
 
+
+@dataclass(frozen=True)
+class SpecFamily:
+    """A per-container family known from the container's spec or from the runtime, not from its stats: one
+    value per container (None: no series for it)."""
+
+    name: str
+    help: str
+    kind: Kind
+    value: Callable[[Reading], float | None]
+
+
+def _spec(get: Callable[[CadvisorSpec], int | None]) -> Callable[[Reading], float | None]:
+    def value(reading: Reading) -> float | None:
+        got = None if reading.spec is None else get(reading.spec)
+        return None if got is None else float(got)
+
+    return value
+
+
+SPEC_FAMILIES: tuple[SpecFamily, ...] = (
+    SpecFamily(
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds (the CRI's created_at).",
+        "gauge",
+        lambda r: r.target.created,
+    ),
+    SpecFamily(
+        "container_spec_cpu_shares", "CPU share of the container.", "gauge", _spec(lambda s: s.cpu_shares)
+    ),
+    SpecFamily(
+        "container_spec_cpu_period", "CPU period of the container.", "gauge", _spec(lambda s: s.cpu_period)
+    ),
+    SpecFamily(
+        "container_spec_cpu_quota", "CPU quota of the container.", "gauge", _spec(lambda s: s.cpu_quota)
+    ),
+    SpecFamily(
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory reservation limit for the container (0 when none).",
+        "gauge",
+        _spec(lambda s: s.memory_reservation),
+    ),
+    SpecFamily(
+        "container_spec_memory_swap_limit_bytes",
+        "Memory swap limit for the container (v1: memory + swap; 0 when unlimited).",
+        "gauge",
+        _spec(lambda s: s.swap_limit),
+    ),
+    SpecFamily(
+        "container_oom_events_total",
+        "Count of out of memory events observed for the container (the guest cgroup's oom_kill).",
+        "counter",
+        _spec(lambda s: s.oom_kills),
+    ),
+    SpecFamily(
+        "container_processes",
+        "Number of processes running inside the container.",
+        "gauge",
+        _spec(lambda s: s.processes),
+    ),
+)
+"""Families from our agent's Resources/Get (absent with kata-agent) and from the CRI (start time)."""
+
+BARE_COUNTERS = tuple(
+    f.name for f in CONTAINER_FAMILIES if f.kind == "counter" and not f.name.endswith("_total")
+)
+"""Counters cAdvisor names without ``_total``; see BareCounterFamily."""
+
 CORRECTION = (
     "shimstats_working_set_correction_bytes",
     "The Kata Go shim's working set for the same guest reply minus ours: what shimstats corrects (positive: "
     "the Go shim over-reports, typically page cache it fails to subtract).",
 )
 
-_Family = Union[GaugeMetricFamily, CounterMetricFamily, UnknownMetricFamily]
+
+class BareCounterFamily(Metric):
+    """A counter whose samples keep their name, without ``_total``: cAdvisor's ``container_memory_failcnt``
+    and ``container_hugetlb_failcnt``. prometheus_client's CounterMetricFamily would add ``_total`` to the
+    samples; its text output names the TYPE line ``<name>_total``, which shimstats.exporter_http.render puts
+    back to ``<name>`` (BARE_COUNTERS)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, "counter")
+        self._labelnames = tuple(labels)
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labelnames, labels)), value)
+
+
+_Family = Union[GaugeMetricFamily, CounterMetricFamily, UnknownMetricFamily, BareCounterFamily]
 
 
 def _new_family(name: str, help_text: str, kind: Kind, labels: Sequence[str]) -> _Family:
     if kind == "gauge":
         return GaugeMetricFamily(name, help_text, labels=labels)
     if kind == "counter":
+        if not name.endswith("_total"):
+            return BareCounterFamily(name, help_text, labels)
         return CounterMetricFamily(name, help_text, labels=labels)
     return UnknownMetricFamily(name, help_text, labels=labels)
 
@@ -567,6 +668,14 @@ def container_families(readings: Sequence[Reading]) -> list[Metric]:
         for reading, record in answered:
             for extra, value in family.samples(record):
                 metric.add_metric([*reading.labels, *extra], value)
+        if metric.samples:
+            found.append(metric)
+    for spec_family in SPEC_FAMILIES:
+        metric = _new_family(spec_family.name, spec_family.help, spec_family.kind, CONTAINER_LABELS)
+        for reading, _ in answered:
+            got = spec_family.value(reading)
+            if got is not None:
+                metric.add_metric(list(reading.labels), got)
         if metric.samples:
             found.append(metric)
     correction = GaugeMetricFamily(*CORRECTION, labels=CONTAINER_LABELS)
@@ -631,6 +740,8 @@ class AgentPool:
         self.timeout = timeout
         self.kata_host: OutputFormat = kata_host
         self._clients: dict[str, AgentClient] = {}
+        self._no_resources: set[str] = set()
+        """Addresses whose agent answered that it has no Resources service."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
@@ -667,6 +778,7 @@ class AgentPool:
         """Open a client per new address; close those whose sandbox is no longer listed."""
         wanted = {a.address for a in agents}
         left = [self._clients.pop(address) for address in list(self._clients) if address not in wanted]
+        self._no_resources &= wanted
         for address in wanted - set(self._clients):
             self._clients[address] = AgentClient(address, default_timeout=self.timeout)
         await asyncio.gather(*(client.close() for client in left))
@@ -697,19 +809,43 @@ class AgentPool:
     async def _read(
         self, agent: AgentTarget, client: AgentClient, target: ContainerTarget, deadline: float
     ) -> Reading:
+        stats, resources = await asyncio.gather(
+            client.stats_container(target.id, deadline=deadline),
+            self._spec(agent.address, client, target.id, deadline),
+            return_exceptions=True,
+        )
+        if isinstance(stats, TtrpcError):
+            return Reading(agent, target, None, error=stats.code, message=stats.message)
+        if isinstance(stats, BaseException):
+            raise stats
+        spec = resources if isinstance(resources, CadvisorSpec) else None
         try:
-            response = await client.stats_container(target.id, deadline=deadline)
-        except TtrpcError as exc:
-            return Reading(agent, target, None, error=exc.code, message=exc.message)
-        try:
-            record = ContainerRecord.from_agent(response)
-            kata = kata_go_working_set(response, self.kata_host)
+            record = ContainerRecord.from_agent(stats)
+            kata = kata_go_working_set(stats, self.kata_host)
         except Exception as exc:  # one reply we cannot read must not take the other containers' series
             log.exception(
                 "cannot read the reply", extra={"container_id": target.id, "address": agent.address}
             )
             return Reading(agent, target, None, error=Code.INTERNAL, message=f"cannot read the reply: {exc}")
-        return Reading(agent, target, record, kata)
+        return Reading(agent, target, record, kata, spec=spec)
+
+    async def _spec(
+        self, address: str, client: AgentClient, container_id: str, deadline: float
+    ) -> CadvisorSpec | None:
+        """The container's spec from our agent's Resources/Get; None from kata-agent (asked once: an agent
+        without the service is not asked again) or when this read failed (the stats still count)."""
+        if address in self._no_resources:
+            return None
+        try:
+            return cadvisor_spec(await client.resources(container_id, deadline=deadline))
+        except TtrpcError as exc:
+            if resources_unsupported(exc):
+                self._no_resources.add(address)
+                log.info(
+                    "the agent serves no Resources service (kata-agent): no spec, OOM or process metrics",
+                    extra={"address": address},
+                )
+            return None
 
     def close(self) -> None:
         """Close every agent connection and stop the thread."""

@@ -24,13 +24,12 @@ from google.protobuf.message import DecodeError
 
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.agent_client import Backoff
+from shimstats.agent_client import RESOURCES_SERVICE, Backoff, resources_unsupported
 from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
 from shimstats.table import render
 from shimstats.ttrpc import Client, Code, TtrpcError
 
 EXIT_MATCH, EXIT_MISMATCH, EXIT_CANNOT_CHECK = 0, 1, 2
-RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
 RETRIED = (Code.NOT_FOUND, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 BACKOFF = Backoff(initial=0.05, maximum=1.0)
 CANNOT_REPORT = "this agent cannot report applied resources"
@@ -143,9 +142,7 @@ class Fetched:
 
 def cannot_report(error: TtrpcError) -> bool:
     """kata-agent (ttrpc-rust: INVALID_ARGUMENT "… service does not exist") or a Go ttrpc (UNIMPLEMENTED)."""
-    if error.code == Code.UNIMPLEMENTED:
-        return True
-    return error.code == Code.INVALID_ARGUMENT and error.message.endswith("service does not exist")
+    return resources_unsupported(error)
 
 
 async def fetch(address: str, container_id: str, wait: float, timeout: float) -> Fetched:

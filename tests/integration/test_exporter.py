@@ -36,6 +36,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shimstats._proto.kata import agent_pb2
+from shimstats.exporter import BARE_COUNTERS
 from shimstats.ttrpc import Frame, FrameDecoder, MessageType
 from shimstats.ttrpc.framing import decode_request
 from tests.integration.harness import (
@@ -95,7 +96,9 @@ class ExporterProcess:
         series: Series = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                series.setdefault(s.name, []).append((s.labels, s.value))
+                # the parser appends _total to counter samples; cAdvisor's failcnt counters have none
+                name = family.name if family.name in BARE_COUNTERS else s.name
+                series.setdefault(name, []).append((s.labels, s.value))
         return series, took
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -156,6 +159,8 @@ class SilentAgent:
                     for event in key.data.feed(data):
                         if isinstance(event, Frame) and event.mtype == MessageType.REQUEST:
                             request = decode_request(event.payload)
+                            if request.method != "StatsContainer":
+                                continue  # the exporter also asks Resources/Get; count the stats reads
                             asked = agent_pb2.StatsContainerRequest.FromString(request.payload)
                             with self._lock:
                                 self.requested[asked.container_id] += 1
@@ -191,7 +196,8 @@ def value(series: Series, name: str, /, **labels: str) -> float | None:
 
 
 def ids(series: Series, name: str) -> set[str]:
-    return {labels["id"] for labels, _ in series.get(name, [])}
+    """The container ids (cAdvisor's ``name`` label) with a ``name`` series."""
+    return {labels["name"] for labels, _ in series.get(name, [])}
 
 
 def truth(fx: Fixture) -> dict[str, float]:
@@ -202,7 +208,17 @@ def truth(fx: Fixture) -> dict[str, float]:
         usage = int(fx.file("memory", "memory.current"))
         limit = fx.file("memory", "memory.max").strip()
         cpu = fx.keyed("cpu", "cpu.stat")
+        cpu_max = fx.file("cpu", "cpu.max").split()
+        weight = int(fx.file("cpu", "cpu.weight"))
+        swap_max = fx.file("memory", "memory.swap.max").strip()
         out = {
+            # the spec (our agent's Resources/Get), by cAdvisor's rules (shimstats/cadvisor_spec.py)
+            "container_spec_cpu_shares": 2 + (weight - 1) * 262142 // 9999,
+            "container_spec_cpu_period": int(cpu_max[1]),
+            "container_spec_memory_reservation_limit_bytes": int(fx.file("memory", "memory.min")),
+            "container_spec_memory_swap_limit_bytes": 0 if swap_max == "max" else int(swap_max),
+            "container_oom_events_total": fx.keyed("memory", "memory.events")["oom_kill"],
+            "container_threads": int(fx.file("pids", "pids.current")),
             "container_memory_usage_bytes": usage,
             "container_memory_working_set_bytes": max(usage - stat["inactive_file"], 0),
             "container_memory_rss": stat["anon"],
@@ -219,12 +235,21 @@ def truth(fx: Fixture) -> dict[str, float]:
             "container_cpu_user_seconds_total": cpu["user_usec"] / 1e6,
             "container_cpu_system_seconds_total": cpu["system_usec"] / 1e6,
         }
+        if cpu_max[0] != "max":
+            out["container_spec_cpu_quota"] = int(cpu_max[0])
         return out
     usage = int(fx.file("memory", "memory.usage_in_bytes"))
     limit_v1 = int(fx.file("memory", "memory.limit_in_bytes"))
     ticks = fx.keyed("cpuacct", "cpuacct.stat")
     clk_tck = os.sysconf("SC_CLK_TCK")
+    quota = int(fx.file("cpu", "cpu.cfs_quota_us"))
+    soft = int(fx.file("memory", "memory.soft_limit_in_bytes"))
     out = {
+        "container_spec_cpu_shares": int(fx.file("cpu", "cpu.shares")),
+        "container_spec_cpu_period": int(fx.file("cpu", "cpu.cfs_period_us")),
+        "container_spec_memory_reservation_limit_bytes": 0 if soft > 1 << 62 else soft,
+        "container_oom_events_total": fx.keyed("memory", "memory.oom_control")["oom_kill"],
+        "container_threads": int(fx.file("pids", "pids.current")),
         "container_memory_usage_bytes": usage,
         "container_memory_working_set_bytes": max(usage - stat["total_inactive_file"], 0),
         "container_memory_rss": stat["total_rss"],
@@ -240,8 +265,12 @@ def truth(fx: Fixture) -> dict[str, float]:
         "container_cpu_user_seconds_total": ticks["user"] / clk_tck,
         "container_cpu_system_seconds_total": ticks["system"] / clk_tck,
     }
+    if quota > 0:
+        out["container_spec_cpu_quota"] = quota
     with contextlib.suppress(FileNotFoundError):
         out["container_memory_swap"] = max(int(fx.file("memory", "memory.memsw.usage_in_bytes")) - usage, 0)
+        memsw = int(fx.file("memory", "memory.memsw.limit_in_bytes"))
+        out["container_spec_memory_swap_limit_bytes"] = 0 if memsw > 1 << 62 else memsw
     return out
 
 
@@ -287,9 +316,11 @@ def test_every_fixture_is_exported_with_cadvisor_figures_and_its_labels() -> Non
             assert exporter.stop() == 0
 
     for fx, agent in agents:
-        # cAdvisor's labels: name is the container id (cAdvisor's first alias); without a sandbox id in the
-        # config, the agent's address names the sandbox
-        who = {"id": fx.request_id, "name": fx.request_id, "sandbox": agent.address, **labels_for(fx)}
+        # cAdvisor's labels: id is the cgroup path (in the guest, as our agent reports it), name the
+        # container id (cAdvisor's first alias); without a sandbox id in the config, the agent's address
+        # names the sandbox
+        cgroup = str(fx.meta["container_path"])
+        who = {"id": cgroup, "name": fx.request_id, "sandbox": agent.address, **labels_for(fx)}
         for name, expected in truth(fx).items():
             assert value(series, name, **who) == pytest.approx(expected, rel=1e-12, abs=0), (fx.name, name)
         assert value(series, "container_cpu_usage_seconds_total", cpu="total", **who) is not None
@@ -391,12 +422,12 @@ def test_series_disappear_while_the_agent_is_down_and_come_back() -> None:
             lines = exporter.log_lines()
 
     working_set = truth(fx)["container_memory_working_set_bytes"]
-    assert value(before, "container_memory_working_set_bytes", id=fx.request_id) == working_set
+    assert value(before, "container_memory_working_set_bytes", name=fx.request_id) == working_set
     assert ids(during, "container_memory_working_set_bytes") == set()
     assert took < 2, "a refused connection fails at once"
     assert value(during, "shimstats_agent_up", sandbox=agent.address) == 0
     assert value(during, "shimstats_agent_errors_total", sandbox=agent.address, code="UNAVAILABLE") == 1
-    assert value(after, "container_memory_working_set_bytes", id=fx.request_id) == working_set
+    assert value(after, "container_memory_working_set_bytes", name=fx.request_id) == working_set
     assert value(after, "shimstats_agent_up", sandbox=agent.address) == 1
 
     # the container is announced once; the agent's outage is two sandbox lines, whatever the scrapes

@@ -122,7 +122,7 @@ def test_sandboxes_come_and_go_quietly_and_a_paused_one_is_named_once() -> None:
     # every sandbox found, by its id, with the working set its guest's cgroup files give
     assert up(first) == {a.id: 1.0, b.id: 1.0}
     for s in (a, b):
-        assert value(first, "container_memory_working_set_bytes", sandbox=s.id, id=s.id) == ws[s.id]
+        assert value(first, "container_memory_working_set_bytes", sandbox=s.id, name=s.id) == ws[s.id]
     assert up(grown) == {a.id: 1.0, b.id: 1.0, c.id: 1.0}
     assert value(grown, "container_memory_working_set_bytes", sandbox=c.id) == ws[c.id]
     # the deleted pod leaves every series at the next scrape: no agent_up 0, no error counted

@@ -12,12 +12,13 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from shimstats._proto.kata import agent_pb2
 from shimstats.exporter import (
+    BARE_COUNTERS,
     CONTAINER_FAMILIES,
     CONTAINER_LABELS,
     SANDBOX_LABELS,
@@ -30,6 +31,7 @@ from shimstats.exporter import (
     exporter_families,
     kata_go_working_set,
 )
+from shimstats.exporter_http import render
 from shimstats.translate import ContainerRecord, OutputFormat
 from shimstats.ttrpc import AddressError, Code
 from tests.unit.test_translate_builders import (
@@ -73,11 +75,14 @@ def exposed(metrics: Sequence[Metric]) -> tuple[Exposed, dict[str, str]]:
     registry.register(Fixed())
     samples: Exposed = {}
     types: dict[str, str] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(render(registry).decode()):
         types[family.name] = family.type
         for s in family.samples:
             rest = {k: v for k, v in s.labels.items() if k not in CONTAINER_LABELS}
-            samples.setdefault(s.name, {})[frozenset(rest.items())] = s.value
+            # prometheus_client's parser appends _total to every counter sample; Prometheus keeps the name
+            # as written, which for cAdvisor's failcnt counters has none
+            name = family.name if family.name in BARE_COUNTERS else s.name
+            samples.setdefault(name, {})[frozenset(rest.items())] = s.value
     return samples, types
 
 
@@ -197,6 +202,23 @@ def test_cadvisor_names_and_types_survive_the_text_format() -> None:
         assert family.name in samples, family.name
         for labels in samples[family.name]:
             assert {k for k, _ in labels} == set(family.extra_labels)
+
+
+def test_failcnt_is_a_counter_named_as_cadvisor_names_it() -> None:
+    """cAdvisor: ``# TYPE container_memory_failcnt counter`` and samples without _total."""
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Fixed:
+        def collect(self) -> Sequence[Metric]:
+            return container_families([reading(full_response(example_v2()))])
+
+    registry.register(Fixed())
+    lines = render(registry).decode().splitlines()
+    assert set(BARE_COUNTERS) == {"container_memory_failcnt", "container_hugetlb_failcnt"}
+    for name in BARE_COUNTERS:
+        assert f"# TYPE {name} counter" in lines
+        assert any(line.startswith(name + "{") for line in lines)
+        assert not any(line.startswith(f"{name}_total") or f" {name}_total " in line for line in lines)
 
 
 def test_every_series_carries_the_container_labels() -> None:
