@@ -22,8 +22,12 @@ from tests.unit.test_translate_builders import example_v2, full_response
 V1_UNLIMITED = 9223372036854771712
 
 
-def answer(version: int, settings: dict[str, str], **counts: int) -> resources_pb2.GetResponse:
-    response = resources_pb2.GetResponse(cgroup_path="/kubepods/pod1/c1", page_size=4096, **counts)
+def answer(
+    version: int, settings: dict[str, str], oom_kills: int | None = None, processes: int | None = None
+) -> resources_pb2.GetResponse:
+    response = resources_pb2.GetResponse(
+        cgroup_path="/kubepods/pod1/c1", page_size=4096, oom_kills=oom_kills, processes=processes
+    )
     for name, raw in settings.items():
         setting = response.settings.add(file=name, cgroup_version=version, raw=raw)
         for token in raw.split(" "):
