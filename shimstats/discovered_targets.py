@@ -31,6 +31,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
 from shimstats.cri_client import CriClient, CriError
@@ -46,7 +47,7 @@ from shimstats.discovery import (
 )
 from shimstats.exporter import AgentTarget, ContainerTarget
 
-__all__ = ["CriNames", "DiscoveredTargets", "PodNames"]
+__all__ = ["CriNames", "DiscoveredTargets", "PodNameSource", "PodNames"]
 
 log = logging.getLogger("shimstats.exporter")
 
@@ -64,6 +65,18 @@ class PodNames:
     namespace: str
     ready: bool
     containers: tuple[ContainerTarget, ...] = ()
+
+
+class PodNameSource(Protocol):
+    """Where pod and container names come from (the CRI; a fixed table in bench/exporter_scale.py)."""
+
+    address: str
+
+    def list(self) -> dict[str, PodNames]:
+        """Pod sandbox id → names and running containers; CriError when it cannot be asked."""
+
+    def close(self) -> None:
+        """Release the connection."""
 
 
 class CriNames:
@@ -126,7 +139,7 @@ class DiscoveredTargets:
         roots: Sequence[str] = DEFAULT_ROOTS,
         *,
         port: AgentPort = SHIMSTATS_AGENT_PORT,
-        names: CriNames | None = None,
+        names: PodNameSource | None = None,
         timeout: float = 3.0,
     ) -> None:
         self.roots = tuple(roots)

@@ -1,8 +1,10 @@
 """`shimstats exporter`: Prometheus /metrics with cAdvisor's container metrics, read from guest agents.
 
-Every scrape asks each configured container's guest agent once (all concurrently, within --timeout) and
-answers with container_memory_working_set_bytes and the other cAdvisor names, labelled with the container id,
-the Kubernetes names given in --config, and the agent's address. Serves until SIGTERM or SIGINT.
+Every scrape asks each container's guest agent once (sandboxes concurrently, each within --timeout) and
+answers with container_memory_working_set_bytes and the other cAdvisor names, labelled as the kubelet's
+/metrics/cadvisor labels them (container, pod, namespace, image, name, id) plus the sandbox. What to read:
+--discover (every Kata sandbox on this node, names from the CRI), --config FILE, or --agent with
+--container. Serves until SIGTERM or SIGINT; SIGHUP reloads --config.
 """
 
 from __future__ import annotations
@@ -45,21 +47,30 @@ log = logging.getLogger("shimstats.exporter")
 
 EPILOG = """\
 examples:
-  # one Kata VM: the guest agent on vsock port 2048 of guest CID 3, two containers
+  # a Kata node: every sandbox, its agent (asked from its shim) and its pods' names (CRI), as root
+  shimstats --log-level info exporter --listen-http 127.0.0.1:9110 --discover
+
+  # the same with the stock kata-agent in the guests (no shimstats agent in the image)
+  shimstats exporter --listen-http 127.0.0.1:9110 --discover --agent-port kata-agent
+
+  # one Kata VM by hand: the guest agent on vsock port 2048 of guest CID 3, two containers
   shimstats exporter --listen-http 127.0.0.1:9110 --agent vsock://3:2048 --container web-1 --container db-1
 
-  # many VMs, with pod/namespace/container labels (see contrib/exporter-config.example.toml), JSON logs
+  # many VMs from a file (see contrib/exporter-config.example.toml; SIGHUP reloads it), JSON logs
   shimstats exporter --listen-http 0.0.0.0:9110 --config /etc/shimstats/exporter.toml --log-format json
 
   # then
   curl -s http://127.0.0.1:9110/metrics | grep container_memory_working_set_bytes
+  curl -s http://127.0.0.1:9110/healthz        # reads no agent: for liveness probes
 
 --agent takes any agent address serve takes: vsock://CID:PORT, hvsock:///path/kata.hvsock:PORT (Firecracker,
 Cloud Hypervisor) or unix:///path; kata-agent itself (port 1024) answers too, with its gaps on v2 guests.
-Port 0 in --listen-http picks a free port; the log line "serving /metrics" names it.
+Port 0 in --listen-http picks a free port; the log line "serving /metrics on ADDR" names it.
 
-Set --timeout below Prometheus' scrape_timeout (10 s by default): a dead agent costs a scrape this long at
-most, its containers' series disappear and shimstats_agent_errors_total{agent,code} counts the failure.
+Sandboxes are read concurrently, each within --timeout: a paused VM costs its own series and one
+shimstats_agent_up{sandbox,pod,namespace} 0, not the others'. A container or sandbox that is gone (NOT_FOUND,
+its shim socket vanished, the CRI no longer lists it) just leaves the output: no error, no log line.
+Set --timeout below Prometheus' scrape_timeout (10 s by default).
 
 shimstats_working_set_correction_bytes = the Kata Go shim's working set minus ours for the same guest reply;
 the Go shim chooses its output by the host's cgroup mode (--kata-host-cgroup, default: this host's)."""

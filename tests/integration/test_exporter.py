@@ -454,12 +454,21 @@ def test_bad_arguments_exit_2_naming_the_problem() -> None:
         no_container = exporter("--agent", "unix:///tmp/x.sock")
         bad_address = exporter("--agent", "tcp://x:1", "--container", "a")
         both = exporter("--agent", "unix:///tmp/x.sock", "--config", str(directory / "none.toml"))
+        root_without_discover = exporter(
+            "--agent", "unix:///tmp/x.sock", "--container", "a", "--kata-root", "/x"
+        )
+        container_with_discover = exporter("--discover", "--container", "a")
+        bad_port = exporter("--discover", "--agent-port", "kata")
     assert (missing.returncode, no_container.returncode, bad_address.returncode, both.returncode) == (
         2,
         2,
         2,
         2,
     )
+    assert "--kata-root goes with --discover" in root_without_discover.stderr
+    assert "--discover finds the containers itself" in container_with_discover.stderr
+    assert "agent port 'kata'" in bad_port.stderr
+    assert {p.returncode for p in (root_without_discover, container_with_discover, bad_port)} == {2}
     assert f"cannot read config {directory}/none.toml" in missing.stderr
     assert "--agent needs at least one --container" in no_container.stderr
     assert "tcp://x:1" in bad_address.stderr
