@@ -7,8 +7,7 @@ runs on its own thread (prometheus_client's ThreadingWSGIServer).
 
 ``/metrics`` is always Prometheus' text format 0.0.4, as the kubelet's ``/metrics/cadvisor`` serves it
 (no OpenMetrics negotiation): there cAdvisor's ``container_memory_failcnt`` is a counter named without
-``_total``, which OpenMetrics cannot express. prometheus_client writes such a counter's HELP and TYPE
-lines as ``<name>_total``; ``render`` writes them under the samples' own name.
+``_total``, which OpenMetrics cannot express (see ``render``).
 """
 
 from __future__ import annotations
@@ -17,12 +16,14 @@ import socket
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shimstats.exporter import BARE_COUNTERS
 
@@ -32,14 +33,60 @@ HEALTHZ = b"ok\n"
 StartResponse = Callable[..., Any]
 
 
+_format_value = cast(Callable[[float], str], floatToGoString)
+"""prometheus_client's number format (Go's: +Inf, NaN, 1e+06)."""
+
+_HEADER_TYPES = {"gauge": "gauge", "counter": "counter", "unknown": "untyped"}
+"""Metric types render writes itself; anything else goes through prometheus_client's own writer."""
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _One:
+    """A registry of one metric, for prometheus_client's writer."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> list[Metric]:
+        return [self.metric]
+
+
 def render(registry: Collector) -> bytes:
-    """One scrape of ``registry`` in the text format, bare counters (BARE_COUNTERS) under their own name."""
-    text = generate_latest(registry)
-    for name in BARE_COUNTERS:
-        wrong, right = f"{name}_total".encode(), name.encode()
-        text = text.replace(b"# HELP " + wrong + b" ", b"# HELP " + right + b" ", 1)
-        text = text.replace(b"# TYPE " + wrong + b" counter\n", b"# TYPE " + right + b" counter\n", 1)
-    return text
+    """One scrape of ``registry`` in the text format 0.0.4.
+
+    Written here rather than by prometheus_client's generate_latest for two reasons. Speed: a node's scrape
+    is tens of thousands of samples whose label sets repeat across a container's families, and escaping
+    them once per label set instead of once per sample makes the whole scrape several times cheaper
+    (docs/benchmarks.md). Names: cAdvisor's counters without ``_total`` (BARE_COUNTERS) keep their name on
+    the HELP and TYPE lines, where prometheus_client would append ``_total``. Label names are ours and
+    valid as written; label values and help texts are escaped as the format requires.
+    """
+    out: list[str] = []
+    label_text: dict[tuple[tuple[str, str], ...], str] = {}
+    for metric in registry.collect():
+        kind = _HEADER_TYPES.get(metric.type)
+        if kind is None:
+            out.append(generate_latest(_One(metric)).decode())
+            continue
+        name = metric.name
+        if metric.type == "counter" and name not in BARE_COUNTERS:
+            name += "_total"
+        out.append(f"# HELP {name} {_escape_help(metric.documentation)}\n# TYPE {name} {kind}\n")
+        for sample in metric.samples:
+            key = tuple(sample.labels.items())
+            labels = label_text.get(key)
+            if labels is None:
+                inner = ",".join(f'{k}="{_escape_value(v)}"' for k, v in key)
+                labels = label_text[key] = f"{{{inner}}}" if inner else ""
+            out.append(f"{sample.name}{labels} {_format_value(sample.value)}\n")
+    return "".join(out).encode()
 
 
 def _metrics_app(registry: Collector) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -292,3 +292,38 @@ def test_a_closed_pool_leaves_no_thread_behind() -> None:
     with AgentPool(timeout=1.0, kata_host="v1"):
         pass
     assert {t.ident for t in threading.enumerate()} == before
+
+
+def test_render_says_what_prometheus_clients_writer_says_but_failcnt() -> None:
+    """Our writer against prometheus_client's generate_latest on the same families, label values that need
+    escaping included: the same families, types, samples, labels and values once parsed; only the bare
+    counters' header lines differ (generate_latest appends _total there)."""
+    awkward = ContainerTarget('c"1', container="we\\b", pod="line\nbreak", namespace="shop", image="nginx:1")
+    sandbox = AgentTarget(AGENT, (awkward,), sandbox="sb1")
+    one_reading = Reading(sandbox, awkward, ContainerRecord.from_agent(full_response(example_v1())), 7)
+    sandboxes = [SandboxReading(sandbox, (one_reading,)), SandboxReading(SANDBOX, (), Code.UNAVAILABLE, "x")]
+    families = [
+        *container_families([one_reading, reading(full_response(example_v2()))]),
+        *exporter_families(sandboxes, {("sb1", "UNAVAILABLE"): 3}, 0.5),
+    ]
+
+    class Fixed:
+        def collect(self) -> Sequence[Metric]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+
+    def parsed(text: str) -> list[tuple[str, str, list[tuple[str, dict[str, str], float]]]]:
+        return [
+            (f.name, f.type, [(s.name, s.labels, s.value) for s in f.samples])
+            for f in text_string_to_metric_families(text)
+        ]
+
+    ours = render(registry).decode()
+    theirs = generate_latest(registry).decode()
+    for name in BARE_COUNTERS:  # the one intended difference
+        theirs = theirs.replace(f"# HELP {name}_total ", f"# HELP {name} ")
+        theirs = theirs.replace(f"# TYPE {name}_total counter", f"# TYPE {name} counter")
+    assert parsed(ours) == parsed(theirs)
+    assert len(parsed(ours)) == len(families)
