@@ -26,7 +26,7 @@ import http.server
 import os
 import socketserver
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +36,7 @@ from shimstats.discovery import MONITOR_SOCKET
 from shimstats.ttrpc import CallContext, Server
 from tests.unit.test_translate_builders import kata_agent_v2
 
-__all__ = ["HybridVsockMuxer", "KataAgentService", "KataShimStandIn"]
+__all__ = ["HybridVsockMuxer", "KataAgentService", "KataShimStandIn", "muxer_in_thread"]
 
 KATA_AGENT_VERSION = "3.2.0"
 
@@ -217,6 +217,25 @@ class HybridVsockMuxer:
             sink.write(data)
             await sink.drain()
         sink.close()
+
+
+@contextlib.contextmanager
+def muxer_in_thread(path: Path, backends: Path | Mapping[int, Path]) -> Iterator[HybridVsockMuxer]:
+    """A HybridVsockMuxer on its own event loop in a thread, for tests that block (subprocesses, ctr)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    mux = HybridVsockMuxer(path, backends)
+    try:
+        asyncio.run_coroutine_threadsafe(mux.__aenter__(), loop).result(10)
+        try:
+            yield mux
+        finally:
+            asyncio.run_coroutine_threadsafe(mux.__aexit__(None, None, None), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 class KataAgentService(AgentService):
