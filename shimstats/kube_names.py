@@ -25,7 +25,7 @@ from typing import Literal
 import grpc
 
 from shimstats._proto.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-from shimstats.containerd_grpc import NAMESPACE_METADATA_KEY, ContainerdError, grpc_target
+from shimstats.containerd_grpc import NAMESPACE_METADATA_KEY, ContainerdError, grpc_target, rpc_error_text
 from shimstats.cri_client import DEFAULT_ADDRESS, CriClient, CriError
 
 __all__ = [
@@ -175,11 +175,8 @@ def from_containerd(
                 metadata=((NAMESPACE_METADATA_KEY, namespace),),
             )
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        name = code.name if code is not None else "UNKNOWN"
         raise ContainerdError(
-            f"containerd Containers.List at {target} (namespace {namespace}): {name}: {details}"
+            f"containerd Containers.List at {target} (namespace {namespace}): {rpc_error_text(exc)}"
         ) from None
     records = [containerd_record(item) for item in response.containers]
     return Names(
