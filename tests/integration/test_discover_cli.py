@@ -109,6 +109,11 @@ async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(tmp: Path) -
     code, out, err = await discover("--kata-root", str(tmp), "--cri", no_cri, "--json")
     assert code == 0  # a root without sandboxes: nothing is unhealthy
     assert json.loads(out)["sandboxes"] == []
+    for bad in (("--cri", "tcp://10.0.0.1:10010"), ("--agent-port", "0"), ("--agent-port", "kata")):
+        code, out, err = await discover("--kata-root", str(tmp), *bad)
+        assert code == 2
+        assert f"argument {bad[0]}" in err
+        assert "Traceback" not in err
 
 
 # -- names from containerd (the CRI plugin's labels and annotation; the containers API fallback) --------
