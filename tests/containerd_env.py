@@ -152,13 +152,20 @@ def cgroup_mounts() -> list[Path]:
     return [mount for mount, _fstype, _options in _cgroup_hierarchies()]
 
 
+def controller_root(controller: str) -> Path | None:
+    """Mount point of the v1 hierarchy that holds ``controller`` (e.g. "cpuacct"), if one does."""
+    for mount, fstype, options in _cgroup_hierarchies():
+        if fstype == "cgroup" and controller in options:
+            return mount
+    return None
+
+
 def memory_cgroup_root() -> Path:
     """Where container memory cgroups live: the v1 memory hierarchy, else the v2 unified one."""
-    hierarchies = _cgroup_hierarchies()
-    for mount, fstype, options in hierarchies:
-        if fstype == "cgroup" and "memory" in options:
-            return mount
-    for mount, fstype, _options in hierarchies:
+    v1 = controller_root("memory")
+    if v1 is not None:
+        return v1
+    for mount, fstype, _options in _cgroup_hierarchies():
         if fstype == "cgroup2":
             return mount
     raise ContainerdUnavailable("no cgroup memory hierarchy is mounted")
@@ -221,6 +228,9 @@ class Containerd:
     Use as a context manager. ``base_dir`` (default: a fresh temp dir, removed on exit) holds the
     config, root, state, sockets, the bind source for /run, and the containers' root filesystems.
     """
+
+    #: Plugins this instance turns off (a subclass that wants CRI drops it from the list).
+    disabled_plugins: tuple[str, ...] = _DISABLED_PLUGINS
 
     def __init__(
         self,
@@ -299,7 +309,7 @@ class Containerd:
         self.mount_namespace = os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
 
     def _config(self) -> str:
-        disabled = ", ".join(json.dumps(p) for p in _DISABLED_PLUGINS)
+        disabled = ", ".join(json.dumps(p) for p in self.disabled_plugins)
         return (
             "version = 2\n"
             f"root = {json.dumps(str(self.base_dir / 'root'))}\n"

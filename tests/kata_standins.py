@@ -8,6 +8,11 @@
   with status 200, an **empty** 200 when there is none, ``URL NOT FOUND`` (404) for the rest.
 Faults on top: ``hang`` (accepts, never answers), ``raw`` (these bytes instead of HTTP).
 
+``KataAgentService`` answers as the stock kata-agent does: grpc.AgentService/StatsContainer and grpc.Health
+only (no shimstats Resources service), and on a cgroup v2 guest with the fields kata-agent leaves empty
+(reference/wire.md §5.3; the rule is ``kata_agent_v2`` in tests/unit/test_translate_builders.py). It reads
+the same cgroup files as our agent, so the two can be compared figure by figure.
+
 ``HybridVsockMuxer`` is a VMM's hybrid-vsock socket (Firecracker, Cloud Hypervisor): it reads
 ``CONNECT <port>\\n``, answers, and splices the connection to the unix socket serving that guest port
 (reference/wire.md: hybrid vsock). Real vhost-vsock (QEMU) needs a VM: not here.
@@ -21,13 +26,19 @@ import http.server
 import os
 import socketserver
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
+from guest_agent.service import AGENT_SERVICE, HEALTH_SERVICE, AgentService
+from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats.discovery import MONITOR_SOCKET
+from shimstats.ttrpc import CallContext, Server
+from tests.unit.test_translate_builders import kata_agent_v2
 
-__all__ = ["HybridVsockMuxer", "KataShimStandIn"]
+__all__ = ["HybridVsockMuxer", "KataAgentService", "KataShimStandIn", "muxer_in_thread"]
+
+KATA_AGENT_VERSION = "3.2.0"
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -111,7 +122,7 @@ class KataShimStandIn:
     def start(self) -> KataShimStandIn:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server = _UnixHTTPServer(str(self.socket), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 
@@ -206,3 +217,39 @@ class HybridVsockMuxer:
             sink.write(data)
             await sink.drain()
         sink.close()
+
+
+@contextlib.contextmanager
+def muxer_in_thread(path: Path, backends: Path | Mapping[int, Path]) -> Iterator[HybridVsockMuxer]:
+    """A HybridVsockMuxer on its own event loop in a thread, for tests that block (subprocesses, ctr)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    mux = HybridVsockMuxer(path, backends)
+    try:
+        asyncio.run_coroutine_threadsafe(mux.__aenter__(), loop).result(10)
+        try:
+            yield mux
+        finally:
+            asyncio.run_coroutine_threadsafe(mux.__aexit__(None, None, None), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+class KataAgentService(AgentService):
+    """The stock kata-agent's answers for the cgroups our guest agent's reader reads (module doc)."""
+
+    def register(self, server: Server) -> None:
+        server.register(AGENT_SERVICE, {"StatsContainer": self.stats_container})
+        server.register(HEALTH_SERVICE, {"Check": self.check, "Version": self.version})
+
+    def stats(self, container_id: str) -> agent_pb2.StatsContainerResponse:
+        ours = super().stats(container_id)
+        return kata_agent_v2(ours) if self.reader.layout.primary.version == 2 else ours
+
+    async def version(self, payload: bytes, ctx: CallContext) -> bytes:
+        return health_pb2.VersionCheckResponse(
+            grpc_version="ttrpc", agent_version=KATA_AGENT_VERSION
+        ).SerializeToString()
