@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
-from shimstats._proto.shimstats.agent.v1 import resources_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
@@ -38,12 +38,13 @@ __all__ = [
     "AgentClient",
     "Backoff",
     "map_agent_error",
-    "resources_unsupported",
+    "service_unsupported",
 ]
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
 RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
+DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 KATA_UNKNOWN_CONTAINER = '"invalid container id"'
 """kata-agent's INVALID_ARGUMENT message for an id it does not know, Debug-formatted with its quotes."""
 
@@ -69,9 +70,10 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** min(failures - 1, 64))
 
 
-def resources_unsupported(error: TtrpcError) -> bool:
-    """Whether ``error`` says the agent has no Resources service: kata-agent (ttrpc-rust answers
-    INVALID_ARGUMENT "… service does not exist") or a Go ttrpc server (UNIMPLEMENTED)."""
+def service_unsupported(error: TtrpcError) -> bool:
+    """Whether ``error`` says the agent does not serve the service called (our Resources or Diagnostics
+    asked of kata-agent): ttrpc-rust answers INVALID_ARGUMENT "… service does not exist", a Go ttrpc server
+    UNIMPLEMENTED."""
     if error.code == Code.UNIMPLEMENTED:
         return True
     return error.code == Code.INVALID_ARGUMENT and error.message.endswith("service does not exist")
@@ -164,7 +166,7 @@ class AgentClient:
             ) from None
 
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
-        """shimstats.agent.v1.Resources/Get (our agent only: see ``resources_unsupported``); TtrpcError as the
+        """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the
         agent answered, or UNAVAILABLE / DEADLINE_EXCEEDED when it did not."""
         request = resources_pb2.GetRequest(container_id=container_id).SerializeToString()
         raw = await wait_until(
@@ -285,3 +287,22 @@ class AgentClient:
             client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+    async def read_errors(self, deadline: float) -> dict[str, int]:
+        """Our agent's Diagnostics/ReadErrors: reads that left a figure out, per kernel file name.
+
+        TtrpcError when the agent cannot say (kata-agent serves no such method): no counts, never zeros.
+        """
+        request = diagnostics_pb2.ReadErrorsRequest().SerializeToString()
+        raw = await wait_until(
+            self._call(DIAGNOSTICS_SERVICE, "ReadErrors", request, deadline),
+            deadline,
+            f"Diagnostics/ReadErrors: no answer from the guest agent at {self.address} in time",
+        )
+        try:
+            answer = diagnostics_pb2.ReadErrorsResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL, f"ReadErrorsResponse from {self.address} does not decode: {exc}"
+            ) from None
+        return {entry.file: entry.count for entry in answer.files}

@@ -37,7 +37,7 @@ from prometheus_client.metrics_core import Metric
 
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
-from shimstats.agent_client import AgentClient, resources_unsupported
+from shimstats.agent_client import AgentClient, service_unsupported
 from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec
 from shimstats.emulate import kata_go
 from shimstats.translate import ContainerRecord, OutputFormat
@@ -63,6 +63,7 @@ __all__ = [
     "container_families",
     "exporter_families",
     "kata_go_working_set",
+    "read_errors_family",
 ]
 
 log = logging.getLogger("shimstats.exporter")
@@ -187,6 +188,8 @@ class SandboxReading:
     down: Code | None = None
     message: str = ""
     gone: bool = False
+    read_errors: Mapping[str, int] | None = None
+    """The agent's own count of kernel files it could not read, by name (None: it cannot say)."""
 
 
 # -- per-container families: cAdvisor's names, one rule each -----------------------------------------------
@@ -718,6 +721,21 @@ def exporter_families(
     return [duration_family, up, counter]
 
 
+def read_errors_family(sandboxes: Sequence[SandboxReading]) -> Metric:
+    """``shimstats_agent_read_errors_total{sandbox,file}`` from each agent's Diagnostics/ReadErrors."""
+    family = CounterMetricFamily(
+        "shimstats_agent_read_errors_total",
+        "Reads by the guest agent that left a figure out because a kernel file was missing or garbled, by "
+        "file name, as the agent counts them since it started (no series for an agent that cannot say).",
+        labels=["sandbox", "file"],
+    )
+    for s in sorted(sandboxes, key=lambda s: s.target.name):
+        if s.read_errors is not None and not s.gone:
+            for name, count in sorted(s.read_errors.items()):
+                family.add_metric([s.target.name, name], count)
+    return family
+
+
 # -- reading the agents -----------------------------------------------------------------------------------
 
 
@@ -742,6 +760,8 @@ class AgentPool:
         self._clients: dict[str, AgentClient] = {}
         self._no_resources: set[str] = set()
         """Addresses whose agent answered that it has no Resources service."""
+        self._no_diagnostics: set[str] = set()
+        """Addresses whose agent answered that it has no Diagnostics service."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
@@ -779,6 +799,7 @@ class AgentPool:
         wanted = {a.address for a in agents}
         left = [self._clients.pop(address) for address in list(self._clients) if address not in wanted]
         self._no_resources &= wanted
+        self._no_diagnostics &= wanted
         for address in wanted - set(self._clients):
             self._clients[address] = AgentClient(address, default_timeout=self.timeout)
         await asyncio.gather(*(client.close() for client in left))
@@ -792,9 +813,23 @@ class AgentPool:
             await asyncio.gather(*(self._read(agent, client, t, deadline) for t in agent.containers))
         )
         down = next((r for r in readings if r.error in AGENT_DOWN_CODES), None)
-        if down is None:
-            return SandboxReading(agent, readings)
-        return SandboxReading(agent, readings, down.error, down.message)
+        if down is not None:
+            return SandboxReading(agent, readings, down.error, down.message)
+        # after the reads, so that the counts include this scrape's
+        return SandboxReading(
+            agent, readings, read_errors=await self._read_errors(agent.address, client, deadline)
+        )
+
+    async def _read_errors(self, address: str, client: AgentClient, deadline: float) -> dict[str, int] | None:
+        """Our agent's Diagnostics/ReadErrors; None when it cannot say (kata-agent: asked once)."""
+        if address in self._no_diagnostics:
+            return None
+        try:
+            return await client.read_errors(deadline)
+        except TtrpcError as exc:
+            if service_unsupported(exc):
+                self._no_diagnostics.add(address)
+            return None
 
     async def _check(self, agent: AgentTarget, client: AgentClient, deadline: float) -> SandboxReading:
         try:
@@ -839,7 +874,7 @@ class AgentPool:
         try:
             return cadvisor_spec(await client.resources(container_id, deadline=deadline))
         except TtrpcError as exc:
-            if resources_unsupported(exc):
+            if service_unsupported(exc):
                 self._no_resources.add(address)
                 log.info(
                     "the agent serves no Resources service (kata-agent): no spec, OOM or process metrics",
@@ -907,6 +942,7 @@ class ContainerCollector:
             errors = dict(self._errors)
         yield from container_families([r for s in sandboxes if not s.gone for r in s.readings])
         yield from exporter_families(sandboxes, errors, duration)
+        yield read_errors_family(sandboxes)
 
     def _account(self, sandboxes: Sequence[SandboxReading]) -> None:
         present = {s.target.name for s in sandboxes if not s.gone}

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.agent_client import RESOURCES_SERVICE, Backoff, resources_unsupported
+from shimstats.agent_client import RESOURCES_SERVICE, Backoff, service_unsupported
 from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
 from shimstats.table import render
 from shimstats.ttrpc import Client, Code, TtrpcError
@@ -142,7 +142,7 @@ class Fetched:
 
 def cannot_report(error: TtrpcError) -> bool:
     """kata-agent (ttrpc-rust: INVALID_ARGUMENT "… service does not exist") or a Go ttrpc (UNIMPLEMENTED)."""
-    return resources_unsupported(error)
+    return service_unsupported(error)
 
 
 async def fetch(address: str, container_id: str, wait: float, timeout: float) -> Fetched:

@@ -160,7 +160,7 @@ class SilentAgent:
                         if isinstance(event, Frame) and event.mtype == MessageType.REQUEST:
                             request = decode_request(event.payload)
                             if request.method != "StatsContainer":
-                                continue  # the exporter also asks Resources/Get; count the stats reads
+                                continue  # the exporter also asks Resources/Get and Diagnostics; count stats
                             asked = agent_pb2.StatsContainerRequest.FromString(request.payload)
                             with self._lock:
                                 self.requested[asked.container_id] += 1

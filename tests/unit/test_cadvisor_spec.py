@@ -87,7 +87,7 @@ def test_shares_from_weight_ends_and_kubelet_values() -> None:
 
 def test_an_agent_without_resources_is_asked_once_and_has_no_spec_series(tmp_path: Path) -> None:
     """A ttrpc server with grpc.AgentService alone stands for kata-agent (ttrpc answers an unknown service
-    with an error status, shimstats.agent_client.resources_unsupported)."""
+    with an error status, shimstats.agent_client.service_unsupported)."""
     calls: list[str] = []
     reply = full_response(example_v2()).SerializeToString()
 
