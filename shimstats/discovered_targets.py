@@ -13,10 +13,11 @@ At every scrape (the exporter's TargetSource):
    running containers; labels ``io.kubernetes.*`` become container, pod, namespace; the image as the CRI
    reports it; ``created_at`` for container_start_time_seconds). With a CRI, only sandboxes it lists as
    READY are exported: a stopped pod's VM is going away, and reading it would raise a false "agent down".
-   Without a CRI (``--cri none``, or it cannot be reached and never could), each sandbox is exported as
-   itself: one "container" whose id is the sandbox id, which the guest agent reads as the sandbox's pause
-   container. When the CRI stops answering after it has answered, the last listing stays in use, and that
-   is logged once.
+   When the CRI does not answer, containerd's containers API on the same socket names them
+   (shimstats.kube_names.from_containerd: no start times, no readiness). Without either (``--cri none``, or
+   neither ever answered), each sandbox is exported as itself: one "container" whose id is the sandbox id,
+   which the guest agent reads as the sandbox's pause container. When both stop answering after one has
+   answered, the last listing stays in use, and that is logged once.
 
 A sandbox whose shim cannot name its agent (not started yet, a hung shim, a remote hypervisor) is left out
 of the scrape and logged once, until it answers. ``gone`` tells the exporter that a sandbox whose agent did
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
+from shimstats.containerd_grpc import ContainerdError
 from shimstats.cri_client import CriClient, CriError
 from shimstats.discovery import (
     DEFAULT_ROOTS,
@@ -46,14 +48,12 @@ from shimstats.discovery import (
     resolve_agent,
 )
 from shimstats.exporter import AgentTarget, ContainerTarget
+from shimstats.kube_names import CONTAINER_NAME_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL, from_containerd
 
 __all__ = ["CriNames", "DiscoveredTargets", "PodNameSource", "PodNames"]
 
 log = logging.getLogger("shimstats.exporter")
 
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
-CONTAINER_NAME = "io.kubernetes.container.name"
 NS_PER_S = 1e9
 
 
@@ -80,14 +80,26 @@ class PodNameSource(Protocol):
 
 
 class CriNames:
-    """Kubernetes names from the CRI at ``address``, one ListPodSandbox and one ListContainers per call."""
+    """Kubernetes names from the CRI at ``address`` (one ListPodSandbox and one ListContainers per call),
+    else from containerd's containers API on the same socket (shimstats.kube_names.from_containerd: names,
+    no start times, every pod taken as ready)."""
 
     def __init__(self, address: str, timeout: float) -> None:
         self.address = address
+        self.timeout = timeout
         self._client = CriClient(address, timeout=timeout)
 
     def list(self) -> dict[str, PodNames]:
-        """Pod sandbox id → names and running containers; CriError when the CRI cannot be asked."""
+        """Pod sandbox id → names and running containers; CriError naming both sources if neither answers."""
+        try:
+            return self._from_cri()
+        except CriError as cri_error:
+            try:
+                return self._from_containerd()
+            except ContainerdError as containerd_error:
+                raise CriError(f"{cri_error}; and {containerd_error}") from None
+
+    def _from_cri(self) -> dict[str, PodNames]:
         sandboxes = self._client.list_pod_sandboxes()
         running = api_pb2.ContainerFilter(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING))
         listed = self._client.call(
@@ -102,22 +114,34 @@ class CriNames:
             containers.setdefault(c.pod_sandbox_id, []).append(
                 ContainerTarget(
                     c.id,
-                    container=c.labels.get(CONTAINER_NAME, c.metadata.name),
-                    pod=c.labels.get(POD_NAME, pod.name if pod else ""),
-                    namespace=c.labels.get(POD_NAMESPACE, pod.namespace if pod else ""),
+                    container=c.labels.get(CONTAINER_NAME_LABEL, c.metadata.name),
+                    pod=c.labels.get(POD_NAME_LABEL, pod.name if pod else ""),
+                    namespace=c.labels.get(POD_NAMESPACE_LABEL, pod.namespace if pod else ""),
                     image=c.image.image,
                     created=c.created_at / NS_PER_S if c.created_at else None,
                 )
             )
         return {
             s.id: PodNames(
-                s.labels.get(POD_NAME, s.name),
-                s.labels.get(POD_NAMESPACE, s.namespace),
+                s.labels.get(POD_NAME_LABEL, s.name),
+                s.labels.get(POD_NAMESPACE_LABEL, s.namespace),
                 s.ready,
                 tuple(sorted(containers.get(s.id, ()), key=lambda t: t.id)),
             )
             for s in sandboxes
         }
+
+    def _from_containerd(self) -> dict[str, PodNames]:
+        names = from_containerd(self.address, timeout=self.timeout)
+        pods = names.pods()
+        found: dict[str, PodNames] = {}
+        for sandbox_id, group in names.by_sandbox().items():
+            pod = pods.get(sandbox_id)
+            targets = tuple(ContainerTarget(c.id, c.container, c.pod, c.namespace, c.image) for c in group)
+            found[sandbox_id] = PodNames(pod.pod if pod else "", pod.namespace if pod else "", True, targets)
+        for sandbox_id, pod in pods.items():
+            found.setdefault(sandbox_id, PodNames(pod.pod, pod.namespace, True))
+        return found
 
     def close(self) -> None:
         self._client.close()
