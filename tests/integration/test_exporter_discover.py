@@ -13,10 +13,8 @@ A paused VM is a guest agent stopped with SIGSTOP: its connection stays open and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,26 +27,9 @@ from tests.integration.test_exporter import (
     truth,
     value,
 )
-from tests.kata_standins import HybridVsockMuxer, KataShimStandIn
+from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 KATA_AGENT_PORT = 1024
-
-
-class MuxerThread:
-    """A HybridVsockMuxer served by an event loop on a thread of its own (the test itself is synchronous)."""
-
-    def __init__(self, path: Path, backend: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.muxer = HybridVsockMuxer(path, backend)
-        asyncio.run_coroutine_threadsafe(self.muxer.__aenter__(), self.loop).result(10)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.muxer.__aexit__(None, None, None), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class FakeSandbox:
@@ -58,17 +39,15 @@ class FakeSandbox:
         self.id = fx.request_id
         self.fx = fx
         directory.mkdir()
-        self.agent = AgentProcess(directory, fx.agent_args())
-        self.agent.start()
-        self.muxer = MuxerThread(directory / "clh.sock", self.agent.socket)
+        self.parts = contextlib.ExitStack()
+        self.agent = self.parts.enter_context(AgentProcess(directory, fx.agent_args()))
+        self.parts.enter_context(muxer_in_thread(directory / "clh.sock", self.agent.socket))
         url = f"hvsock://{directory / 'clh.sock'}:{KATA_AGENT_PORT}"
-        self.shim = KataShimStandIn(root, self.id, url).start()
+        self.shim = self.parts.enter_context(KataShimStandIn(root, self.id, url))
 
     def remove(self) -> None:
         """The pod is deleted: the shim exits (its socket goes with it) and the VM stops."""
-        self.shim.stop()
-        self.agent.kill()
-        self.muxer.close()
+        self.parts.close()
 
 
 @contextlib.contextmanager
