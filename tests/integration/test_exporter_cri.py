@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
-from tests.containerd_env import memory_cgroup_root
-from tests.cri_env import BUSYBOX_IMAGE, POD_NAMESPACE, SLOW_CALL, CriContainer, CriContainerd, Pod
+from tests.cri_env import BUSYBOX_IMAGE, POD_NAMESPACE, CriContainerd, Pod
 from tests.integration.harness import AgentProcess, short_tmp
+from tests.integration.test_discover_cri import _remove, _start, _working_set
 from tests.integration.test_exporter import ExporterProcess, Series, ids, value
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
@@ -35,32 +35,6 @@ SLACK = 512 * 1024
 def cri(containerd_available: None) -> Iterator[CriContainerd]:
     with CriContainerd() as containerd:
         yield containerd
-
-
-def _start(cri: CriContainerd, pod: Pod, name: str) -> CriContainer:
-    container = cri.create_container(pod, name, ["sleep", "3600"])
-    cri.start_container(container)
-    return container
-
-
-def _remove(cri: CriContainerd, container: CriContainer) -> None:
-    """What the kubelet does before it restarts a container under a new id."""
-    client = cri.client
-    for method, request, name in (
-        (
-            client.runtime.StopContainer,
-            api_pb2.StopContainerRequest(container_id=container.id, timeout=1),
-            "Stop",
-        ),
-        (client.runtime.RemoveContainer, api_pb2.RemoveContainerRequest(container_id=container.id), "Remove"),
-    ):
-        client.call(method, request, name=f"{name}Container", timeout=SLOW_CALL)
-
-
-def _working_set(cgroup: str) -> int:
-    memory = memory_cgroup_root() / cgroup.lstrip("/")
-    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
-    return max(0, int((memory / "memory.usage_in_bytes").read_text()) - int(stat["total_inactive_file"]))
 
 
 def _cri_listing(cri: CriContainerd) -> dict[str, tuple[str, str, str, str, str, float]]:
