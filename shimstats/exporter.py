@@ -8,9 +8,10 @@ Grafana shows what the kubelet would act on.
 
 Why a custom Collector that reads on scrape, not a polling loop: each value is as fresh as the scrape, nothing
 is read when nobody scrapes, and a container whose agent does not answer has no series at all instead of a
-stale one. One scrape reads each container exactly once, all of them concurrently under one shared deadline
-(``timeout``): an agent that does not answer costs the scrape that deadline, never more, and counts in
-``shimstats_agent_errors_total{code}``.
+stale one. What to read comes from a TargetSource asked at every scrape (a fixed list, or every Kata sandbox
+on the node: shimstats.discovered_targets). One scrape reads each container exactly once, every sandbox
+concurrently within its own deadline (``timeout``): a sandbox whose agent does not answer costs the scrape
+that deadline, never more, and shows as ``shimstats_agent_up 0``; one that is gone just leaves the output.
 
 The agent connections live on a private event-loop thread (AgentPool): prometheus_client serves each scrape
 on a thread of its own and calls ``collect`` synchronously.

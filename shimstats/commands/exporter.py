@@ -199,9 +199,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _source(args: argparse.Namespace) -> StaticTargets | DiscoveredTargets:
     """What to export: the sandboxes found on this node (--discover), or the fixed list."""
-    discover_only = [
-        flag for flag, given in (("--kata-root", args.kata_root), ("--cri", args.cri != CRI_DEFAULT)) if given
-    ]
+    given = (
+        ("--kata-root", bool(args.kata_root)),
+        ("--cri", args.cri != CRI_DEFAULT),
+        ("--agent-port", args.agent_port != SHIMSTATS_AGENT_PORT),
+    )
+    discover_only = [flag for flag, set_ in given if set_]
     if not args.discover:
         if discover_only:
             raise ConfigError(f"{', '.join(discover_only)} goes with --discover")
