@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
-from shimstats.cri_client import CriClient, CriError
+from shimstats.cri_client import CriClient, CriError, PodSandboxRecord
 from tests.containerd_env import (
     BUSYBOX,
     Containerd,
@@ -71,11 +71,13 @@ class Runtime:
     """One runtime handler: a key under ``[...cri.containerd.runtimes]``.
 
     ``config_path`` goes to the shim as runtime options (``options.ConfigPath``), which CRI sends as
-    ``runtimeoptions.v1.Options`` for any runtime type other than runc's.
+    ``runtimeoptions.v1.Options`` for any runtime type other than runc's. ``runtime_path`` is honoured
+    from containerd 1.6.21 and 1.7.1 on only (containerd#8207).
     """
 
     runtime_type: str
     config_path: Path | None = None
+    runtime_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class CriContainerd(Containerd):
         self.default_runtime = default_runtime
         self.cgroup_root = f"/shimstats-cri-{uuid.uuid4().hex[:8]}"
         self._client: CriClient | None = None
+        self.removed_at_start: list[PodSandboxRecord] = []
 
     @property
     def cri_address(self) -> str:
@@ -233,6 +236,8 @@ class CriContainerd(Containerd):
                 f"[{section}.containerd.runtimes.{json.dumps(name)}]",
                 f"  runtime_type = {json.dumps(runtime.runtime_type)}",
             ]
+            if runtime.runtime_path is not None:
+                lines.append(f"  runtime_path = {json.dumps(str(runtime.runtime_path))}")
             if runtime.config_path is not None:
                 lines += [
                     f"[{section}.containerd.runtimes.{json.dumps(name)}.options]",
@@ -245,8 +250,11 @@ class CriContainerd(Containerd):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         super().start()
         self._check_cri_plugin()
+        if self._client is not None:  # started again after a crash
+            self._client.close()
         self._client = CriClient(self.cri_address, timeout=10.0)
-        self.remove_all_pods()  # a restarted instance lists a crashed run's pods as NotReady
+        # containerd restarted over a crashed run's directories lists that run's pods as NotReady.
+        self.removed_at_start = self.remove_all_pods()
         self._import_images()
 
     def _check_cri_plugin(self) -> None:
@@ -270,7 +278,7 @@ class CriContainerd(Containerd):
     def _import_images(self) -> None:
         images = self.base_dir / "images"
         pause_root = images / "pause-rootfs" / "bin"
-        pause_root.mkdir(parents=True)
+        pause_root.mkdir(parents=True, exist_ok=True)
         (pause_root / "busybox").write_bytes(BUSYBOX.read_bytes())
         (pause_root / "busybox").chmod(0o755)
         archives = [
@@ -402,9 +410,12 @@ class CriContainerd(Containerd):
                 left.append(f"cgroup {directory} ({exc.strerror})")
         return left
 
-    def remove_all_pods(self) -> None:
-        for pod in self.client.list_pod_sandboxes():
+    def remove_all_pods(self) -> list[PodSandboxRecord]:
+        """Stop and remove every pod; returns them as they were listed."""
+        pods = self.client.list_pod_sandboxes()
+        for pod in pods:
             self.remove_pod(pod.id)
+        return pods
 
     # -- what a removed pod may have left --------------------------------------------------------
 

@@ -20,8 +20,11 @@ just after the calls; a reading counts only when the files did not move in betwe
 
 from __future__ import annotations
 
+import json
 import os
-import stat
+import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +34,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shimstats.cri import CriMemory
 from shimstats.cri_client import ContainerStatsRecord, CriError, MemoryFigures, PodSandboxStatsRecord
 from shimstats.proxy import BINARY, RUNTIME_TYPE
-from tests.containerd_env import READY_MARKER, memory_cgroup_root
+from tests.containerd_env import READY_MARKER, _alive, memory_cgroup_root
 from tests.cri_env import (
     POD_MEMORY_LIMIT,
     CriContainer,
@@ -44,7 +48,7 @@ from tests.cri_env import (
     cgroup_pids,
     cpuacct_dir,
 )
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp, write_executable
 
 pytestmark = [pytest.mark.containerd, pytest.mark.cri]
 
@@ -78,19 +82,13 @@ class CriEnv:
         return AgentProcess(directory, ["--container", f"{container.id}={container.cgroup}"])
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cri_env(containerd_available: None) -> Iterator[CriEnv]:
     with short_tmp() as directory:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
         # containerd 1.6.20 ignores runtime_path (containerd#8207): the proxy must be on its PATH.
-        _executable(
+        write_executable(
             bin_dir / BINARY, f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n'
         )
         runtimes = {}
@@ -107,12 +105,21 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
         # second wrapper, off containerd's PATH, that leaves a mark when containerd runs it.
         off_path = directory / "opt" / "shimstats-proxy"
         off_path.parent.mkdir()
-        _executable(
+        write_executable(
             off_path,
             f"#!/bin/sh\ntouch {off_path}.ran\n"
             f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
         )
         runtimes["kata-stats-abs"] = Runtime(str(off_path), directory / "kata-stats-v2.toml")
+        # runtime_path naming another off-PATH wrapper (same binary name as the one on the PATH).
+        by_path = directory / "opt" / "by-runtime-path" / BINARY
+        by_path.parent.mkdir()
+        write_executable(
+            by_path,
+            f"#!/bin/sh\ntouch {by_path}.ran\n"
+            f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
+        )
+        runtimes["kata-stats-path"] = Runtime(RUNTIME_TYPE, directory / "kata-stats-v2.toml", by_path)
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         with CriContainerd(runtimes, env=env) as containerd:
             yield CriEnv(containerd, directory)
@@ -376,3 +383,124 @@ def test_an_absolute_runtime_type_runs_the_proxy_from_off_path(
             "figures from the agent through the off-PATH proxy",
         )
     _assert_gone(cri_env, running)
+
+
+def _containerd_version() -> tuple[int, ...]:
+    """containerd's release: (1, 6, 20) from "containerd github.com/containerd/containerd 1.6.20~ds1 ..."."""
+    words = subprocess.run(
+        ["containerd", "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    release = re.match(r"v?(\d+)\.(\d+)\.(\d+)", words[2])
+    assert release is not None, words
+    return tuple(int(part) for part in release.groups())
+
+
+def test_runtime_path_is_honoured_only_from_1_6_21_and_1_7_1(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    """docs/proxy-shim.md's version table: before the fix for containerd#8207, runtime_path is ignored and
+    the binary is looked up by name on containerd's PATH (here: the PATH wrapper runs, not this one)."""
+    wrapper = cri_env.containerd.runtimes["kata-stats-path"].runtime_path
+    assert wrapper is not None
+    running = run_workload("runtime-path", "kata-stats-path")
+    version = _containerd_version()
+    honoured = version >= (1, 7, 1) or (1, 6, 21) <= version < (1, 7, 0)
+    assert Path(f"{wrapper}.ran").exists() == honoured, f"containerd {version}"
+    _assert_gone(cri_env, running)
+
+
+# -- shimstats compare --cri ------------------------------------------------------------------------------
+
+
+def _memory_dir(container: CriContainer) -> str:
+    return str(memory_cgroup_root() / container.cgroup.lstrip("/"))
+
+
+def _compare(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "compare", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compare_shows_what_cri_reports_next_to_the_guest(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    running = run_workload("compare", "runc")
+    container = running.container
+    args = ["--id", container.id, "--cgroup", _memory_dir(container), "--cri", cri_env.containerd.cri_address]
+
+    done = _compare(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (column,) = [c for c in report["columns"] if c["key"] == "cri"]
+    assert (column["label"], column["live"], column["type_url"], column["error"]) == (
+        "containerd CRI",
+        True,
+        "CRI stats",
+        None,
+    )
+    assert column["differs"] == {}
+    figures = column["figures"]
+    assert set(figures) == {*CriMemory.__dataclass_fields__, "cpu_total_ns"}  # CRI's six and its CPU time
+    # The kubelet's working set left the inactive cache out, like the guest's own figure.
+    guest = report["guest"]["figures"]
+    assert figures["usage_bytes"] - figures["working_set_bytes"] >= (WRITE_MIB - READ_MIB) * MIB * 0.8
+    assert abs(figures["working_set_bytes"] - guest["working_set_bytes"]) <= 512 * 1024
+
+    table = _compare(*args)
+    assert table.returncode == 0, table.stderr
+    header, kinds = table.stdout.splitlines()[1:3]
+    assert header.rstrip().endswith("containerd CRI")
+    assert kinds.rstrip().endswith("CRI stats")
+    # Notes list what differs from the guest (the Kata shims' mistakes); nothing about CRI's column.
+    assert not [line for line in table.stdout.splitlines() if line.startswith(("* containerd CRI", "! "))]
+
+    # A CRI that cannot be reached is a failed source (exit 1) whose error names the socket.
+    absent = f"unix://{cri_env.directory}/absent.sock"
+    failed = _compare("--id", container.id, "--cgroup", _memory_dir(container), "--cri", absent)
+    assert failed.returncode == 1
+    assert (
+        f"shimstats compare: containerd CRI: CRI ContainerStats({container.id}) at {absent}: UNAVAILABLE"
+        in (failed.stderr)
+    )
+    assert "Traceback" not in failed.stderr
+    _assert_gone(cri_env, running)
+
+
+def test_compare_says_why_cri_has_no_figures_when_the_agent_is_down(
+    cri_env: CriEnv, run_workload: Callable[[str, str], Running]
+) -> None:
+    running = run_workload("compare-down", "kata-stats-v1")
+    container = running.container
+    address = cri_env.containerd.cri_address
+    done = _compare("--id", container.id, "--cgroup", _memory_dir(container), "--cri", address)
+    assert done.returncode == 1
+    assert "unexpected metrics response: []: containerd got no Stats answer from the container's shim" in (
+        done.stderr
+    )
+    assert "shows this container's working set as 0" in done.stderr
+    _assert_gone(cri_env, running)
+
+
+def test_pods_of_a_crashed_run_come_back_not_ready_and_start_removes_them(containerd_available: None) -> None:
+    """A node that lost containerd and every pod process at once (a crash, a reboot): containerd restarted on
+    the same root lists the old pod as NotReady, and the harness removes it before anything else runs."""
+    with CriContainerd() as instance:
+        pod = instance.run_pod("crashed", "runc")
+        container = instance.create_container(pod, "sleeper", ["sleep", "3600"])
+        instance.start_container(container)
+        victims = [instance.pid, *instance.shim_pids(), *cgroup_pids(container.cgroup)]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _eventually(lambda: not any(_alive(pid) for pid in victims), "the crashed run's processes are gone")
+        instance.start()
+        assert [(p.id, p.ready) for p in instance.removed_at_start] == [(pod.id, False)]
+        assert instance.client.list_pod_sandboxes() == []
+        assert instance.client.list_containers() == []
+    # Leaving the block stopped it strictly: no process, cgroup, mount or directory is left.

@@ -38,7 +38,7 @@ from tests.containerd_env import (
     _cmdline,
 )
 from tests.integration.conftest import unique_container_id
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, short_tmp, write_executable
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
@@ -78,23 +78,17 @@ class ProxyEnv:
         )
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 @pytest.fixture(scope="module")
 def proxy_env(containerd_available: None) -> Iterator[ProxyEnv]:
     with short_tmp() as directory:
         bin_dir, recordings = directory / "bin", directory / "rec"
         bin_dir.mkdir()
         recordings.mkdir()
-        _executable(
+        write_executable(
             bin_dir / BINARY,
             f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
         )
-        recorder = _executable(
+        recorder = write_executable(
             bin_dir / "recording-runc-shim",
             "#!/bin/sh\n# keeps what start got on stdin, then is containerd-shim-runc-v2 with it\n"
             f'f={recordings}/stdin.$$\ncat > "$f"\nexec containerd-shim-runc-v2 "$@" < "$f"\n',
