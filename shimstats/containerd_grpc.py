@@ -2,8 +2,8 @@
 
 containerd answers Metrics by calling the task's shim (Task/Stats) and passing the Any through untouched, so
 for a runc container this is containerd's view of the same cgroup our tools read. The namespace travels in
-the gRPC metadata key ``containerd-namespace``; the task is chosen with the filter ``id==<id>``. This module,
-cri_client and kube_names are the only ones that use grpcio (the ttrpc side never does).
+the gRPC metadata key ``containerd-namespace``; the task is chosen with the filter ``id==<id>``. Only this
+module, cri_client and kube_names use grpcio (the ttrpc side never does).
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ class KataShimStandIn:
         *,
         flavor: Literal["go", "rs"] = "go",
         error: str = "",
+        poll_interval: float = 0.02,
     ) -> None:
         self.directory = root / sandbox_id
         self.socket = self.directory / MONITOR_SOCKET
@@ -68,6 +69,8 @@ class KataShimStandIn:
         self.hang = False
         self.raw: bytes | None = None
         self.requests: list[tuple[str, str]] = []
+        self.poll_interval = poll_interval
+        """How often the serving thread looks for stop(): short for tests, longer when many run at once."""
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
@@ -122,7 +125,9 @@ class KataShimStandIn:
     def start(self) -> KataShimStandIn:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server = _UnixHTTPServer(str(self.socket), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(self.poll_interval,), daemon=True
+        )
         self._thread.start()
         return self
 
