@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shimstats import demo
+from shimstats import demo, supervise
 from shimstats.commands.compare import format_comparison, render_right
 from shimstats.explain import explain
 from shimstats.ground_truth import KERNEL_KEYS
@@ -55,35 +55,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    cleanup = demo.Cleanup()
-    previous = {s: signal.signal(s, demo.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = EXIT_MISMATCH
-    try:
-        with demo.signals_held():
-            # Short (unix socket paths), and named after our pid: a later run removes it should we be killed.
-            workdir = Path(tempfile.mkdtemp(prefix=demo.workdir_prefix(os.getpid()), dir=demo.WORK_PARENT))
-            cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
-        report = demo.run(cleanup, workdir)
-        print(json.dumps(report_json(report), indent=2) if args.json else format_report(report), flush=True)
-        code = EXIT_OK if report.ok else EXIT_MISMATCH
-        if args.keep:
-            print(keep_hint(report), file=sys.stderr, flush=True)
-            while True:
-                signal.pause()
-    except (KeyboardInterrupt, demo.Interrupted) as exc:
-        signum = exc.signum if isinstance(exc, demo.Interrupted) else signal.SIGINT
-        print("shimstats demo: interrupted, cleaning up", file=sys.stderr)
-        code = 128 + signum
-    except demo.DemoError as exc:
-        print(f"shimstats demo: {exc}", file=sys.stderr)
-        code = EXIT_MISMATCH
-    finally:
-        cleanup.run()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    for problem in cleanup.problems:
-        print(f"shimstats demo: cleanup: {problem}", file=sys.stderr)
-    return EXIT_MISMATCH if cleanup.problems and code == EXIT_OK else code
+    return supervise.run_with_cleanup("demo", functools.partial(_run, args), (demo.DemoError,), EXIT_MISMATCH)
+
+
+def _run(args: argparse.Namespace, cleanup: supervise.Cleanup) -> int:
+    with supervise.signals_held():
+        # Short (unix socket paths), and named after our pid: a later run removes it should we be killed.
+        workdir = Path(tempfile.mkdtemp(prefix=demo.workdir_prefix(os.getpid()), dir=demo.WORK_PARENT))
+        cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
+    report = demo.run(cleanup, workdir)
+    print(json.dumps(report_json(report), indent=2) if args.json else format_report(report), flush=True)
+    code = EXIT_OK if report.ok else EXIT_MISMATCH
+    if args.keep:
+        print(keep_hint(report), file=sys.stderr, flush=True)
+        while True:
+            signal.pause()
+    return code
 
 
 def _working_set_rows(case: demo.Case) -> list[tuple[str, str, str]]:

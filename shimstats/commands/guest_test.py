@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
-import signal
 import sys
 from pathlib import Path
 
-from shimstats import demo
+from shimstats import supervise
 from shimstats.guest_test import image, qemu, report, session
 from shimstats.guest_test.phases import PHASES
 
@@ -108,33 +108,19 @@ def progress(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cleanup = demo.Cleanup()
-    previous = {s: signal.signal(s, demo.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = EXIT_FAILED
-    try:
-        session.check_tools()
-        cache = image.cache_root()
-        kernel = image.build(args.kernel, cache, progress)
-        accel, reason = qemu.choose_accel(kernel, args.accel, cache)
-        fixtures = fixtures_dir(args)
-        wanted = [phase.name for phase in PHASES if args.phase is None or phase.name in args.phase]
-        settings = session.Settings(
-            kernel, accel, reason, cache, fixtures, tuple(wanted), progress, args.keep
-        )
-        modes = ("v2", "v1") if args.cgroup == "both" else (args.cgroup,)
-        runs = [asyncio.run(session.Session(settings, mode, cleanup).run()) for mode in modes]
-        print(json.dumps(report.report_json(runs), indent=2) if args.json else report.format_report(runs))
-        code = EXIT_OK if all(r.ok for r in runs) else EXIT_FAILED
-    except (image.ImageError, qemu.QemuError, session.GuestTestError) as exc:
-        print(f"shimstats guest-test: {exc}", file=sys.stderr)
-    except (KeyboardInterrupt, demo.Interrupted) as exc:
-        signum = exc.signum if isinstance(exc, demo.Interrupted) else signal.SIGINT
-        print("shimstats guest-test: interrupted, cleaning up", file=sys.stderr)
-        code = 128 + signum
-    finally:
-        cleanup.run()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    for problem in cleanup.problems:
-        print(f"shimstats guest-test: cleanup: {problem}", file=sys.stderr)
-    return EXIT_FAILED if cleanup.problems and code == EXIT_OK else code
+    errors = (image.ImageError, qemu.QemuError, session.GuestTestError)
+    return supervise.run_with_cleanup("guest-test", functools.partial(_run, args), errors, EXIT_FAILED)
+
+
+def _run(args: argparse.Namespace, cleanup: supervise.Cleanup) -> int:
+    session.check_tools()
+    cache = image.cache_root()
+    kernel = image.build(args.kernel, cache, progress)
+    accel, reason = qemu.choose_accel(kernel, args.accel, cache)
+    fixtures = fixtures_dir(args)
+    wanted = [phase.name for phase in PHASES if args.phase is None or phase.name in args.phase]
+    settings = session.Settings(kernel, accel, reason, cache, fixtures, tuple(wanted), progress, args.keep)
+    modes = ("v2", "v1") if args.cgroup == "both" else (args.cgroup,)
+    runs = [asyncio.run(session.Session(settings, mode, cleanup).run()) for mode in modes]
+    print(json.dumps(report.report_json(runs), indent=2) if args.json else report.format_report(runs))
+    return EXIT_OK if all(r.ok for r in runs) else EXIT_FAILED

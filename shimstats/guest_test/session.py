@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shimstats import cri, demo
+from shimstats import cri, supervise
 from shimstats.agent_client import AgentClient
 from shimstats.fake_containerd import DEFAULT_NAMESPACE, StatsResult, call_stats
 from shimstats.guest_test import protocol, qemu
@@ -83,11 +83,13 @@ def console_tail(console: Path, lines: int = 25) -> str:
 class HostControl:
     """The host end of the control channel, on qemu's unix socket for the port."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vm: demo.Child) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vm: supervise.Child
+    ) -> None:
         self.reader, self.writer, self.vm = reader, writer, vm
 
     @classmethod
-    async def connect(cls, path: Path, vm: demo.Child, timeout: float = 30.0) -> HostControl:
+    async def connect(cls, path: Path, vm: supervise.Child, timeout: float = 30.0) -> HostControl:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -215,7 +217,7 @@ async def _ask(clients: dict[str, Client], container_id: str) -> dict[str, Stats
 class Session:
     """One boot: run it with ``run()``; the result is in ``self.result`` even when it fails half way."""
 
-    def __init__(self, settings: Settings, mode: str, cleanup: demo.Cleanup) -> None:
+    def __init__(self, settings: Settings, mode: str, cleanup: supervise.Cleanup) -> None:
         self.settings = settings
         self.cleanup = cleanup
         self.workdir = self._workdir(settings.keep)
@@ -246,7 +248,7 @@ class Session:
 
     def _workdir(self, keep: bool) -> Path:
         # Short and under /tmp: unix socket paths must stay under 108 bytes.
-        with demo.signals_held():
+        with supervise.signals_held():
             workdir = Path(tempfile.mkdtemp(prefix=f"ssgt-{os.getpid()}-", dir="/tmp"))
             if not keep:
                 self.cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
@@ -272,7 +274,7 @@ class Session:
         except qemu.QemuError as exc:
             raise GuestTestError(str(exc)) from exc
         log(f"[{r.mode}] booting {s.kernel.release} ({s.accel.name}); console: {r.console}")
-        vm = demo.spawn(f"qemu-{r.mode}", argv, workdir, self.cleanup)
+        vm = supervise.spawn(f"qemu-{r.mode}", argv, workdir, self.cleanup)
         control = await HostControl.connect(sockets.control, vm)
         try:
             await self._converse(control, vm, sockets, workdir)
@@ -280,7 +282,7 @@ class Session:
             await control.close()
 
     async def _converse(
-        self, control: HostControl, vm: demo.Child, sockets: qemu.Sockets, workdir: Path
+        self, control: HostControl, vm: supervise.Child, sockets: qemu.Sockets, workdir: Path
     ) -> None:
         s, r, log = self.settings, self.result, self.settings.log
         hello = await control.receive(("hello",), BOOT_TIMEOUT, r.console)
@@ -319,15 +321,17 @@ class Session:
             await client.close()
 
     async def _adapters(self, sockets: qemu.Sockets, workdir: Path) -> dict[str, Client]:
-        adapters: list[demo.Child] = []
+        adapters: list[supervise.Child] = []
         for (_, _, fmt), agent in zip(LIVE, sockets.agents):
             sock = workdir / f"{fmt}.sock"
-            child = demo.spawn(f"adapter-{fmt}", demo.adapter_argv(sock, agent, fmt), workdir, self.cleanup)
+            child = supervise.spawn(
+                f"adapter-{fmt}", supervise.adapter_argv(sock, agent, fmt), workdir, self.cleanup
+            )
             child.socket = sock
             adapters.append(child)
         try:
-            await asyncio.to_thread(demo.wait_listening, adapters)
-        except demo.DemoError as exc:
+            await asyncio.to_thread(supervise.wait_listening, adapters)
+        except supervise.StartError as exc:
             raise GuestTestError(f"an adapter did not start: {exc}") from exc
         clients: dict[str, Client] = {}
         for (key, _, _), child in zip(LIVE, adapters):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shimstats import demo
+from shimstats import supervise
 from shimstats.commands import guest_test
 from shimstats.guest_test import qemu, session
 from shimstats.guest_test.image import Kernel
@@ -46,7 +46,7 @@ def _written_by_qemu(argv: list[str]) -> set[Path]:
 def test_two_runs_at_once_share_no_path(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
-    first, second = demo.Cleanup(), demo.Cleanup()
+    first, second = supervise.Cleanup(), supervise.Cleanup()
     try:
         runs = [session.Session(_settings(cache), "v2", cleanup) for cleanup in (first, second)]
         written = []
@@ -68,7 +68,7 @@ def test_two_runs_at_once_share_no_path(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which(qemu.QEMU) is None, reason="the machine description asks qemu its version")
 def test_keep_leaves_the_private_directory_and_says_where(tmp_path: Path) -> None:
-    cleanup = demo.Cleanup()
+    cleanup = supervise.Cleanup()
     run = session.Session(_settings(tmp_path, keep=True), "v1", cleanup)
     try:
         cleanup.run()
