@@ -19,6 +19,20 @@ def render(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def render_right(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 0) -> str:
+    """render with the value columns right-aligned, values like "6.2 MiB" too.
+
+    The first column and the last ``text_columns`` columns (words, not values) stay left-aligned.
+    """
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    values = range(1, len(header) - text_columns)
+
+    def justify(row: Sequence[str]) -> list[str]:
+        return [cell.rjust(widths[i]) if i in values else cell for i, cell in enumerate(row)]
+
+    return render(justify(header), [justify(r) for r in rows])
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return "-"

@@ -10,14 +10,13 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
 
 from shimstats import cri
 from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
 from shimstats.compare import CRI_TYPE, Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
-from shimstats.table import render
+from shimstats.table import render_right
 from shimstats.ttrpc import TtrpcError
 from shimstats.verify import DEFAULT_TOLERANCE, LABELS, show_figure
 
@@ -109,20 +108,6 @@ def run(args: argparse.Namespace) -> int:
     for column in comparison.failed_sources:
         print(f"shimstats compare: {column.label}: {column.error}", file=sys.stderr)
     return EXIT_SOURCE_FAILED if comparison.failed_sources else EXIT_OK
-
-
-def render_right(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 0) -> str:
-    """shimstats.table.render with the value columns right-aligned, values like "6.2 MiB" too.
-
-    The first column and the last ``text_columns`` columns (words, not values) stay left-aligned.
-    """
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    values = range(1, len(header) - text_columns)
-
-    def justify(row: Sequence[str]) -> list[str]:
-        return [cell.rjust(widths[i]) if i in values else cell for i, cell in enumerate(row)]
-
-    return render(justify(header), [justify(r) for r in rows])
 
 
 def _type(column: Column) -> str:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from shimstats import demo, supervise
-from shimstats.commands.compare import format_comparison, render_right
+from shimstats.commands.compare import format_comparison
 from shimstats.explain import explain
 from shimstats.ground_truth import KERNEL_KEYS
-from shimstats.table import human_bytes
+from shimstats.table import human_bytes, render_right
 from shimstats.verify import LABELS
 
 EXIT_OK, EXIT_MISMATCH = 0, 1

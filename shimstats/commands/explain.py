@@ -13,10 +13,9 @@ import json
 import sys
 
 from shimstats.commands._args import add_guest_source, add_timeout_and_json
-from shimstats.commands.compare import render_right
 from shimstats.explain import EVICTION_HARD_DEFAULT, Explanation, explain
 from shimstats.ground_truth import NoGroundTruth, open_source
-from shimstats.table import human_bytes
+from shimstats.table import human_bytes, render_right
 from shimstats.ttrpc import TtrpcError
 
 EXIT_OK, EXIT_UNREADABLE = 0, 2

@@ -14,9 +14,9 @@ import sys
 
 from shimstats import cri
 from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
-from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import NoGroundTruth, open_source
+from shimstats.table import render_right
 from shimstats.ttrpc import TtrpcError
 from shimstats.verify import DEFAULT_TOLERANCE, LABELS, Check, Verification, show_figure, verify
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shimstats.commands.compare import render_right
 from shimstats.ground_truth import FIGURE_NAMES
 from shimstats.guest_test import checks
 from shimstats.guest_test.evaluate import Column, PhaseResult
 from shimstats.guest_test.session import ModeRun
+from shimstats.table import render_right
 from shimstats.verify import LABELS, show_figure
 
 

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from shimstats import cri
-from shimstats.commands.compare import format_comparison, render_right
+from shimstats.commands.compare import format_comparison
 from shimstats.compare import Column, Comparison, mapped_columns
+from shimstats.table import render_right
 from tests.integration.harness import Fixture
 from tests.unit.test_verify import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, read_truth
 
