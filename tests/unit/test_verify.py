@@ -17,7 +17,7 @@ from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.commands.verify import format_verification
 from shimstats.compare import MAPPING_CPU_TOLERANCE_NS, as_result
 from shimstats.emulate import kata_go
-from shimstats.ground_truth import CgroupSource, GroundTruth, NoGroundTruth, locate
+from shimstats.ground_truth import CgroupSource, GroundTruth, NoGroundTruth, cgroup_version, locate
 from shimstats.verify import CPU_TOLERANCE_NS, Check, judge
 from tests.integration.harness import Fixture, fixtures
 
@@ -60,6 +60,19 @@ def test_expected_figures_are_cri_rules_on_the_kernel_files(fx: Fixture) -> None
     assert truth.figures.working_set_bytes == max(usage - inactive, 0)
     assert truth.figures.rss_bytes == rss
     assert truth.figures.page_faults == faults
+
+
+@pytest.mark.parametrize("fx", fixtures(), ids=lambda fx: fx.name)
+def test_the_oracle_tells_the_cgroup_version_from_the_kernel_file_itself(fx: Fixture) -> None:
+    """The oracle's own decision (not translate's) names the mode each capture was taken in."""
+    assert cgroup_version(fx.keyed("memory", "memory.stat")) == fx.guest_version
+
+
+@pytest.mark.parametrize(
+    "stat", [{}, {"pgfault": 1}, {"anon": 1, "total_rss": 1}, {"file": 1, "cache": 1}], ids=repr
+)
+def test_the_oracle_refuses_a_memory_stat_of_neither_or_both_versions(stat: dict[str, int]) -> None:
+    assert cgroup_version(stat) is None
 
 
 @pytest.mark.parametrize("output", ["v1", "v2"])
