@@ -42,11 +42,27 @@ def start_demo(cwd: Path, *args: str, prefix: tuple[str, ...] = ()) -> subproces
     )
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """The root of every cgroup hierarchy here: the mount itself on a v2 host (it has cgroup.controllers),
+    each controller's directory under it on a v1 (or hybrid) host."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT]
+    return sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def memory_hierarchy() -> Path:
+    """Where the memory controller's cgroups are: the v2 mount, or memory/ under it on v1."""
+    return CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "memory"
+
+
 def leftovers(pid: int, *paths: str) -> list[str]:
     """What the demo with this pid left: its cgroups, its directories (named after its pid, see
     shimstats.commands.demo and shimstats.demo), ``paths``, and processes naming any of them."""
     name = f"shimstats-demo-{pid}"
-    found = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{name}")]
+    found = [str(h / name) for h in cgroup_hierarchies() if (h / name).exists()]
     found += [str(p) for p in Path(tempfile.gettempdir()).glob(f"ss-demo-{pid}-*")]
     found += [str(p) for p in Path("/tmp").glob(f"ss-{pid}-*")]
     found += [p for p in paths if os.path.exists(p)]
@@ -152,7 +168,7 @@ def test_demo_json_figures_follow_from_the_cgroup(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_demo_cleans_up_when_interrupted(tmp_path: Path, signum: int) -> None:
     proc = start_demo(tmp_path)
-    cgroup = Path(f"/sys/fs/cgroup/memory/shimstats-demo-{proc.pid}")
+    cgroup = memory_hierarchy() / f"shimstats-demo-{proc.pid}"
     deadline = time.monotonic() + DEMO_TIMEOUT
     while not cgroup.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -201,7 +217,7 @@ def test_the_next_run_removes_what_a_killed_run_left_and_nothing_of_a_live_one(t
     # Look-alikes of a run that is alive (this test's own pid) must survive the next run.
     alive = os.getpid()
     live_dirs = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in (f"ss-{alive}-", f"ss-demo-{alive}-")]
-    live_cgroup = Path(f"/sys/fs/cgroup/memory/shimstats-demo-{alive}")
+    live_cgroup = memory_hierarchy() / f"shimstats-demo-{alive}"
     live_cgroup.mkdir()
     try:
         after = start_demo(tmp_path)
