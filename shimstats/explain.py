@@ -26,7 +26,8 @@ from typing import Any
 
 from shimstats import cri
 from shimstats.ground_truth import GroundTruth
-from shimstats.translate.record import ContainerRecord, MemoryRecord
+from shimstats.translate import record_from_agent
+from shimstats.translate.record import MemoryRecord
 
 STORY_SHARE = 0.5
 """A part is *the* story when it is at least this share of the working set (inactive_file: of usage)."""
@@ -235,7 +236,7 @@ def stories(parts: tuple[Part, ...], usage: int, working_set: int, guest: str) -
 
 def explain(truth: GroundTruth, container_id: str) -> Explanation:
     """The breakdown and stories for one reading of a container's stats."""
-    record = ContainerRecord.from_agent(truth.response)
+    record = record_from_agent(truth.response)
     if record.memory is None:
         raise ValueError(f"{truth.source}: no memory stats to explain")
     memory = record.memory

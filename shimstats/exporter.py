@@ -41,7 +41,7 @@ from shimstats._proto.kata import agent_pb2
 from shimstats.agent_client import DIAGNOSTICS_SERVICE, RESOURCES_SERVICE, AgentClient, service_unsupported
 from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec
 from shimstats.emulate import kata_go
-from shimstats.translate import ContainerRecord, OutputFormat
+from shimstats.translate import ContainerRecord, OutputFormat, record_from_agent
 from shimstats.translate.record import (
     CpuRecord,
     DeviceIO,
@@ -856,7 +856,7 @@ class AgentPool:
             raise stats
         spec = resources if isinstance(resources, CadvisorSpec) else None
         try:
-            record = ContainerRecord.from_agent(stats)
+            record = record_from_agent(stats)
             kata = kata_go_working_set(stats, self.kata_host)
         except Exception as exc:  # one reply we cannot read must not take the other containers' series
             log.exception(

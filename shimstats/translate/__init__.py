@@ -21,6 +21,7 @@ __all__ = [
     "GuestVersion",
     "OutputFormat",
     "guest_version",
+    "record_from_agent",
     "resolve_format",
     "to_metrics",
     "translate",

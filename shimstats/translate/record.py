@@ -23,10 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
-
-if TYPE_CHECKING:
-    from shimstats._proto.kata import agent_pb2
+from typing import Literal, NamedTuple
 
 GuestVersion = Literal["v1", "v2", "unknown"]
 
@@ -238,11 +235,3 @@ class ContainerRecord:
     io: IoRecord | None
     hugetlb: tuple[HugetlbRecord, ...]
     network: tuple[NetworkRecord, ...]
-
-    @classmethod
-    def from_agent(cls, response: agent_pb2.StatsContainerResponse) -> ContainerRecord:
-        """Read a kata StatsContainerResponse (ours or a real kata-agent's); rules in translate.agent."""
-        # Imported here because translate.agent builds these classes (the import would be circular).
-        from shimstats.translate.agent import record_from_agent
-
-        return record_from_agent(response)
