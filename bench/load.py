@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.fake_containerd import TASK_SERVICE, stats_metadata
+from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client
+from shimstats.wire import TASK_SERVICE
 
 __all__ = ["Load", "LoadSide", "stats_load"]
 

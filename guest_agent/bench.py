@@ -30,6 +30,7 @@ from guest_agent.kata import to_response
 from guest_agent.layout import detect_layout
 from guest_agent.parse import parse_flat_keyed
 from guest_agent.reader import CgroupReader
+from guest_agent.wire import AGENT_SERVICE
 from shimstats._proto.kata import agent_pb2
 from shimstats.ttrpc import SyncClient, TransportError
 
@@ -82,7 +83,7 @@ def first_answer(address: str, proc: subprocess.Popen[bytes], payload: bytes) ->
                 raise
             time.sleep(0.001)
             continue
-        client.call("grpc.AgentService", "StatsContainer", payload)
+        client.call(AGENT_SERVICE, "StatsContainer", payload)
         return client
 
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             begin = time.perf_counter()
             for _ in range(args.calls):
                 t0 = time.perf_counter()
-                client.call("grpc.AgentService", "StatsContainer", payload)
+                client.call(AGENT_SERVICE, "StatsContainer", payload)
                 samples.append(time.perf_counter() - t0)
             total = time.perf_counter() - begin
         samples.sort()

@@ -33,10 +33,9 @@ from guest_agent.lookup import ContainerLocator
 from guest_agent.parse import CgroupFormatError, parse_flat_keyed
 from guest_agent.reader import CgroupGone, CgroupReader, decode
 from guest_agent.statuses import ContainerCall
+from guest_agent.wire import RESOURCES_SERVICE
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
-
-RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
 
 FILES: Mapping[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
     1: (

@@ -25,14 +25,12 @@ from guest_agent.lookup import ContainerLocator
 from guest_agent.reader import CgroupReader
 from guest_agent.resources import ResourcesService
 from guest_agent.statuses import ContainerCall
+from guest_agent.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE
 from shimstats import __version__
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 
-AGENT_SERVICE = "grpc.AgentService"
-HEALTH_SERVICE = "grpc.Health"
-DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 AGENT_VERSION = f"shimstats-agent {__version__}"
 
 

@@ -28,9 +28,9 @@ from google.protobuf.message import DecodeError
 from shimstats import __version__, cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
-from shimstats.fake_containerd import NAMESPACE_KEY
 from shimstats.translate import OutputFormat, translate
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
+from shimstats.wire import NAMESPACE_KEY, TASK_METHODS, TASK_SERVICE
 
 __all__ = [
     "ANSWER_MARGIN",
@@ -42,10 +42,6 @@ __all__ = [
     "validate_id",
 ]
 
-_TASK = shim_pb2.DESCRIPTOR.services_by_name["Task"]
-TASK_SERVICE: str = _TASK.full_name
-"""``containerd.task.v2.Task``: the service containerd dials on a shim that printed a plain address."""
-TASK_METHODS: tuple[str, ...] = tuple(method.name for method in _TASK.methods)
 VERSION = f"shimstats {__version__}"
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")

@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
+from shimstats.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE, RESOURCES_SERVICE
 
 __all__ = [
     "AGENT_SERVICE",
@@ -47,10 +48,6 @@ __all__ = [
     "service_unsupported",
 ]
 
-AGENT_SERVICE = "grpc.AgentService"
-HEALTH_SERVICE = "grpc.Health"
-RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
-DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
 """kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
 

@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
-from shimstats.agent_client import DIAGNOSTICS_SERVICE, RESOURCES_SERVICE, AgentClient, service_unsupported
+from shimstats.agent_client import AgentClient, service_unsupported
 from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec
 from shimstats.emulate import kata_go
 from shimstats.translate import ContainerRecord, OutputFormat, record_from_agent
@@ -51,6 +51,7 @@ from shimstats.translate.record import (
     is_unlimited,
 )
 from shimstats.ttrpc import Code, TtrpcError, parse_address
+from shimstats.wire import DIAGNOSTICS_SERVICE, RESOURCES_SERVICE
 
 __all__ = [
     "CONTAINER_FAMILIES",

@@ -17,9 +17,8 @@ from google.protobuf import message as pb_message
 from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.ttrpc import Client
+from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 
-TASK_SERVICE = "containerd.task.v2.Task"
-NAMESPACE_KEY = "containerd-namespace-ttrpc"
 DEFAULT_NAMESPACE = "default"
 
 

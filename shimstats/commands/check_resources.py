@@ -24,10 +24,11 @@ from google.protobuf.message import DecodeError
 
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.agent_client import RESOURCES_SERVICE, Backoff, service_unsupported
+from shimstats.agent_client import Backoff, service_unsupported
 from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
 from shimstats.table import render
 from shimstats.ttrpc import Client, Code, TtrpcError
+from shimstats.wire import RESOURCES_SERVICE
 
 EXIT_MATCH, EXIT_MISMATCH, EXIT_CANNOT_CHECK = 0, 1, 2
 RETRIED = (Code.NOT_FOUND, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)

@@ -15,11 +15,12 @@ import logging
 import signal
 
 from guest_agent import logs
-from shimstats.adapter import TASK_SERVICE, StatsHandler, TaskService
+from shimstats.adapter import StatsHandler, TaskService
 from shimstats.agent_client import AgentClient
 from shimstats.commands._args import address, seconds
 from shimstats.translate import OutputFormat, resolve_format
 from shimstats.ttrpc import Server, TransportError, TtrpcError
+from shimstats.wire import TASK_SERVICE
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SHUTDOWN_GRACE = 2.0

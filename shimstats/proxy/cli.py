@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from shimstats import __version__
-from shimstats.adapter import TASK_SERVICE
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy import logs as proxy_logs
 from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
@@ -24,6 +23,7 @@ from shimstats.proxy.daemon import DaemonSettings, serve
 from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
 from shimstats.proxy.options import OptionsError
 from shimstats.ttrpc import AddressError, TransportError
+from shimstats.wire import TASK_SERVICE
 
 __all__ = ["build_parser", "main"]
 

@@ -19,13 +19,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shimstats.adapter import TASK_SERVICE, StatsHandler
+from shimstats.adapter import StatsHandler
 from shimstats.discovery import agent_client
 from shimstats.proxy.config import Fallback
 from shimstats.proxy.forward import ProxyService
 from shimstats.proxy.sockets import remove_if_stale, unix_path
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import Client, Server, TransportError
+from shimstats.wire import TASK_SERVICE
 
 __all__ = ["DaemonSettings", "serve"]
 

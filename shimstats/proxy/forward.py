@@ -21,10 +21,11 @@ import logging
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_METHODS, TASK_SERVICE, StatsHandler
+from shimstats.adapter import StatsHandler
 from shimstats.proxy.config import Fallback
 from shimstats.proxy.options import for_inner
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
+from shimstats.wire import TASK_METHODS, TASK_SERVICE
 
 __all__ = ["ProxyService"]
 

@@ -30,8 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
-from shimstats.fake_containerd import NAMESPACE_KEY
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
 from shimstats.proxy.daemon import DaemonSettings
@@ -39,6 +37,7 @@ from shimstats.proxy.logs import open_log_fifo
 from shimstats.proxy.options import config_path_of, decode_any, for_inner
 from shimstats.proxy.sockets import accepts, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError, SyncClient, TtrpcError
+from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 
 __all__ = [
     "STATE_FILE",

@@ -14,10 +14,11 @@ import time
 import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import ANSWER_MARGIN, TASK_SERVICE
+from shimstats.adapter import ANSWER_MARGIN
 from shimstats.agent_client import Backoff
 from shimstats.fake_containerd import StatsResult
 from shimstats.ttrpc import Code, TtrpcError
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import (
     AgentProcess,
     Fixture,

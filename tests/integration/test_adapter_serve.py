@@ -13,8 +13,8 @@ import pytest
 
 from shimstats import __version__
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.ttrpc import Client
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import (
     CLI,
     REPO,

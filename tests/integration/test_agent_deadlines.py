@@ -26,10 +26,9 @@ import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2
-from shimstats.adapter import TASK_SERVICE
-from shimstats.agent_client import AGENT_SERVICE
 from shimstats.fake_containerd import StatsResult
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
+from shimstats.wire import AGENT_SERVICE, TASK_SERVICE
 from tests.integration.harness import (
     CLI,
     REPO,

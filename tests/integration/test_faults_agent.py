@@ -26,7 +26,6 @@ from guest_agent.layout import detect_layout
 from guest_agent.reader import CgroupReader
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.agent_client import Backoff
 from shimstats.fake_containerd import StatsResult, call_stats, stats_metadata
 from shimstats.ttrpc import Client, Code, Frame, TtrpcError
@@ -37,6 +36,7 @@ from shimstats.ttrpc.framing import (
     encode_frame,
     encode_response,
 )
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE
 

@@ -21,9 +21,9 @@ from collections.abc import Awaitable
 import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import StatsResult, stats_metadata
 from shimstats.ttrpc import Client, Code, TtrpcError
+from shimstats.wire import TASK_SERVICE
 from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Containerd
 from tests.integration.conftest import unique_container_id
 from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from guest_agent.service import DIAGNOSTICS_SERVICE
 from shimstats._proto.kata import agent_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.ttrpc import Client, Code, TtrpcError
+from shimstats.wire import DIAGNOSTICS_SERVICE
 from tests.integration.harness import AgentProcess, Fixture, fixtures, short_tmp
 from tests.integration.test_guest_socket import serving as serving_tree
 

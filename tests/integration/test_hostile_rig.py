@@ -27,11 +27,11 @@ from shimstats import cri
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client, Frame
 from shimstats.ttrpc.framing import FrameDecoder, MessageType, decode_response, encode_frame, encode_request
 from shimstats.ttrpc.status import TtrpcError, error_from_status
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import (
     REPO,
     START_TIMEOUT,

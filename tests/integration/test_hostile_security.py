@@ -29,9 +29,9 @@ import pytest
 
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client, Code, Server, TransportError, TtrpcError
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import REPO, AgentProcess, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE, stack, stats_request
 

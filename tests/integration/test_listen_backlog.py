@@ -21,11 +21,10 @@ import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import health_pb2
-from shimstats.adapter import TASK_SERVICE
-from shimstats.agent_client import HEALTH_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import SyncClient
 from shimstats.ttrpc.transport import listen_backlog
+from shimstats.wire import HEALTH_SERVICE, TASK_SERVICE
 from tests.containerd_env import Container
 from tests.integration.harness import AgentProcess, ServeProcess, fixtures, short_tmp
 from tests.integration.test_proxy_cli import _serve as serve_proxy

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import REPO, ServeProcess, short_tmp
 
 PROXY = [sys.executable, "-m", "shimstats.proxy"]

@@ -22,9 +22,9 @@ import pytest
 from shimstats import cri
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client
+from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import CLI, REPO, START_TIMEOUT, AgentProcess, accepts, short_tmp
 from tests.integration.test_hostile_rig import FIXTURE
 

@@ -20,8 +20,8 @@ from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
 from shimstats.emulate import kata_go
-from shimstats.fake_containerd import TASK_SERVICE
 from shimstats.ttrpc import CallContext, Server
+from shimstats.wire import TASK_SERVICE
 from tests.containerd_env import Container
 from tests.integration.harness import CLI, REPO, AgentProcess, ServeProcess, fixtures, short_tmp
 

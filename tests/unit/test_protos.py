@@ -22,6 +22,7 @@ import pytest
 from google.protobuf import any_pb2, descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from shimstats import wire
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats._proto.containerd.services.tasks.v1 import tasks_pb2
@@ -563,3 +564,15 @@ async def async_call(channel: grpc.aio.Channel) -> tasks_pb2.MetricsResponse:
 """
     report, status = _mypy(tmp_path, {"grpc_use.py": use})
     assert status == 0, report
+
+
+def test_the_wire_names_read_from_the_descriptors_are_the_names_peers_send() -> None:
+    """shimstats.wire reads service names from the descriptors: they must be the very bytes containerd
+    (shim.proto's ``package containerd.task.v2``) and kata-agent (``package grpc``) put on the wire."""
+    assert wire.TASK_SERVICE == "containerd.task.v2.Task"
+    assert wire.AGENT_SERVICE == "grpc.AgentService"
+    assert wire.HEALTH_SERVICE == "grpc.Health"
+    assert wire.RESOURCES_SERVICE == "shimstats.agent.v1.Resources"
+    assert wire.DIAGNOSTICS_SERVICE == "shimstats.agent.v1.Diagnostics"
+    assert wire.NAMESPACE_KEY == "containerd-namespace-ttrpc"
+    assert {"Stats", "Connect", "Create", "Shutdown"} <= set(wire.TASK_METHODS)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from shimstats.adapter import TASK_SERVICE
 from shimstats.proxy.cli import build_parser
 from shimstats.proxy.daemon import DaemonSettings
 from shimstats.proxy.launch import (
@@ -22,6 +21,7 @@ from shimstats.proxy.launch import (
 )
 from shimstats.proxy.sockets import proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
+from shimstats.wire import TASK_SERVICE
 
 INNER = "unix:///run/containerd/s/" + "ab" * 32
 
