@@ -11,7 +11,7 @@ left of it travels to the agent as the request's timeout_nano. An expired call g
 the connection, and every other call in flight on it, carries on (the ttrpc client closes it only when its
 byte stream is stuck mid-frame, which no later answer could get through).
 
-Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
+Statuses, as containerd needs them (docs/spec/ttrpc.md §5, docs/spec/metrics.md §4.2, §5.3):
 * the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
   id and the agent's address;
 * except kata-agent's unknown-container answer, INVALID_ARGUMENT ``invalid container id``, which becomes

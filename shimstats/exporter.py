@@ -3,7 +3,7 @@
 Users alert on ``container_memory_working_set_bytes``. For a Kata container the kubelet's cAdvisor has no
 container cgroup on the host to read, and the Kata shims lose ``inactive_file``. This exporter asks the guest
 agents (ours, or kata-agent itself) for every configured container and publishes the figures under cAdvisor's
-names and meanings (reference/semantics.md §2), from the same ContainerRecord the adapter translates, so
+names and meanings (docs/spec/formulas.md §2), from the same ContainerRecord the adapter translates, so
 Grafana shows what the kubelet would act on.
 
 Why a custom Collector that reads on scrape, not a polling loop: each value is as fresh as the scrape, nothing
@@ -298,7 +298,7 @@ def _blkio(record: ContainerRecord) -> Samples:
 
 
 CONTAINER_FAMILIES: tuple[Family, ...] = (
-    # memory: cAdvisor's meanings (semantics.md §2); the breakdown is the cgroup with its descendants
+    # memory: cAdvisor's meanings (docs/spec/formulas.md §2); the breakdown is the cgroup with its descendants
     Family(
         "container_memory_working_set_bytes",
         "Current working set in bytes: usage - inactive_file, 0 when inactive_file is larger (what the "

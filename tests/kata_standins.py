@@ -10,12 +10,12 @@ Faults on top: ``hang`` (accepts, never answers), ``raw`` (these bytes instead o
 
 ``KataAgentService`` answers as the stock kata-agent does: grpc.AgentService/StatsContainer and grpc.Health
 only (no shimstats Resources service), and on a cgroup v2 guest with the fields kata-agent leaves empty
-(reference/wire.md §5.3; the rule is ``kata_agent_v2`` in tests/unit/test_translate_builders.py). It reads
+(docs/spec/metrics.md §5.3; the rule is ``kata_agent_v2`` in tests/unit/test_translate_builders.py). It reads
 the same cgroup files as our agent, so the two can be compared figure by figure.
 
 ``HybridVsockMuxer`` is a VMM's hybrid-vsock socket (Firecracker, Cloud Hypervisor): it reads
 ``CONNECT <port>\\n``, answers, and splices the connection to the unix socket serving that guest port
-(reference/wire.md: hybrid vsock). Real vhost-vsock (QEMU) needs a VM: not here.
+(docs/spec/ttrpc.md §7.1). Real vhost-vsock (QEMU) needs a VM: not here.
 """
 
 from __future__ import annotations

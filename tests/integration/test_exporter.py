@@ -2,7 +2,7 @@
 
 Guest agents are real ``python -m guest_agent`` processes serving captured kernels (tests/fixtures/cgroupfs)
 on unix sockets; a silent agent is a socket in this process that reads requests and never answers. Expected
-values come from the fixture's own files by cAdvisor's rules (reference/semantics.md §2):
+values come from the fixture's own files by cAdvisor's rules (docs/spec/formulas.md §2):
 
 * v2: usage = memory.current; working set = usage - memory.stat inactive_file (0 if larger); rss = anon;
   cache = file; mapped_file = file_mapped; failcnt = memory.events max; max usage = memory.peak; swap =

@@ -1,7 +1,7 @@
 """The exporter's families (shimstats.exporter), rendered and parsed back as Prometheus text.
 
 Every expected value is the guest's own figure moved by the rule the test names: cAdvisor's meanings
-(reference/semantics.md §2), seconds = ns / 1e9, unlimited (above 2**62) = 0 in the spec limit. Guests come
+(docs/spec/formulas.md §2), seconds = ns / 1e9, unlimited (above 2**62) = 0 in the spec limit. Guests come
 from tests/unit/test_translate_builders.py: real fixtures read through the guest agent's reader, and
 hand-built examples whose every figure is distinct.
 """
