@@ -46,6 +46,7 @@ from typing import TypeVar
 
 from guest_agent.files import FileCache
 from guest_agent.layout import Hierarchy, Layout
+from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
@@ -72,29 +73,6 @@ from guest_agent.record import (
     PidsRecord,
     Throttling,
 )
-
-KERNEL_PARTS = (
-    "kernel_stack",
-    "pagetables",
-    "sec_pagetables",
-    "percpu",
-    "slab_reclaimable",
-    "slab_unreclaimable",
-    "vmalloc",
-)
-"""v2 memory.stat keys summed as kernel usage when the kernel has no ``kernel`` key (before 5.19)."""
-
-BLKIO_FIELDS = (
-    "io_service_bytes_recursive",
-    "io_serviced_recursive",
-    "io_queued_recursive",
-    "io_service_time_recursive",
-    "io_wait_time_recursive",
-    "io_merged_recursive",
-    "io_time_recursive",
-    "sectors_recursive",
-)
-"""kata's BlkioStats lists, in its field order (the file each one is read from is in BLKIO_GROUPS)."""
 
 BlkioGroup = tuple[tuple[str, str], ...]
 

@@ -20,7 +20,7 @@ Defects reproduced, all visible in the Metrics:
 
 from __future__ import annotations
 
-from guest_agent.reader import BLKIO_FIELDS
+from guest_agent.names import BLKIO_FIELDS
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.kata import agent_pb2
 from shimstats.emulate._copy import blkio_entries, hugetlb_v1, memory_entry

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guest_agent.reader import BLKIO_FIELDS, KERNEL_PARTS  # the agent's own lists: one source
+from guest_agent.names import BLKIO_FIELDS, KERNEL_PARTS  # the agent's own lists: one source
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate.record import (
     UNLIMITED,

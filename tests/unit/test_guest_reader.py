@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from guest_agent.layout import Layout, detect_layout
+from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
-from guest_agent.reader import KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
 from guest_agent.record import Counter, Throttling
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"

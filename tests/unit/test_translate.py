@@ -4,6 +4,8 @@ test_translate_invariant.py. Every expected number is the input's, moved by the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -477,3 +479,11 @@ def test_resolve_format_auto_on_this_machine() -> None:
     if fstype is None or not os.path.isdir("/sys/fs/cgroup"):
         pytest.skip("no cgroup filesystem at /sys/fs/cgroup")
     assert resolve_format("auto") == ("v2" if fstype == "cgroup2" else "v1")
+
+
+def test_the_translation_core_does_not_load_the_guest_readers_io() -> None:
+    """translate shares the agent's names (guest_agent.names), not its reader, which opens cgroup files."""
+    probe = "import sys, shimstats.translate; print(sorted(m for m in sys.modules if m.startswith('guest_')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "guest_agent.names" in loaded
+    assert "guest_agent.reader" not in loaded
