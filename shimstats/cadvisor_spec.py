@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
+from shimstats.cri import is_unlimited
 
 __all__ = ["CadvisorSpec", "cadvisor_spec", "shares_from_weight"]
-
-UNLIMITED_ABOVE = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def _fields(setting: resources_pb2.Setting) -> list[int | None]:
 
 def _memory(value: int | None) -> int:
     """cAdvisor's specMemoryValue: ``max`` and anything above 2^62 read as 0 (no limit)."""
-    return 0 if value is None or value > UNLIMITED_ABOVE else value
+    return 0 if value is None or is_unlimited(value) else value
 
 
 def cadvisor_spec(response: resources_pb2.GetResponse) -> CadvisorSpec:

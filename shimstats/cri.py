@@ -17,13 +17,16 @@ from typing import Union
 
 from google.protobuf import any_pb2
 
+from guest_agent.parse import U64_MAX
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 
 V1_TYPE_URL = "io.containerd.cgroups.v1.Metrics"
 V2_TYPE_URL = "io.containerd.cgroups.v2.Metrics"
 UNLIMITED_THRESHOLD = 1 << 62
-_U64 = 1 << 64
+"""A limit above this means "no limit": the rule containerd's CRI plugin, cAdvisor and the kubelet apply
+(the one place it is written; translate, cadvisor_spec, resources and guest-test's checks use it)."""
+_U64 = U64_MAX + 1
 
 Metrics = Union[v1.Metrics, v2.Metrics]
 
@@ -80,6 +83,7 @@ def working_set(usage: int, inactive_file: int) -> int:
 
 
 def is_unlimited(limit: int) -> bool:
+    """True for a limit that means "no limit" (above UNLIMITED_THRESHOLD)."""
     return limit > UNLIMITED_THRESHOLD
 
 

@@ -48,7 +48,6 @@ from shimstats.translate.record import (
     HugetlbRecord,
     MemoryRecord,
     NetworkRecord,
-    is_unlimited,
 )
 from shimstats.ttrpc import Code, TtrpcError, parse_address
 from shimstats.wire import DIAGNOSTICS_SERVICE, RESOURCES_SERVICE
@@ -246,7 +245,7 @@ def _spec_limit(limit: int | None) -> int | None:
     """cAdvisor's container_spec_memory_limit_bytes: 0 for unlimited (above 2**62)."""
     if limit is None:
         return None
-    return 0 if is_unlimited(limit) else limit
+    return 0 if cri.is_unlimited(limit) else limit
 
 
 def _failures(record: ContainerRecord) -> Samples:

@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Literal, Union
 
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
+from shimstats.cri import UNLIMITED_THRESHOLD
 
 Field = Union[int, Literal["max"]]
 """One field of a cgroup file: a number, or the literal ``max`` (no limit)."""
@@ -40,8 +41,6 @@ Fields = tuple[Field, ...]
 MIN_SHARES, MAX_SHARES, SHARES_PER_CPU = 2, 262144, 1024
 QUOTA_PERIOD, MIN_QUOTA = 100_000, 1000
 MAX_WEIGHT = 10_000
-V1_UNLIMITED_FLOOR = 1 << 62
-"""A v1 memory limit at or above this reads as unlimited (the kernel shows 9223372036854771712)."""
 
 WeightRule = Literal["linear", "quadratic"]
 LINEAR: WeightRule = "linear"
@@ -346,7 +345,7 @@ def applied_settings(response: resources_pb2.GetResponse) -> list[Applied]:
         v1_memory = s.cgroup_version == 1 and s.file.startswith("memory.")
         fields: list[Field] = []
         for v in s.values:
-            if v.WhichOneof("kind") == "max" or (v1_memory and v.number >= V1_UNLIMITED_FLOOR):
+            if v.WhichOneof("kind") == "max" or (v1_memory and v.number >= UNLIMITED_THRESHOLD):
                 fields.append("max")
             else:
                 fields.append(v.number)

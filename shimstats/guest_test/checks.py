@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from guest_agent.parse import parse_blkio, parse_flat_keyed, parse_nested_keyed, parse_single
+from guest_agent.parse import U64_MAX, parse_blkio, parse_flat_keyed, parse_nested_keyed, parse_single
 from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.table import human_bytes
 
-UNLIMITED = 2**64 - 1
+UNLIMITED = U64_MAX
 """How a limit that means "none" is held here, whatever spelling it came in."""
-_UNLIMITED_ABOVE = 1 << 62
 BYTE_TOLERANCE = 512 * 1024
 """Bytes a swap figure may be off by (the same allowance verify gives usage: per-cpu charge batches)."""
 
@@ -47,7 +46,7 @@ IO_FIELDS = (("rbytes", "read bytes"), ("wbytes", "write bytes"), ("rios", "read
 
 
 def normalise_limit(value: int) -> int:
-    return UNLIMITED if value > _UNLIMITED_ABOVE else value
+    return UNLIMITED if cri.is_unlimited(value) else value
 
 
 def show(figure: str, value: int | None) -> str:

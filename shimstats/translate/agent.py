@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 
 from guest_agent.names import BLKIO_FIELDS, KERNEL_PARTS  # the agent's own lists: one source
 from shimstats._proto.kata import agent_pb2
+from shimstats.cri import is_unlimited
 from shimstats.translate.record import (
     UNLIMITED,
     BlkioLine,
@@ -52,7 +53,6 @@ from shimstats.translate.record import (
     NetworkRecord,
     PidsRecord,
     Throttling,
-    is_unlimited,
 )
 
 V1_KEYS: Mapping[str, str] = {

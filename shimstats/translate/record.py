@@ -25,16 +25,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from guest_agent.parse import U64_MAX
+from shimstats.cri import working_set
+
 GuestVersion = Literal["v1", "v2", "unknown"]
 
-UNLIMITED = 2**64 - 1
-"""How the record spells a limit it derives as unlimited (v2's "max"); any value above 2**62 also means it."""
-UNLIMITED_THRESHOLD = 1 << 62
-
-
-def is_unlimited(limit: int) -> bool:
-    """The rule containerd's CRI plugin and the kubelet use for "no limit"."""
-    return limit > UNLIMITED_THRESHOLD
+UNLIMITED = U64_MAX
+"""How the record spells a limit it derives as unlimited (v2's "max"); any value above 2**62 also means it
+(cri.is_unlimited)."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +127,7 @@ class MemoryRecord:
     @property
     def working_set(self) -> int:
         """usage - inactive_file, 0 unless inactive_file < usage: what CRI and cAdvisor compute."""
-        inactive = self.hierarchy.inactive_file or 0
-        return self.usage.usage - inactive if inactive < self.usage.usage else 0
+        return working_set(self.usage.usage, self.hierarchy.inactive_file or 0)
 
 
 @dataclass(frozen=True)

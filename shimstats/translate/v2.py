@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
-from shimstats.translate.record import UNLIMITED, ContainerRecord, CpuRecord, MemoryRecord, is_unlimited
+from shimstats.cri import is_unlimited
+from shimstats.translate.record import UNLIMITED, ContainerRecord, CpuRecord, MemoryRecord
 
 STAT_FIELDS: tuple[str, ...] = (
     "anon",
