@@ -12,17 +12,18 @@ import sys
 import time
 from typing import Any, TextIO
 
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
 }
-"""What every LogRecord carries; anything else on a record came from a call's ``extra=``."""
+"""What every LogRecord carries; anything else on a record came from a call's ``extra=`` (the proxy's
+logfmt lines use it too)."""
 
 
-def _extras(record: logging.LogRecord) -> dict[str, Any]:
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """Every field a log call passed with ``extra=`` (container_id, namespace, address...), in call order."""
-    return {name: value for name, value in vars(record).items() if name not in _STANDARD_ATTRIBUTES}
+    return {name: value for name, value in vars(record).items() if name not in STANDARD_ATTRIBUTES}
 
 
 class TextFormatter(logging.Formatter):
@@ -31,7 +32,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name}: {record.getMessage()}"
-        extras = " ".join(f"{k}={v!r}" for k, v in _extras(record).items())
+        extras = " ".join(f"{k}={v!r}" for k, v in extra_fields(record).items())
         if extras:
             line += " " + extras
         if record.exc_info:
@@ -50,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update(_extras(record))
+        out.update(extra_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

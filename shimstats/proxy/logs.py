@@ -19,12 +19,12 @@ import os
 import time
 from typing import Any, TextIO
 
+from guest_agent.logs import extra_fields
 from shimstats.proxy import RUNTIME_TYPE
 
 __all__ = ["LogfmtFormatter", "configure", "open_log_fifo"]
 
 LOG_FIFO = "log"
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _LEVELS = {"WARNING": "warning", "CRITICAL": "fatal"}
 
 
@@ -48,7 +48,7 @@ class LogfmtFormatter(logging.Formatter):
         nanos = int((record.created % 1) * 1e9)
         level = _LEVELS.get(record.levelname, record.levelname.lower())
         parts = [f'time="{stamp}.{nanos:09d}Z"', f"level={level}", f"msg={_quote(record.getMessage())}"]
-        extras = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+        extras = extra_fields(record)
         for key, value in {**self.fields, "logger": record.name, **extras}.items():
             parts.append(f"{key}={_quote(value)}")
         if record.exc_info:
