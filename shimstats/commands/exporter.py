@@ -27,13 +27,9 @@ from shimstats.discovered_targets import CriNames, DiscoveredTargets
 from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, parse_agent_port
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.exporter_http import MetricsServer
+from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the project's dependency on tomli covers 3.9 and 3.10
-    import tomli as tomllib
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LABEL_KEYS = ("container", "pod", "namespace", "image")
@@ -306,12 +302,11 @@ def targets(agent: str | None, containers: Sequence[str], config: str | None) ->
 def load_config(path: str) -> tuple[AgentTarget, ...]:
     """The agents of a config file (format: contrib/exporter-config.example.toml)."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        data = read_toml(
+            path, "cannot read config {path}: {reason}", "config {path} is not valid TOML: {reason}"
+        )
+    except TomlFileError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, path)
 
 

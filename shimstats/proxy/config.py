@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -34,12 +33,8 @@ from typing import Any, Literal, cast
 from shimstats.adapter import validate_id
 from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
+from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.ttrpc import AddressError, TtrpcError, parse_address
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python < 3.11 only
-    import tomli as tomllib
 
 __all__ = [
     "FALLBACKS",
@@ -206,12 +201,11 @@ def _kata_settings(data: Mapping[str, Any], where: str) -> tuple[AgentPort, tupl
 def load_config(path: str) -> ProxyConfig:
     """Read and check the TOML file at ``path``."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the proxy config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(
+            path, "cannot read the proxy config {path}: {reason}", "{path}: not valid TOML: {reason}"
+        )
+    except TomlFileError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, path)
 
 
