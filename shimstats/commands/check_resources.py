@@ -20,19 +20,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import cast
 
-from google.protobuf.message import DecodeError
-
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.agent_client import Backoff, service_unsupported
+from shimstats.agent_client import AgentClient, Backoff, service_unsupported
 from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
 from shimstats.table import render
-from shimstats.ttrpc import Client, Code, TtrpcError
+from shimstats.ttrpc import Code, TtrpcError
 from shimstats.wire import RESOURCES_SERVICE
 
 EXIT_MATCH, EXIT_MISMATCH, EXIT_CANNOT_CHECK = 0, 1, 2
 RETRIED = (Code.NOT_FOUND, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 BACKOFF = Backoff(initial=0.05, maximum=1.0)
+NO_BACKOFF = Backoff(initial=0.0, maximum=0.0)
 CANNOT_REPORT = "this agent cannot report applied resources"
 
 EPILOG = """\
@@ -147,20 +146,19 @@ def cannot_report(error: TtrpcError) -> bool:
 
 
 async def fetch(address: str, container_id: str, wait: float, timeout: float) -> Fetched:
-    """Resources/Get for a running container, retried (RETRIED, unreachable, empty cgroup) for ``wait`` s."""
+    """Resources/Get for a running container, retried (RETRIED, unreachable, empty cgroup) for ``wait`` s.
+
+    AgentClient dials and redials; the pause between attempts is BACKOFF's, here (the client's own is off).
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    request = resources_pb2.GetRequest(container_id=container_id).SerializeToString()
-    client: Client | None = None
+    client = AgentClient(address, connect_timeout=timeout, default_timeout=timeout, backoff=NO_BACKOFF)
     attempts = 0
     try:
         while True:
             attempts += 1
             try:
-                if client is None or client.closed:
-                    client = await Client.connect(address, timeout=timeout)
-                payload = await client.call(RESOURCES_SERVICE, "Get", request, timeout=timeout)
-                response = resources_pb2.GetResponse.FromString(payload)
+                response = await client.resources(container_id, deadline=loop.time() + timeout)
                 if response.populated:
                     return Fetched(response, attempts, loop.time() - start)
                 reason = f"container {container_id!r} is not running: its cgroup has no processes"
@@ -170,17 +168,12 @@ async def fetch(address: str, container_id: str, wait: float, timeout: float) ->
                 if exc.code not in RETRIED:
                     raise CannotCheck(str(exc)) from None
                 reason = str(exc)
-            except DecodeError as exc:
-                raise CannotCheck(f"the GetResponse from {address} does not decode: {exc}") from None
-            except OSError as exc:  # TransportError: the agent cannot be dialled
-                reason = str(exc)
             elapsed = loop.time() - start
             if elapsed >= wait:
                 raise CannotCheck(f"{reason}; gave up after {elapsed:.1f} s and {attempts} attempts")
             await asyncio.sleep(min(BACKOFF.delay(attempts), wait - elapsed))
     finally:
-        if client is not None:
-            await client.close()
+        await client.close()
 
 
 def inputs(args: argparse.Namespace) -> tuple[rs.ContainerResources, rs.Node]:
