@@ -131,6 +131,7 @@ async def _stats_cli(address: str, container_id: str, timeout: str) -> tuple[int
     return process.returncode, err.decode()
 
 
+@pytest.mark.slow
 async def test_a_hung_agent_behind_serve_is_named_on_both_sides() -> None:
     with short_tmp() as directory:
         async with SilentAgent(directory) as silent:
@@ -158,6 +159,7 @@ async def test_a_hung_agent_behind_serve_is_named_on_both_sides() -> None:
     assert all(silent.address in warned[i]["msg"] for i in ("web-1", "web-2"))
 
 
+@pytest.mark.slow
 async def test_a_hung_serve_is_named_by_its_caller() -> None:
     with short_tmp() as directory:
         async with SilentAgent(directory) as silent:

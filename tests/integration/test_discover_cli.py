@@ -94,6 +94,7 @@ async def test_every_sandbox_its_address_and_health(tmp: Path) -> None:
     assert "HTTP 500" in table
 
 
+@pytest.mark.slow
 async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(tmp: Path) -> None:
     mux_path = tmp / "clh.sock"
     no_cri = f"unix://{tmp}/no-cri.sock"

@@ -20,6 +20,7 @@ def explain_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "story", "words"),
     [

@@ -303,6 +303,7 @@ def fixture_agents(directory: Path) -> Iterator[list[tuple[Fixture, AgentProcess
         yield started
 
 
+@pytest.mark.slow
 def test_every_fixture_is_exported_with_cadvisor_figures_and_its_labels() -> None:
     assert {f.guest_version for f in CONTAINER_FIXTURES} == {1, 2}, "need v1 and v2 container fixtures"
     with short_tmp() as directory, fixture_agents(directory) as agents:

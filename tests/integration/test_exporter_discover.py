@@ -18,6 +18,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.integration.harness import AgentProcess, Fixture, short_tmp
 from tests.integration.test_exporter import (
     CONTAINER_FIXTURES,
@@ -67,6 +69,7 @@ def up(series: Series) -> dict[str, float]:
     return {labels["sandbox"]: v for labels, v in series.get("shimstats_agent_up", [])}
 
 
+@pytest.mark.slow
 def test_sandboxes_come_and_go_quietly_and_a_paused_one_is_named_once() -> None:
     by_id = {fx.request_id: fx for fx in reversed(CONTAINER_FIXTURES)}  # one fixture per container id
     chosen = [

@@ -41,6 +41,7 @@ async def _outcome(call: Awaitable[bytes]) -> tuple[bytes | TtrpcError, float]:
     return result, time.monotonic() - started
 
 
+@pytest.mark.slow
 async def test_the_inner_shim_killed_under_the_proxy_fails_calls_at_once_and_the_proxy_leaves() -> None:
     with stack() as running:
         proxy = running.targets()["proxy"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 
 from shimstats import cri
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
@@ -222,6 +223,7 @@ def read_answers(
 # -- the rig's own test --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_every_target_answers_its_good_call_and_raw_frames() -> None:
     with stack() as running:
         for target in running.targets().values():

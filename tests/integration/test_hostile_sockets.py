@@ -150,6 +150,7 @@ async def _answer_or_hang_up(sock: socket.socket, target: Target) -> TtrpcError 
         return None
 
 
+@pytest.mark.slow
 async def test_ten_thousand_idle_connections_opened_and_dropped(target: Target, caller: Client) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < IDLE_CONNECTIONS + 200:

@@ -13,9 +13,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_wheel_has_the_bundled_capture_the_stubs_and_the_console_scripts(tmp_path: Path) -> None:
     subprocess.run(
         [

@@ -135,6 +135,7 @@ def test_verify_passes_against_our_adapter_for_the_same_v2_guest_on_a_v1_host() 
     assert "cgroup v2" in by_files.stdout
 
 
+@pytest.mark.slow
 def test_verify_exit_2_when_it_cannot_verify(tmp_path: Path) -> None:
     missing = tmp_path / "no.sock"
     unreachable = verify_cli("--shim", f"unix://{missing}", "--id", "x", "--cgroup", str(V2_INACTIVE_DIR))
