@@ -1,0 +1,299 @@
+"""What the proxy shim costs a container, against the runc shim alone, in one run (issue 16).
+
+``python -m bench.proxy [--rounds N]`` (root; starts a private containerd 1.6 + runc)
+
+Each round runs, alternating runc (A) then the proxy (B, containerd-shim-kata-stats-v2 in front of
+containerd-shim-runc-v2):
+- start: the shim binary's ``start`` action alone, as containerd runs it (flags, bundle directory as
+  working directory, containerd's environment), timed from exec to exit: containerd reads the address when
+  the process exits. The shim is then told to Shutdown and its files are removed (not timed);
+- run: ``ctr run -d`` of a busybox ``sleep`` with ``--runtime io.containerd.runc.v2`` or ours;
+- RSS: the shim's serving process (runc: the ``containerd-shim-runc-v2`` serving the task; ours: the
+  ``serve`` process) from /proc/PID/status, right after the run and again after one ``ctr task metrics``
+  (Stats answered by a guest agent on this host reading the container's cgroup: the whole Stats path loaded);
+- delete: ``ctr task kill -s KILL``, wait until STOPPED (not timed), then ``ctr task delete`` timed.
+Printed: medians and min–max per side, and B − A against the issue's targets (start +100 ms, delete
++50 ms, RSS 20 MB). Nothing here is asserted: the machine is shared and the numbers move between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
+from tests.containerd_env import Containerd, busybox_rootfs
+from tests.integration.harness import REPO, AgentProcess, short_tmp
+
+__all__ = ["main"]
+
+RUNC_SHIM = "containerd-shim-runc-v2"
+RUNC_RUNTIME = "io.containerd.runc.v2"
+NAMESPACE = "bench"
+START_TARGET_MS = 100.0
+DELETE_TARGET_MS = 50.0
+RSS_TARGET_MB = 20.0
+_SIDES = ("runc", "proxy")
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _timed(argv: Sequence[str], **kwargs: object) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    began = time.perf_counter()
+    done = subprocess.run(list(argv), capture_output=True, check=False, **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - began, done
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile of ``pid`` in kB (empty when it is gone)."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _serving_pid(container_id: str, side: str) -> int:
+    """The process that serves ``container_id``'s task API on ``side`` (0 when none is found)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _cmdline(int(entry))
+        if "-id" not in argv or container_id not in argv or "start" in argv or "delete" in argv:
+            continue
+        if side == "runc" and argv and argv[0].endswith(RUNC_SHIM):
+            return int(entry)
+        if side == "proxy" and "serve" in argv:
+            return int(entry)
+    return 0
+
+
+class Bench:
+    """One containerd, one proxy config, the samples of every round."""
+
+    def __init__(self, containerd: Containerd, directory: Path, binary: str) -> None:
+        self.containerd = containerd
+        self.directory = directory
+        self.binary = binary
+        self.samples: dict[str, dict[str, list[float]]] = {side: {} for side in _SIDES}
+        self.count = 0
+
+    def add(self, side: str, what: str, value: float) -> None:
+        self.samples[side].setdefault(what, []).append(value)
+
+    def _next_id(self, what: str) -> str:
+        self.count += 1
+        return f"{what}-{self.count:04d}"
+
+    def _nsenter(self, cwd: Path) -> list[str]:
+        # Entering a mount namespace moves the caller to its root: --wd brings it back to ``cwd``.
+        return ["nsenter", f"--mount=/proc/{self.containerd.pid}/ns/mnt", f"--wd={cwd}", "--"]
+
+    # -- the start action alone ----------------------------------------------------------------
+
+    def start_action(self, side: str) -> None:
+        container_id = self._next_id("s")
+        bundle = self.directory / "bundles" / container_id
+        bundle.mkdir(parents=True)
+        (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": {}}))
+        os.mkfifo(bundle / "log")  # containerd opens its read end before start; shims write their logs there
+        log_fd = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self._start_and_stop(side, container_id, bundle)
+        finally:
+            os.close(log_fd)
+        shutil.rmtree(bundle)
+
+    def _start_and_stop(self, side: str, container_id: str, bundle: Path) -> None:
+        binary = shutil.which(RUNC_SHIM) if side == "runc" else self.binary
+        assert binary is not None
+        argv = [binary, "-namespace", NAMESPACE, "-address", self.containerd.address]
+        argv += ["-publish-binary", shutil.which("containerd") or "containerd", "-id", container_id, "start"]
+        env = {**os.environ, "TTRPC_ADDRESS": self.containerd.ttrpc_address}
+        env[CONFIG_ENV] = str(self.directory / "proxy.toml")
+        env["PWD"] = str(bundle)
+        # In containerd's mount namespace, so the sockets land under its private /run like a real shim's.
+        seconds, done = _timed([*self._nsenter(bundle), *argv], env=env, stdin=subprocess.DEVNULL)
+        address = done.stdout.decode().strip()
+        if done.returncode != 0 or not address.startswith("unix://"):
+            raise RuntimeError(f"{side} start failed ({done.returncode}): {done.stdout!r} {done.stderr!r}")
+        self.add(side, "start ms", _ms(seconds))
+        self._shutdown(address, container_id)
+
+    def _shutdown(self, address: str, container_id: str) -> None:
+        """Shutdown over the printed address (in containerd's namespace), then wait for the socket to go."""
+        script = (
+            "import sys\n"
+            "from shimstats._proto.containerd.task.v2 import shim_pb2\n"
+            "from shimstats.fake_containerd import NAMESPACE_KEY\n"
+            "from shimstats.ttrpc import SyncClient, TtrpcError, TransportError\n"
+            "try:\n"
+            "    with SyncClient(sys.argv[1]) as c:\n"
+            "        c.call('containerd.task.v2.Task', 'Shutdown',\n"
+            "               shim_pb2.ShutdownRequest(id=sys.argv[2]).SerializeToString(),\n"
+            "               metadata={NAMESPACE_KEY: sys.argv[3]})\n"
+            "except (TtrpcError, TransportError, OSError):\n"
+            "    pass  # the shim exits while answering\n"
+        )
+        subprocess.run(
+            [*self._nsenter(REPO), sys.executable, "-c", script, address, container_id, NAMESPACE],
+            cwd=REPO,
+            check=False,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 10
+        while _serving_pid(container_id, "runc") or _serving_pid(container_id, "proxy"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{container_id}: the shim did not exit after Shutdown")
+            time.sleep(0.02)
+
+    # -- a container's life through containerd ------------------------------------------------
+
+    def container(self, side: str) -> None:
+        container_id = self._next_id("c")
+        home = self.directory / "containers" / container_id
+        rootfs = busybox_rootfs(home / "rootfs")
+        agent = AgentProcess(self._agent_dir(container_id), ["--container", f"{container_id}=/{NAMESPACE}/{container_id}"])
+        if side == "proxy":
+            agent.start()
+        runtime = RUNC_RUNTIME if side == "runc" else RUNTIME_TYPE
+        try:
+            seconds, done = _timed(
+                ["ctr", "--address", self.containerd.address, "--namespace", NAMESPACE, "run", "--detach",
+                 "--runtime", runtime, "--env", "PATH=/bin", "--log-uri", f"file://{home}/output.log",
+                 "--rootfs", str(rootfs), container_id, "sleep", "3600"]
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"ctr run ({side}) failed: {done.stderr.decode().strip()}")
+            self.add(side, "ctr run ms", _ms(seconds))
+            self._rss(side, container_id, "")
+            self.containerd.ctr("task", "metrics", container_id, namespace=NAMESPACE)
+            self._rss(side, container_id, " after Stats")
+            self.containerd.ctr("task", "kill", "-s", "KILL", container_id, namespace=NAMESPACE)
+            self._wait_stopped(container_id)
+            seconds, done = _timed(
+                ["ctr", "--address", self.containerd.address, "--namespace", NAMESPACE, "task", "delete",
+                 container_id]
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"ctr task delete ({side}) failed: {done.stderr.decode().strip()}")
+            self.add(side, "ctr task delete ms", _ms(seconds))
+            self.containerd.ctr("container", "delete", container_id, namespace=NAMESPACE)
+        finally:
+            if agent.process is not None:
+                agent.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+    def _agent_dir(self, container_id: str) -> Path:
+        path = self.directory / "a" / container_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _rss(self, side: str, container_id: str, when: str) -> None:
+        pid = _serving_pid(container_id, side)
+        status = _status_kb(pid) if pid else {}
+        if not status:
+            raise RuntimeError(f"{side}: no serving process found for {container_id}")
+        self.add(side, f"RSS MB{when}", status["VmRSS"] / 1024)
+        self.add(side, f"RssAnon MB{when}", status["RssAnon"] / 1024)
+
+    def _wait_stopped(self, container_id: str) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            listing = self.containerd.ctr("task", "ls", namespace=NAMESPACE).stdout
+            rows = [line.split() for line in listing.splitlines()[1:]]
+            if any(row[0] == container_id and row[-1] == "STOPPED" for row in rows if row):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{container_id} did not stop: {listing}")
+            time.sleep(0.05)
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.1f}–{max(values):.1f}"
+
+
+def report(bench: Bench, rounds: int) -> None:
+    print(f"\nproxy shim vs runc shim, {rounds} rounds alternating (A = runc, B = proxy)")
+    print(f"{'figure':<26}{'runc p50':>10}{'range':>16}{'proxy p50':>11}{'range':>16}{'B-A p50':>9}{'B/A':>6}")
+    targets = {
+        "start ms": START_TARGET_MS,
+        "ctr run ms": START_TARGET_MS,
+        "ctr task delete ms": DELETE_TARGET_MS,
+    }
+    for what, runc in bench.samples["runc"].items():
+        proxy = bench.samples["proxy"].get(what, [])
+        if not proxy:
+            continue
+        a, b = statistics.median(runc), statistics.median(proxy)
+        line = f"{what:<26}{a:>10.1f}{_spread(runc):>16}{b:>11.1f}{_spread(proxy):>16}{b - a:>+9.1f}{b / a:>6.2f}"
+        if what in targets:
+            line += f"   target B-A <= +{targets[what]:g}: {'met' if b - a <= targets[what] else 'NOT met'}"
+        elif what.startswith("RSS MB"):
+            line += f"   target B <= {RSS_TARGET_MB:g} MB: {'met' if b <= RSS_TARGET_MB else 'NOT met'}"
+        print(line)
+
+
+@contextlib.contextmanager
+def environment() -> Iterator[tuple[Containerd, Path, str]]:
+    """A private containerd whose PATH finds our shim; the proxy config (inner = runc shim)."""
+    with short_tmp() as directory:
+        bin_dir = directory / "bin"
+        bin_dir.mkdir()
+        binary = bin_dir / BINARY
+        # As pip installs it: a console script importing shimstats.proxy.cli (this checkout first).
+        binary.write_text(
+            f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+            "from shimstats.proxy.cli import main\nsys.exit(main())\n"
+        )
+        binary.chmod(0o755)
+        agent = f"unix://{directory}/a/{{id}}/agent.sock"
+        config = directory / "proxy.toml"
+        config.write_text(f'inner_shim = "{RUNC_SHIM}"\nagent = "{agent}"\nmetrics_format = "v1"\n')
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}", CONFIG_ENV: str(config)}
+        with Containerd(env=env) as containerd:
+            yield containerd, directory, str(binary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="A/B rounds (default 10)")
+    args = parser.parse_args(argv)
+    with environment() as (containerd, directory, binary):
+        bench = Bench(containerd, directory, binary)
+        for side in _SIDES:  # warm-up: page cache, containerd's first-run work
+            bench.start_action(side)
+            bench.container(side)
+        bench.samples = {side: {} for side in _SIDES}
+        for index in range(args.rounds):
+            for side in _SIDES:
+                bench.start_action(side)
+                bench.container(side)
+            print(f"round {index + 1}/{args.rounds} done", file=sys.stderr)
+        report(bench, args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
