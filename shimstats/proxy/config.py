@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from shimstats.adapter import validate_id
+from shimstats.identifiers import identifier_problem
 from shimstats.proxy import BINARY
-from shimstats.ttrpc import AddressError, TtrpcError, parse_address
+from shimstats.ttrpc import AddressError, parse_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,10 +80,9 @@ def expand_agent(template: str, *, container_id: str, sandbox: str, namespace: s
     """
     values = {"id": container_id, "sandbox": sandbox, "namespace": namespace}
     for name, value in values.items():
-        try:
-            validate_id(value)
-        except TtrpcError as exc:
-            raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {exc.message}") from None
+        problem = identifier_problem(value)
+        if problem is not None:
+            raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {problem}")
     try:
         text = template.format_map(values)
     except KeyError as exc:
