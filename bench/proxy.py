@@ -174,7 +174,9 @@ class Bench:
         container_id = self._next_id("c")
         home = self.directory / "containers" / container_id
         rootfs = busybox_rootfs(home / "rootfs")
-        agent = AgentProcess(self._agent_dir(container_id), ["--container", f"{container_id}=/{NAMESPACE}/{container_id}"])
+        agent = AgentProcess(
+            self._agent_dir(container_id), ["--container", f"{container_id}=/{NAMESPACE}/{container_id}"]
+        )
         if side == "proxy":
             agent.start()
         runtime = RUNC_RUNTIME if side == "runc" else RUNTIME_TYPE
@@ -236,7 +238,9 @@ def _spread(values: Sequence[float]) -> str:
 
 def report(bench: Bench, rounds: int) -> None:
     print(f"\nproxy shim vs runc shim, {rounds} rounds alternating (A = runc, B = proxy)")
-    print(f"{'figure':<26}{'runc p50':>10}{'range':>16}{'proxy p50':>11}{'range':>16}{'B-A p50':>9}{'B/A':>6}")
+    print(
+        f"{'figure':<26}{'runc p50':>10}{'range':>16}{'proxy p50':>11}{'range':>16}{'B-A p50':>9}{'B/A':>6}"
+    )
     targets = {
         "start ms": START_TARGET_MS,
         "ctr run ms": START_TARGET_MS,
@@ -247,7 +251,8 @@ def report(bench: Bench, rounds: int) -> None:
         if not proxy:
             continue
         a, b = statistics.median(runc), statistics.median(proxy)
-        line = f"{what:<26}{a:>10.1f}{_spread(runc):>16}{b:>11.1f}{_spread(proxy):>16}{b - a:>+9.1f}{b / a:>6.2f}"
+        line = f"{what:<26}{a:>10.1f}{_spread(runc):>16}{b:>11.1f}{_spread(proxy):>16}"
+        line += f"{b - a:>+9.1f}{b / a:>6.2f}"
         if what in targets:
             line += f"   target B-A <= +{targets[what]:g}: {'met' if b - a <= targets[what] else 'NOT met'}"
         elif what.startswith("RSS MB"):

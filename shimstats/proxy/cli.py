@@ -8,7 +8,6 @@ success; on failure 1 and one line on stderr, which containerd shows in its erro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -16,14 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from shimstats import __version__
-from shimstats.adapter import TASK_SERVICE
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy import logs as proxy_logs
 from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
-from shimstats.proxy.daemon import DaemonSettings, serve
 from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
-from shimstats.proxy.options import OptionsError
-from shimstats.ttrpc import AddressError, TransportError
+from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
+from shimstats.ttrpc import AddressError
 
 __all__ = ["build_parser", "main"]
 
@@ -70,12 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     serving = parser.add_argument_group("serve (set by start)")
     serving.add_argument("--listen", default="", metavar="ADDR")
     serving.add_argument("--inner", default="", metavar="ADDR")
-    serving.add_argument("--inner-service", default=TASK_SERVICE, metavar="NAME")
+    serving.add_argument("--inner-service", default=TASK_V2_SERVICE, metavar="NAME")
     serving.add_argument("--agent", default="", metavar="ADDR")
     serving.add_argument("--metrics-format", choices=FORMATS, default="auto")
     serving.add_argument("--stats-timeout", type=float, default=10.0, metavar="SECONDS")
     serving.add_argument("--own-config", default="", metavar="PATH")
     serving.add_argument("--inner-config-path", default="", metavar="PATH")
+    serving.add_argument("--listen-fd", type=int, default=-1, metavar="FD", help="the socket start bound")
     parser.add_argument("action", nargs="?", choices=("start", "delete", "serve"), help="what to do")
     return parser
 
@@ -102,7 +100,7 @@ def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
         address = run_start(shim, stdin, os.environ, args.stats_fallback)
-    except (ConfigError, OptionsError, StartError, AddressError, OSError) as exc:
+    except (ConfigError, StartError, AddressError, OSError) as exc:
         log.error("start failed: %s", exc)
         return _fail(str(exc))
     sys.stdout.write(address)
@@ -125,7 +123,18 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
 
 
 def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
-    """The serving process: stderr is the bundle's log fifo (start arranged it), fd 1 the "ready" pipe."""
+    """The serving process: stderr is the bundle's log fifo (start arranged it), fd 1 the "ready" pipe.
+
+    Its imports happen here, after start has printed our address: asyncio (without ssl: we never speak
+    TLS, and OpenSSL would cost every pod megabytes), the ttrpc server and client; the adapter and the
+    translation core wait for the first Stats (shimstats.proxy.forward).
+    """
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # asyncio then runs without TLS support
+    import asyncio
+
+    from shimstats.proxy.daemon import serve
+    from shimstats.ttrpc import TransportError
+
     proxy_logs.configure(sys.stderr, _level(args), _log_fields(shim))
     if not args.debug:
         # The agent client warns at every failed dial; our once-per-container warning says it instead.
@@ -143,6 +152,7 @@ def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
         namespace=shim.namespace,
         own_config=args.own_config,
         inner_config_path=args.inner_config_path,
+        listen_fd=args.listen_fd,
     )
     announced = False
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -269,19 +270,27 @@ class Server:
             raise ValueError(f"ttrpc service {service} is already registered")
         self.services[service] = dict(methods)
 
-    async def start(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> asyncio.Server:
-        """Listen on an address (unix sockets get ``mode``), or adopt a listener made with
-        ``start_listener(addr, server.handle_connection)``. Returns once accepting."""
+    async def start(
+        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
+    ) -> asyncio.Server:
+        """Listen on an address (unix sockets get ``mode``), adopt a listener made with
+        ``start_listener(addr, server.handle_connection)``, or serve a socket already bound and listening
+        (one handed over by another process: the file stays the caller's to remove). Returns once
+        accepting."""
         if self._closing:
             raise RuntimeError("ttrpc server is closed")
         if isinstance(listener, asyncio.Server):
             server = listener
+        elif isinstance(listener, socket.socket):
+            server = await asyncio.get_running_loop().create_server(self._new_connection, sock=listener)
         else:
             server = await create_listener(listener, self._new_connection, mode=mode)
         self._listeners.append(server)
         return server
 
-    async def serve(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> None:
+    async def serve(
+        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
+    ) -> None:
         """``start``, then return once ``close`` has finished; cancelling it closes at once (no grace)."""
         await self.start(listener, mode=mode)
         try:
