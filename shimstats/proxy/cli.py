@@ -19,6 +19,7 @@ from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy import logs as proxy_logs
 from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
 from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
+from shimstats.proxy.serving import run_server
 from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
 from shimstats.ttrpc import AddressError
 
@@ -123,24 +124,9 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
 
 
 def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
-    """The serving process: stderr is the bundle's log fifo (start arranged it), fd 1 the "ready" pipe.
-
-    Its imports happen here, after start has printed our address: asyncio (without ssl: we never speak
-    TLS, and OpenSSL would cost every pod megabytes), the ttrpc server and client; the adapter and the
-    translation core wait for the first Stats (shimstats.proxy.forward).
-    """
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # asyncio then runs without TLS support
-    import asyncio
-
-    from shimstats.proxy.daemon import serve
-    from shimstats.ttrpc import TransportError
-
-    proxy_logs.configure(sys.stderr, _level(args), _log_fields(shim))
-    if not args.debug:
-        # The agent client warns at every failed dial; our once-per-container warning says it instead.
-        logging.getLogger("shimstats.agent").setLevel(logging.ERROR)
+    """``serve`` run directly (by hand, by tests): fd 1 gets "ready" once we accept calls, then closes."""
     if not (args.listen and args.inner and args.agent):
-        return _fail("serve needs --listen, --inner and --agent (it is started by start)")
+        return _fail("serve needs --listen, --inner and --agent (start forks its server instead)")
     settings = DaemonSettings(
         listen=args.listen,
         inner_address=args.inner,
@@ -160,18 +146,15 @@ def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
         nonlocal announced
         os.write(1, b"ready\n")
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)  # closes the pipe: start's read sees the end
+        os.dup2(devnull, 1)  # closes the pipe: the reader sees the end
         os.close(devnull)
         announced = True
 
-    try:
-        asyncio.run(serve(settings, ready))
-    except (TransportError, AddressError, OSError, ValueError) as exc:
+    def failed(message: str) -> None:
         if not announced:
-            os.write(1, f"error: {exc}\n".encode())
-        log.error("serving failed: %s", exc)
-        return 1
-    return 0
+            os.write(1, f"error: {message}\n".encode())
+
+    return run_server(settings, debug=args.debug, fields=_log_fields(shim), ready=ready, failed=failed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import stat
 from pathlib import Path
 
 import pytest
 
 from shimstats.adapter import TASK_SERVICE
-from shimstats.proxy.cli import build_parser
-from shimstats.proxy.daemon import DaemonSettings
 from shimstats.proxy.launch import (
     TASK_V3_SERVICE,
     ShimArgs,
     StartError,
-    daemon_argv,
     parse_start_output,
     sandbox_id,
 )
-from shimstats.proxy.sockets import proxy_address, remove_if_stale, unix_path
+from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
 
 INNER = "unix:///run/containerd/s/" + "ab" * 32
@@ -102,45 +100,6 @@ def test_our_socket_sits_next_to_the_inner_one_named_after_it() -> None:
         proxy_address("vsock://3:1024")
 
 
-def test_the_serving_process_gets_every_setting_back() -> None:
-    """daemon_argv (written by start) parsed by the CLI (read by serve) gives the same settings."""
-    args = ShimArgs(
-        "k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd", "/b", debug=True
-    )
-    settings = DaemonSettings(
-        listen=proxy_address(INNER),
-        inner_address=INNER,
-        agent="hvsock:///run/vc/vm/pod/clh.sock:2048",
-        inner_service=TASK_V3_SERVICE,
-        metrics_format="v2",
-        stats_fallback="error",
-        stats_timeout=2.5,
-        namespace="k8s.io",
-        own_config="/etc/shimstats/kata.toml",
-        inner_config_path="/opt/kata/configuration.toml",
-    )
-    argv = daemon_argv(args, settings, python="/usr/bin/python3")
-    assert argv[:3] == ["/usr/bin/python3", "-m", "shimstats.proxy"]
-    parsed = build_parser().parse_args(argv[3:])
-    assert parsed.action == "serve"
-    assert (parsed.namespace, parsed.id, parsed.address, parsed.bundle, parsed.debug) == (
-        "k8s.io", "c1", "/run/containerd/containerd.sock", "/b", True,
-    )  # fmt: skip
-    back = DaemonSettings(
-        listen=parsed.listen,
-        inner_address=parsed.inner,
-        agent=parsed.agent,
-        inner_service=parsed.inner_service,
-        metrics_format=parsed.metrics_format,
-        stats_fallback=parsed.stats_fallback,
-        stats_timeout=parsed.stats_timeout,
-        namespace=parsed.namespace,
-        own_config=parsed.own_config,
-        inner_config_path=parsed.inner_config_path,
-    )
-    assert back == settings
-
-
 def test_stale_sockets_go_live_ones_and_other_files_stay(tmp_path: Path) -> None:
     live, stale, plain = tmp_path / "live", tmp_path / "stale", tmp_path / "plain"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -162,3 +121,26 @@ def test_stale_sockets_go_live_ones_and_other_files_stay(tmp_path: Path) -> None
         listener.close()
     assert remove_if_stale(str(live)) is True  # its server is gone now
     assert not live.exists()
+
+
+def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_path: Path) -> None:
+    """listen_unix: what start hands its serving process (a stale file is replaced, a live one kept)."""
+    path = tmp_path / "run" / "s" / "ours"
+    ours = listen_unix(str(path))
+    assert ours is not None
+    with ours:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        caller.connect(str(path))  # listening already: the kernel queues callers until the server accepts
+        caller.close()
+        assert listen_unix(str(path)) is None  # a concurrent start for the same inner shim: ours stays
+        assert path.exists()
+    again = listen_unix(str(path))  # nobody accepts any more: the stale file is replaced
+    assert again is not None
+    again.close()
+    plain = tmp_path / "plain"
+    plain.write_text("not a socket")
+    with pytest.raises(FileExistsError, match="not a socket"):
+        listen_unix(str(plain))
+    assert plain.read_text() == "not a socket"
