@@ -74,17 +74,21 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _serving_pid(container_id: str, side: str) -> int:
-    """The process that serves ``container_id``'s task API on ``side`` (0 when none is found)."""
+def _serving_pid(container_id: str, side: str, proxy_binary: str) -> int:
+    """The process that serves ``container_id``'s task API on ``side`` (0 when none is found).
+
+    runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the child ``start`` forked
+    (the start process itself has exited by the time anyone asks), or a ``serve`` run by hand.
+    """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         argv = _cmdline(int(entry))
-        if "-id" not in argv or container_id not in argv or "start" in argv or "delete" in argv:
+        if "-id" not in argv or container_id not in argv or "delete" in argv:
             continue
-        if side == "runc" and argv and argv[0].endswith(RUNC_SHIM):
+        if side == "runc" and argv and argv[0].endswith(RUNC_SHIM) and "start" not in argv:
             return int(entry)
-        if side == "proxy" and "serve" in argv:
+        if side == "proxy" and proxy_binary in argv[:2]:
             return int(entry)
     return 0
 
@@ -163,7 +167,9 @@ class Bench:
             capture_output=True,
         )
         deadline = time.monotonic() + 10
-        while _serving_pid(container_id, "runc") or _serving_pid(container_id, "proxy"):
+        while _serving_pid(container_id, "runc", self.binary) or _serving_pid(
+            container_id, "proxy", self.binary
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{container_id}: the shim did not exit after Shutdown")
             time.sleep(0.02)
@@ -213,7 +219,7 @@ class Bench:
         return path
 
     def _rss(self, side: str, container_id: str, when: str) -> None:
-        pid = _serving_pid(container_id, side)
+        pid = _serving_pid(container_id, side, self.binary)
         status = _status_kb(pid) if pid else {}
         if not status:
             raise RuntimeError(f"{side}: no serving process found for {container_id}")
@@ -270,7 +276,7 @@ def environment() -> Iterator[tuple[Containerd, Path, str]]:
         # As pip installs it: a console script importing shimstats.proxy.cli (this checkout first).
         binary.write_text(
             f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-            "from shimstats.proxy.cli import main\nsys.exit(main())\n"
+            "from shimstats.proxy.cli import run\nrun()\n"
         )
         binary.chmod(0o755)
         agent = f"unix://{directory}/a/{{id}}/agent.sock"
