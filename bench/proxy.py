@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
@@ -48,7 +49,6 @@ NAMESPACE = "bench"
 START_TARGET_MS = 100.0
 DELETE_TARGET_MS = 50.0
 RSS_TARGET_MB = 20.0
-_SIDES = ("runc", "proxy")
 
 
 def _ms(seconds: float) -> float:
@@ -86,7 +86,7 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _serving_pid(container_id: str, side: str, proxy_binary: str) -> int:
+def _serving_pid(container_id: str, side: str, binaries: Sequence[str]) -> int:
     """The process that serves ``container_id``'s task API on ``side`` (0 when none is found).
 
     runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the child ``start`` forked
@@ -100,7 +100,10 @@ def _serving_pid(container_id: str, side: str, proxy_binary: str) -> int:
             continue
         if side == "runc" and argv and argv[0].endswith(RUNC_SHIM) and "start" not in argv:
             return int(entry)
-        if side == "proxy" and proxy_binary in argv[:2]:
+        if side != "runc" and (
+            any(binary in argv[:2] for binary in binaries)
+            or argv[1:4] == ["-m", "shimstats.proxy", "-namespace"]  # a serving process started by exec
+        ):
             return int(entry)
     return 0
 
@@ -108,11 +111,13 @@ def _serving_pid(container_id: str, side: str, proxy_binary: str) -> int:
 class Bench:
     """One containerd, one proxy config, the samples of every round."""
 
-    def __init__(self, containerd: Containerd, directory: Path, binary: str) -> None:
+    def __init__(self, containerd: Containerd, directory: Path, proxies: dict[str, Proxy]) -> None:
         self.containerd = containerd
         self.directory = directory
-        self.binary = binary
-        self.samples: dict[str, dict[str, list[float]]] = {side: {} for side in _SIDES}
+        self.proxies = proxies
+        self.binaries = [proxy.binary for proxy in proxies.values()]
+        self.sides = ["runc", *proxies]
+        self.samples: dict[str, dict[str, list[float]]] = {side: {} for side in self.sides}
         self.count = 0
 
     def add(self, side: str, what: str, value: float) -> None:
@@ -143,7 +148,7 @@ class Bench:
         shutil.rmtree(bundle)
 
     def _start_and_stop(self, side: str, container_id: str, bundle: Path) -> None:
-        binary = shutil.which(RUNC_SHIM) if side == "runc" else self.binary
+        binary = shutil.which(RUNC_SHIM) if side == "runc" else self.proxies[side].binary
         assert binary is not None
         argv = [binary, "-namespace", NAMESPACE, "-address", self.containerd.address]
         argv += ["-publish-binary", shutil.which("containerd") or "containerd", "-id", container_id]
@@ -191,9 +196,7 @@ class Bench:
             capture_output=True,
         )
         deadline = time.monotonic() + 10
-        while _serving_pid(container_id, "runc", self.binary) or _serving_pid(
-            container_id, "proxy", self.binary
-        ):
+        while any(_serving_pid(container_id, side, self.binaries) for side in ("runc", "proxy")):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{container_id}: the shim did not exit after Shutdown")
             time.sleep(0.02)
@@ -207,9 +210,9 @@ class Bench:
         agent = AgentProcess(
             self._agent_dir(container_id), ["--container", f"{container_id}=/{NAMESPACE}/{container_id}"]
         )
-        if side == "proxy":
+        if side != "runc":
             agent.start()
-        runtime = RUNC_RUNTIME if side == "runc" else RUNTIME_TYPE
+        runtime = RUNC_RUNTIME if side == "runc" else self.proxies[side].runtime
         try:
             seconds, done = _timed(
                 ["ctr", "--address", self.containerd.address, "--namespace", NAMESPACE, "run", "--detach",
@@ -243,7 +246,7 @@ class Bench:
         return path
 
     def _rss(self, side: str, container_id: str, when: str) -> None:
-        pid = _serving_pid(container_id, side, self.binary)
+        pid = _serving_pid(container_id, side, self.binaries)
         status = _status_kb(pid) if pid else {}
         if not status:
             raise RuntimeError(f"{side}: no serving process found for {container_id}")
@@ -267,63 +270,92 @@ def _spread(values: Sequence[float]) -> str:
 
 
 def report(bench: Bench, rounds: int) -> None:
-    print(f"\nproxy shim vs runc shim, {rounds} rounds alternating (A = runc, B = proxy)")
-    print(
-        f"{'figure':<26}{'runc p50':>10}{'range':>16}{'proxy p50':>11}{'range':>16}{'B-A p50':>9}{'B/A':>6}"
-    )
     targets = {
         "start ms": START_TARGET_MS,
         "ctr run ms": START_TARGET_MS,
         "ctr task delete ms": DELETE_TARGET_MS,
         "delete action ms": DELETE_TARGET_MS,
     }
+    sides = " / ".join(bench.sides)
+    print(f"\n{rounds} rounds, alternating {sides}; A = runc shim alone, B = the proxy named on each line")
+    print(
+        f"{'figure':<22}{'side':>8}{'A p50':>9}{'A range':>15}{'B p50':>9}{'B range':>17}{'B-A':>9}{'B/A':>7}"
+    )
     for what, runc in bench.samples["runc"].items():
-        proxy = bench.samples["proxy"].get(what, [])
-        if not proxy:
-            continue
-        a, b = statistics.median(runc), statistics.median(proxy)
-        line = f"{what:<26}{a:>10.1f}{_spread(runc):>16}{b:>11.1f}{_spread(proxy):>16}"
-        line += f"{b - a:>+9.1f}{b / a:>6.2f}"
-        if what in targets:
-            line += f"   target B-A <= +{targets[what]:g}: {'met' if b - a <= targets[what] else 'NOT met'}"
-        elif what.startswith("RSS MB"):
-            line += f"   target B <= {RSS_TARGET_MB:g} MB: {'met' if b <= RSS_TARGET_MB else 'NOT met'}"
-        print(line)
+        for side in bench.sides[1:]:
+            proxy = bench.samples[side].get(what, [])
+            if not proxy:
+                continue
+            a, b = statistics.median(runc), statistics.median(proxy)
+            line = f"{what:<22}{side:>8}{a:>9.1f}{_spread(runc):>15}{b:>9.1f}{_spread(proxy):>17}"
+            line += f"{b - a:>+9.1f}{b / a:>7.2f}"
+            if what in targets:
+                line += (
+                    f"  target B-A <= +{targets[what]:g}: {'met' if b - a <= targets[what] else 'NOT met'}"
+                )
+            elif what.startswith("RSS MB"):
+                line += f"  target B <= {RSS_TARGET_MB:g} MB: {'met' if b <= RSS_TARGET_MB else 'NOT met'}"
+            print(line)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One proxy under test: its console script, the containerd runtime name that finds it."""
+
+    binary: str
+    runtime: str
+
+
+def _console_script(path: Path, source: Path) -> str:
+    """As pip installs it: a script importing shimstats.proxy.cli, here from ``source`` first (also for a
+    serving process that start runs as ``python -m``)."""
+    path.write_text(
+        f"#!{sys.executable}\nimport os, sys\nsys.path.insert(0, {str(source)!r})\n"
+        f"os.environ['PYTHONPATH'] = {str(source)!r}\n"
+        "from shimstats.proxy import cli\n"
+        "sys.exit(getattr(cli, 'run', cli.main)())  # run: the entry point since issue 16\n"
+    )
+    path.chmod(0o755)
+    return str(path)
 
 
 @contextlib.contextmanager
-def environment() -> Iterator[tuple[Containerd, Path, str]]:
-    """A private containerd whose PATH finds our shim; the proxy config (inner = runc shim)."""
+def environment(before: Path | None = None) -> Iterator[tuple[Containerd, Path, dict[str, Proxy]]]:
+    """A private containerd whose PATH finds our shim (and the ``before`` one); one proxy config."""
     with short_tmp() as directory:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
-        binary = bin_dir / BINARY
-        # As pip installs it: a console script importing shimstats.proxy.cli (this checkout first).
-        binary.write_text(
-            f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-            "from shimstats.proxy.cli import run\nrun()\n"
-        )
-        binary.chmod(0o755)
+        proxies = {"proxy": Proxy(_console_script(bin_dir / BINARY, REPO), RUNTIME_TYPE)}
+        if before is not None:  # containerd finds io.containerd.<name>.v2 as containerd-shim-<name>-v2
+            script = _console_script(bin_dir / "containerd-shim-kata-statsbefore-v2", before)
+            proxies["before"] = Proxy(script, "io.containerd.kata-statsbefore.v2")
         agent = f"unix://{directory}/a/{{id}}/agent.sock"
         config = directory / "proxy.toml"
         config.write_text(f'inner_shim = "{RUNC_SHIM}"\nagent = "{agent}"\nmetrics_format = "v1"\n')
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}", CONFIG_ENV: str(config)}
         with Containerd(env=env) as containerd:
-            yield containerd, directory, str(binary)
+            yield containerd, directory, proxies
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="A/B rounds (default 10)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also measure the proxy of another checkout in the same rounds, e.g. an older commit's "
+        "`git archive` (a third side, 'before')",
+    )
     args = parser.parse_args(argv)
-    with environment() as (containerd, directory, binary):
-        bench = Bench(containerd, directory, binary)
-        for side in _SIDES:  # warm-up: page cache, containerd's first-run work
+    with environment(args.before) as (containerd, directory, proxies):
+        bench = Bench(containerd, directory, proxies)
+        for side in bench.sides:  # warm-up: page cache, byte-compiled modules, containerd's first-run work
             bench.start_action(side)
             bench.container(side)
-        bench.samples = {side: {} for side in _SIDES}
+        bench.samples = {side: {} for side in bench.sides}
         for index in range(args.rounds):
-            for side in _SIDES:
+            for side in bench.sides:
                 bench.start_action(side)
                 bench.container(side)
             print(f"round {index + 1}/{args.rounds} done", file=sys.stderr)
