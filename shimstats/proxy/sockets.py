@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import socket
 import stat
@@ -36,6 +35,8 @@ def unix_path(address: str) -> str:
 
 def proxy_address(inner_address: str) -> str:
     """``unix://<dir of the inner socket>/<sha256 of "shimstats-proxy:<inner address>">``."""
+    import hashlib  # here: OpenSSL's load is for start only, delete finds both addresses in the bundle
+
     directory = os.path.dirname(unix_path(inner_address))
     digest = hashlib.sha256(f"shimstats-proxy:{inner_address}".encode()).hexdigest()
     address = f"unix://{directory}/{digest}"
