@@ -337,6 +337,42 @@ def environment(before: Path | None = None) -> Iterator[tuple[Containerd, Path, 
             yield containerd, directory, proxies
 
 
+_NO_SSL = "import sys; sys.modules['ssl'] = None; "
+IMPORT_STAGES = (
+    ("interpreter and site", ["-c", "pass"]),
+    ("interpreter without site (-S)", ["-S", "-c", "pass"]),
+    ("start/delete: shimstats.proxy.cli", ["-c", "import shimstats.proxy.cli"]),
+    ("  + asyncio without ssl", ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import asyncio"]),
+    ("  + asyncio with ssl", ["-c", "import shimstats.proxy.cli, asyncio"]),
+    (
+        "  + serving: shimstats.proxy.daemon",
+        ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import shimstats.proxy.daemon"],
+    ),
+    (
+        "  + first Stats: adapter, translate",
+        ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import shimstats.proxy.daemon, shimstats.adapter"],
+    ),
+)
+"""What each step of the proxy's imports costs, cumulative (python -X importtime names the modules)."""
+
+
+def import_costs(source: Path, repeat: int = 9) -> None:
+    """CPU (user + system) of a fresh interpreter doing each stage's imports, median of ``repeat``."""
+    print(f"\n{source}: imports, CPU ms of a fresh interpreter (median, min of {repeat}), RSS at the end")
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    report = "; print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmRSS')][0])"
+    for label, args in IMPORT_STAGES:
+        spent, rss = [], ""
+        for _ in range(repeat):
+            before = _children_cpu()
+            done = subprocess.run(
+                [sys.executable, *args[:-1], args[-1] + report], env=env, capture_output=True
+            )
+            spent.append(_ms(_children_cpu() - before))
+            rss = done.stdout.decode().strip()
+        print(f"{label:<40}{statistics.median(spent):>8.1f}{min(spent):>8.1f}   RSS {int(rss) / 1024:.1f} MB")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="A/B rounds (default 10)")
@@ -347,7 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure the proxy of another checkout in the same rounds, e.g. an older commit's "
         "`git archive` (a third side, 'before')",
     )
+    parser.add_argument("--imports", action="store_true", help="only the CPU cost of each import stage")
     args = parser.parse_args(argv)
+    if args.imports:
+        for source in (REPO, args.before) if args.before else (REPO,):
+            import_costs(source)
+        return 0
     with environment(args.before) as (containerd, directory, proxies):
         bench = Bench(containerd, directory, proxies)
         for side in bench.sides:  # warm-up: page cache, byte-compiled modules, containerd's first-run work
