@@ -9,7 +9,7 @@ containerd-shim-runc-v2):
   the process exits. The shim is then told to Shutdown and its files are removed (not timed);
 - run: ``ctr run -d`` of a busybox ``sleep`` with ``--runtime io.containerd.runc.v2`` or ours;
 - RSS: the shim's serving process (runc: the ``containerd-shim-runc-v2`` serving the task; ours: the
-  process ``start`` forked) from /proc/PID/status, right after the run and again after one
+  ``serve`` process ``start`` ran) from /proc/PID/status, right after the run and again after one
   ``ctr task metrics``
   (Stats answered by a guest agent on this host reading the container's cgroup: the whole Stats path loaded);
 - delete: ``ctr task kill -s KILL``, wait until STOPPED (not timed), then ``ctr task delete`` timed; and
@@ -86,11 +86,11 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _serving_pid(container_id: str, side: str, binaries: Sequence[str]) -> int:
+def _serving_pid(container_id: str, side: str) -> int:
     """The process that serves ``container_id``'s task API on ``side`` (0 when none is found).
 
-    runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the child ``start`` forked
-    (the start process itself has exited by the time anyone asks), or a ``serve`` run by hand.
+    runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the ``serve`` process
+    ``start`` ran (``python -m shimstats.proxy ... serve``).
     """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -100,10 +100,7 @@ def _serving_pid(container_id: str, side: str, binaries: Sequence[str]) -> int:
             continue
         if side == "runc" and argv and argv[0].endswith(RUNC_SHIM) and "start" not in argv:
             return int(entry)
-        if side != "runc" and (
-            any(binary in argv[:2] for binary in binaries)
-            or argv[1:4] == ["-m", "shimstats.proxy", "-namespace"]  # a serving process started by exec
-        ):
+        if side != "runc" and argv[1:3] == ["-m", "shimstats.proxy"] and argv[-1] == "serve":
             return int(entry)
     return 0
 
@@ -115,7 +112,6 @@ class Bench:
         self.containerd = containerd
         self.directory = directory
         self.proxies = proxies
-        self.binaries = [proxy.binary for proxy in proxies.values()]
         self.sides = ["runc", *proxies]
         self.samples: dict[str, dict[str, list[float]]] = {side: {} for side in self.sides}
         self.count = 0
@@ -196,7 +192,7 @@ class Bench:
             capture_output=True,
         )
         deadline = time.monotonic() + 10
-        while any(_serving_pid(container_id, side, self.binaries) for side in ("runc", "proxy")):
+        while any(_serving_pid(container_id, side) for side in ("runc", "proxy")):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{container_id}: the shim did not exit after Shutdown")
             time.sleep(0.02)
@@ -246,7 +242,7 @@ class Bench:
         return path
 
     def _rss(self, side: str, container_id: str, when: str) -> None:
-        pid = _serving_pid(container_id, side, self.binaries)
+        pid = _serving_pid(container_id, side)
         status = _status_kb(pid) if pid else {}
         if not status:
             raise RuntimeError(f"{side}: no serving process found for {container_id}")

@@ -127,7 +127,7 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
 def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
     """``serve`` run directly (by hand, by tests): fd 1 gets "ready" once we accept calls, then closes."""
     if not (args.listen and args.inner and args.agent):
-        return _fail("serve needs --listen, --inner and --agent (start forks its server instead)")
+        return _fail("serve needs --listen, --inner and --agent (start passes them, and --listen-fd)")
     settings = DaemonSettings(
         listen=args.listen,
         inner_address=args.inner,

@@ -7,10 +7,10 @@ takes everything the process prints (stdout and stderr together) as the address 
 2. runs the inner shim's ``start`` with the same flags, environment and directory, giving it the options
    meant for it, and reads its address (plain = task v2 over ttrpc; the JSON form of newer shims too);
 3. binds and listens on a socket named after that address (shimstats.proxy.sockets), unless one already
-   answers there (the inner shim groups containers: one proxy per inner shim), and forks our serving
-   process with that socket, as containerd's own shims hand theirs to the serving child (Go re-executes
-   itself; Python can fork, which spares a second interpreter start and the imports done so far):
-   containerd may connect at once, and the kernel queues the connection until the server accepts it;
+   answers there (the inner shim groups containers: one proxy per inner shim), and starts our serving
+   process with that socket as an inherited fd, as containerd's own shims hand theirs to the serving child
+   they re-execute: containerd may connect at once, and the kernel queues the connection until the server
+   accepts it;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
@@ -29,14 +29,15 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
 from shimstats.proxy.logs import open_log_fifo
-from shimstats.proxy.serving import serve_in_child
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
@@ -46,6 +47,7 @@ __all__ = [
     "TASK_V3_SERVICE",
     "ShimArgs",
     "StartError",
+    "daemon_argv",
     "parse_start_output",
     "run_delete",
     "run_start",
@@ -177,6 +179,52 @@ def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
     return load_config(path)
 
 
+def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.executable) -> list[str]:
+    """The serving process's command line (visible in ps: every setting is a flag)."""
+    argv = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug).argv(
+        python, "serve"
+    )
+    flags = [
+        "--listen", settings.listen,
+        "--inner", settings.inner_address,
+        "--inner-service", settings.inner_service,
+        "--agent", settings.agent,
+        "--metrics-format", settings.metrics_format,
+        "--stats-fallback", settings.stats_fallback,
+        "--stats-timeout", repr(settings.stats_timeout),
+    ]  # fmt: skip
+    if settings.own_config:
+        flags += ["--own-config", settings.own_config, "--inner-config-path", settings.inner_config_path]
+    if settings.listen_fd >= 0:
+        flags += ["--listen-fd", str(settings.listen_fd)]
+    return [python, "-m", "shimstats.proxy", *argv[1:-1], *flags, "serve"]
+
+
+def _spawn(argv: Sequence[str], listener: socket.socket, bundle: str, environ: Mapping[str, str]) -> None:
+    """Start the serving process detached, with ``listener`` inherited at the same fd number.
+
+    Not waited for: containerd's first call waits in the listen queue until the server accepts it. Should
+    the server fail, containerd sees the connection close, as with a shim that died, and runs ``delete``.
+    """
+    log_fd = open_log_fifo(bundle)
+    try:
+        subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
+            cwd="/",  # never hold the bundle directory, which containerd removes
+            env=dict(environ),
+            start_new_session=True,
+            pass_fds=(listener.fileno(),),
+        )
+    except OSError as exc:
+        raise StartError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+
+
 def _run_inner(
     argv: Sequence[str], action: str, environ: Mapping[str, str], timeout: float, *, stdin: bytes | None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -237,7 +285,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle)
+        _serve_at(args, settings, bundle, environ)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -249,7 +297,7 @@ def run_start(
     return address
 
 
-def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str) -> None:
+def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str]) -> None:
     """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
     path = unix_path(settings.listen)
     if accepts(path):
@@ -259,14 +307,7 @@ def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str) -> None:
         return  # a concurrent start for the same inner shim bound it first
     with listener:
         settings = DaemonSettings(**{**asdict(settings), "listen_fd": listener.fileno()})
-        log_fd = open_log_fifo(bundle)
-        try:
-            serve_in_child(
-                settings, log_fd, debug=args.debug, fields={"id": args.id, "namespace": args.namespace}
-            )
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
+        _spawn(daemon_argv(args, settings), listener, bundle, environ)
 
 
 def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from shimstats.adapter import TASK_SERVICE
+from shimstats.proxy.cli import build_parser
+from shimstats.proxy.daemon import DaemonSettings
 from shimstats.proxy.launch import (
     TASK_V3_SERVICE,
     ShimArgs,
     StartError,
+    daemon_argv,
     parse_start_output,
     sandbox_id,
 )
@@ -98,6 +101,47 @@ def test_our_socket_sits_next_to_the_inner_one_named_after_it() -> None:
     assert proxy_address("unix:///run/containerd/s/other") != ours
     with pytest.raises(AddressError):
         proxy_address("vsock://3:1024")
+
+
+def test_the_serving_process_gets_every_setting_back() -> None:
+    """daemon_argv (written by start) parsed by the CLI (read by serve) gives the same settings."""
+    args = ShimArgs(
+        "k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd", "/b", debug=True
+    )
+    settings = DaemonSettings(
+        listen=proxy_address(INNER),
+        inner_address=INNER,
+        agent="hvsock:///run/vc/vm/pod/clh.sock:2048",
+        inner_service=TASK_V3_SERVICE,
+        metrics_format="v2",
+        stats_fallback="error",
+        stats_timeout=2.5,
+        namespace="k8s.io",
+        own_config="/etc/shimstats/kata.toml",
+        inner_config_path="/opt/kata/configuration.toml",
+        listen_fd=7,
+    )
+    argv = daemon_argv(args, settings, python="/usr/bin/python3")
+    assert argv[:3] == ["/usr/bin/python3", "-m", "shimstats.proxy"]
+    parsed = build_parser().parse_args(argv[3:])
+    assert parsed.action == "serve"
+    assert (parsed.namespace, parsed.id, parsed.address, parsed.bundle, parsed.debug) == (
+        "k8s.io", "c1", "/run/containerd/containerd.sock", "/b", True,
+    )  # fmt: skip
+    back = DaemonSettings(
+        listen=parsed.listen,
+        inner_address=parsed.inner,
+        agent=parsed.agent,
+        inner_service=parsed.inner_service,
+        metrics_format=parsed.metrics_format,
+        stats_fallback=parsed.stats_fallback,
+        stats_timeout=parsed.stats_timeout,
+        namespace=parsed.namespace,
+        own_config=parsed.own_config,
+        inner_config_path=parsed.inner_config_path,
+        listen_fd=parsed.listen_fd,
+    )
+    assert back == settings
 
 
 def test_stale_sockets_go_live_ones_and_other_files_stay(tmp_path: Path) -> None:
