@@ -361,9 +361,9 @@ def import_costs(source: Path, repeat: int = 9) -> None:
         spent, rss = [], ""
         for _ in range(repeat):
             before = _children_cpu()
-            done = subprocess.run(
-                [sys.executable, *args[:-1], args[-1] + report], env=env, capture_output=True
-            )
+            argv = [sys.executable, *args[:-1], args[-1] + report]
+            # cwd /: ``python -c`` puts the working directory first on sys.path, ahead of PYTHONPATH
+            done = subprocess.run(argv, env=env, capture_output=True, cwd="/")
             spent.append(_ms(_children_cpu() - before))
             rss = done.stdout.decode().strip()
         print(f"{label:<40}{statistics.median(spent):>8.1f}{min(spent):>8.1f}   RSS {int(rss) / 1024:.1f} MB")
