@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 
 from google.protobuf.message import DecodeError
@@ -28,9 +27,10 @@ from google.protobuf.message import DecodeError
 from shimstats import __version__, cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
+from shimstats.identifiers import identifier_problem
 from shimstats.translate import OutputFormat, translate
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
-from shimstats.wire import NAMESPACE_KEY, TASK_METHODS, TASK_SERVICE
+from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 
 __all__ = [
     "ANSWER_MARGIN",
@@ -42,11 +42,12 @@ __all__ = [
     "validate_id",
 ]
 
+TASK_METHODS: tuple[str, ...] = tuple(
+    method.name for method in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods
+)
+"""Every method of containerd.task.v2.Task, from the generated descriptor (the ones we do not serve answer
+UNIMPLEMENTED)."""
 VERSION = f"shimstats {__version__}"
-
-_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-_IDENTIFIER_MAX = 76
-"""containerd's identifier rule (pkg/identifiers): every task id it creates matches it."""
 
 ANSWER_MARGIN = 0.1
 """Seconds of the caller's deadline kept back to send our answer (at most a fifth of what the caller gave)."""
@@ -56,14 +57,9 @@ log = logging.getLogger("shimstats.adapter")
 
 def validate_id(container_id: str) -> None:
     """INVALID_ARGUMENT unless ``container_id`` is a containerd identifier (never empty, '/' or '..')."""
-    if not container_id:
-        raise TtrpcError(Code.INVALID_ARGUMENT, "container id must not be empty")
-    if len(container_id) > _IDENTIFIER_MAX or not _IDENTIFIER.fullmatch(container_id):
-        raise TtrpcError(
-            Code.INVALID_ARGUMENT,
-            f"container id {container_id!r} is not a containerd identifier: letters and digits joined by "
-            f"single '.', '_' or '-', at most {_IDENTIFIER_MAX} characters",
-        )
+    problem = identifier_problem(container_id)
+    if problem is not None:
+        raise TtrpcError(Code.INVALID_ARGUMENT, problem)
 
 
 def _namespace(ctx: CallContext, default: str) -> str:

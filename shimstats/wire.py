@@ -1,14 +1,13 @@
 """Names on the wire, in one place: the ttrpc services we serve and call, and containerd's metadata key.
 
-Service names come from the generated descriptors (the .proto files are the only place they are written);
-the guest agent's own come from guest_agent.wire. The namespace key is containerd's constant, not in any
-.proto: containerd sets it on every ttrpc call to a shim.
+Plain strings, so that importing them loads no protobuf (the proxy's ``start`` must stay light); the guest
+agent's own come from guest_agent.wire. tests/unit/test_protos.py checks every service name against the
+generated descriptors, so a name here cannot drift from its .proto file.
 """
 
 from __future__ import annotations
 
 from guest_agent.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE, RESOURCES_SERVICE
-from shimstats._proto.containerd.task.v2 import shim_pb2
 
 __all__ = [
     "AGENT_SERVICE",
@@ -16,14 +15,13 @@ __all__ = [
     "HEALTH_SERVICE",
     "NAMESPACE_KEY",
     "RESOURCES_SERVICE",
-    "TASK_METHODS",
     "TASK_SERVICE",
+    "TASK_V3_SERVICE",
 ]
 
-_TASK = shim_pb2.DESCRIPTOR.services_by_name["Task"]
-TASK_SERVICE: str = _TASK.full_name
-"""``containerd.task.v2.Task``: the service containerd dials on a shim that printed a plain address."""
-TASK_METHODS: tuple[str, ...] = tuple(method.name for method in _TASK.methods)
-"""Every method of the Task service, in the .proto's order."""
+TASK_SERVICE = "containerd.task.v2.Task"
+"""The service containerd dials on a shim that printed a plain address (docs/spec/metrics.md §1.3)."""
+TASK_V3_SERVICE = "containerd.task.v3.Task"
+"""Same messages as v2 (docs/spec/metrics.md §1.1); a shim that answers JSON version 3 serves this name."""
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 """The ttrpc metadata key that carries containerd's namespace (containerd: pkg/namespaces/ttrpc.go)."""

@@ -23,13 +23,13 @@ import pytest
 from shimstats import __version__, cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2, health_pb2
-from shimstats.adapter import StatsHandler, TaskService, validate_id
+from shimstats.adapter import TASK_METHODS, StatsHandler, TaskService, validate_id
 from shimstats.agent_client import AgentClient, Backoff, map_agent_error
 from shimstats.fake_containerd import StatsResult, call_stats
 from shimstats.translate import OutputFormat
 from shimstats.ttrpc import CallContext, Client, Code, Frame, Server, TtrpcError
 from shimstats.ttrpc.framing import FrameDecoder, MessageType, encode_frame, encode_response
-from shimstats.wire import TASK_METHODS, TASK_SERVICE
+from shimstats.wire import TASK_SERVICE
 
 Answer = Callable[[str, CallContext], Awaitable[bytes]]
 

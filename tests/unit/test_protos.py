@@ -29,6 +29,7 @@ from shimstats._proto.containerd.services.tasks.v1 import tasks_pb2
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.containerd.types import metrics_pb2, mount_pb2, task_pb2
 from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
 from shimstats._proto.ttrpc import request_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -566,13 +567,23 @@ async def async_call(channel: grpc.aio.Channel) -> tasks_pb2.MetricsResponse:
     assert status == 0, report
 
 
-def test_the_wire_names_read_from_the_descriptors_are_the_names_peers_send() -> None:
-    """shimstats.wire reads service names from the descriptors: they must be the very bytes containerd
-    (shim.proto's ``package containerd.task.v2``) and kata-agent (``package grpc``) put on the wire."""
-    assert wire.TASK_SERVICE == "containerd.task.v2.Task"
-    assert wire.AGENT_SERVICE == "grpc.AgentService"
-    assert wire.HEALTH_SERVICE == "grpc.Health"
-    assert wire.RESOURCES_SERVICE == "shimstats.agent.v1.Resources"
-    assert wire.DIAGNOSTICS_SERVICE == "shimstats.agent.v1.Diagnostics"
-    assert wire.NAMESPACE_KEY == "containerd-namespace-ttrpc"
-    assert {"Stats", "Connect", "Create", "Shutdown"} <= set(wire.TASK_METHODS)
+def test_every_service_name_in_wire_is_the_one_its_proto_file_declares() -> None:
+    """shimstats.wire spells the names as plain strings (no protobuf import for the proxy's start): each
+    must be the full name the generated descriptor gives its service, the bytes peers put on the wire."""
+    declared = {
+        wire.TASK_SERVICE: shim_pb2.DESCRIPTOR.services_by_name["Task"],
+        wire.AGENT_SERVICE: agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        wire.HEALTH_SERVICE: health_pb2.DESCRIPTOR.services_by_name["Health"],
+        wire.RESOURCES_SERVICE: resources_pb2.DESCRIPTOR.services_by_name["Resources"],
+        wire.DIAGNOSTICS_SERVICE: diagnostics_pb2.DESCRIPTOR.services_by_name["Diagnostics"],
+    }
+    for name, service in declared.items():
+        assert name == service.full_name
+    assert wire.TASK_SERVICE.replace(".v2.", ".v3.") == wire.TASK_V3_SERVICE
+    assert wire.NAMESPACE_KEY == "containerd-namespace-ttrpc"  # containerd's pkg/namespaces/ttrpc.go
+
+
+def test_importing_the_wire_names_loads_no_protobuf() -> None:
+    probe = "import sys, shimstats.wire; print(sorted(m for m in sys.modules if m.startswith('google')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
