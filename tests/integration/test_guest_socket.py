@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from guest_agent.layout import detect_layout
 from guest_agent.lookup import ContainerLocator
+from guest_agent.names import KERNEL_PARTS
 from guest_agent.reader import CgroupReader
 from guest_agent.service import AgentService
 from shimstats._proto.kata import agent_pb2, health_pb2
@@ -30,15 +31,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroupfs"
 U64 = 2**64 - 1
 NS = 1_000_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-KERNEL_PARTS = (
-    "kernel_stack",
-    "pagetables",
-    "sec_pagetables",
-    "percpu",
-    "slab_reclaimable",
-    "slab_unreclaimable",
-    "vmalloc",
-)
 BLKIO_POLICIES = (
     # (kata list, kernel file) per I/O policy in runc's order (opencontainers/cgroups fs/blkio.go GetStats);
     # file names as block/bfq-cgroup.c, cfq-iosched.c and blk-throttle.c print them, typed from there.
