@@ -35,7 +35,7 @@ from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats.discovery import MONITOR_SOCKET
 from shimstats.ttrpc import CallContext, Server
 from shimstats.wire import AGENT_SERVICE, HEALTH_SERVICE
-from tests.unit.test_translate_builders import kata_agent_v2
+from tests.translate_builders import kata_agent_v2
 
 __all__ = ["HybridVsockMuxer", "KataAgentService", "KataShimStandIn", "muxer_in_thread"]
 

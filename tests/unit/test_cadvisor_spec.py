@@ -17,7 +17,7 @@ from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec, shares_from_weight
 from shimstats.exporter import AgentPool, AgentTarget, ContainerTarget, container_families
 from shimstats.ttrpc import CallContext, Server
-from tests.unit.test_translate_builders import example_v2, full_response
+from tests.translate_builders import example_v2, full_response
 
 V1_UNLIMITED = 9223372036854771712
 

@@ -19,7 +19,7 @@ from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats._proto.kata import agent_pb2
 from shimstats.emulate import kata_go, kata_rs
 from shimstats.translate import resolve_format, translate
-from tests.unit.test_translate_builders import (
+from tests.translate_builders import (
     DEVICES,
     Case,
     Guest,

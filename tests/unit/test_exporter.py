@@ -34,7 +34,7 @@ from shimstats.exporter import (
 from shimstats.exporter_http import render
 from shimstats.translate import OutputFormat, record_from_agent
 from shimstats.ttrpc import AddressError, Code
-from tests.unit.test_translate_builders import (
+from tests.translate_builders import (
     DEVICES,
     Case,
     Guest,

@@ -24,7 +24,7 @@ from shimstats.translate import (
     translate,
 )
 from shimstats.translate.record import UNLIMITED
-from tests.unit.test_translate_builders import (
+from tests.translate_builders import (
     DEVICES,
     PAGE,
     U64_MAX,

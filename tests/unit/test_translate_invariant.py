@@ -21,7 +21,7 @@ from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate import translate
-from tests.unit.test_translate_builders import (
+from tests.translate_builders import (
     NO_DEADLINE,
     Case,
     Guest,
