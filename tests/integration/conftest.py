@@ -1,11 +1,15 @@
-"""Fixtures for tests against a real containerd + runc (see tests/containerd_env.py)."""
+"""Fixtures shared by the integration tests: a short socket directory, and a real containerd + runc (see
+tests/containerd_env.py)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +53,13 @@ def busybox_container(containerd: Containerd, request: pytest.FixtureRequest) ->
         yield container
     finally:
         containerd.kill(container)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for sockets (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ga-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -20,9 +20,7 @@ import pytest
 
 from shimstats._proto.kata import agent_pb2
 from shimstats.ttrpc import Code, SyncClient, TransportError, TtrpcError
-from tests.integration.test_guest_socket import as_dict, fixture_dirs, sock_dir, truth
-
-__all__ = ["sock_dir"]  # the fixture is used here by name
+from tests.integration.guest_agent_helpers import as_dict, fixture_dirs, truth
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,9 +20,7 @@ import pytest
 
 from guest_agent.layout import detect_layout
 from shimstats.ttrpc import Code, TtrpcError
-from tests.integration.test_guest_socket import as_dict, serving, sock_dir, stats, truth
-
-__all__ = ["sock_dir"]  # the fixture is used here by name
+from tests.integration.guest_agent_helpers import as_dict, serving, stats, truth
 
 pytestmark = [
     pytest.mark.live_cgroup,

@@ -24,8 +24,8 @@ from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.ttrpc import Client, Code, TtrpcError
 from shimstats.wire import DIAGNOSTICS_SERVICE
+from tests.integration.guest_agent_helpers import serving as serving_tree
 from tests.integration.harness import AgentProcess, Fixture, fixtures, short_tmp
-from tests.integration.test_guest_socket import serving as serving_tree
 
 BY_NAME = {f.name: f for f in fixtures()}
 V1_ROOT = BY_NAME["v1-6.18.44-fc-v669-root"]
@@ -47,7 +47,7 @@ def cgroup_dir(fx: Fixture, controller: str) -> Path:
 
 
 def serving(fx: Fixture, directory: Path) -> contextlib.AbstractAsyncContextManager[Client]:
-    """Our agent service on ``directory/a.sock`` for the fixture (test_guest_socket's), and a client."""
+    """Our agent service on ``directory/a.sock`` for the fixture (guest_agent_helpers'), and a client."""
     explicit = {} if fx.is_root else {fx.request_id: str(fx.meta["container_path"])}
     roots = (fx.request_id,) if fx.is_root else ()
     return serving_tree(directory / "a.sock", fx.path / "cgroup", fx.path / "meminfo", explicit, roots)

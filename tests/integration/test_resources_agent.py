@@ -17,9 +17,7 @@ import pytest
 
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.ttrpc import Client, Code, TtrpcError
-from tests.integration.test_guest_socket import fixture_dirs, serving, sock_dir
-
-__all__ = ["sock_dir"]  # the fixture is used here by name
+from tests.integration.guest_agent_helpers import fixture_dirs, serving
 
 SERVICE = "shimstats.agent.v1.Resources"
 FILES = {

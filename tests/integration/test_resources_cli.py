@@ -25,9 +25,7 @@ from guest_agent.service import AgentService
 from shimstats import cli
 from shimstats.commands.check_resources import cannot_report, duration
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
-from tests.integration.test_guest_socket import fixture_dirs, sock_dir
-
-__all__ = ["sock_dir"]  # the fixture is used here by name
+from tests.integration.guest_agent_helpers import fixture_dirs
 
 LINEAR_FLAGS = [
     "--cpu-request",

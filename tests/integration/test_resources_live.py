@@ -21,10 +21,7 @@ import pytest
 
 from guest_agent.layout import detect_layout
 from shimstats import cli
-from tests.integration.test_guest_socket import sock_dir
 from tests.integration.test_resources_cli import agent
-
-__all__ = ["sock_dir"]  # the fixture is used here by name
 
 pytestmark = [
     pytest.mark.live_cgroup,
