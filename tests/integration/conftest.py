@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Container, Containerd, unavailable_reason
+from tests.integration.harness import short_tmp
 
 
 def _in_ci() -> bool:
@@ -58,8 +57,5 @@ def busybox_container(containerd: Containerd, request: pytest.FixtureRequest) ->
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     """A short directory for sockets (unix socket paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ga-", dir="/tmp"))
-    try:
+    with short_tmp() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
