@@ -38,7 +38,7 @@ from shimstats.ttrpc.framing import (
 )
 from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
-from tests.integration.test_hostile_rig import FIXTURE
+from tests.integration.hostile_rig import FIXTURE
 
 BACKOFF = Backoff(initial=0.02, maximum=0.05)
 MARGIN = 0.3

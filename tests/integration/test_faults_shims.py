@@ -27,7 +27,7 @@ from shimstats.wire import TASK_SERVICE
 from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Containerd
 from tests.integration.conftest import unique_container_id
 from tests.integration.harness import AgentProcess, fake_stats, running_adapter, short_tmp
-from tests.integration.test_hostile_rig import FIXTURE, stack, stats_request
+from tests.integration.hostile_rig import FIXTURE, stack, stats_request
 
 DEADLINE = 5.0
 

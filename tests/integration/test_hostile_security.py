@@ -33,7 +33,7 @@ from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client, Code, Server, TransportError, TtrpcError
 from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import REPO, AgentProcess, short_tmp
-from tests.integration.test_hostile_rig import FIXTURE, stack, stats_request
+from tests.integration.hostile_rig import FIXTURE, stack, stats_request
 
 NOBODY = 65534
 BAIT_USAGE = 777_777_777

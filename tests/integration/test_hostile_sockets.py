@@ -28,7 +28,7 @@ import pytest
 from shimstats.ttrpc import Client, Code, Server
 from shimstats.ttrpc.framing import MAX_MESSAGE, MessageType, encode_frame, encode_request
 from shimstats.ttrpc.status import TtrpcError
-from tests.integration.test_hostile_rig import (
+from tests.integration.hostile_rig import (
     DEADLINE,
     Stack,
     Target,

@@ -26,7 +26,7 @@ from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import Client
 from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import CLI, REPO, START_TIMEOUT, AgentProcess, accepts, short_tmp
-from tests.integration.test_hostile_rig import FIXTURE
+from tests.integration.hostile_rig import FIXTURE
 
 pytestmark = pytest.mark.slow
 
