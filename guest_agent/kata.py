@@ -30,7 +30,7 @@ Other spellings, all as kata-agent does them: a pids limit of "max" is sent as 0
 from __future__ import annotations
 
 from guest_agent.parse import U64_MAX
-from guest_agent.record import BlkioRecord, CgroupRecord, Counter, IoRecord
+from guest_agent.record import CgroupBlkio, CgroupCounter, CgroupIo, CgroupRecord
 from shimstats._proto.kata import agent_pb2
 
 IO_STAT_OPS = (
@@ -44,7 +44,7 @@ IO_STAT_OPS = (
 """io.stat key → kata op, in the order kata-agent emits them."""
 
 
-def _memory_data(target: agent_pb2.MemoryData, counter: Counter) -> None:
+def _memory_data(target: agent_pb2.MemoryData, counter: CgroupCounter) -> None:
     target.SetInParent()  # present even when every value is 0
     target.usage = counter.usage
     target.max_usage = counter.max_usage
@@ -52,8 +52,8 @@ def _memory_data(target: agent_pb2.MemoryData, counter: Counter) -> None:
     target.limit = counter.limit
 
 
-def _blkio(target: agent_pb2.BlkioStats, blkio: BlkioRecord | IoRecord) -> None:
-    if isinstance(blkio, IoRecord):
+def _blkio(target: agent_pb2.BlkioStats, blkio: CgroupBlkio | CgroupIo) -> None:
+    if isinstance(blkio, CgroupIo):
         bytes_entries = target.io_service_bytes_recursive
         for device in blkio.devices:
             for key, op in IO_STAT_OPS:

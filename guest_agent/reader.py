@@ -62,16 +62,16 @@ from guest_agent.parse import (
 )
 from guest_agent.read_errors import ReadErrors
 from guest_agent.record import (
-    BlkioRecord,
+    CgroupBlkio,
+    CgroupCounter,
+    CgroupCpu,
+    CgroupCpuUsage,
+    CgroupHugetlb,
+    CgroupIo,
+    CgroupMemory,
+    CgroupPids,
     CgroupRecord,
-    Counter,
-    CpuRecord,
-    CpuUsage,
-    HugetlbRecord,
-    IoRecord,
-    MemoryRecord,
-    PidsRecord,
-    Throttling,
+    CgroupThrottling,
 )
 
 BlkioGroup = tuple[tuple[str, str], ...]
@@ -238,12 +238,12 @@ class _Dir:
         """memory.stat, which the working set needs: None when absent, malformed lines left out (misses)."""
         return self.parsed("memory.stat", self.lenient(parse_flat_keyed))
 
-    def counter_v1(self, prefix: str) -> Counter | None:
+    def counter_v1(self, prefix: str) -> CgroupCounter | None:
         """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
         usage = self.optional(prefix + "usage_in_bytes", parse_single)
         return None if usage is None else self.counter_rest_v1(prefix, usage)
 
-    def counter_rest_v1(self, prefix: str, usage: int) -> Counter:
+    def counter_rest_v1(self, prefix: str, usage: int) -> CgroupCounter:
         """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected.
 
         Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData: "removed in
@@ -253,7 +253,7 @@ class _Dir:
             limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
         else:
             limit = self.value(prefix + "limit_in_bytes")
-        return Counter(
+        return CgroupCounter(
             usage=usage,
             max_usage=self.value(prefix + "max_usage_in_bytes"),
             failcnt=self.value(prefix + "failcnt"),
@@ -344,7 +344,7 @@ class CgroupReader:
             cpu_rec = self._cpu_v2(cpu)
         elif cpu is not None or "cpuacct" in c:
             cpu_rec = self._cpu_v1(cpu, at(c.get("cpuacct")))
-        blkio_rec: BlkioRecord | IoRecord | None = None
+        blkio_rec: CgroupBlkio | CgroupIo | None = None
         if (blkio := at(c.get("blkio"))) is not None:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
         pids = at(c.get("pids"))
@@ -359,13 +359,13 @@ class CgroupReader:
         )
 
     @staticmethod
-    def _memory_v1(d: _Dir) -> MemoryRecord | None:
+    def _memory_v1(d: _Dir) -> CgroupMemory | None:
         stat = d.required_stat()
         if stat is None:
             return None
         d.need_key(stat, "total_inactive_file", "memory.stat")
         usage = d.need(d.parsed("memory.usage_in_bytes", parse_single), "memory.usage_in_bytes")
-        return MemoryRecord(
+        return CgroupMemory(
             version=1,
             usage=d.counter_rest_v1("memory.", usage),
             swap=d.counter_v1("memory.memsw."),
@@ -377,7 +377,7 @@ class CgroupReader:
             oom_control=d.keyed("memory.oom_control") or {},
         )
 
-    def _memory_v2(self, d: _Dir, root: bool) -> MemoryRecord | None:
+    def _memory_v2(self, d: _Dir, root: bool) -> CgroupMemory | None:
         stat = d.required_stat()
         if stat is None:
             return None
@@ -385,12 +385,12 @@ class CgroupReader:
         events: dict[str, int] = {}
         if root:
             anon_file = d.need_key(stat, "anon", "memory.stat") + d.need_key(stat, "file", "memory.stat")
-            usage = Counter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
+            usage = CgroupCounter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
             swap = self._root_swap(d)
         else:
             events_read = d.keyed("memory.events", expected=True)
             events = events_read or {}
-            usage = Counter(
+            usage = CgroupCounter(
                 usage=d.need(d.parsed("memory.current", parse_single), "memory.current"),
                 max_usage=d.optional("memory.peak", parse_single) or 0,
                 failcnt=d.key(events_read, "max", "memory.events"),
@@ -398,11 +398,11 @@ class CgroupReader:
             )
             swap = self._swap_v2(d)
         kernel = stat["kernel"] if "kernel" in stat else sum(stat.get(k, 0) for k in KERNEL_PARTS)
-        return MemoryRecord(
+        return CgroupMemory(
             version=2,
             usage=usage,
             swap=swap,
-            kernel=Counter(usage=kernel, max_usage=0, failcnt=0, limit=U64_MAX),
+            kernel=CgroupCounter(usage=kernel, max_usage=0, failcnt=0, limit=U64_MAX),
             cache=d.key(stat, "file", "memory.stat"),
             use_hierarchy=True,
             stat=stat,
@@ -410,19 +410,19 @@ class CgroupReader:
         )
 
     @staticmethod
-    def _swap_v2(d: _Dir) -> Counter | None:
+    def _swap_v2(d: _Dir) -> CgroupCounter | None:
         current = d.optional("memory.swap.current", parse_single)
         if current is None:  # no swap accounting in this kernel (or swapaccount=0)
             return None
         swap_events = d.keyed("memory.swap.events") or {}
-        return Counter(
+        return CgroupCounter(
             usage=current,
             max_usage=d.optional("memory.swap.peak", parse_single) or 0,
             failcnt=swap_events.get("fail", 0),
             limit=d.value("memory.swap.max"),
         )
 
-    def _root_swap(self, d: _Dir) -> Counter | None:
+    def _root_swap(self, d: _Dir) -> CgroupCounter | None:
         try:
             data = self.files.read_bytes(self.meminfo)
             info = None if data is None else parse_meminfo(decode(data, self.meminfo), self.meminfo)
@@ -432,14 +432,14 @@ class CgroupReader:
         if info is None or "SwapTotal" not in info or "SwapFree" not in info:
             return None
         used = max(info["SwapTotal"] - info["SwapFree"], 0)
-        return Counter(usage=used, max_usage=0, failcnt=0, limit=U64_MAX)
+        return CgroupCounter(usage=used, max_usage=0, failcnt=0, limit=U64_MAX)
 
-    def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CpuRecord | None:
+    def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CgroupCpu | None:
         usage = None
         if cpuacct is not None and (total := cpuacct.optional("cpuacct.usage", parse_single)) is not None:
             ticks = cpuacct.keyed("cpuacct.stat", expected=True)
             percpu = cpuacct.expected("cpuacct.usage_percpu", parse_int_list)
-            usage = CpuUsage(
+            usage = CgroupCpuUsage(
                 total=total,
                 user=cpuacct.key(ticks, "user", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
                 kernel=cpuacct.key(ticks, "system", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
@@ -447,46 +447,46 @@ class CgroupReader:
             )
         throttling = None
         if cpu is not None and (stat := cpu.keyed("cpu.stat")) is not None and "nr_periods" in stat:
-            throttling = Throttling(
+            throttling = CgroupThrottling(
                 periods=stat["nr_periods"],
                 throttled_periods=cpu.key(stat, "nr_throttled", "cpu.stat"),
                 throttled_time=cpu.key(stat, "throttled_time", "cpu.stat"),
             )
         if usage is None and throttling is None:
             return None
-        return CpuRecord(usage=usage, throttling=throttling)
+        return CgroupCpu(usage=usage, throttling=throttling)
 
     @staticmethod
-    def _cpu_v2(d: _Dir) -> CpuRecord | None:
+    def _cpu_v2(d: _Dir) -> CgroupCpu | None:
         stat = d.keyed("cpu.stat")
         if stat is None:
             return None
-        usage = CpuUsage(
+        usage = CgroupCpuUsage(
             total=d.key(stat, "usage_usec", "cpu.stat") * _NS_PER_US,
             user=d.key(stat, "user_usec", "cpu.stat") * _NS_PER_US,
             kernel=d.key(stat, "system_usec", "cpu.stat") * _NS_PER_US,
         )
         throttling = None
         if "nr_periods" in stat:  # only with the cpu controller enabled
-            throttling = Throttling(
+            throttling = CgroupThrottling(
                 periods=stat["nr_periods"],
                 throttled_periods=d.key(stat, "nr_throttled", "cpu.stat"),
                 throttled_time=d.key(stat, "throttled_usec", "cpu.stat") * _NS_PER_US,
             )
-        return CpuRecord(usage=usage, throttling=throttling)
+        return CgroupCpu(usage=usage, throttling=throttling)
 
     @staticmethod
-    def _pids(d: _Dir, root: bool) -> PidsRecord | None:
+    def _pids(d: _Dir, root: bool) -> CgroupPids | None:
         current = d.optional("pids.current", parse_single)
         if current is None:
             return None
         if root:  # the kernel puts no pids.max on the root: it has no limit
             limit = d.optional("pids.max", parse_single)
-            return PidsRecord(current=current, limit=U64_MAX if limit is None else limit)
-        return PidsRecord(current=current, limit=d.value("pids.max"))
+            return CgroupPids(current=current, limit=U64_MAX if limit is None else limit)
+        return CgroupPids(current=current, limit=d.value("pids.max"))
 
     @staticmethod
-    def _blkio_v1(d: _Dir) -> BlkioRecord | None:
+    def _blkio_v1(d: _Dir) -> CgroupBlkio | None:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
         probed: dict[str, list[BlkioLine] | None] = {}  # BFQ's two groups share their first file
         for group in BLKIO_GROUPS:
@@ -501,18 +501,18 @@ class CgroupReader:
                 lines = d.expected(name, d.lenient(parse_blkio))
                 if lines is not None:
                     files[field] = tuple(lines)
-            return BlkioRecord(files)
+            return CgroupBlkio(files)
         return None
 
     @staticmethod
-    def _io_v2(d: _Dir) -> IoRecord | None:
+    def _io_v2(d: _Dir) -> CgroupIo | None:
         devices = d.optional("io.stat", d.lenient(parse_nested_keyed))
-        return None if devices is None else IoRecord(tuple(devices))
+        return None if devices is None else CgroupIo(tuple(devices))
 
-    def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, HugetlbRecord]:
+    def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, CgroupHugetlb]:
         d = _Dir(self.files, h.dir_for(path), misses)
         anchor = "usage_in_bytes" if h.version == 1 else "current"
-        out: dict[str, HugetlbRecord] = {}
+        out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
             return out
         if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
@@ -533,7 +533,7 @@ class CgroupReader:
             else:  # failcnt from the plain events file: v2 keeps no rsvd events (runc fs2/hugetlb.go)
                 events = d.keyed(f"hugetlb.{size}.events", expected=True)
                 max_usage, failcnt = 0, d.key(events, "max", f"hugetlb.{size}.events")
-            out[size] = HugetlbRecord(usage=usage, max_usage=max_usage, failcnt=failcnt)
+            out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
 
     def _page_sizes(self, h: Hierarchy, directory: str, anchor: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from guest_agent.parse import BlkioLine, IoStatLine
 
 
 @dataclass(frozen=True)
-class Counter:
+class CgroupCounter:
     """One kernel page counter: kata's MemoryData (usage, peak, times the limit was hit, limit)."""
 
     usage: int
@@ -26,17 +26,17 @@ class Counter:
 
 
 @dataclass(frozen=True)
-class MemoryRecord:
+class CgroupMemory:
     """Memory controller stats; ``stat`` is memory.stat verbatim (all keys, as the kernel wrote them)."""
 
     version: Literal[1, 2]
-    usage: Counter
-    swap: Counter | None
-    kernel: Counter | None
+    usage: CgroupCounter
+    swap: CgroupCounter | None
+    kernel: CgroupCounter | None
     cache: int
     use_hierarchy: bool
     stat: Mapping[str, int]
-    kernel_tcp: Counter | None = None
+    kernel_tcp: CgroupCounter | None = None
     """v1 memory.kmem.tcp.*: read for completeness, kata's protocol has no field for it."""
     events: Mapping[str, int] = field(default_factory=dict)
     """v2 memory.events (hierarchical; empty on v1 and on the v2 root)."""
@@ -45,7 +45,7 @@ class MemoryRecord:
 
 
 @dataclass(frozen=True)
-class CpuUsage:
+class CgroupCpuUsage:
     """CPU time in ns; ``percpu`` is empty on v2 (the kernel has no per-cpu file there)."""
 
     total: int
@@ -55,7 +55,7 @@ class CpuUsage:
 
 
 @dataclass(frozen=True)
-class Throttling:
+class CgroupThrottling:
     """CFS bandwidth throttling: periods, throttled periods and throttled time in ns."""
 
     periods: int
@@ -64,15 +64,15 @@ class Throttling:
 
 
 @dataclass(frozen=True)
-class CpuRecord:
+class CgroupCpu:
     """CPU stats; either half is None when its controller or keys are absent."""
 
-    usage: CpuUsage | None
-    throttling: Throttling | None
+    usage: CgroupCpuUsage | None
+    throttling: CgroupThrottling | None
 
 
 @dataclass(frozen=True)
-class PidsRecord:
+class CgroupPids:
     """pids.current and pids.max (``U64_MAX`` when the kernel says max)."""
 
     current: int
@@ -80,21 +80,21 @@ class PidsRecord:
 
 
 @dataclass(frozen=True)
-class BlkioRecord:
+class CgroupBlkio:
     """v1 block I/O: the lines of each ``blkio.<name>`` file, keyed by name (``io_serviced_recursive``...)."""
 
     files: Mapping[str, tuple[BlkioLine, ...]]
 
 
 @dataclass(frozen=True)
-class IoRecord:
+class CgroupIo:
     """v2 block I/O: io.stat, one entry per device, in file order."""
 
     devices: tuple[IoStatLine, ...]
 
 
 @dataclass(frozen=True)
-class HugetlbRecord:
+class CgroupHugetlb:
     """One huge page size: usage, peak (0 on v2, which keeps none) and times the limit was hit."""
 
     usage: int
@@ -107,8 +107,8 @@ class CgroupRecord:
     """Everything read for one cgroup; ``path`` is the cgroup path (``/`` = the whole guest)."""
 
     path: str
-    memory: MemoryRecord | None = None
-    cpu: CpuRecord | None = None
-    pids: PidsRecord | None = None
-    blkio: BlkioRecord | IoRecord | None = None
-    hugetlb: Mapping[str, HugetlbRecord] = field(default_factory=dict)
+    memory: CgroupMemory | None = None
+    cpu: CgroupCpu | None = None
+    pids: CgroupPids | None = None
+    blkio: CgroupBlkio | CgroupIo | None = None
+    hugetlb: Mapping[str, CgroupHugetlb] = field(default_factory=dict)

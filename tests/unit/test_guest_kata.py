@@ -5,22 +5,22 @@ from __future__ import annotations
 from guest_agent.kata import IO_STAT_OPS, to_response
 from guest_agent.parse import U64_MAX, BlkioLine, IoStatLine
 from guest_agent.record import (
-    BlkioRecord,
+    CgroupBlkio,
+    CgroupCounter,
+    CgroupCpu,
+    CgroupCpuUsage,
+    CgroupHugetlb,
+    CgroupIo,
+    CgroupMemory,
+    CgroupPids,
     CgroupRecord,
-    Counter,
-    CpuRecord,
-    CpuUsage,
-    HugetlbRecord,
-    IoRecord,
-    MemoryRecord,
-    PidsRecord,
-    Throttling,
+    CgroupThrottling,
 )
 from shimstats._proto.kata import agent_pb2
 
-USAGE = Counter(usage=107118592, max_usage=109330432, failcnt=3, limit=9223372036854771712)
-MEMSW = Counter(usage=107122688, max_usage=109334528, failcnt=1, limit=9223372036854771712)
-KMEM = Counter(usage=2633728, max_usage=2772992, failcnt=0, limit=9223372036854771712)
+USAGE = CgroupCounter(usage=107118592, max_usage=109330432, failcnt=3, limit=9223372036854771712)
+MEMSW = CgroupCounter(usage=107122688, max_usage=109334528, failcnt=1, limit=9223372036854771712)
+KMEM = CgroupCounter(usage=2633728, max_usage=2772992, failcnt=0, limit=9223372036854771712)
 V1_STAT = {"cache": 103809024, "rss": 114688, "total_inactive_file": 73400320}
 
 
@@ -29,14 +29,14 @@ def roundtrip(record: CgroupRecord) -> agent_pb2.StatsContainerResponse:
     return agent_pb2.StatsContainerResponse.FromString(to_response(record).SerializeToString())
 
 
-def as_tuple(data: agent_pb2.MemoryData) -> Counter:
-    return Counter(usage=data.usage, max_usage=data.max_usage, failcnt=data.failcnt, limit=data.limit)
+def as_tuple(data: agent_pb2.MemoryData) -> CgroupCounter:
+    return CgroupCounter(usage=data.usage, max_usage=data.max_usage, failcnt=data.failcnt, limit=data.limit)
 
 
 def test_v1_memory_goes_through_unchanged():
     record = CgroupRecord(
         path="/c1",
-        memory=MemoryRecord(
+        memory=CgroupMemory(
             version=1,
             usage=USAGE,
             swap=MEMSW,
@@ -56,10 +56,10 @@ def test_v1_memory_goes_through_unchanged():
 
 
 def test_absent_swap_and_controllers_stay_unset_and_zero_counters_stay_present():
-    zero = Counter(0, 0, 0, 0)
+    zero = CgroupCounter(usage=0, max_usage=0, failcnt=0, limit=0)
     record = CgroupRecord(
         path="/",
-        memory=MemoryRecord(
+        memory=CgroupMemory(
             version=2, usage=zero, swap=None, kernel=zero, cache=0, use_hierarchy=True, stat={}
         ),
     )
@@ -79,9 +79,9 @@ def test_empty_record_still_carries_cgroup_stats():
 
 
 def test_cpu_fields_and_units_pass_through():
-    usage = CpuUsage(total=40220997, user=70000000, kernel=30000000, percpu=(1621743, 38599254))
-    throttling = Throttling(periods=10, throttled_periods=4, throttled_time=1500000)
-    cs = roundtrip(CgroupRecord(path="/c1", cpu=CpuRecord(usage, throttling))).cgroup_stats.cpu_stats
+    usage = CgroupCpuUsage(total=40220997, user=70000000, kernel=30000000, percpu=(1621743, 38599254))
+    throttling = CgroupThrottling(periods=10, throttled_periods=4, throttled_time=1500000)
+    cs = roundtrip(CgroupRecord(path="/c1", cpu=CgroupCpu(usage, throttling))).cgroup_stats.cpu_stats
     assert (cs.cpu_usage.total_usage, cs.cpu_usage.usage_in_usermode, cs.cpu_usage.usage_in_kernelmode) == (
         usage.total,
         usage.user,
@@ -96,15 +96,15 @@ def test_cpu_fields_and_units_pass_through():
 
 
 def test_cpu_without_throttling_leaves_throttling_unset():
-    record = CgroupRecord(path="/c1", cpu=CpuRecord(CpuUsage(total=5, user=3, kernel=2), None))
+    record = CgroupRecord(path="/c1", cpu=CgroupCpu(CgroupCpuUsage(total=5, user=3, kernel=2), None))
     cs = roundtrip(record).cgroup_stats.cpu_stats
     assert cs.HasField("cpu_usage")
     assert not cs.HasField("throttling_data")
 
 
 def test_pids_unlimited_is_sent_as_zero_like_kata_agent():
-    assert roundtrip(CgroupRecord(path="/c", pids=PidsRecord(3, U64_MAX))).cgroup_stats.pids_stats.limit == 0
-    assert roundtrip(CgroupRecord(path="/c", pids=PidsRecord(3, 100))).cgroup_stats.pids_stats.limit == 100
+    assert roundtrip(CgroupRecord(path="/c", pids=CgroupPids(3, U64_MAX))).cgroup_stats.pids_stats.limit == 0
+    assert roundtrip(CgroupRecord(path="/c", pids=CgroupPids(3, 100))).cgroup_stats.pids_stats.limit == 100
 
 
 def test_v1_blkio_ops_are_lowercased_per_file():
@@ -114,7 +114,7 @@ def test_v1_blkio_ops_are_lowercased_per_file():
         BlkioLine(254, 0, "Total", 12288),
     )
     sectors = (BlkioLine(8, 0, "", 40),)
-    blkio = BlkioRecord({"io_service_bytes_recursive": lines, "sectors_recursive": sectors})
+    blkio = CgroupBlkio({"io_service_bytes_recursive": lines, "sectors_recursive": sectors})
     bs = roundtrip(CgroupRecord(path="/c", blkio=blkio)).cgroup_stats.blkio_stats
     assert [(e.major, e.minor, e.op, e.value) for e in bs.io_service_bytes_recursive] == [
         (x.major, x.minor, x.op.lower(), x.value) for x in lines
@@ -127,7 +127,7 @@ def test_v2_io_stat_becomes_six_entries_per_device_in_service_bytes():
     # kata-agent's spelling: every io.stat key of a device → one entry in io_service_bytes_recursive.
     dev = IoStatLine(254, 0, {"rbytes": 4096, "wbytes": 8192, "rios": 1, "wios": 2, "dbytes": 0, "dios": 0})
     other = IoStatLine(8, 16, {"rbytes": 1, "wbytes": 2, "rios": 3, "wios": 4, "dbytes": 5, "dios": 6})
-    bs = roundtrip(CgroupRecord(path="/c", blkio=IoRecord((dev, other)))).cgroup_stats.blkio_stats
+    bs = roundtrip(CgroupRecord(path="/c", blkio=CgroupIo((dev, other)))).cgroup_stats.blkio_stats
     expected = [(d.major, d.minor, op, d.stats[key]) for d in (dev, other) for key, op in IO_STAT_OPS]
     assert [(e.major, e.minor, e.op, e.value) for e in bs.io_service_bytes_recursive] == expected
     assert [op for _, op in IO_STAT_OPS] == ["read", "write", "rios", "wios", "dbytes", "dios"]
@@ -135,7 +135,7 @@ def test_v2_io_stat_becomes_six_entries_per_device_in_service_bytes():
 
 
 def test_hugetlb_map_is_keyed_by_page_size():
-    huge = {"2MB": HugetlbRecord(usage=4 << 20, max_usage=6 << 20, failcnt=1), "1GB": HugetlbRecord(0, 0, 0)}
+    huge = {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=6 << 20, failcnt=1), "1GB": CgroupHugetlb(0, 0, 0)}
     hs = roundtrip(CgroupRecord(path="/c", hugetlb=huge)).cgroup_stats.hugetlb_stats
     assert {k: (v.usage, v.max_usage, v.failcnt) for k, v in hs.items()} == {
         k: (v.usage, v.max_usage, v.failcnt) for k, v in huge.items()

@@ -17,7 +17,7 @@ from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
 from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import Counter, Throttling
+from guest_agent.record import CgroupCounter, CgroupThrottling
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
 CLK_TCK = 100
@@ -32,7 +32,7 @@ def write(directory: Path, files: Mapping[str, object]) -> None:
         (directory / name).write_text("".join(line + "\n" for line in lines))
 
 
-def v1_counter(prefix: str, c: Counter) -> dict[str, object]:
+def v1_counter(prefix: str, c: CgroupCounter) -> dict[str, object]:
     return {
         f"{prefix}usage_in_bytes": c.usage,
         f"{prefix}max_usage_in_bytes": c.max_usage,
@@ -42,10 +42,10 @@ def v1_counter(prefix: str, c: Counter) -> dict[str, object]:
 
 
 V1_STAT = {"cache": 103809024, "rss": 114688, "total_cache": 103809024, "total_inactive_file": 73400320}
-V1_USAGE = Counter(usage=107118592, max_usage=109330432, failcnt=3, limit=V1_LIMIT)
-V1_MEMSW = Counter(usage=107118592 + 4096, max_usage=109334528, failcnt=1, limit=V1_LIMIT)
-V1_KMEM = Counter(usage=2633728, max_usage=2772992, failcnt=0, limit=V1_LIMIT)
-V1_KMEM_TCP = Counter(usage=0, max_usage=0, failcnt=0, limit=V1_LIMIT)
+V1_USAGE = CgroupCounter(usage=107118592, max_usage=109330432, failcnt=3, limit=V1_LIMIT)
+V1_MEMSW = CgroupCounter(usage=107118592 + 4096, max_usage=109334528, failcnt=1, limit=V1_LIMIT)
+V1_KMEM = CgroupCounter(usage=2633728, max_usage=2772992, failcnt=0, limit=V1_LIMIT)
+V1_KMEM_TCP = CgroupCounter(usage=0, max_usage=0, failcnt=0, limit=V1_LIMIT)
 
 
 def v1_tree(root: Path, path: str = "/c1", *, memsw: bool = True) -> Layout:
@@ -309,10 +309,10 @@ def test_v2_memory_fills_what_kata_agent_leaves_empty(tmp_path):
     assert mem is not None
     assert mem.version == 2
     # usage = memory.current, limit "max" → 2^64-1, peak = memory.peak, failcnt = memory.events "max"
-    assert mem.usage == Counter(usage=107118592, max_usage=109330432, failcnt=7, limit=U64_MAX)
+    assert mem.usage == CgroupCounter(usage=107118592, max_usage=109330432, failcnt=7, limit=U64_MAX)
     # swap only (memory.swap.*), unlimited → 2^64-1, failcnt = swap.events "fail"
-    assert mem.swap == Counter(usage=8192, max_usage=12288, failcnt=4, limit=U64_MAX)
-    assert mem.kernel == Counter(usage=V2_STAT["kernel"], max_usage=0, failcnt=0, limit=U64_MAX)
+    assert mem.swap == CgroupCounter(usage=8192, max_usage=12288, failcnt=4, limit=U64_MAX)
+    assert mem.kernel == CgroupCounter(usage=V2_STAT["kernel"], max_usage=0, failcnt=0, limit=U64_MAX)
     assert mem.cache == V2_STAT["file"]
     assert mem.use_hierarchy is True
     assert dict(mem.stat) == V2_STAT
@@ -345,10 +345,10 @@ def test_v2_root_usage_is_anon_plus_file_and_swap_comes_from_meminfo(tmp_path):
     mem = CgroupReader(layout, meminfo=str(meminfo)).read("/").memory
     assert mem is not None
     # never MemTotal - MemFree (kubernetes#118916): usage = anon + file of the root memory.stat
-    assert mem.usage == Counter(
+    assert mem.usage == CgroupCounter(
         usage=V2_STAT["anon"] + V2_STAT["file"], max_usage=0, failcnt=0, limit=U64_MAX
     )
-    assert mem.swap == Counter(usage=(1024 - 256) * 1024, max_usage=0, failcnt=0, limit=U64_MAX)
+    assert mem.swap == CgroupCounter(usage=(1024 - 256) * 1024, max_usage=0, failcnt=0, limit=U64_MAX)
     assert mem.events == {}
 
 
@@ -486,7 +486,7 @@ def test_a_comounted_cpu_hierarchy_found_in_mountinfo_reports_cpu_usage(tmp_path
     assert cpu is not None
     assert cpu.usage is not None
     assert cpu.usage.total == 40220997
-    assert cpu.throttling == Throttling(periods=10, throttled_periods=4, throttled_time=9)
+    assert cpu.throttling == CgroupThrottling(periods=10, throttled_periods=4, throttled_time=9)
 
 
 def test_a_comounted_cpu_hierarchy_of_a_captured_tree_reports_cpu_usage(tmp_path):
@@ -503,5 +503,5 @@ def test_v1_without_the_kmem_limit_file_is_not_a_read_error(tmp_path):
     os.unlink(tmp_path / "memory" / "c1" / "memory.kmem.limit_in_bytes")
     reader = CgroupReader(layout, clk_tck=CLK_TCK)
     kernel = reader.read("/c1").memory.kernel  # type: ignore[union-attr]
-    assert kernel == Counter(usage=V1_KMEM.usage, max_usage=V1_KMEM.max_usage, failcnt=0, limit=0)
+    assert kernel == CgroupCounter(usage=V1_KMEM.usage, max_usage=V1_KMEM.max_usage, failcnt=0, limit=0)
     assert reader.errors.snapshot() == {}

@@ -38,7 +38,7 @@ from guest_agent.parse import (
     parse_single,
 )
 from guest_agent.reader import CgroupReader, IncompleteCgroup
-from guest_agent.record import Counter
+from guest_agent.record import CgroupCounter
 
 CLOCK_TICKS = 100  # runc's and containerd's clockTicks in these tests
 NS_PER_S = 1_000_000_000
@@ -314,9 +314,9 @@ def test_runc_memory_stats_with_the_inactive_file_key(tmp_path):
     memory = reader.read("/c1").memory
     assert memory is not None
     assert memory.cache == 512
-    assert memory.usage == Counter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
-    assert memory.swap == Counter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
-    assert memory.kernel == Counter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
+    assert memory.usage == CgroupCounter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
+    assert memory.swap == CgroupCounter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
+    assert memory.kernel == CgroupCounter(usage=2048, max_usage=4096, failcnt=100, limit=8192)
     assert dict(memory.stat) == {"cache": 512, "rss": 1024, "total_inactive_file": 0}
     assert memory.use_hierarchy is True
     assert reader.errors.snapshot() == {}
@@ -383,10 +383,10 @@ def test_containerd_memory_controller_stat(tmp_path):
     reader = read(tmp_path)
     memory = reader.read("/c1").memory
     assert memory is not None
-    assert memory.usage == Counter(0, 1, 2, 3)
-    assert memory.swap == Counter(4, 5, 6, 7)
-    assert memory.kernel == Counter(8, 9, 10, 11)
-    assert memory.kernel_tcp == Counter(12, 13, 14, 15)
+    assert memory.usage == CgroupCounter(usage=0, max_usage=1, failcnt=2, limit=3)
+    assert memory.swap == CgroupCounter(usage=4, max_usage=5, failcnt=6, limit=7)
+    assert memory.kernel == CgroupCounter(usage=8, max_usage=9, failcnt=10, limit=11)
+    assert memory.kernel_tcp == CgroupCounter(usage=12, max_usage=13, failcnt=14, limit=15)
     assert memory.oom_control == {"oom_kill_disable": 1, "under_oom": 2, "oom_kill": 3}
     # containerd never reads memory.use_hierarchy; the kernel always writes it, so we count its absence
     assert reader.errors.snapshot() == {"memory.use_hierarchy": 1}
