@@ -9,10 +9,11 @@ if [ -f hack/ci-install.sh ]; then
     bash hack/ci-install.sh
 fi
 # A distribution's python3 that refuses pip installs (PEP 668: Debian 12's, which carries an
-# EXTERNALLY-MANAGED marker) gets a venv in .venv, made once and used from here on; a venv that is already
-# active, or a python3 of one's own (pyenv, CI), is used as it is.
-if [ -z "${VIRTUAL_ENV:-}" ] && python3 -c 'import os, sys, sysconfig
-sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+# EXTERNALLY-MANAGED marker) gets a venv in .venv, made once and used from here on; a python3 that is a
+# venv's already, or one of one's own (pyenv, CI), is used as it is.
+if python3 -c 'import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(marker) else 1)'; then
     if [ ! -x .venv/bin/python3 ]; then
         echo "test.sh: $(command -v python3) is externally managed (PEP 668): creating .venv" >&2
         python3 -m venv .venv || {
