@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, end_process, free_port, short_tmp, skip_unless
 from tests.integration.test_exporter import CONTAINER_FIXTURES, truth
 
 BUILD_TIMEOUT = 1200
@@ -45,11 +44,7 @@ def _unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
     """The image built by hack/build-image.sh under a tag of its own; removed afterwards."""
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"the image test must run in CI: {reason}")
-        pytest.skip(reason)
+    skip_unless(_unavailable())
     tag = f"localhost/shimstats-test:{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         ["bash", "hack/build-image.sh", tag],
@@ -83,12 +78,6 @@ def run_in(container: str, mounts: list[str], *argv: str) -> list[str]:
     volumes = [arg for mount in mounts for arg in ("--volume", mount)]
     return ["buildah", "run", "--network", "host", "--user", "0:0", "--cap-drop", "all", *volumes, container,
             "--", *argv]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -140,8 +129,7 @@ def test_the_exporter_from_the_image_reads_a_real_agent_through_a_read_only_moun
             try:
                 series = scrape(f"http://127.0.0.1:{port}/metrics")
             finally:
-                process.terminate()
-                process.wait(timeout=30)
+                end_process(process, timeout=30)
             log_text = (directory / "exporter.log").read_text()
 
     def value(name: str) -> float:

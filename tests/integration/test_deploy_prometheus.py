@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.harness import AgentProcess, short_tmp
+from tests.integration.harness import AgentProcess, end_process, free_port, short_tmp, skip_unless
 from tests.integration.test_adapter_live import (  # noqa: F401 (fixtures used by name)
     CGROUPFS,
     TOLERANCE,
@@ -49,11 +47,8 @@ QUERY_TIMEOUT = 30.0
 def tool(name: str) -> str:
     """The path of Debian's ``name`` (package prometheus); skip without it, fail in CI."""
     path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not installed (apt-get install prometheus; hack/ci-install.sh does)"
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    skip_unless(None if path else f"{name} is not installed (apt-get install prometheus)")
+    assert path is not None
     return path
 
 
@@ -113,12 +108,6 @@ def test_the_unit_tests_catch_a_pressure_alert_on_the_working_set(tmp_path: Path
 # -- a real Prometheus --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -156,12 +145,7 @@ def prometheus(directory: Path, target: str) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process)
 
 
 def query(url: str, expr: str) -> list[dict[str, Any]]:

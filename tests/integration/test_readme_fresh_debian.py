@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.harness import REPO, skip_unless
+
 MIRROR = "http://deb.debian.org/debian"
 TIMEOUT = 1500
 
@@ -53,11 +54,7 @@ def test_the_first_command_makes_a_venv_because_debian_refuses_pip() -> None:
 
 
 def test_readme_first_command_works_on_a_fresh_debian_12() -> None:
-    reason = _unavailable()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"the fresh Debian test must run in CI: {reason}")
-        pytest.skip(reason)
+    skip_unless(_unavailable())
     command = readme_first_command()
     root = Path(tempfile.mkdtemp(prefix="ss-fresh-debian-", dir="/var/tmp"))
     try:

@@ -10,12 +10,10 @@ test_deploy_prometheus.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
@@ -26,6 +24,7 @@ from yamllint import config as yamllint_config
 from yamllint import linter
 
 from shimstats import exporter
+from tests import hack_scripts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,16 +40,7 @@ OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 KATA_LABEL = "katacontainers.io/kata-runtime"
 
 
-def _load_gen_deploy() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_deploy", REPO / "hack" / "gen_deploy.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_deploy = _load_gen_deploy()
+gen_deploy = hack_scripts.load("gen_deploy")
 
 ANNOUNCED_METRICS = {"container_oom_events_total"}
 """Metrics the dashboard uses that the exporter announces but may not serve yet (exporter helper, issue 14);
