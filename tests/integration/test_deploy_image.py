@@ -133,7 +133,10 @@ def test_the_exporter_from_the_image_reads_a_real_agent_through_a_read_only_moun
             log_text = (directory / "exporter.log").read_text()
 
     def value(name: str) -> float:
-        (found,) = [v for labels, v in series[name] if labels.get("id") == fx.request_id]
+        # the one container exported (its id is in cAdvisor's id or name label, by exporter version)
+        (found,) = [
+            v for labels, v in series[name] if fx.request_id in (labels.get("id"), labels.get("name"))
+        ]
         return found
 
     expected = truth(fx)
