@@ -40,8 +40,16 @@ tar -C "$rootfs" --exclude=./var/cache/apt/archives/*.deb --exclude=./var/lib/ap
     --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* \
     --exclude=./usr/share/doc/* --exclude=./usr/share/man/* --exclude=./usr/share/locale/* -cf "$context/rootfs.tar" .
 
-echo "build-image: wheels of this checkout and its dependencies" >&2
-python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" .
+# Wheels for the image's own Python and CPU, whatever Python builds them here: shimstats itself (pure
+# Python), then its dependencies as binary wheels for that interpreter (glibc 2.36 in bookworm).
+pyv=$(chroot "$rootfs" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+arch=$(uname -m)
+echo "build-image: wheels for the image's python $pyv on $arch" >&2
+python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$context/wheels" .
+python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: --implementation cp \
+    --python-version "$pyv" --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
+    --platform "manylinux2014_$arch" --platform "manylinux_2_5_$arch" --dest "$context/wheels" \
+    "$context"/wheels/shimstats-*.whl
 
 cp deploy/image/Containerfile "$context/Containerfile"
 echo "build-image: ${build[*]} -t $tag" >&2
