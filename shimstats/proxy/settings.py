@@ -13,7 +13,7 @@ from shimstats.proxy.config import Fallback
 __all__ = ["TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings"]
 
 TASK_V2_SERVICE = "containerd.task.v2.Task"
-"""The service containerd dials on a shim that printed a plain address (reference/wire.md §2.1)."""
+"""The service containerd dials on a shim that printed a plain address (docs/spec/metrics.md §1.1)."""
 TASK_V3_SERVICE = "containerd.task.v3.Task"
 """Same messages as v2 (docs/spec/metrics.md §1.1); a shim that answers JSON version 3 serves this name."""
 
