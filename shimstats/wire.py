@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 TASK_SERVICE = "containerd.task.v2.Task"
-"""The service containerd dials on a shim that printed a plain address (docs/spec/metrics.md §1.3)."""
+"""The service containerd dials on a shim that printed a plain address (docs/spec/metrics.md §1.1)."""
 TASK_V3_SERVICE = "containerd.task.v3.Task"
 """Same messages as v2 (docs/spec/metrics.md §1.1); a shim that answers JSON version 3 serves this name."""
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
