@@ -11,7 +11,7 @@ from shimstats.commands.compare import format_comparison
 from shimstats.compare import Column, Comparison, mapped_columns
 from shimstats.table import render_right
 from tests.integration.harness import Fixture
-from tests.unit.test_verify import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, read_truth
+from tests.unit.fixture_truth import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, read_truth
 
 MAPPING_KEYS = ["ours_v1", "ours_v2", "kata_go_v1_host", "kata_go_v2_host", "kata_rs"]
 

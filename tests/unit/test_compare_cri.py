@@ -7,7 +7,7 @@ import json
 
 from shimstats.commands.compare import format_comparison
 from shimstats.compare import CRI_FIGURES, CRI_LABEL, Comparison, cri_column
-from tests.unit.test_verify import V1_PAGECACHE, read_truth
+from tests.unit.fixture_truth import V1_PAGECACHE, read_truth
 
 
 def test_cri_figures_equal_to_the_guests_pass_and_cpu_split_is_not_judged() -> None:

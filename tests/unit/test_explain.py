@@ -9,7 +9,7 @@ import pytest
 from shimstats.commands.explain import format_explanation
 from shimstats.explain import Explanation, explain
 from tests.integration.harness import Fixture
-from tests.unit.test_verify import CONTAINERS, read_truth
+from tests.unit.fixture_truth import CONTAINERS, read_truth
 
 BY_NAME = {fx.name: fx for fx in CONTAINERS}
 

@@ -6,7 +6,6 @@ are recomputed here from the fixture's own files by containerd's CRI rules, inde
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -17,32 +16,10 @@ from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.commands.verify import format_verification
 from shimstats.compare import MAPPING_CPU_TOLERANCE_NS, as_result
 from shimstats.emulate import kata_go
-from shimstats.ground_truth import CgroupSource, GroundTruth, NoGroundTruth, cgroup_version, locate
+from shimstats.ground_truth import GroundTruth, NoGroundTruth, cgroup_version, locate
 from shimstats.verify import CPU_TOLERANCE_NS, Check, judge
 from tests.integration.harness import Fixture, fixtures
-
-CONTAINERS = [fx for fx in fixtures() if not fx.is_root]
-V2_INACTIVE = next(fx for fx in CONTAINERS if fx.name == "v2-6.1.0-56-amd64-container-inactive-file")
-V1_PAGECACHE = next(fx for fx in CONTAINERS if fx.name == "v1-6.18.44-fc-v669-container-pagecache")
-
-
-def container_dir(fx: Fixture) -> Path:
-    """The fixture's memory cgroup directory (v1: under memory/)."""
-    base = fx.path / "cgroup" / ("memory" if fx.guest_version == 1 else "")
-    return base / str(fx.meta["container_path"]).lstrip("/")
-
-
-def read_truth(fx: Fixture) -> GroundTruth:
-    """Ground truth for a fixture's container, read like --cgroup reads a live one."""
-
-    async def read() -> GroundTruth:
-        source = CgroupSource(str(container_dir(fx)), meminfo=str(fx.path / "meminfo"))
-        try:
-            return await source.read()
-        finally:
-            await source.close()
-
-    return asyncio.run(read())
+from tests.unit.fixture_truth import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, container_dir, read_truth
 
 
 @pytest.mark.parametrize("fx", CONTAINERS, ids=lambda fx: fx.name)
