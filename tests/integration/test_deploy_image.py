@@ -23,8 +23,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.exporter_helpers import CONTAINER_FIXTURES, truth
 from tests.integration.harness import REPO, AgentProcess, end_process, free_port, short_tmp, skip_unless
-from tests.integration.test_exporter import CONTAINER_FIXTURES, truth
 
 BUILD_TIMEOUT = 1200
 START_TIMEOUT = 60.0

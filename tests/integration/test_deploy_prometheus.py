@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.exporter_helpers import ExporterProcess
 from tests.integration.harness import AgentProcess, end_process, free_port, short_tmp, skip_unless
 from tests.integration.test_adapter_live import (  # noqa: F401 (fixtures used by name)
     CGROUPFS,
@@ -33,7 +34,6 @@ from tests.integration.test_adapter_live import (  # noqa: F401 (fixtures used b
     live_cgroup,
     page_cache_workload,
 )
-from tests.integration.test_exporter import ExporterProcess
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"

@@ -19,9 +19,9 @@ import pytest
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
 from tests.cri_env import BUSYBOX_IMAGE, POD_NAMESPACE, CriContainerd, Pod
+from tests.integration.exporter_helpers import ExporterProcess, Series, ids, value
 from tests.integration.harness import AgentProcess, short_tmp
 from tests.integration.test_discover_cri import _remove, _start, _working_set
-from tests.integration.test_exporter import ExporterProcess, Series, ids, value
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd

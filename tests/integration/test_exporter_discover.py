@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import AgentProcess, Fixture, short_tmp
-from tests.integration.test_exporter import (
+from tests.integration.exporter_helpers import (
     CONTAINER_FIXTURES,
     ExporterProcess,
     Series,
@@ -29,6 +28,7 @@ from tests.integration.test_exporter import (
     truth,
     value,
 )
+from tests.integration.harness import AgentProcess, Fixture, short_tmp
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 KATA_AGENT_PORT = 1024
