@@ -17,37 +17,8 @@ from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats.guest_test import checks
 from shimstats.guest_test.evaluate import capture_truth
-from shimstats.guest_test.phases import PHASES, Phase
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroupfs"
-
-
-def guest_test_fixtures() -> list[tuple[Path, Phase]]:
-    """Fixtures `shimstats guest-test` saved: named <kernel>-<v1|v2>-<phase>."""
-    found = []
-    for directory in sorted(FIXTURES.iterdir()):
-        for phase in PHASES:
-            head = directory.name.removesuffix(f"-{phase.name}")
-            if (
-                head != directory.name
-                and head.endswith(("-v1", "-v2"))
-                and (directory / "meta.json").exists()
-            ):
-                found.append((directory, phase))
-    return found
-
-
-def container_fixtures() -> list[Path]:
-    """Every fixture of a container (not a root cgroup), from any capture run."""
-    return [
-        d
-        for d in sorted(FIXTURES.iterdir())
-        if (d / "meta.json").exists() and json.loads((d / "meta.json").read_text())["container_path"] != "/"
-    ]
-
-
-GUEST_TEST = guest_test_fixtures()
-ids = [d.name for d, _ in GUEST_TEST]
+from shimstats.guest_test.phases import Phase
+from tests.unit.guest_test_captures import FIXTURES, GUEST_TEST, container_fixtures, ids
 
 
 def cgroup_path(fixture: Path) -> str:

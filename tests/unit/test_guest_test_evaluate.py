@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from shimstats import translate
 from shimstats.compare import as_result
 from shimstats.emulate import kata_go
 from shimstats.fake_containerd import StatsResult
-from shimstats.guest_test.evaluate import LIVE, PhaseResult, capture_truth, evaluate
+from shimstats.guest_test.evaluate import PhaseResult, capture_truth, evaluate
 from shimstats.guest_test.phases import BY_NAME, Phase
 from shimstats.guest_test.report import format_phase
-from tests.unit.test_guest_test_checks import GUEST_TEST, ids
-
-
-def our_answers(fixture: Path, phase: Phase) -> dict[str, StatsResult | str]:
-    """What our adapter answers for this capture: our translation of the agent's reading, per format."""
-    response = asyncio.run(capture_truth(fixture, phase.cgroup_path)).response
-    return {key: as_result(phase.container_id, translate.translate(response, fmt)) for key, _, fmt in LIVE}
+from tests.unit.guest_test_captures import GUEST_TEST, ids, our_answers
 
 
 def judged(fixture: Path, phase: Phase, answers: dict[str, StatsResult | str]) -> PhaseResult:

@@ -12,8 +12,7 @@ import pytest
 from shimstats.guest_test import report, session
 from shimstats.guest_test.evaluate import PhaseResult, evaluate
 from shimstats.guest_test.image import Kernel
-from tests.unit.test_guest_test_checks import GUEST_TEST
-from tests.unit.test_guest_test_evaluate import our_answers
+from tests.unit.guest_test_captures import GUEST_TEST, our_answers
 
 KERNEL = Kernel(
     Path("/k/vmlinuz"), Path("/k/initrd"), "6.1.0-56-amd64", "linux-image-6.1.0-56-amd64 6.1.192-2", ()
