@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
-from tests.unit.test_protos import _kind
+from tests.unit.proto_fields import field_kind
 
 P = "runtime.v1."
 MAP = "map<string, string>"
@@ -261,7 +261,7 @@ def test_the_table_covers_every_message_of_our_copy() -> None:
 @pytest.mark.parametrize("message", sorted(TABLE))
 def test_fields_numbers_and_types(message: str) -> None:
     desc = api_pb2.DESCRIPTOR.message_types_by_name[message]
-    got = {f.name: (f.number, _kind(f)) for f in desc.fields}
+    got = {f.name: (f.number, field_kind(f)) for f in desc.fields}
     assert got == _table(message)
 
 

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 from google.protobuf import any_pb2, descriptor_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 
 from shimstats import wire
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
@@ -31,6 +31,7 @@ from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
 from shimstats._proto.ttrpc import request_pb2
 from tests import hack_scripts
+from tests.unit.proto_fields import field_kind
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "shimstats" / "_proto"
@@ -65,40 +66,6 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Field numbers and types.
 
-
-def _kind(field: FieldDescriptor) -> str:
-    """A field's type as a .proto declaration would spell it: 'uint64', 'repeated X', 'map<K, V>'."""
-    if field.message_type is not None:
-        if field.message_type.GetOptions().map_entry:
-            key, value = (field.message_type.fields_by_name[n] for n in ("key", "value"))
-            return f"map<{_kind(key)}, {_kind(value)}>"
-        base = field.message_type.full_name
-    elif field.enum_type is not None:
-        base = field.enum_type.full_name
-    else:
-        base = _SCALARS[field.type]
-    return f"repeated {base}" if _is_repeated(field) else base
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    """Read from the descriptor proto: FieldDescriptor.label is gone from newer protobuf releases."""
-    message = descriptor_pb2.DescriptorProto()
-    assert field.containing_type is not None
-    field.containing_type.CopyToProto(message)
-    (proto,) = (f for f in message.field if f.number == field.number)
-    return proto.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-
-
-_SCALARS = {
-    FieldDescriptor.TYPE_UINT64: "uint64",
-    FieldDescriptor.TYPE_UINT32: "uint32",
-    FieldDescriptor.TYPE_INT64: "int64",
-    FieldDescriptor.TYPE_INT32: "int32",
-    FieldDescriptor.TYPE_DOUBLE: "double",
-    FieldDescriptor.TYPE_BOOL: "bool",
-    FieldDescriptor.TYPE_STRING: "string",
-    FieldDescriptor.TYPE_BYTES: "bytes",
-}
 
 V1 = "io.containerd.cgroups.v1"
 V2 = "io.containerd.cgroups.v2"
@@ -280,7 +247,7 @@ def test_field_number_and_type(message: str, field: str, number: int, kind: str)
     desc = _message(message)
     assert field in desc.fields_by_name, f"{message} has no field {field}"
     got = desc.fields_by_name[field]
-    assert (got.number, _kind(got)) == (number, kind)
+    assert (got.number, field_kind(got)) == (number, kind)
 
 
 # Messages that FIELDS lists in full: they must have no field beyond it.
