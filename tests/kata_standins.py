@@ -26,20 +26,30 @@ import http.server
 import os
 import socketserver
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
+from guest_agent.layout import detect_layout
+from guest_agent.lookup import ContainerLocator
+from guest_agent.reader import CgroupReader
 from guest_agent.service import AgentService
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats.discovery import MONITOR_SOCKET
 from shimstats.ttrpc import CallContext, Server
 from shimstats.wire import AGENT_SERVICE, HEALTH_SERVICE
+from tests.integration.harness import Fixture, fixtures
 from tests.translate_builders import kata_agent_v2
 
 __all__ = ["HybridVsockMuxer", "KataAgentService", "KataShimStandIn", "muxer_in_thread"]
 
 KATA_AGENT_VERSION = "3.2.0"
+
+
+KATA_PORT = 1024
+"""The vsock port a stock kata-agent listens on."""
+OUR_PORT = 2048
+"""The vsock port our agent listens on next to it."""
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -259,3 +269,36 @@ class KataAgentService(AgentService):
         return health_pb2.VersionCheckResponse(
             grpc_version="ttrpc", agent_version=KATA_AGENT_VERSION
         ).SerializeToString()
+
+
+@contextlib.asynccontextmanager
+async def guest(fx: Fixture, directory: Path) -> AsyncIterator[dict[int, Path]]:
+    """One VM's agents for ``fx``: ours on port 2048 and a stock kata-agent on 1024 (unix sockets)."""
+    layout = detect_layout(str(fx.path / "cgroup"))
+    reader = CgroupReader(layout, meminfo=str(fx.path / "meminfo"))
+    explicit = {} if fx.is_root else {fx.request_id: str(fx.meta["container_path"])}
+    root_ids = (fx.request_id,) if fx.is_root else ()
+    locator = ContainerLocator(layout, explicit, root_ids)
+    servers: dict[int, Path] = {}
+    started: list[Server] = []
+    try:
+        for port, service in ((OUR_PORT, AgentService), (KATA_PORT, KataAgentService)):
+            server = Server()
+            service(reader, locator).register(server)
+            path = directory / f"agent-{port}.sock"
+            await server.start(f"unix://{path}")
+            started.append(server)
+            servers[port] = path
+        yield servers
+    finally:
+        for server in started:
+            await server.close()
+        reader.close()
+
+
+def container_fixtures() -> list[Fixture]:
+    chosen: dict[int, Fixture] = {}
+    for fx in fixtures():
+        if not fx.is_root:
+            chosen.setdefault(fx.guest_version, fx)
+    return [chosen[v] for v in sorted(chosen)]

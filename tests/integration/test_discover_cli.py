@@ -26,8 +26,7 @@ from shimstats.kube_names import (
 )
 from tests.containerd_env import Containerd, busybox_rootfs
 from tests.integration.harness import CLI, REPO, short_tmp
-from tests.integration.test_discovery import KATA_PORT, container_fixtures, guest
-from tests.kata_standins import HybridVsockMuxer, KataShimStandIn
+from tests.kata_standins import KATA_PORT, HybridVsockMuxer, KataShimStandIn, container_fixtures, guest
 
 NS = "k8s.io"
 

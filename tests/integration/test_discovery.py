@@ -8,16 +8,11 @@ mapping is unit-tested in tests/unit/test_discovery.py).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from guest_agent.layout import detect_layout
-from guest_agent.lookup import ContainerLocator
-from guest_agent.reader import CgroupReader
-from guest_agent.service import AgentService
 from shimstats.adapter import StatsHandler, TaskService
 from shimstats.agent_client import Backoff
 from shimstats.discovery import (
@@ -33,12 +28,17 @@ from shimstats.discovery import (
     resolve_agent,
 )
 from shimstats.ttrpc import Address, Code, Server, TtrpcError
-from tests.integration.harness import Fixture, fake_stats, fixtures, short_tmp
-from tests.kata_standins import HybridVsockMuxer, KataAgentService, KataShimStandIn
+from tests.integration.harness import Fixture, fake_stats, short_tmp
+from tests.kata_standins import (
+    KATA_PORT,
+    OUR_PORT,
+    HybridVsockMuxer,
+    KataShimStandIn,
+    container_fixtures,
+    guest,
+)
 
 SANDBOX = "5f2c0a9d1b7e4c3a"
-KATA_PORT = 1024
-OUR_PORT = 2048
 
 
 @pytest.fixture
@@ -130,45 +130,12 @@ async def test_a_gone_shim_names_both_places_looked(tmp: Path) -> None:
 # -- end to end: shim → hybrid vsock → agent → Stats ---------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def guest(fx: Fixture, directory: Path) -> AsyncIterator[dict[int, Path]]:
-    """One VM's agents for ``fx``: ours on port 2048 and a stock kata-agent on 1024 (unix sockets)."""
-    layout = detect_layout(str(fx.path / "cgroup"))
-    reader = CgroupReader(layout, meminfo=str(fx.path / "meminfo"))
-    explicit = {} if fx.is_root else {fx.request_id: str(fx.meta["container_path"])}
-    root_ids = (fx.request_id,) if fx.is_root else ()
-    locator = ContainerLocator(layout, explicit, root_ids)
-    servers: dict[int, Path] = {}
-    started: list[Server] = []
-    try:
-        for port, service in ((OUR_PORT, AgentService), (KATA_PORT, KataAgentService)):
-            server = Server()
-            service(reader, locator).register(server)
-            path = directory / f"agent-{port}.sock"
-            await server.start(f"unix://{path}")
-            started.append(server)
-            servers[port] = path
-        yield servers
-    finally:
-        for server in started:
-            await server.close()
-        reader.close()
-
-
 def working_set(fx: Fixture) -> int:
     usage_file = "memory.current" if fx.guest_version == 2 else "memory.usage_in_bytes"
     usage = int(fx.file("memory", usage_file))
     stat = fx.keyed("memory", "memory.stat")
     inactive = stat["inactive_file"] if fx.guest_version == 2 else stat["total_inactive_file"]
     return max(usage - inactive, 0)
-
-
-def container_fixtures() -> list[Fixture]:
-    chosen: dict[int, Fixture] = {}
-    for fx in fixtures():
-        if not fx.is_root:
-            chosen.setdefault(fx.guest_version, fx)
-    return [chosen[v] for v in sorted(chosen)]
 
 
 @pytest.mark.parametrize("fx", container_fixtures(), ids=lambda fx: fx.name)
