@@ -455,3 +455,34 @@ def cpuacct_dir(path: str) -> Path:
     if root is None:
         raise CriUnavailable("no cgroup v1 cpuacct hierarchy is mounted")
     return root / path.lstrip("/")
+
+
+def start_sleeping_container(cri: CriContainerd, pod: Pod, name: str) -> CriContainer:
+    """A busybox ``sleep 3600`` container in ``pod``, created and started."""
+    container = cri.create_container(pod, name, ["sleep", "3600"])
+    cri.start_container(container)
+    return container
+
+
+def remove_container(cri: CriContainerd, container: CriContainer) -> None:
+    """What the kubelet does before it restarts a container under a new id."""
+    client = cri.client
+    client.call(
+        client.runtime.StopContainer,
+        api_pb2.StopContainerRequest(container_id=container.id, timeout=1),
+        name="StopContainer",
+        timeout=SLOW_CALL,
+    )
+    client.call(
+        client.runtime.RemoveContainer,
+        api_pb2.RemoveContainerRequest(container_id=container.id),
+        name="RemoveContainer",
+        timeout=SLOW_CALL,
+    )
+
+
+def host_working_set(cgroup: str) -> int:
+    """usage - total_inactive_file of a container's cgroup on this (v1) host, from the files."""
+    memory = memory_cgroup_root() / cgroup.lstrip("/")
+    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
+    return max(0, int((memory / "memory.usage_in_bytes").read_text()) - int(stat["total_inactive_file"]))

@@ -19,10 +19,15 @@ from typing import Any
 
 import pytest
 
-from shimstats._proto.cri.runtime.v1 import api_pb2
 from shimstats.discovery import KataAgentClient, KataSpec
-from tests.containerd_env import memory_cgroup_root
-from tests.cri_env import BUSYBOX_IMAGE, POD_NAMESPACE, SLOW_CALL, CriContainer, CriContainerd, Pod
+from tests.cri_env import (
+    BUSYBOX_IMAGE,
+    POD_NAMESPACE,
+    CriContainerd,
+    host_working_set,
+    remove_container,
+    start_sleeping_container,
+)
 from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
@@ -55,35 +60,6 @@ def _discover(root: Path, cri: CriContainerd) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
-def _start(cri: CriContainerd, pod: Pod, name: str) -> CriContainer:
-    container = cri.create_container(pod, name, ["sleep", "3600"])
-    cri.start_container(container)
-    return container
-
-
-def _remove(cri: CriContainerd, container: CriContainer) -> None:
-    """What the kubelet does before it restarts a container under a new id."""
-    client = cri.client
-    client.call(
-        client.runtime.StopContainer,
-        api_pb2.StopContainerRequest(container_id=container.id, timeout=1),
-        name="StopContainer",
-        timeout=SLOW_CALL,
-    )
-    client.call(
-        client.runtime.RemoveContainer,
-        api_pb2.RemoveContainerRequest(container_id=container.id),
-        name="RemoveContainer",
-        timeout=SLOW_CALL,
-    )
-
-
-def _working_set(cgroup: str) -> int:
-    memory = memory_cgroup_root() / cgroup.lstrip("/")
-    stat = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
-    return max(0, int((memory / "memory.usage_in_bytes").read_text()) - int(stat["total_inactive_file"]))
-
-
 async def _agent_working_set(root: Path, sandbox_id: str, container_id: str) -> int:
     agent = KataAgentClient(KataSpec(sandbox_id, 2048, (str(root),)))
     try:
@@ -98,7 +74,7 @@ def test_discover_follows_pods_through_restart_and_deletion(cri: CriContainerd, 
     root = tmp / "sbs"
     pod = cri.run_pod(f"web-{time.monotonic_ns() % 10**6}", "runc")
     try:
-        app = _start(cri, pod, "app")
+        app = start_sleeping_container(cri, pod, "app")
         agent_dir = tmp / "agent"
         agent_dir.mkdir()
         agent = AgentProcess(agent_dir, ["--container", f"{app.id}={app.cgroup}"])
@@ -126,13 +102,13 @@ def test_discover_follows_pods_through_restart_and_deletion(cri: CriContainerd, 
             listed = {c.id: (c.pod_name, c.pod_namespace, c.name) for c in cri.client.list_containers()}
             assert listed[app.id] == (pod.name, POD_NAMESPACE, "app")
             # The agent discovery found reports this container's cgroup (read around the call).
-            before = _working_set(app.cgroup)
+            before = host_working_set(app.cgroup)
             reported = asyncio.run(_agent_working_set(root, pod.id, app.id))
-            after = _working_set(app.cgroup)
+            after = host_working_set(app.cgroup)
             assert min(before, after) - 512 * 1024 <= reported <= max(before, after) + 512 * 1024
 
-            _remove(cri, app)  # restarted under a new id
-            app2 = _start(cri, pod, "app")
+            remove_container(cri, app)  # restarted under a new id
+            app2 = start_sleeping_container(cri, pod, "app")
             code, found = _discover(root, cri)
             [sandbox] = found["sandboxes"]
             assert [c["id"] for c in sandbox["containers"]] == [app2.id]

@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 
 from shimstats._proto.cri.runtime.v1 import api_pb2
-from tests.cri_env import BUSYBOX_IMAGE, POD_NAMESPACE, CriContainerd, Pod
+from tests.cri_env import (
+    BUSYBOX_IMAGE,
+    POD_NAMESPACE,
+    CriContainerd,
+    Pod,
+    host_working_set,
+    remove_container,
+    start_sleeping_container,
+)
 from tests.integration.exporter_helpers import ExporterProcess, Series, ids, value
 from tests.integration.harness import AgentProcess, short_tmp
-from tests.integration.test_discover_cri import _remove, _start, _working_set
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
@@ -84,7 +91,7 @@ def test_the_exporter_follows_a_pod_through_restart_and_deletion(cri: CriContain
 
 
 def _follow(cri: CriContainerd, pod: Pod, tmp: Path, root: Path) -> None:
-    app, side = _start(cri, pod, "app"), _start(cri, pod, "side")
+    app, side = start_sleeping_container(cri, pod, "app"), start_sleeping_container(cri, pod, "side")
     (tmp / "agent").mkdir()
     with contextlib.ExitStack() as stack:
         # the guest agent finds containers by their cgroup directory under the memory hierarchy
@@ -94,13 +101,13 @@ def _follow(cri: CriContainerd, pod: Pod, tmp: Path, root: Path) -> None:
         args = ("--discover", "--kata-root", str(root), "--cri", cri.cri_address, "--timeout", "3")
         exporter = stack.enter_context(ExporterProcess(tmp, *args))
 
-        before = {c.id: _working_set(c.cgroup) for c in (app, side)}
+        before = {c.id: host_working_set(c.cgroup) for c in (app, side)}
         first, _ = exporter.scrape()
-        after = {c.id: _working_set(c.cgroup) for c in (app, side)}
+        after = {c.id: host_working_set(c.cgroup) for c in (app, side)}
         listing = _cri_listing(cri)
 
-        _remove(cri, app)  # restarted under a new id
-        app2 = _start(cri, pod, "app")
+        remove_container(cri, app)  # restarted under a new id
+        app2 = start_sleeping_container(cri, pod, "app")
         restarted, _ = exporter.scrape()
         listing_restarted = _cri_listing(cri)
 
