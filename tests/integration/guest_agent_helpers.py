@@ -5,9 +5,11 @@ parsers: plain split() and int()). The tests are tests/integration/test_guest_so
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
@@ -270,3 +272,52 @@ async def stats(client: Client, container_id: str) -> agent_pb2.StatsContainerRe
 
 def as_dict(message: agent_pb2.StatsContainerResponse) -> dict[str, object]:
     return MessageToDict(message, preserving_proto_field_name=True)
+
+
+@contextlib.contextmanager
+def serving_in_thread(address: str, register: Callable[[Server], None]) -> Iterator[None]:
+    """A ttrpc server on ``address`` in a thread of its own, stopped and joined on exit."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+    holder: list[Server] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            server = Server()
+            register(server)
+            loop.run_until_complete(server.start(address))
+            holder.append(server)
+        except BaseException as exc:
+            failure.append(exc)
+            return
+        finally:
+            started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        if failure:
+            raise failure[0]
+        yield
+    finally:
+        if holder:
+            asyncio.run_coroutine_threadsafe(holder[0].close(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def agent(address: str, cgroup: Path) -> Iterator[None]:
+    """Our guest agent for the tree ``cgroup``."""
+    layout = detect_layout(str(cgroup))
+    reader = CgroupReader(layout)
+    try:
+        with serving_in_thread(address, AgentService(reader, ContainerLocator(layout)).register):
+            yield
+    finally:
+        reader.close()

@@ -8,24 +8,17 @@ those requests. Kata-agent's answers to a service it does not have are the ones 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import shutil
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from guest_agent.layout import detect_layout
-from guest_agent.lookup import ContainerLocator
-from guest_agent.reader import CgroupReader
-from guest_agent.service import AgentService
 from shimstats import cli
 from shimstats.commands.check_resources import cannot_report, duration
-from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
-from tests.integration.guest_agent_helpers import fixture_dirs
+from shimstats.ttrpc import CallContext, Code, TtrpcError
+from tests.integration.guest_agent_helpers import agent, fixture_dirs, serving_in_thread
 
 LINEAR_FLAGS = [
     "--cpu-request",
@@ -47,55 +40,6 @@ QUADRATIC_FLAGS = [
     "--memory-limit",
     "256Mi",
 ]
-
-
-@contextlib.contextmanager
-def serving_in_thread(address: str, register: Callable[[Server], None]) -> Iterator[None]:
-    """A ttrpc server on ``address`` in a thread of its own, stopped and joined on exit."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-    holder: list[Server] = []
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            server = Server()
-            register(server)
-            loop.run_until_complete(server.start(address))
-            holder.append(server)
-        except BaseException as exc:
-            failure.append(exc)
-            return
-        finally:
-            started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        if failure:
-            raise failure[0]
-        yield
-    finally:
-        if holder:
-            asyncio.run_coroutine_threadsafe(holder[0].close(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-@contextlib.contextmanager
-def agent(address: str, cgroup: Path) -> Iterator[None]:
-    """Our guest agent for the tree ``cgroup``."""
-    layout = detect_layout(str(cgroup))
-    reader = CgroupReader(layout)
-    try:
-        with serving_in_thread(address, AgentService(reader, ContainerLocator(layout)).register):
-            yield
-    finally:
-        reader.close()
 
 
 def resized(suffix: str, tmp_path: Path) -> tuple[Path, str]:

@@ -21,7 +21,7 @@ import pytest
 
 from guest_agent.layout import detect_layout
 from shimstats import cli
-from tests.integration.test_resources_cli import agent
+from tests.integration.guest_agent_helpers import agent
 
 pytestmark = [
     pytest.mark.live_cgroup,
