@@ -2,7 +2,7 @@
 muxer in front of real agents (ours and a stock kata-agent stand-in), and for the names a real containerd 1.6
 whose containers carry the labels and annotation containerd's CRI plugin writes (the test containerd runs
 without the CRI plugin, so this is the containers-API fallback; CRI listings are tested in
-tests/unit/test_kube_names.py against a CRI stand-in).
+tests/integration/test_kube_names.py against a CRI stand-in).
 """
 
 from __future__ import annotations
