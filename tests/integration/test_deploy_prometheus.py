@@ -27,7 +27,7 @@ import yaml
 
 from tests.integration.exporter_helpers import ExporterProcess
 from tests.integration.harness import AgentProcess, end_process, free_port, short_tmp, skip_unless
-from tests.integration.test_adapter_live import (  # noqa: F401 (fixtures used by name)
+from tests.integration.live_workload import (  # noqa: F401 (fixtures used by name)
     CGROUPFS,
     TOLERANCE,
     kernel_working_set,
