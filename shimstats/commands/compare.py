@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
-from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
+from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance, address
 from shimstats.compare import Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
@@ -61,7 +61,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agent_help="the guest agent (ours or kata-agent)",
         cgroup_help="or a cgroup directory on this machine, read directly",
     )
-    p.add_argument("--shim", metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)")
+    p.add_argument(
+        "--shim", type=address, metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)"
+    )
     p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from guest_agent import logs
-from shimstats.commands._args import address, seconds
+from shimstats.commands._args import add_timeout, address
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
@@ -91,13 +91,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="ID",
         help="a container id to export from --agent, repeatable",
     )
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="deadline of one scrape, shared by every container (default: %(default)s)",
-    )
+    add_timeout(p, 5.0, "deadline of one scrape, shared by every container")
     p.add_argument(
         "--kata-host-cgroup",
         choices=("auto", "v1", "v2"),

@@ -17,7 +17,7 @@ import signal
 from guest_agent import logs
 from shimstats.adapter import TASK_SERVICE, StatsHandler, TaskService
 from shimstats.agent_client import AgentClient
-from shimstats.commands._args import address, seconds
+from shimstats.commands._args import add_timeout, address
 from shimstats.translate import OutputFormat, resolve_format
 from shimstats.ttrpc import Server, TransportError, TtrpcError
 
@@ -88,13 +88,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="NS",
         help="containerd namespace to name in logs when a call carries none in its metadata",
     )
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="deadline for a Stats call whose caller set none (default: %(default)s)",
-    )
+    add_timeout(p, 10.0, "deadline for a Stats call whose caller set none")
     p.add_argument(
         "--log-format",
         choices=("text", "json"),

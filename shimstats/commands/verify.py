@@ -13,7 +13,7 @@ import json
 import sys
 
 from shimstats import cri
-from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
+from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance, address
 from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import NoGroundTruth, open_source
@@ -51,7 +51,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
+        "--shim",
+        required=True,
+        type=address,
+        metavar="ADDR",
+        help="shim address: unix:///path or vsock://CID:PORT",
     )
     p.add_argument("--id", required=True, help="container (task) id")
     add_guest_source(
