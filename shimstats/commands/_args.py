@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
+from guest_agent.parse import U64_MAX
+from shimstats.ground_truth import NoGroundTruth, SampleSource, Source, open_source
+from shimstats.resources import byte_value, parse_quantity
 from shimstats.ttrpc import AddressError, parse_address
 
 DEFAULT_TIMEOUT = 5.0
@@ -70,11 +74,86 @@ def add_timeout_and_json(p: argparse.ArgumentParser, json_help: str = "instead o
     p.add_argument("--json", action="store_true", help=f"print one JSON object {json_help}")
 
 
+MAX_SAMPLE = 1 << 20
+"""Bytes read from --memory-stat at most: a memory.stat is a few KiB; this stops /dev/zero, not a file."""
+
+
+def byte_count(text: str) -> int:
+    """argparse type: bytes, as a number (``838860800``) or a Kubernetes quantity (``800Mi``, ``1G``)."""
+    try:
+        value = byte_value(parse_quantity(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: expected bytes, e.g. 838860800 or 800Mi") from None
+    if value >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} does not fit in 64 bits")
+    return value
+
+
+def limit_bytes(text: str) -> int:
+    """argparse type: a memory limit in bytes as byte_count reads them, or ``max`` (v2's "no limit")."""
+    return U64_MAX if text == "max" else byte_count(text)
+
+
 def add_guest_source(p: argparse.ArgumentParser, *, agent_help: str, cgroup_help: str) -> None:
-    """--agent ADDR or --cgroup PATH, one required: where the guest's own figures come from."""
+    """--agent ADDR, --cgroup PATH or --memory-stat FILE (with --usage), one required: where the guest's
+    own figures come from. Open it with open_guest_source(args)."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--agent", type=address, metavar="ADDR", help=agent_help)
     source.add_argument("--cgroup", metavar="PATH", help=cgroup_help)
+    source.add_argument(
+        "--memory-stat",
+        metavar="FILE|-",
+        help="or a memory.stat given by hand (a published sample, a bug report; - reads stdin), cgroup v1 "
+        "or v2 (told by its keys), with --usage",
+    )
+    p.add_argument(
+        "--usage",
+        type=byte_count,
+        metavar="BYTES",
+        help="with --memory-stat: the usage that goes with it (v1 memory.usage_in_bytes, v2 memory.current); "
+        "bytes or 800Mi",
+    )
+    p.add_argument(
+        "--limit",
+        type=limit_bytes,
+        metavar="BYTES",
+        help="with --memory-stat: the memory limit (v1 memory.limit_in_bytes, v2 memory.max; default: max)",
+    )
+    p.set_defaults(parser=p)
+
+
+def read_sample(args: argparse.Namespace) -> SampleSource | None:
+    """The --memory-stat source when one is given, read now (stdin cannot be read twice).
+
+    --usage without --memory-stat, or --memory-stat without --usage, is a usage error (exit 2);
+    an unreadable or malformed file is NoGroundTruth.
+    """
+    parser: argparse.ArgumentParser = args.parser
+    if args.memory_stat is None:
+        if args.usage is not None or args.limit is not None:
+            parser.error("--usage and --limit go with --memory-stat")
+        return None
+    if args.usage is None:
+        parser.error("--memory-stat needs --usage BYTES (v1 memory.usage_in_bytes, v2 memory.current)")
+    name = "stdin" if args.memory_stat == "-" else args.memory_stat
+    try:
+        if args.memory_stat == "-":
+            text = sys.stdin.read(MAX_SAMPLE)
+        else:
+            with open(args.memory_stat, encoding="ascii") as file:
+                text = file.read(MAX_SAMPLE)
+    except OSError as exc:
+        raise NoGroundTruth(f"cannot read memory.stat {name}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise NoGroundTruth(f"memory.stat {name} is not text: {exc.reason} at byte {exc.start}") from exc
+    return SampleSource(text, name, usage=args.usage, limit=args.limit)
+
+
+def open_guest_source(args: argparse.Namespace, sample: SampleSource | None) -> Source:
+    """The source --agent, --cgroup or --memory-stat (read by read_sample) names."""
+    if sample is not None:
+        return sample
+    return open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
 
 
 def add_tolerance(p: argparse.ArgumentParser, default: int, what: str) -> None:

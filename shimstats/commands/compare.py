@@ -13,10 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
-from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance, address
+from shimstats.commands._args import (
+    add_guest_source,
+    add_timeout_and_json,
+    add_tolerance,
+    address,
+    open_guest_source,
+    read_sample,
+)
 from shimstats.compare import Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
-from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
+from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, SampleSource
 from shimstats.table import render
 from shimstats.ttrpc import TtrpcError
 from shimstats.verify import DEFAULT_TOLERANCE, LABELS, show_figure
@@ -33,6 +40,9 @@ examples:
   shimstats compare --id web-1 --agent unix:///tmp/a.sock \\
       --containerd /run/containerd/containerd.sock --namespace k8s.io
 
+  # a guest memory.stat from a bug report: what each Kata shim would have made of it
+  shimstats compare --id web-1 --memory-stat memory.stat --usage 218103808
+
 columns:
   guest files        CRI's figures computed from the guest cgroup's own memory.stat (the truth)
   ours v1, ours v2   our translation of the same agent answer, in each Metrics format
@@ -44,7 +54,8 @@ columns:
 The computed columns come from one agent answer, so their differences are mappings, never timing.
 
 exit codes: 0 every source answered; 1 a live source (--shim, --containerd) failed (the table is still
-printed, with the error); 2 no guest figures (agent unreachable, unknown id, no such cgroup)."""
+printed, with the error); 2 no guest figures (agent unreachable, unknown id, no such cgroup, a malformed
+memory.stat)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-async def _compare(args: argparse.Namespace) -> Comparison:
-    source = open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
+async def _compare(args: argparse.Namespace, sample: SampleSource | None) -> Comparison:
+    source = open_guest_source(args, sample)
     try:
         return await compare(
             args.id,
@@ -91,7 +102,7 @@ async def _compare(args: argparse.Namespace) -> Comparison:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        comparison = asyncio.run(_compare(args))
+        comparison = asyncio.run(_compare(args, read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats compare: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_NO_GUEST
