@@ -86,10 +86,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--container",
+        "--id",
+        dest="container",
         action="append",
         default=[],
         metavar="ID",
-        help="a container id to export from --agent, repeatable",
+        help="a container id to export from --agent, repeatable (--id: the same flag)",
     )
     add_timeout(p, 5.0, "deadline of one scrape, shared by every container")
     p.add_argument(

@@ -51,7 +51,10 @@ agent cannot be reached, DEADLINE_EXCEEDED when it does not answer before the ca
 Task methods other than Stats and Connect answer UNIMPLEMENTED.
 
 The agent connection is dialled on the first call and shared; after it drops (agent restart) it is
-dialled again, backing off up to 2 s between failed dials."""
+dialled again, backing off up to 2 s between failed dials.
+
+exit codes: 0 stopped by SIGTERM or SIGINT (calls in flight finished, socket removed); 1 could not serve
+(the address is taken or cannot be bound); 2 bad flags."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
