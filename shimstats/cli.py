@@ -8,13 +8,14 @@ from the table in shimstats.commands._exit, never a traceback.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from shimstats.commands import _exit  # standard library only, like everything imported here
+from shimstats.commands import _exit  # no imports of its own: Ctrl-C is not yet guarded here
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 DESCRIPTION = """\
 Make Kata Containers report container memory the way containerd and the kubelet expect.
@@ -35,10 +36,10 @@ Each subcommand has its own --help with examples. Common flags (--log-level) go 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-log = logging.getLogger("shimstats")
-
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     from shimstats import __version__
     from shimstats.commands import (
         check_resources,
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    import logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -87,6 +90,8 @@ def _run(argv: Sequence[str] | None) -> int:
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush has nowhere to fail (Python docs,
     "Note on SIGPIPE" in the signal module)."""
+    import os
+
     try:
         fileno = sys.stdout.fileno()
     except (OSError, ValueError):  # not a real file (a test's capture): nothing to flush at exit
@@ -107,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return _exit.OUTPUT_CLOSED
     except Exception as exc:  # the last guard: one line, the traceback only in debug logs
-        log.debug("unexpected error", exc_info=True)
+        import logging
+
+        logging.getLogger("shimstats").debug("unexpected error", exc_info=True)
         print(f"shimstats: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return _exit.CANNOT_CHECK
 

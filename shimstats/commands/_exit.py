@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-
 OK = 0
 """Checked, and it agrees (or the server stopped cleanly)."""
 FOUND_WRONG = 1
 """Checked and found wrong or unhealthy; for the servers (serve, exporter): they could not serve."""
 CANNOT_CHECK = 2
 """Could not check: bad input (flags, files, addresses) or a source that is unreachable or refuses."""
-INTERRUPTED = 128 + signal.SIGINT
-"""Ctrl-C (SIGINT), at any moment; SIGTERM gives 128 + 15 the same way."""
-OUTPUT_CLOSED = 128 + signal.SIGPIPE
-"""The reader of stdout went away (``| head -1``): what a shell reports for a tool stopped by SIGPIPE."""
+INTERRUPTED = 128 + 2
+"""Ctrl-C (SIGINT = 2), at any moment; SIGTERM gives 128 + 15 the same way. No import of ``signal`` here:
+shimstats.cli imports this module before its guard is up, where every import is time Ctrl-C is unguarded."""
+OUTPUT_CLOSED = 128 + 13
+"""The reader of stdout went away (``| head -1``): what a shell reports for a tool stopped by SIGPIPE (13)."""
 
 TABLE = f"""\
 exit codes (the same meaning in every command):

@@ -191,6 +191,8 @@ def load_config(path: str) -> tuple[AgentTarget, ...]:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself: UTF-8 or nothing
+        raise ConfigError(f"config {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return parse_config(data, path)
 
 
