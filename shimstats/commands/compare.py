@@ -13,14 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
-from shimstats.commands._args import (
-    add_guest_source,
-    add_timeout_and_json,
-    add_tolerance,
-    address,
-    open_guest_source,
-    read_sample,
-)
+from shimstats.commands import _args
 from shimstats.compare import Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, SampleSource
@@ -67,25 +60,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    add_guest_source(
+    _args.add_guest_source(
         p,
         agent_help="the guest agent (ours or kata-agent)",
         cgroup_help="or a cgroup directory on this machine, read directly",
     )
     p.add_argument(
-        "--shim", type=address, metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)"
+        "--shim",
+        type=_args.address,
+        metavar="ADDR",
+        help="also ask this shim's Task/Stats (ours, runc, kata)",
     )
     p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )
-    add_tolerance(p, DEFAULT_TOLERANCE, "the live columns' byte figures")
-    add_timeout_and_json(p)
+    _args.add_tolerance(p, DEFAULT_TOLERANCE, "the live columns' byte figures")
+    _args.add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 
 async def _compare(args: argparse.Namespace, sample: SampleSource | None) -> Comparison:
-    source = open_guest_source(args, sample)
+    source = _args.open_guest_source(args, sample)
     try:
         return await compare(
             args.id,
@@ -102,7 +98,7 @@ async def _compare(args: argparse.Namespace, sample: SampleSource | None) -> Com
 
 def run(args: argparse.Namespace) -> int:
     try:
-        comparison = asyncio.run(_compare(args, read_sample(args)))
+        comparison = asyncio.run(_compare(args, _args.read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats compare: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_NO_GUEST

@@ -13,14 +13,7 @@ import json
 import sys
 
 from shimstats import cri
-from shimstats.commands._args import (
-    add_guest_source,
-    add_timeout_and_json,
-    add_tolerance,
-    address,
-    open_guest_source,
-    read_sample,
-)
+from shimstats.commands import _args
 from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import NoGroundTruth, SampleSource
@@ -63,12 +56,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--shim",
         required=True,
-        type=address,
+        type=_args.address,
         metavar="ADDR",
         help="shim address: unix:///path or vsock://CID:PORT",
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    add_guest_source(
+    _args.add_guest_source(
         p,
         agent_help="a guest agent whose raw StatsContainer answer is the truth",
         cgroup_help="the container's cgroup: v1 memory directory or v2 directory",
@@ -76,13 +69,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
     )
-    add_tolerance(p, DEFAULT_TOLERANCE, "byte figures")
-    add_timeout_and_json(p)
+    _args.add_tolerance(p, DEFAULT_TOLERANCE, "byte figures")
+    _args.add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 
 async def _verify(args: argparse.Namespace, sample: SampleSource | None) -> Verification:
-    source = open_guest_source(args, sample)
+    source = _args.open_guest_source(args, sample)
     try:
         return await verify(
             args.shim,
@@ -98,7 +91,7 @@ async def _verify(args: argparse.Namespace, sample: SampleSource | None) -> Veri
 
 def run(args: argparse.Namespace) -> int:
     try:
-        verification = asyncio.run(_verify(args, read_sample(args)))
+        verification = asyncio.run(_verify(args, _args.read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats verify: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_UNVERIFIED

@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from shimstats import cli
 from shimstats.agent_client import HEALTH_SERVICE, AgentClient
 from shimstats.commands import _exit
 from shimstats.fake_containerd import TASK_SERVICE
-from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
+from shimstats.ttrpc import CallContext, Code, TtrpcError
 from tests.integration.harness import (
     CLI,
     REPO,
@@ -36,6 +36,7 @@ from tests.integration.harness import (
     SilentAgent,
     fixtures,
     short_tmp,
+    ttrpc_server,
 )
 
 CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from shimstats.cli import main; sys.exit(main())"]
@@ -180,22 +181,15 @@ def test_every_command_that_names_a_container_takes_id() -> None:
 # --- undecodable answers --------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def garbage_server(directory: Path) -> AsyncIterator[str]:
-    """A ttrpc server whose Task/Stats and Health/Check answer OK with bytes that decode as nothing."""
+async def garbage(payload: bytes, context: CallContext) -> bytes:
+    """A handler that answers OK with bytes that decode as no message."""
+    return GARBAGE
 
-    async def garbage(payload: bytes, context: CallContext) -> bytes:
-        return GARBAGE
 
-    server = Server()
-    server.register(TASK_SERVICE, {"Stats": garbage})
-    server.register(HEALTH_SERVICE, {"Check": garbage})
-    address = f"unix://{directory}/garbage.sock"
-    await server.start(address)
-    try:
-        yield address
-    finally:
-        await server.close(grace=1.0)
+def garbage_server(directory: Path) -> AbstractAsyncContextManager[str]:
+    """A ttrpc server whose Task/Stats and Health/Check answer with GARBAGE."""
+    services = {TASK_SERVICE: {"Stats": garbage}, HEALTH_SERVICE: {"Check": garbage}}
+    return ttrpc_server(f"unix://{directory}/garbage.sock", services)
 
 
 async def cli_process(*argv: str) -> tuple[int, str, str]:

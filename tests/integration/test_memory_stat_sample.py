@@ -24,18 +24,13 @@ V1_PAGECACHE = next(fx for fx in CONTAINERS if fx.name == "v1-6.1.0-56-amd64-qem
 V2_INACTIVE = next(fx for fx in CONTAINERS if fx.name == "v2-6.1.0-56-amd64-container-inactive-file")
 
 
-def cgroup_dir(fx: Fixture) -> Path:
-    base = fx.path / "cgroup" / ("memory" if fx.guest_version == 1 else "")
-    return base / str(fx.meta["container_path"]).lstrip("/")
-
-
 def sample_flags(fx: Fixture, memory_stat: str | None = None) -> list[str]:
     """--memory-stat, --usage and --limit as the fixture's own files give them."""
     usage = "memory.usage_in_bytes" if fx.guest_version == 1 else "memory.current"
     limit = "memory.limit_in_bytes" if fx.guest_version == 1 else "memory.max"
     return [
         "--memory-stat",
-        memory_stat or str(cgroup_dir(fx) / "memory.stat"),
+        memory_stat or str(fx.memory_dir / "memory.stat"),
         "--usage",
         fx.file("memory", usage).strip(),
         "--limit",
@@ -53,11 +48,11 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[
 def test_explain_from_a_sample_matches_explain_from_the_cgroup(
     fx: Fixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, whole = run_json(capsys, "explain", "--id", "c", "--cgroup", str(cgroup_dir(fx)), "--json")
+    code, whole = run_json(capsys, "explain", "--id", "c", "--cgroup", str(fx.memory_dir), "--json")
     assert code == 0
     code, sample = run_json(capsys, "explain", "--id", "c", *sample_flags(fx), "--json")
     assert code == 0
-    assert sample["source"] == f"memory.stat {cgroup_dir(fx) / 'memory.stat'}"
+    assert sample["source"] == f"memory.stat {fx.memory_dir / 'memory.stat'}"
     assert sample["guest"] == f"v{fx.guest_version}"
     stat = fx.keyed("memory", "memory.stat")
     inactive = stat["total_inactive_file" if fx.guest_version == 1 else "inactive_file"]
