@@ -90,8 +90,12 @@ def byte_count(text: str) -> int:
 
 
 def limit_bytes(text: str) -> int:
-    """argparse type: a memory limit in bytes as byte_count reads them, or ``max`` (v2's "no limit")."""
-    return U64_MAX if text == "max" else byte_count(text)
+    """argparse type: a memory limit in bytes as byte_count reads them, or ``max`` (v2's "no limit").
+    Not 0: no process runs under it, and a share of it means nothing."""
+    value = U64_MAX if text == "max" else byte_count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a limit of 0 bytes leaves no room (no limit: max)")
+    return value
 
 
 def add_guest_source(p: argparse.ArgumentParser, *, agent_help: str, cgroup_help: str) -> None:

@@ -110,7 +110,8 @@ def _limit_lines(e: Explanation) -> list[str]:
     headroom = e.available
     over = e.working_set > e.limit
     lines = [
-        f"limit {human_bytes(e.limit)}: the working set is {_pct(e.working_set / e.limit)} of it, "
+        f"limit {human_bytes(e.limit)}: the working set is "
+        + (f"{_pct(e.working_set / e.limit)} of it, " if e.limit else "all over it, ")
         + ("OVER the limit" if over else f"{human_bytes(headroom)} left (CRI availableBytes)"),
     ]
     if not over:

@@ -197,6 +197,7 @@ def test_a_sample_of_neither_version_is_refused(tmp_path: Path, capsys: pytest.C
         (["--memory-stat", "-", "--usage", "lots"], "argument --usage"),
         (["--memory-stat", "-", "--usage", "-1"], "argument --usage"),
         (["--memory-stat", "-", "--usage", "1", "--limit", "none"], "argument --limit"),
+        (["--memory-stat", "-", "--usage", "1", "--limit", "0"], "a limit of 0 bytes leaves no room"),
     ],
 )
 def test_sample_flags_misused_are_usage_errors(
