@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cgroupfs-root",
         default="/sys/fs/cgroup",
         metavar="PATH",
-        help="where the cgroup hierarchies are mounted (default: %(default)s)",
+        help="where the cgroup hierarchies are mounted (default: %(default)s); hierarchies are found from "
+        "/proc/self/mountinfo below it, or by directory names for a captured tree",
     )
     parser.add_argument(
         "--meminfo",

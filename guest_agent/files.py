@@ -2,11 +2,20 @@
 
 Why: on cgroupfs an open() costs 4-6 µs (kernfs path walk) while pread of an open file costs about 1 µs, and
 kernfs regenerates a file's content on every read from offset 0. A stats answer reads some 20-35 files, so
-this turns ~250 µs of syscalls into ~40 µs. An open file does not pin its cgroup: rmdir still succeeds and
-later reads fail with ENODEV, which reads as "missing" here. Missing files are not cached (a file may appear
-later, e.g. when a v2 parent enables a controller). At most ``max_open`` files stay open (least recently used
-are closed first; by default MAX_OPEN, or a quarter of the fd limit when that is lower). Regular files work
-the same way, as long as they are rewritten in place.
+this turns ~250 µs of syscalls into ~40 µs. Missing files are not cached (a file may appear later, e.g. when
+a v2 parent enables a controller). At most ``max_open`` files stay open (least recently used are closed
+first; by default MAX_OPEN, or a quarter of the fd limit when that is lower).
+
+A kept fd must never serve a file that is no longer at its path:
+- on cgroupfs (kernfs) a file cannot be replaced, only removed with its cgroup: an open file does not pin
+  the cgroup, rmdir succeeds and later reads fail with ENODEV. The fd is then closed and the path opened
+  once more, which finds the file of a cgroup created again under the same name, or nothing ("missing").
+  This costs nothing per read, so files on ``kernfs_devices`` (the st_dev of the mounted cgroup
+  hierarchies) get no other check: the hot path stays one pread.
+- any other file (a captured tree under ``--cgroupfs-root``) keeps its content after ``rm`` and through a
+  ``mv`` over it, so each read first checks ``fstat(fd).st_nlink``: 0 means the inode is no longer linked
+  anywhere (deleted, or replaced by a new inode), and the path is opened again. In-place rewrites need no
+  check: pread at offset 0 sees them.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import errno
 import os
 import resource
 from collections import OrderedDict
+from collections.abc import Collection
 
 _CHUNK = 1 << 16
 MAX_OPEN = 4096
@@ -32,36 +42,42 @@ def default_max_open() -> int:
 class FileCache:
     """Open kernel files by path, reused across reads; not thread-safe (one event loop owns it)."""
 
-    def __init__(self, max_open: int | None = None) -> None:
+    def __init__(self, max_open: int | None = None, kernfs_devices: Collection[int] = ()) -> None:
         self.max_open = max_open if max_open is not None else default_max_open()
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self.kernfs_devices = frozenset(kernfs_devices)
+        self._fds: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        """path → (fd, whether each read checks that the inode is still linked)."""
 
     def read_bytes(self, path: str) -> bytes | None:
         """The file's whole current content, or None when it does not exist (or its cgroup was removed)."""
-        fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-            self._fds[path] = fd
-            if len(self._fds) > self.max_open:
-                os.close(self._fds.popitem(last=False)[1])
-        else:
-            self._fds.move_to_end(path)
+        entry = self._fds.get(path)
+        if entry is not None:
+            fd, check = entry
+            if check and os.fstat(fd).st_nlink == 0:  # deleted or replaced: the path names another inode
+                self._drop(path)
+            else:
+                self._fds.move_to_end(path)
+                try:
+                    return _read_all(fd)
+                except OSError as e:
+                    self._drop(path)
+                    if e.errno != errno.ENODEV:
+                        raise
+                    # ENODEV: the cgroup was removed; one created again under the same name has new files.
         try:
-            data = os.pread(fd, _CHUNK, 0)
-            while len(data) % _CHUNK == 0 and data:
-                more = os.pread(fd, _CHUNK, len(data))
-                if not more:
-                    break
-                data += more
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        self._fds[path] = (fd, os.fstat(fd).st_dev not in self.kernfs_devices)
+        if len(self._fds) > self.max_open:
+            os.close(self._fds.popitem(last=False)[1][0])
+        try:
+            return _read_all(fd)
         except OSError as e:
             self._drop(path)
-            if e.errno == errno.ENODEV:  # the cgroup was removed while the file was open
+            if e.errno == errno.ENODEV:  # removed between open and read
                 return None
             raise
-        return data
 
     def forget(self, directory: str) -> None:
         """Close every cached file under ``directory`` (its cgroup is gone)."""
@@ -72,12 +88,23 @@ class FileCache:
     def close(self) -> None:
         """Close every cached file."""
         while self._fds:
-            os.close(self._fds.popitem()[1])
+            os.close(self._fds.popitem()[1][0])
 
     def __len__(self) -> int:
         return len(self._fds)
 
     def _drop(self, path: str) -> None:
-        fd = self._fds.pop(path, None)
-        if fd is not None:
-            os.close(fd)
+        entry = self._fds.pop(path, None)
+        if entry is not None:
+            os.close(entry[0])
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole content of an open file, read from offset 0 (kernfs regenerates it on such a read)."""
+    data = os.pread(fd, _CHUNK, 0)
+    while len(data) % _CHUNK == 0 and data:
+        more = os.pread(fd, _CHUNK, len(data))
+        if not more:
+            break
+        data += more
+    return data

@@ -1,22 +1,32 @@
 """Where each controller lives under a cgroupfs root: pure v1, pure v2 (unified) or hybrid.
 
-Detection looks only at directories and files under the root (never at /proc/self/mountinfo), so the same code
-reads the live /sys/fs/cgroup and a captured tree given by ``--cgroupfs-root``. The rules, under a root R:
+Two sources, tried in this order:
 
-- ``R/cgroup.controllers`` exists → **v2**: the controllers it lists live at R. cpu always does, because v2's
-  ``cpu.stat`` (usage) is a core file present in every cgroup; throttling keys appear only when the cpu
-  controller is enabled.
-- otherwise each v1 controller is a directory ``R/<name>`` (``R/cpu`` may be a symlink to ``R/cpu,cpuacct``);
-  if ``R/unified/cgroup.controllers`` also exists the layout is **hybrid** and a controller that no v1
-  directory claims but ``R/unified`` lists lives there (cpu usage too, for the reason above);
-- with neither, there is no cgroup hierarchy under R: LayoutError.
+1. ``/proc/self/mountinfo``, as runc (opencontainers/cgroups ``utils.go`` FindCgroupMountpoint) and cAdvisor
+   read it: every ``cgroup`` mount at or under the root is a v1 hierarchy whose super options name its
+   controllers (``rw,cpu,cpuacct`` is one hierarchy serving both, whatever its directory is called, with or
+   without the ``cpu``/``cpuacct`` symlinks); a ``cgroup2`` mount is the unified hierarchy. The first mount
+   of a controller wins, preferring one that shows the whole hierarchy (mountinfo root ``/``). Such a layout
+   is ``mounted``: its files are kernfs files (guest_agent.files relies on that).
+2. when mountinfo lists no cgroup mount under the root (a captured tree given by ``--cgroupfs-root``, or no
+   /proc), names under the root R:
+
+   - ``R/cgroup.controllers`` exists → **v2**: the controllers it lists live at R. cpu always does, because
+     v2's ``cpu.stat`` (usage) is a core file present in every cgroup; throttling keys appear only when the
+     cpu controller is enabled.
+   - otherwise each v1 controller is a directory ``R/<name>``, or else a directory whose comma-joined name
+     includes it (``R/cpu,cpuacct``, ``R/net_cls,net_prio``);
+
+Either way, if a cgroup2 hierarchy also exists under R (``R/unified``) the layout is **hybrid** and a
+controller that no v1 hierarchy claims but the cgroup2 one lists lives there (cpu usage too, for the reason
+above); with no hierarchy at all, LayoutError.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Controller = Literal["memory", "cpu", "cpuacct", "pids", "blkio", "hugetlb"]
@@ -52,6 +62,8 @@ class Layout:
     root: str
     mode: Mode
     controllers: Mapping[Controller, Hierarchy]
+    mounted_devices: frozenset[int] = field(default=frozenset())
+    """st_dev of every hierarchy found in mountinfo (live cgroupfs); empty for a tree found by names."""
 
     @property
     def primary(self) -> Hierarchy:
@@ -82,26 +94,131 @@ def _v2_claims(mount: str, listed: set[str], wanted: tuple[Controller, ...]) -> 
     return {name: here for name in wanted if name == "cpu" or _V2_NAME.get(name) in listed}
 
 
-def detect_layout(root: str = "/sys/fs/cgroup") -> Layout:
-    """Find every controller the agent reads under ``root`` (rules in the module docstring)."""
-    root = os.path.abspath(root)
-    listed = _v2_controllers(root)
-    if listed is not None:
-        return Layout(root, "v2", _v2_claims(root, listed, CONTROLLERS))
+@dataclass(frozen=True)
+class CgroupMount:
+    """One cgroup or cgroup2 line of mountinfo."""
+
+    device: int
+    root: str
+    mount_point: str
+    version: Literal[1, 2]
+    options: frozenset[str]
+    """v1: the super options (controller names among them); v2: empty."""
+
+
+def _unescape(field: str) -> str:
+    r"""mountinfo escapes space, tab, newline and backslash in paths as ``\ooo`` octal."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[CgroupMount]:
+    """The cgroup and cgroup2 mounts of a mountinfo text (proc(5)), in file order; other lines are skipped.
+
+    A line: ``ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS``.
+    """
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)
+        except ValueError:
+            continue
+        if len(fields) < dash + 4 or fields[dash + 1] not in ("cgroup", "cgroup2"):
+            continue
+        major, _, minor = fields[2].partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        version: Literal[1, 2] = 1 if fields[dash + 1] == "cgroup" else 2
+        options = frozenset(fields[dash + 3].split(",")) if version == 1 else frozenset()
+        device = os.makedev(int(major), int(minor))
+        mounts.append(CgroupMount(device, _unescape(fields[3]), _unescape(fields[4]), version, options))
+    return mounts
+
+
+def _read_mountinfo(path: str) -> list[CgroupMount]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return parse_mountinfo(f.read())
+    except OSError:
+        return []
+
+
+def _from_mounts(root: str, mounts: list[CgroupMount]) -> Layout | None:
+    """The layout of the cgroup mounts at or under ``root``; None when there is none."""
+    under = [m for m in mounts if m.mount_point == root or m.mount_point.startswith(root.rstrip("/") + "/")]
+    if not under:
+        return None
+    under.sort(key=lambda m: m.root != "/")  # stable: whole-hierarchy mounts first, else mountinfo order
+    devices = frozenset(m.device for m in under)
+    found: dict[Controller, Hierarchy] = {}
+    for name in CONTROLLERS:
+        v1 = next((m for m in under if m.version == 1 and name in m.options), None)
+        if v1 is not None:
+            found[name] = Hierarchy(1, v1.mount_point)
+    unified = next((m for m in under if m.version == 2), None)
+    if unified is None:
+        return Layout(root, "v1", found, devices) if found else None
+    listed = _v2_controllers(unified.mount_point) or set()
+    if not found:
+        return Layout(root, "v2", _v2_claims(unified.mount_point, listed, CONTROLLERS), devices)
+    found.update(_v2_claims(unified.mount_point, listed, _unclaimed(found)))
+    return Layout(root, "hybrid", found, devices)
+
+
+def _unclaimed(found: Mapping[Controller, Hierarchy]) -> tuple[Controller, ...]:
+    """The controllers a hybrid's cgroup2 part may serve: those no v1 hierarchy has.
+
+    cpu moves to v2 only when v1 has neither half of it (cpu for throttling, cpuacct for usage).
+    """
+    v1_cpu = "cpu" in found or "cpuacct" in found
+    return tuple(n for n in CONTROLLERS if n not in found and n != "cpuacct" and (n != "cpu" or not v1_cpu))
+
+
+def _v1_by_name(root: str) -> dict[Controller, Hierarchy]:
+    """v1 hierarchies of a tree without mountinfo: ``root/<name>``, else a comma-joined ``root/a,b``."""
     found: dict[Controller, Hierarchy] = {}
     for name in CONTROLLERS:
         mount = os.path.join(root, name)
         if os.path.isdir(mount):
             found[name] = Hierarchy(1, mount)
+    try:
+        joined = sorted(n for n in os.listdir(root) if "," in n)
+    except OSError:
+        joined = []
+    for dirname in joined:
+        mount = os.path.join(root, dirname)
+        if not os.path.isdir(mount):
+            continue
+        for name in CONTROLLERS:
+            if name in dirname.split(",") and name not in found:
+                found[name] = Hierarchy(1, mount)
+    return found
+
+
+def detect_layout(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo") -> Layout:
+    """Find every controller the agent reads under ``root`` (rules in the module docstring)."""
+    root = os.path.abspath(root)
+    mounted = _from_mounts(root, _read_mountinfo(mountinfo))
+    if mounted is not None:
+        return mounted
+    listed = _v2_controllers(root)
+    if listed is not None:
+        return Layout(root, "v2", _v2_claims(root, listed, CONTROLLERS))
+    found = _v1_by_name(root)
     unified = os.path.join(root, "unified")
     unified_listed = _v2_controllers(unified)
     if unified_listed is not None:
-        # cpu moves to v2 only when v1 has neither half of it (cpu for throttling, cpuacct for usage).
-        v1_cpu = "cpu" in found or "cpuacct" in found
-        missing = tuple(
-            n for n in CONTROLLERS if n not in found and n != "cpuacct" and (n != "cpu" or not v1_cpu)
-        )
-        found.update(_v2_claims(unified, unified_listed, missing))
+        found.update(_v2_claims(unified, unified_listed, _unclaimed(found)))
         return Layout(root, "hybrid", found)
     if not found:
         raise LayoutError(f"no cgroup hierarchy under {root}: neither cgroup.controllers nor v1 controllers")

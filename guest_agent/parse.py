@@ -4,10 +4,16 @@ Why separate: each format is tiny but easy to get subtly wrong; keeping them pur
 a three-line sample. The rules every parser shares:
 
 - integers are plain ASCII decimal; anything else (``+5``, ``1_000``, ``0x10``, ``5.0``) is an error;
-- a negative integer reads as 0 (runc's and containerd's rule: per-cpu counters can drift below 0 briefly);
+- a negative integer is an error: every file read here holds a size, a time or a count the kernel prints
+  unsigned (``%llu``/``%lu``; pids.current with ``%lld`` of a counter that cannot go below 0), so a sign
+  means a garbled file, not a count (runc and containerd/cgroups read it as 0; docs/cgroup-files.md says
+  why we do not);
 - a value above 2**64-1 is an error;
 - the literal ``max`` (single-value limit files only) reads as ``U64_MAX`` ("no limit");
-- every error names the file (``source``) and the 1-based line: ``memory.stat:3: ...``.
+- every error names the file (``source``) and the 1-based line: ``memory.stat:3: ...``;
+- the multi-line parsers take an optional ``skipped`` list: given one, a malformed line is appended to it as
+  a CgroupFormatError and left out, so one bad line costs its own figure only (the reader's rule); without
+  one, the first bad line raises.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ U64_MAX = 2**64 - 1
 class CgroupFormatError(ValueError):
     """A kernel file did not have the format its parser expects; says which file and line."""
 
-    def __init__(self, source: str, line: int, reason: str) -> None:
+    def __init__(self, source: str, line: int, reason: str, key: str = "") -> None:
         where = f"{source}:{line}" if line else source
         super().__init__(f"{where}: {reason}")
         self.source = source
         self.line = line
         self.reason = reason
+        self.key = key
+        """The key of a malformed ``key value`` line, when there is one."""
 
 
 def _lines(text: str) -> list[str]:
@@ -39,39 +47,58 @@ def _lines(text: str) -> list[str]:
 
 
 def _u64(token: str, source: str, line: int) -> int:
-    """One integer token under the shared rules (negative → 0, above 2**64-1 → error)."""
+    """One integer token under the shared rules (negative or above 2**64-1 → error)."""
     if token.isascii() and token.isdigit():
         value = int(token)
         if value > U64_MAX:
             raise CgroupFormatError(source, line, f"value {token} does not fit in 64 bits")
         return value
     if token[:1] == "-" and token[1:].isascii() and token[1:].isdigit():
-        return 0
+        raise CgroupFormatError(
+            source, line, f"negative value {token} where the kernel writes unsigned numbers"
+        )
     raise CgroupFormatError(source, line, f"expected an integer, got {token!r}")
 
 
-def parse_flat_keyed(text: str, source: str) -> dict[str, int]:
+def _bad_line(skipped: list[CgroupFormatError] | None, error: CgroupFormatError) -> None:
+    """Raise ``error``, or keep it in ``skipped`` (the caller's list) and let the parser go on."""
+    if skipped is None:
+        raise error
+    skipped.append(error)
+
+
+def parse_flat_keyed(
+    text: str, source: str, skipped: list[CgroupFormatError] | None = None
+) -> dict[str, int]:
     """``key value`` per line (memory.stat, cpu.stat, memory.events, cpuacct.stat, memory.oom_control, ...).
 
-    Every line must have exactly one space; a repeated key is an error (the kernel never repeats one).
+    Every line must have exactly one space; a repeated key is an error (the kernel never repeats one), and
+    when skipping, the key is dropped altogether since neither value can be trusted.
     """
     out: dict[str, int] = {}
     lines = _lines(text)
+    bad = 0
     for number, line in enumerate(lines, 1):
         key, _, token = line.partition(" ")
         # Fast path for the common line; everything unusual (negative, garbled, huge) goes through _u64.
         if key and token.isdigit() and token.isascii() and len(token) < 20:
             out[key] = int(token)
-        elif not key or not token or " " in token:
-            raise CgroupFormatError(source, number, f"expected 'key value', got {line!r}")
-        else:
+            continue
+        try:
+            if not key or not token or " " in token:
+                raise CgroupFormatError(source, number, f"expected 'key value', got {line!r}", key)
             out[key] = _u64(token, source, number)
-    if len(out) != len(lines):
+        except CgroupFormatError as e:
+            bad += 1
+            e.key = key
+            _bad_line(skipped, e)
+    if len(out) + bad != len(lines):
         seen: set[str] = set()
         for number, line in enumerate(lines, 1):
             key = line.partition(" ")[0]
-            if key in seen:
-                raise CgroupFormatError(source, number, f"key {key!r} repeated")
+            if key in seen and key in out:
+                del out[key]
+                _bad_line(skipped, CgroupFormatError(source, number, f"key {key!r} repeated", key))
             seen.add(key)
     return out
 
@@ -112,7 +139,7 @@ class BlkioLine(NamedTuple):
     value: int
 
 
-def parse_blkio(text: str, source: str) -> list[BlkioLine]:
+def parse_blkio(text: str, source: str, skipped: list[CgroupFormatError] | None = None) -> list[BlkioLine]:
     """A v1 blkio stat file (blkio.*_recursive, blkio.throttle.*, blkio.bfq.*).
 
     Two shapes: ``maj:min Op value`` (per-op files; op as the kernel spells it: Read, Write, Sync, Async,
@@ -122,23 +149,34 @@ def parse_blkio(text: str, source: str) -> list[BlkioLine]:
     out: list[BlkioLine] = []
     lines = _lines(text)
     for number, line in enumerate(lines, 1):
-        parts = line.split(" ")
-        if len(parts) == 2 and parts[0] == "Total":
-            if number != len(lines):
-                raise CgroupFormatError(source, number, "the file's 'Total' line must come last")
-            _u64(parts[1], source, number)
+        try:
+            parsed = _blkio_line(line, source, number, last=number == len(lines))
+        except CgroupFormatError as e:
+            _bad_line(skipped, e)
             continue
-        if len(parts) == 3:
-            op = parts[1]
-            if not op.isalpha():
-                raise CgroupFormatError(source, number, f"bad op {op!r}")
-        elif len(parts) == 2:
-            op = ""
-        else:
-            raise CgroupFormatError(source, number, f"expected 'maj:min [Op] value', got {line!r}")
-        major, minor = _device(parts[0], source, number)
-        out.append(BlkioLine(major, minor, op, _u64(parts[-1], source, number)))
+        if parsed is not None:
+            out.append(parsed)
     return out
+
+
+def _blkio_line(line: str, source: str, number: int, last: bool) -> BlkioLine | None:
+    """One line of a blkio file; None for the file's own ``Total`` line."""
+    parts = line.split(" ")
+    if len(parts) == 2 and parts[0] == "Total":
+        if not last:
+            raise CgroupFormatError(source, number, "the file's 'Total' line must come last")
+        _u64(parts[1], source, number)
+        return None
+    if len(parts) == 3:
+        op = parts[1]
+        if not op.isalpha():
+            raise CgroupFormatError(source, number, f"bad op {op!r}")
+    elif len(parts) == 2:
+        op = ""
+    else:
+        raise CgroupFormatError(source, number, f"expected 'maj:min [Op] value', got {line!r}")
+    major, minor = _device(parts[0], source, number)
+    return BlkioLine(major, minor, op, _u64(parts[-1], source, number))
 
 
 IO_STAT_KEYS = ("rbytes", "wbytes", "rios", "wios", "dbytes", "dios")
@@ -154,7 +192,9 @@ class IoStatLine:
     stats: dict[str, int]
 
 
-def parse_nested_keyed(text: str, source: str) -> list[IoStatLine]:
+def parse_nested_keyed(
+    text: str, source: str, skipped: list[CgroupFormatError] | None = None
+) -> list[IoStatLine]:
     """v2 io.stat: ``maj:min key=value key=value ...`` per device.
 
     Every token must be ``key=value``. The standard keys (IO_STAT_KEYS) must be integers; other keys come from
@@ -163,19 +203,26 @@ def parse_nested_keyed(text: str, source: str) -> list[IoStatLine]:
     """
     out: list[IoStatLine] = []
     for number, line in enumerate(_lines(text), 1):
-        tokens = line.split(" ")
-        major, minor = _device(tokens[0], source, number)
-        stats: dict[str, int] = {}
-        for token in tokens[1:]:
-            key, sep, value = token.partition("=")
-            if not sep or not key:
-                raise CgroupFormatError(source, number, f"expected 'key=value', got {token!r}")
-            if key in IO_STAT_KEYS:
-                if key in stats:
-                    raise CgroupFormatError(source, number, f"key {key!r} repeated")
-                stats[key] = _u64(value, source, number)
-        out.append(IoStatLine(major, minor, stats))
+        try:
+            out.append(_io_stat_line(line, source, number))
+        except CgroupFormatError as e:
+            _bad_line(skipped, e)
     return out
+
+
+def _io_stat_line(line: str, source: str, number: int) -> IoStatLine:
+    tokens = line.split(" ")
+    major, minor = _device(tokens[0], source, number)
+    stats: dict[str, int] = {}
+    for token in tokens[1:]:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise CgroupFormatError(source, number, f"expected 'key=value', got {token!r}")
+        if key in IO_STAT_KEYS:
+            if key in stats:
+                raise CgroupFormatError(source, number, f"key {key!r} repeated")
+            stats[key] = _u64(value, source, number)
+    return IoStatLine(major, minor, stats)
 
 
 def parse_meminfo(text: str, source: str) -> dict[str, int]:

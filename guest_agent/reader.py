@@ -1,6 +1,7 @@
 """Read one cgroup's stat files under a Layout into a CgroupRecord.
 
-Which files, and what each value means (the rules the issue asks for, decided here once per version):
+Which files, and what each value means (the rules the issue asks for, decided here once per version;
+docs/cgroup-files.md has the table of every file, and what the reference readers do with it):
 
 memory v1: memory.{usage_in_bytes,max_usage_in_bytes,failcnt,limit_in_bytes} → usage; memory.memsw.* → swap
   (memory+swap, as the kernel counts it); memory.kmem.* → kernel; memory.kmem.tcp.* → kernel_tcp; cache =
@@ -17,19 +18,24 @@ memory v2 root (no memory.current): usage = memory.stat ``anon + file`` (runc's 
   SwapTotal − SwapFree (swap only, matching v2's meaning) when meminfo is readable.
 cpu v1: cpuacct.usage, cpuacct.usage_percpu (ns); cpuacct.stat user/system (USER_HZ ticks → ns with
   SC_CLK_TCK); throttling from cpu.stat nr_periods, nr_throttled, throttled_time (ns).
-cpu v2: cpu.stat usage_usec, user_usec, system_usec and throttled_usec (µs → ns), nr_periods, nr_throttled.
+cpu v2: cpu.stat usage_usec, user_usec and system_usec and throttled_usec (µs → ns), nr_periods, nr_throttled.
 pids: pids.current, pids.max (``max`` → 2**64-1; the root has no pids.max: no limit).
-blkio v1: every ``blkio.<name>`` of BLKIO_FILES (all present or all absent: one policy, CFQ, provides
-  them); when io_serviced_recursive has no entry (no CFQ, as on every kernel since 5.0),
-  io_service_bytes_recursive and io_serviced_recursive come from the blkio.throttle.* files instead, as
-  kata-agent does.
-io v2: io.stat. hugetlb: per page size, v1 usage_in_bytes/max_usage_in_bytes/failcnt, v2 current and
-  events ``max`` (v2 keeps no peak), read only when the cgroup's cgroup.controllers lists hugetlb (never on
-  the v2 root, which has no hugetlb files).
+blkio v1: the first of BLKIO_GROUPS whose first file has a device line, in runc's order (fs/blkio.go
+  GetStats): BFQ with its debug files, BFQ, CFQ, the recursive throttle files, the plain throttle files.
+  Names as the kernel spells them (``blkio.time_recursive`` fills kata's io_time_recursive).
+io v2: io.stat. hugetlb: per page size, v1 [rsvd.]usage_in_bytes/max_usage_in_bytes/failcnt, v2
+  [rsvd.]current and events ``max`` (v2 keeps no peak); the ``rsvd`` files (kernel 5.7+) where present, as
+  runc does. Read only when the cgroup's cgroup.controllers lists hugetlb on v2 (never on the v2 root,
+  which has no hugetlb files).
 
-Missing files: a controller whose anchor file is absent is None; an optional file (memsw, kmem, peak, swap)
-that is absent stays absent; a file the kernel always writes next to the anchor being absent is an error
-(IncompleteCgroup), unless the cgroup directory itself is gone, which is CgroupGone.
+Missing or malformed files. Only what the working set needs is required: v1 memory.usage_in_bytes and
+memory.stat with ``total_inactive_file``; v2 memory.current (the root: memory.stat ``anon`` and ``file``) and
+memory.stat with ``inactive_file``. Missing, they make the cgroup incomplete (IncompleteCgroup, or CgroupGone
+when its directory is gone); malformed, a CgroupFormatError. Everything else costs only its own figure: a
+controller whose anchor file is absent is None; an optional file (memsw, kmem, peak, swap) that is absent
+stays absent; a file or key the kernel always writes next to the anchor that is missing or malformed, or a
+malformed line, leaves that figure out (0 where kata's wire cannot say "absent") and is counted in
+ReadErrors, which logs it once per file.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from guest_agent.parse import (
     parse_nested_keyed,
     parse_single,
 )
+from guest_agent.read_errors import ReadErrors
 from guest_agent.record import (
     BlkioRecord,
     CgroupRecord,
@@ -77,7 +84,7 @@ KERNEL_PARTS = (
 )
 """v2 memory.stat keys summed as kernel usage when the kernel has no ``kernel`` key (before 5.19)."""
 
-BLKIO_FILES = (
+BLKIO_FIELDS = (
     "io_service_bytes_recursive",
     "io_serviced_recursive",
     "io_queued_recursive",
@@ -87,12 +94,50 @@ BLKIO_FILES = (
     "io_time_recursive",
     "sectors_recursive",
 )
-"""The v1 ``blkio.<name>`` files read; each name is also the kata BlkioStats field it fills."""
+"""kata's BlkioStats lists, in its field order (the file each one is read from is in BLKIO_GROUPS)."""
+
+BlkioGroup = tuple[tuple[str, str], ...]
+
+
+def _cfq_like(prefix: str) -> BlkioGroup:
+    """The eight recursive stat files CFQ (``blkio.``) and debug BFQ (``blkio.bfq.``) write, by kata field."""
+    fields = ("io_serviced_recursive", "io_service_bytes_recursive", "sectors_recursive")
+    rest = (
+        "io_service_time_recursive",
+        "io_wait_time_recursive",
+        "io_merged_recursive",
+        "io_queued_recursive",
+    )
+    return (
+        *((f, f"{prefix}{f}") for f in fields),
+        *((f, f"{prefix}{f}") for f in rest),
+        ("io_time_recursive", f"{prefix}time_recursive"),  # the kernel's name has no io_
+    )
+
+
+def _two(prefix: str, suffix: str) -> BlkioGroup:
+    return (
+        ("io_serviced_recursive", f"{prefix}io_serviced{suffix}"),
+        ("io_service_bytes_recursive", f"{prefix}io_service_bytes{suffix}"),
+    )
+
+
+BLKIO_GROUPS: tuple[BlkioGroup, ...] = (
+    _cfq_like("blkio.bfq."),  # BFQ built with CONFIG_BFQ_CGROUP_DEBUG
+    _two("blkio.bfq.", "_recursive"),  # BFQ
+    _cfq_like("blkio."),  # CFQ (kernels before 5.0)
+    _two("blkio.throttle.", "_recursive"),  # blk-throttle, kernel 5.x+
+    _two("blkio.throttle.", ""),  # blk-throttle, older kernels: this cgroup only
+)
+"""(kata field, kernel file) per I/O policy, in runc's order of preference (fs/blkio.go GetStats): the first
+group whose first file has a device line is read; the first file is io_serviced_recursive's in every group,
+as kata-agent probes it."""
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
 
 T = TypeVar("T")
+Parser = Callable[[str, str], T]
 
 
 class CgroupGone(LookupError):
@@ -104,7 +149,7 @@ class CgroupGone(LookupError):
 
 
 class IncompleteCgroup(RuntimeError):
-    """A file the kernel always provides for a controller is missing while the cgroup still exists."""
+    """A file the working set needs is missing while the cgroup still exists."""
 
     def __init__(self, file: str) -> None:
         super().__init__(f"{file}: missing, although its controller's other files are there")
@@ -119,26 +164,81 @@ def decode(data: bytes, path: str) -> str:
         raise CgroupFormatError(path, 0, f"not ASCII text (byte {e.start})") from None
 
 
+Miss = tuple[str, str]
+"""(file path, reason) of one figure left out."""
+
+
 class _Dir:
-    """One cgroup directory of one hierarchy: reads and parses its files, naming the full path in errors."""
+    """One cgroup directory of one hierarchy: reads and parses its files, naming the full path in errors.
 
-    __slots__ = ("files", "path")
+    Three strengths of read: ``parsed`` (required: errors raise), ``optional`` (absent is normal; garbled
+    is a miss) and ``expected`` (the kernel always writes it next to its controller's anchor: absent or
+    garbled is a miss). Misses go to ``misses``; the reader counts them once the cgroup is known to exist.
+    """
 
-    def __init__(self, files: FileCache, path: str) -> None:
+    __slots__ = ("files", "misses", "path", "skipped")
+
+    def __init__(self, files: FileCache, path: str, misses: list[Miss]) -> None:
         self.files = files
         self.path = path
+        self.misses = misses
+        self.skipped: list[CgroupFormatError] = []
 
-    def parsed(self, name: str, parse: Callable[[str, str], T]) -> T | None:
+    def parsed(self, name: str, parse: Parser[T]) -> T | None:
         """``parse(text, path)`` of the file ``name``, or None when it does not exist."""
         path = f"{self.path}/{name}"
         data = self.files.read_bytes(path)
         return None if data is None else parse(decode(data, path), path)
 
-    def value(self, name: str) -> int | None:
-        return self.parsed(name, parse_single)
+    def optional(self, name: str, parse: Parser[T]) -> T | None:
+        """As ``parsed``, but a garbled or unreadable file is a miss and reads as None."""
+        try:
+            return self.parsed(name, parse)
+        except CgroupFormatError as e:
+            where = f"line {e.line}: " if e.line else ""
+            self.misses.append((f"{self.path}/{name}", where + e.reason))
+        except OSError as e:
+            self.misses.append((f"{self.path}/{name}", e.strerror or str(e)))
+        return None
 
-    def keyed(self, name: str) -> dict[str, int] | None:
-        return self.parsed(name, parse_flat_keyed)
+    def expected(self, name: str, parse: Parser[T]) -> T | None:
+        """As ``optional``, and an absent file is a miss too."""
+        misses = len(self.misses)
+        found = self.optional(name, parse)
+        if found is None and len(self.misses) == misses:
+            self.misses.append((f"{self.path}/{name}", "missing"))
+        return found
+
+    def lenient(self, parse: Callable[[str, str, list[CgroupFormatError]], T]) -> Parser[T]:
+        """``parse`` with its malformed lines left out, each kept as a miss of the file."""
+
+        def run(text: str, path: str) -> T:
+            skipped: list[CgroupFormatError] = []
+            out = parse(text, path, skipped)
+            self.misses.extend((path, f"line {e.line}: {e.reason}") for e in skipped)
+            self.skipped.extend(skipped)
+            return out
+
+        return run
+
+    def value(self, name: str) -> int:
+        """An expected one-value file; 0 when missing or garbled (a miss)."""
+        found = self.expected(name, parse_single)
+        return 0 if found is None else found
+
+    def keyed(self, name: str, *, expected: bool = False) -> dict[str, int] | None:
+        """A ``key value`` file, malformed lines left out (misses); None when absent."""
+        parse = self.lenient(parse_flat_keyed)
+        return self.expected(name, parse) if expected else self.optional(name, parse)
+
+    def key(self, values: Mapping[str, int] | None, key: str, name: str) -> int:
+        """``values[key]``; 0 and a miss when the key is absent (no second miss when the file was)."""
+        if values is None:
+            return 0
+        if key not in values:
+            self.misses.append((f"{self.path}/{name}", f"key {key!r} missing"))
+            return 0
+        return values[key]
 
     def need(self, found: T | None, name: str) -> T:
         """``found``, or IncompleteCgroup naming the missing file."""
@@ -147,21 +247,39 @@ class _Dir:
         return found
 
     def need_key(self, values: Mapping[str, int], key: str, name: str) -> int:
-        """``values[key]``, or a format error naming the file that lacks the key."""
+        """``values[key]``, or a format error: the key's own malformed line, else the file lacking the key."""
         if key not in values:
-            raise CgroupFormatError(f"{self.path}/{name}", 0, f"key {key!r} missing")
+            path = f"{self.path}/{name}"
+            raise next(
+                (e for e in self.skipped if e.source == path and e.key == key),
+                CgroupFormatError(path, 0, f"key {key!r} missing"),
+            )
         return values[key]
 
+    def required_stat(self) -> dict[str, int] | None:
+        """memory.stat, which the working set needs: None when absent, malformed lines left out (misses)."""
+        return self.parsed("memory.stat", self.lenient(parse_flat_keyed))
+
     def counter_v1(self, prefix: str) -> Counter | None:
-        """The v1 page counter ``<prefix>{usage_in_bytes,max_usage_in_bytes,failcnt,limit_in_bytes}``."""
-        usage = self.value(prefix + "usage_in_bytes")
-        if usage is None:
-            return None
+        """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
+        usage = self.optional(prefix + "usage_in_bytes", parse_single)
+        return None if usage is None else self.counter_rest_v1(prefix, usage)
+
+    def counter_rest_v1(self, prefix: str, usage: int) -> Counter:
+        """The counter of ``usage``: ``<prefix>{max_usage_in_bytes,failcnt,limit_in_bytes}``, expected.
+
+        Except memory.kmem.limit_in_bytes, optional as runc has it (fs/memory.go getMemoryData: "removed in
+        newer kernels"); this 6.18 kernel still has it.
+        """
+        if prefix == "memory.kmem.":
+            limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
+        else:
+            limit = self.value(prefix + "limit_in_bytes")
         return Counter(
             usage=usage,
-            max_usage=self.need(self.value(prefix + "max_usage_in_bytes"), prefix + "max_usage_in_bytes"),
-            failcnt=self.need(self.value(prefix + "failcnt"), prefix + "failcnt"),
-            limit=self.need(self.value(prefix + "limit_in_bytes"), prefix + "limit_in_bytes"),
+            max_usage=self.value(prefix + "max_usage_in_bytes"),
+            failcnt=self.value(prefix + "failcnt"),
+            limit=limit,
         )
 
 
@@ -174,11 +292,13 @@ class CgroupReader:
         meminfo: str = "/proc/meminfo",
         clk_tck: int | None = None,
         files: FileCache | None = None,
+        errors: ReadErrors | None = None,
     ) -> None:
         self.layout = layout
         self.meminfo = meminfo
         self.clk_tck = clk_tck if clk_tck is not None else os.sysconf("SC_CLK_TCK")
-        self.files = files if files is not None else FileCache()
+        self.files = files if files is not None else FileCache(kernfs_devices=layout.mounted_devices)
+        self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
 
     def close(self) -> None:
@@ -186,18 +306,23 @@ class CgroupReader:
         self.files.close()
 
     def read(self, cgroup_path: str) -> CgroupRecord:
-        """Every controller's stats for ``cgroup_path`` (``/`` = the whole guest); CgroupGone if gone."""
+        """Every controller's stats for ``cgroup_path`` (``/`` = the whole guest); CgroupGone if gone.
+
+        Figures left out are counted in ``errors`` only once the cgroup is known to still exist: a cgroup
+        being removed loses its files a moment before its directory, which is not a read error.
+        """
         primary = self.layout.primary.dir_for(cgroup_path)
+        misses: list[Miss] = []
         try:
-            record = self._read(cgroup_path)
+            record = self._read(cgroup_path, misses)
         except IncompleteCgroup:
             if not os.path.isdir(primary):
                 raise self._gone(cgroup_path) from None
-            # A cgroup being removed loses its files a moment before its directory: read once more, with
-            # fresh fds, before calling it broken.
+            # Read once more, with fresh fds, before calling it broken.
             self._forget(cgroup_path)
+            misses.clear()
             try:
-                record = self._read(cgroup_path)
+                record = self._read(cgroup_path, misses)
             except IncompleteCgroup:
                 if not os.path.isdir(primary):
                     raise self._gone(cgroup_path) from None
@@ -206,6 +331,11 @@ class CgroupReader:
         # fd opened earlier (regular files keep their content after unlink; kernfs ones fail with ENODEV).
         if not os.path.isdir(primary):
             raise self._gone(cgroup_path)
+        counted: set[str] = set()
+        for path, reason in misses:  # one count per file and read, with its first reason
+            if path not in counted:
+                counted.add(path)
+                self.errors.add(path, reason, cgroup_path)
         return record
 
     def _forget(self, cgroup_path: str) -> None:
@@ -216,27 +346,30 @@ class CgroupReader:
     def _gone(self, cgroup_path: str) -> CgroupGone:
         """Close the vanished cgroup's cached files; the error to raise."""
         self._forget(cgroup_path)
+        for h in set(self.layout.controllers.values()):
+            self.errors.forget(h.dir_for(cgroup_path))
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
-    def _dir(self, h: Hierarchy | None, path: str) -> _Dir | None:
-        return None if h is None else _Dir(self.files, h.dir_for(path))
-
-    def _read(self, path: str) -> CgroupRecord:
+    def _read(self, path: str, misses: list[Miss]) -> CgroupRecord:
         c = self.layout.controllers
+
+        def at(h: Hierarchy | None) -> _Dir | None:
+            return None if h is None else _Dir(self.files, h.dir_for(path), misses)
+
         root = path == "/"
         memory_rec = None
-        if (mem := self._dir(c.get("memory"), path)) is not None:
+        if (mem := at(c.get("memory"))) is not None:
             memory_rec = self._memory_v1(mem) if c["memory"].version == 1 else self._memory_v2(mem, root)
         cpu_rec = None
-        cpu = self._dir(c.get("cpu"), path)
+        cpu = at(c.get("cpu"))
         if cpu is not None and c["cpu"].version == 2:
             cpu_rec = self._cpu_v2(cpu)
         elif cpu is not None or "cpuacct" in c:
-            cpu_rec = self._cpu_v1(cpu, self._dir(c.get("cpuacct"), path))
+            cpu_rec = self._cpu_v1(cpu, at(c.get("cpuacct")))
         blkio_rec: BlkioRecord | IoRecord | None = None
-        if (blkio := self._dir(c.get("blkio"), path)) is not None:
+        if (blkio := at(c.get("blkio"))) is not None:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
-        pids = self._dir(c.get("pids"), path)
+        pids = at(c.get("pids"))
         hugetlb = c.get("hugetlb")
         return CgroupRecord(
             path=path,
@@ -244,41 +377,46 @@ class CgroupReader:
             cpu=cpu_rec,
             pids=self._pids(pids, root) if pids is not None else None,
             blkio=blkio_rec,
-            hugetlb=self._hugetlb(hugetlb, path) if hugetlb is not None else {},
+            hugetlb=self._hugetlb(hugetlb, path, misses) if hugetlb is not None else {},
         )
 
-    def _memory_v1(self, d: _Dir) -> MemoryRecord | None:
-        stat = d.keyed("memory.stat")
+    @staticmethod
+    def _memory_v1(d: _Dir) -> MemoryRecord | None:
+        stat = d.required_stat()
         if stat is None:
             return None
+        d.need_key(stat, "total_inactive_file", "memory.stat")
+        usage = d.need(d.parsed("memory.usage_in_bytes", parse_single), "memory.usage_in_bytes")
         return MemoryRecord(
             version=1,
-            usage=d.need(d.counter_v1("memory."), "memory.usage_in_bytes"),
+            usage=d.counter_rest_v1("memory.", usage),
             swap=d.counter_v1("memory.memsw."),
             kernel=d.counter_v1("memory.kmem."),
             kernel_tcp=d.counter_v1("memory.kmem.tcp."),
-            cache=d.need_key(stat, "cache", "memory.stat"),
-            use_hierarchy=d.need(d.value("memory.use_hierarchy"), "memory.use_hierarchy") == 1,
+            cache=d.key(stat, "cache", "memory.stat"),
+            use_hierarchy=d.value("memory.use_hierarchy") == 1,
             stat=stat,
             oom_control=d.keyed("memory.oom_control") or {},
         )
 
     def _memory_v2(self, d: _Dir, root: bool) -> MemoryRecord | None:
-        stat = d.keyed("memory.stat")
+        stat = d.required_stat()
         if stat is None:
             return None
+        d.need_key(stat, "inactive_file", "memory.stat")
         events: dict[str, int] = {}
         if root:
             anon_file = d.need_key(stat, "anon", "memory.stat") + d.need_key(stat, "file", "memory.stat")
             usage = Counter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
-            swap = self._root_swap()
+            swap = self._root_swap(d)
         else:
-            events = d.need(d.keyed("memory.events"), "memory.events")
+            events_read = d.keyed("memory.events", expected=True)
+            events = events_read or {}
             usage = Counter(
-                usage=d.need(d.value("memory.current"), "memory.current"),
-                max_usage=d.value("memory.peak") or 0,
-                failcnt=d.need_key(events, "max", "memory.events"),
-                limit=d.need(d.value("memory.max"), "memory.max"),
+                usage=d.need(d.parsed("memory.current", parse_single), "memory.current"),
+                max_usage=d.optional("memory.peak", parse_single) or 0,
+                failcnt=d.key(events_read, "max", "memory.events"),
+                limit=d.value("memory.max"),
             )
             swap = self._swap_v2(d)
         kernel = stat["kernel"] if "kernel" in stat else sum(stat.get(k, 0) for k in KERNEL_PARTS)
@@ -287,7 +425,7 @@ class CgroupReader:
             usage=usage,
             swap=swap,
             kernel=Counter(usage=kernel, max_usage=0, failcnt=0, limit=U64_MAX),
-            cache=d.need_key(stat, "file", "memory.stat"),
+            cache=d.key(stat, "file", "memory.stat"),
             use_hierarchy=True,
             stat=stat,
             events=events,
@@ -295,47 +433,46 @@ class CgroupReader:
 
     @staticmethod
     def _swap_v2(d: _Dir) -> Counter | None:
-        current = d.value("memory.swap.current")
+        current = d.optional("memory.swap.current", parse_single)
         if current is None:  # no swap accounting in this kernel (or swapaccount=0)
             return None
         swap_events = d.keyed("memory.swap.events") or {}
         return Counter(
             usage=current,
-            max_usage=d.value("memory.swap.peak") or 0,
+            max_usage=d.optional("memory.swap.peak", parse_single) or 0,
             failcnt=swap_events.get("fail", 0),
-            limit=d.need(d.value("memory.swap.max"), "memory.swap.max"),
+            limit=d.value("memory.swap.max"),
         )
 
-    def _root_swap(self) -> Counter | None:
-        data = self.files.read_bytes(self.meminfo)
-        if data is None:
+    def _root_swap(self, d: _Dir) -> Counter | None:
+        try:
+            data = self.files.read_bytes(self.meminfo)
+            info = None if data is None else parse_meminfo(decode(data, self.meminfo), self.meminfo)
+        except (CgroupFormatError, OSError) as e:
+            d.misses.append((self.meminfo, str(e)))
             return None
-        info = parse_meminfo(decode(data, self.meminfo), self.meminfo)
-        if "SwapTotal" not in info or "SwapFree" not in info:
+        if info is None or "SwapTotal" not in info or "SwapFree" not in info:
             return None
         used = max(info["SwapTotal"] - info["SwapFree"], 0)
         return Counter(usage=used, max_usage=0, failcnt=0, limit=U64_MAX)
 
     def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CpuRecord | None:
         usage = None
-        if cpuacct is not None and (total := cpuacct.value("cpuacct.usage")) is not None:
-            ticks = cpuacct.need(cpuacct.keyed("cpuacct.stat"), "cpuacct.stat")
+        if cpuacct is not None and (total := cpuacct.optional("cpuacct.usage", parse_single)) is not None:
+            ticks = cpuacct.keyed("cpuacct.stat", expected=True)
+            percpu = cpuacct.expected("cpuacct.usage_percpu", parse_int_list)
             usage = CpuUsage(
                 total=total,
-                user=cpuacct.need_key(ticks, "user", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
-                kernel=cpuacct.need_key(ticks, "system", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
-                percpu=tuple(
-                    cpuacct.need(
-                        cpuacct.parsed("cpuacct.usage_percpu", parse_int_list), "cpuacct.usage_percpu"
-                    )
-                ),
+                user=cpuacct.key(ticks, "user", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
+                kernel=cpuacct.key(ticks, "system", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
+                percpu=tuple(percpu or ()),
             )
         throttling = None
         if cpu is not None and (stat := cpu.keyed("cpu.stat")) is not None and "nr_periods" in stat:
             throttling = Throttling(
                 periods=stat["nr_periods"],
-                throttled_periods=cpu.need_key(stat, "nr_throttled", "cpu.stat"),
-                throttled_time=cpu.need_key(stat, "throttled_time", "cpu.stat"),
+                throttled_periods=cpu.key(stat, "nr_throttled", "cpu.stat"),
+                throttled_time=cpu.key(stat, "throttled_time", "cpu.stat"),
             )
         if usage is None and throttling is None:
             return None
@@ -347,72 +484,77 @@ class CgroupReader:
         if stat is None:
             return None
         usage = CpuUsage(
-            total=d.need_key(stat, "usage_usec", "cpu.stat") * _NS_PER_US,
-            user=d.need_key(stat, "user_usec", "cpu.stat") * _NS_PER_US,
-            kernel=d.need_key(stat, "system_usec", "cpu.stat") * _NS_PER_US,
+            total=d.key(stat, "usage_usec", "cpu.stat") * _NS_PER_US,
+            user=d.key(stat, "user_usec", "cpu.stat") * _NS_PER_US,
+            kernel=d.key(stat, "system_usec", "cpu.stat") * _NS_PER_US,
         )
         throttling = None
         if "nr_periods" in stat:  # only with the cpu controller enabled
             throttling = Throttling(
                 periods=stat["nr_periods"],
-                throttled_periods=d.need_key(stat, "nr_throttled", "cpu.stat"),
-                throttled_time=d.need_key(stat, "throttled_usec", "cpu.stat") * _NS_PER_US,
+                throttled_periods=d.key(stat, "nr_throttled", "cpu.stat"),
+                throttled_time=d.key(stat, "throttled_usec", "cpu.stat") * _NS_PER_US,
             )
         return CpuRecord(usage=usage, throttling=throttling)
 
     @staticmethod
     def _pids(d: _Dir, root: bool) -> PidsRecord | None:
-        current = d.value("pids.current")
+        current = d.optional("pids.current", parse_single)
         if current is None:
             return None
-        limit = d.value("pids.max")
-        if limit is None and root:  # the kernel puts no pids.max on the root: it has no limit
-            limit = U64_MAX
-        return PidsRecord(current=current, limit=d.need(limit, "pids.max"))
+        if root:  # the kernel puts no pids.max on the root: it has no limit
+            limit = d.optional("pids.max", parse_single)
+            return PidsRecord(current=current, limit=U64_MAX if limit is None else limit)
+        return PidsRecord(current=current, limit=d.value("pids.max"))
 
     @staticmethod
     def _blkio_v1(d: _Dir) -> BlkioRecord | None:
-        files: dict[str, tuple[BlkioLine, ...]] = {}
-        # The eight files come from one policy (CFQ, gone since kernel 5.0) and exist all or none: probe one.
-        first = d.parsed(f"blkio.{BLKIO_FILES[0]}", parse_blkio)
-        if first is not None:
-            files[BLKIO_FILES[0]] = tuple(first)
-            for name in BLKIO_FILES[1:]:
-                lines = d.parsed(f"blkio.{name}", parse_blkio)
+        """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
+        probed: dict[str, list[BlkioLine] | None] = {}  # BFQ's two groups share their first file
+        for group in BLKIO_GROUPS:
+            (field, first_name), *rest = group
+            if first_name not in probed:
+                probed[first_name] = d.optional(first_name, d.lenient(parse_blkio))
+            first = probed[first_name]
+            if not first:
+                continue
+            files = {field: tuple(first)}
+            for field, name in rest:
+                lines = d.expected(name, d.lenient(parse_blkio))
                 if lines is not None:
-                    files[name] = tuple(lines)
-        if not files.get("io_serviced_recursive"):
-            for name in ("io_service_bytes_recursive", "io_serviced_recursive"):
-                lines = d.parsed(f"blkio.throttle.{name}", parse_blkio)
-                if lines is not None:
-                    files[name] = tuple(lines)
-        return BlkioRecord(files) if files else None
+                    files[field] = tuple(lines)
+            return BlkioRecord(files)
+        return None
 
     @staticmethod
     def _io_v2(d: _Dir) -> IoRecord | None:
-        devices = d.parsed("io.stat", parse_nested_keyed)
+        devices = d.optional("io.stat", d.lenient(parse_nested_keyed))
         return None if devices is None else IoRecord(tuple(devices))
 
-    def _hugetlb(self, h: Hierarchy, path: str) -> dict[str, HugetlbRecord]:
-        d = _Dir(self.files, h.dir_for(path))
-        anchor, peak = ("usage_in_bytes", "max_usage_in_bytes") if h.version == 1 else ("current", None)
+    def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, HugetlbRecord]:
+        d = _Dir(self.files, h.dir_for(path), misses)
+        anchor = "usage_in_bytes" if h.version == 1 else "current"
         out: dict[str, HugetlbRecord] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
             return out
         if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
-            enabled = d.parsed("cgroup.controllers", lambda text, _: text.split())
+            enabled = d.optional("cgroup.controllers", lambda text, _: text.split())
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
-            usage = d.value(f"hugetlb.{size}.{anchor}")
+            # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
+            prefix = f"hugetlb.{size}.rsvd."
+            usage = d.optional(prefix + anchor, parse_single)
+            if usage is None:
+                prefix = f"hugetlb.{size}."
+                usage = d.optional(prefix + anchor, parse_single)
             if usage is None:
                 continue
             if h.version == 1:
-                max_usage = d.need(d.value(f"hugetlb.{size}.{peak}"), f"hugetlb.{size}.{peak}")
-                failcnt = d.need(d.value(f"hugetlb.{size}.failcnt"), f"hugetlb.{size}.failcnt")
-            else:
-                events = d.need(d.keyed(f"hugetlb.{size}.events"), f"hugetlb.{size}.events")
-                max_usage, failcnt = 0, d.need_key(events, "max", f"hugetlb.{size}.events")
+                max_usage, failcnt = d.value(prefix + "max_usage_in_bytes"), d.value(prefix + "failcnt")
+            else:  # failcnt from the plain events file: v2 keeps no rsvd events (runc fs2/hugetlb.go)
+                events = d.keyed(f"hugetlb.{size}.events", expected=True)
+                max_usage, failcnt = 0, d.key(events, "max", f"hugetlb.{size}.events")
             out[size] = HugetlbRecord(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
 

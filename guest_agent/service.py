@@ -1,4 +1,10 @@
-"""The ttrpc services: ``grpc.AgentService/StatsContainer`` and ``grpc.Health/{Check,Version}``.
+"""The ttrpc services: ``grpc.AgentService/StatsContainer``, ``grpc.Health/{Check,Version}`` and our own
+``shimstats.agent.v1.Diagnostics/ReadErrors`` (protos/shimstats/agent/v1/diagnostics.proto).
+
+Why a service of our own for the read-error counts rather than ttrpc response metadata: ttrpc's Response
+envelope has only status and payload (no metadata field, unlike Request), and the StatsContainerResponse is
+kata-agent's message, which a host must read the same from either agent. A separate method costs the host
+one call per scrape, and an agent without it (kata-agent) says so with an error rather than a false 0.
 
 Statuses: a malformed request → INVALID_ARGUMENT; reading a container maps its errors as
 guest_agent.statuses says (unsafe id INVALID_ARGUMENT, unknown or vanished NOT_FOUND, garbled INTERNAL).
@@ -21,10 +27,12 @@ from guest_agent.resources import ResourcesService
 from guest_agent.statuses import ContainerCall
 from shimstats import __version__
 from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
+DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 AGENT_VERSION = f"shimstats-agent {__version__}"
 
 
@@ -39,6 +47,7 @@ class AgentService:
         """Register both services on ``server``, and our own Resources service (guest_agent.resources)."""
         server.register(AGENT_SERVICE, {"StatsContainer": self.stats_container})
         server.register(HEALTH_SERVICE, {"Check": self.check, "Version": self.version})
+        server.register(DIAGNOSTICS_SERVICE, {"ReadErrors": self.read_errors})
         ResourcesService(self.reader, self.locator).register(server)
 
     async def stats_container(self, payload: bytes, ctx: CallContext) -> bytes:
@@ -64,3 +73,9 @@ class AgentService:
         return health_pb2.VersionCheckResponse(
             grpc_version="ttrpc", agent_version=AGENT_VERSION
         ).SerializeToString()
+
+    async def read_errors(self, payload: bytes, ctx: CallContext) -> bytes:
+        """shimstats.agent.v1.Diagnostics/ReadErrors: the reader's counts per kernel file name."""
+        counts = self.reader.errors.snapshot()
+        files = [diagnostics_pb2.FileReadErrors(file=name, count=counts[name]) for name in sorted(counts)]
+        return diagnostics_pb2.ReadErrorsResponse(files=files).SerializeToString()

@@ -2,7 +2,8 @@
 
 Shared by StatsContainer and Resources/Get so both map alike: an unsafe id → INVALID_ARGUMENT; an unknown
 id, or a cgroup that vanished before or while it was read → NOT_FOUND naming the id (containerd skips
-NOT_FOUND tasks quietly); a garbled or incomplete kernel file, or an I/O error → INTERNAL naming the file.
+NOT_FOUND tasks quietly); a garbled or missing file the working set needs, or an I/O error → INTERNAL naming
+the file (any other bad file costs only its figure: guest_agent.reader, guest_agent.read_errors).
 Each failure is one log line carrying the id and the cgroup path.
 """
 

@@ -8,10 +8,16 @@ runtime shim, and the proxy shim forwards those calls to it while reusing StatsH
 containerd's namespace arrives in the ``containerd-namespace-ttrpc`` metadata; it is accepted and logged (the
 agent knows containers by id only). An id containerd could never send (empty, with ``/`` or ``..``, ...) is
 refused with INVALID_ARGUMENT before the agent is asked.
+
+Deadlines: there are two hops, caller → adapter and adapter → agent, and a DEADLINE_EXCEEDED must say which
+one ran out. The agent gets the caller's deadline less a small margin (ANSWER_MARGIN), so that when the agent
+is the slow hop our answer, naming the agent, reaches the caller before its own timer fires and blames us.
+A call without a deadline gets the adapter's own timeout (serve's --timeout). Both expiries are logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -27,6 +33,7 @@ from shimstats.translate import OutputFormat, translate
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
 
 __all__ = [
+    "ANSWER_MARGIN",
     "TASK_METHODS",
     "TASK_SERVICE",
     "VERSION",
@@ -44,6 +51,9 @@ VERSION = f"shimstats {__version__}"
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 _IDENTIFIER_MAX = 76
 """containerd's identifier rule (pkg/identifiers): every task id it creates matches it."""
+
+ANSWER_MARGIN = 0.1
+"""Seconds of the caller's deadline kept back to send our answer (at most a fifth of what the caller gave)."""
 
 log = logging.getLogger("shimstats.adapter")
 
@@ -66,12 +76,23 @@ def _namespace(ctx: CallContext, default: str) -> str:
 
 
 class StatsHandler:
-    """Task/Stats from a guest agent, as a ttrpc handler that any Task server (the proxy shim too) can use."""
+    """Task/Stats from a guest agent, as a ttrpc handler that any Task server (the proxy shim too) can use.
 
-    def __init__(self, agent: AgentClient, output: OutputFormat, *, default_namespace: str = "") -> None:
+    ``timeout_name`` names the adapter's own timeout (the agent client's default_timeout) in messages.
+    """
+
+    def __init__(
+        self,
+        agent: AgentClient,
+        output: OutputFormat,
+        *,
+        default_namespace: str = "",
+        timeout_name: str = "the adapter's own timeout",
+    ) -> None:
         self.agent = agent
         self.output = output
         self.default_namespace = default_namespace
+        self.timeout_name = timeout_name
 
     async def __call__(self, payload: bytes, ctx: CallContext) -> bytes:
         try:
@@ -80,24 +101,65 @@ class StatsHandler:
             raise TtrpcError(Code.INVALID_ARGUMENT, f"StatsRequest does not decode: {exc}") from None
         namespace = _namespace(ctx, self.default_namespace)
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        agent_deadline = None
+        if ctx.deadline is not None:
+            agent_deadline = ctx.deadline - min(ANSWER_MARGIN, (ctx.deadline - arrived) / 5)
         try:
-            response = await self.stats(request.id, deadline=ctx.deadline)
+            response = await self.stats(request.id, deadline=agent_deadline)
+        except asyncio.CancelledError:
+            if ctx.deadline is not None and loop.time() >= ctx.deadline:
+                log.warning(
+                    "Stats: the caller's %.3gs deadline passed before the answer was ready",
+                    ctx.deadline - arrived,
+                    extra={"container_id": request.id, "namespace": namespace, "code": "DEADLINE_EXCEEDED"},
+                )
+            raise
         except TtrpcError as exc:
+            error = exc
+            if exc.code == Code.DEADLINE_EXCEEDED:
+                error = self._agent_hop_expired(exc, request.id, arrived, agent_deadline, ctx.deadline)
             # NOT_FOUND is routine (a task that just exited); containerd skips it quietly, so do we.
-            level = logging.INFO if exc.code == Code.NOT_FOUND else logging.WARNING
+            level = logging.INFO if error.code == Code.NOT_FOUND else logging.WARNING
             log.log(
                 level,
                 "Stats failed: %s",
-                exc.message,
-                extra={"container_id": request.id, "namespace": namespace, "code": exc.code.name},
+                error.message,
+                extra={"container_id": request.id, "namespace": namespace, "code": error.code.name},
             )
-            raise
+            raise error from None
         log.debug(
             "Stats answered in %.2f ms",
             (time.perf_counter() - started) * 1e3,
             extra={"container_id": request.id, "namespace": namespace, "format": self.output},
         )
         return response.SerializeToString()
+
+    def _agent_hop_expired(
+        self,
+        error: TtrpcError,
+        container_id: str,
+        arrived: float,
+        agent_deadline: float | None,
+        caller_deadline: float | None,
+    ) -> TtrpcError:
+        """DEADLINE_EXCEEDED that says the agent hop ran out, and whose deadline it was."""
+        if agent_deadline is None or caller_deadline is None:
+            budget = (
+                f"within {self.agent.default_timeout:g}s, {self.timeout_name} (the caller set no deadline)"
+            )
+        else:
+            budget = (
+                f"within {agent_deadline - arrived:.3g}s of the caller's {caller_deadline - arrived:.3g}s "
+                f"deadline (the rest kept to send this answer)"
+            )
+        return TtrpcError(
+            Code.DEADLINE_EXCEEDED,
+            f"container {container_id!r}: the guest agent at {self.agent.address} did not answer {budget}; "
+            "the hop from this adapter to the agent timed out",
+            error.details,
+        )
 
     async def stats(self, container_id: str, *, deadline: float | None = None) -> shim_pb2.StatsResponse:
         """The StatsResponse for one container; TtrpcError with the status containerd should see."""

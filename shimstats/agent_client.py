@@ -7,13 +7,18 @@ connection is found dead under it is retried once on a fresh connection: StatsCo
 sending it twice is harmless, and an agent restart between two scrapes then costs no failed call.
 
 Deadlines: the caller's deadline (event-loop time) bounds the whole call, dialling included, and what is
-left of it travels to the agent as the request's timeout_nano.
+left of it travels to the agent as the request's timeout_nano. An expired call gives up its own stream only:
+the connection, and every other call in flight on it, carries on (the ttrpc client closes it only when its
+byte stream is stuck mid-frame, which no later answer could get through).
 
 Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
 * the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
   id and the agent's address;
-* except kata-agent's unknown-container answer, INVALID_ARGUMENT ``"invalid container id"`` (the quotes are
-  part of the message), which becomes NOT_FOUND: containerd skips a NOT_FOUND task quietly and logs others;
+* except kata-agent's unknown-container answer, INVALID_ARGUMENT ``invalid container id``, which becomes
+  NOT_FOUND: containerd skips a NOT_FOUND task quietly and logs others. kata-agent 2.4 and later send it
+  with quotes (``"invalid container id"``: its ttrpc_error! macro Debug-formats the text); 2.0 to 2.3 send it
+  bare (they call ttrpc's get_rpc_status directly; kata-containers 2.3.0 src/agent/src/rpc.rs,
+  stats_container);
 * an agent that cannot be reached, or whose connection is lost, is UNAVAILABLE naming the address;
 * an agent that does not answer before the deadline is DEADLINE_EXCEEDED.
 """
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
@@ -40,8 +46,9 @@ __all__ = [
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
-KATA_UNKNOWN_CONTAINER = '"invalid container id"'
-"""kata-agent's INVALID_ARGUMENT message for an id it does not know, Debug-formatted with its quotes."""
+DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
+KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
+"""kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
 
 log = logging.getLogger("shimstats.agent")
 
@@ -68,7 +75,7 @@ class Backoff:
 def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
     """The status to give containerd for an agent's failure of StatsContainer(``container_id``)."""
     who = f"guest agent at {address}"
-    if error.code == Code.INVALID_ARGUMENT and error.message == KATA_UNKNOWN_CONTAINER:
+    if error.code == Code.INVALID_ARGUMENT and error.message in KATA_UNKNOWN_CONTAINER:
         return TtrpcError(
             Code.NOT_FOUND,
             f"container {container_id!r}: unknown to the {who} ({error.message})",
@@ -125,23 +132,17 @@ class AgentClient:
         ``deadline`` is in ``loop.time()`` units; without one the call is bounded by ``default_timeout``.
         """
         loop = asyncio.get_running_loop()
+        expired = "StatsContainer did not finish before the caller's deadline"
         if deadline is None:
             deadline = loop.time() + self.default_timeout
+            expired = f"StatsContainer did not finish within the default timeout of {self.default_timeout:g}s"
         request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
         try:
             raw = await wait_until(
-                self._call(AGENT_SERVICE, "StatsContainer", request, deadline),
-                deadline,
-                "StatsContainer did not finish before the caller's deadline",
+                self._call(AGENT_SERVICE, "StatsContainer", request, deadline), deadline, expired
             )
         except TtrpcError as exc:
-            if exc.code == Code.DEADLINE_EXCEEDED:
-                await self._drop_connection()
             raise map_agent_error(exc, container_id, str(self.address)) from None
-        except asyncio.CancelledError:
-            if loop.time() >= deadline:  # the server's deadline timer got there first: the same expiry
-                await self._drop_connection()
-            raise
         try:
             return agent_pb2.StatsContainerResponse.FromString(raw)
         except DecodeError as exc:
@@ -237,17 +238,6 @@ class AgentClient:
         self._client = client
         return client
 
-    async def _drop_connection(self) -> None:
-        """Close the shared connection after a call expired on it; the next call dials a fresh one.
-
-        An agent that let a call expire may have garbled its byte stream (a header announcing gigabytes
-        swallows every later answer), and the connection would then never answer again. Calls still in
-        flight on it fail as lost and are retried once on the new connection, like after an agent restart.
-        """
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-
     async def close(self) -> None:
         """Close the connection; later calls fail with UNAVAILABLE."""
         async with self._dial_lock():
@@ -255,3 +245,22 @@ class AgentClient:
             client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+    async def read_errors(self, deadline: float) -> dict[str, int]:
+        """Our agent's Diagnostics/ReadErrors: reads that left a figure out, per kernel file name.
+
+        TtrpcError when the agent cannot say (kata-agent serves no such method): no counts, never zeros.
+        """
+        request = diagnostics_pb2.ReadErrorsRequest().SerializeToString()
+        raw = await wait_until(
+            self._call(DIAGNOSTICS_SERVICE, "ReadErrors", request, deadline),
+            deadline,
+            f"Diagnostics/ReadErrors: no answer from the guest agent at {self.address} in time",
+        )
+        try:
+            answer = diagnostics_pb2.ReadErrorsResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL, f"ReadErrorsResponse from {self.address} does not decode: {exc}"
+            ) from None
+        return {entry.file: entry.count for entry in answer.files}

@@ -6,6 +6,10 @@ on success, on error, on Ctrl-C and on SIGTERM: child processes (the workload, g
 the cgroup directories, the page-cache file, the socket directory. Child processes also get SIGTERM from
 the kernel should the demo die without cleaning up (PR_SET_PDEATHSIG), and the workload exits by itself
 when its stdin, a pipe from the demo, closes.
+
+A demo killed outright (SIGKILL, OOM) cannot clean up. Everything it makes is named after its pid (the
+cgroup ``shimstats-demo-PID``, the directories ``ss-PID-*`` and ``ss-demo-PID-*``), so the next run removes
+what runs whose pid is gone left behind, and never touches a live run's.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -274,6 +280,117 @@ def adapter_argv(sock: Path, agent_sock: Path, metrics_format: str) -> list[str]
     ]
 
 
+# -- names after our pid, and what dead runs left ----------------------------------------------------------
+
+WORK_PARENT = "/tmp"
+"""Where the socket directory goes: short, for unix socket paths."""
+_MKDTEMP_SUFFIX = "[a-z0-9_]{8}"  # what tempfile.mkdtemp appends
+_WORKDIR = re.compile(rf"ss-([0-9]+)-{_MKDTEMP_SUFFIX}")
+_DATADIR = re.compile(rf"ss-demo-([0-9]+)-{_MKDTEMP_SUFFIX}")
+_CGROUP = re.compile(r"shimstats-demo-([0-9]+)")
+
+
+def workdir_prefix(pid: int) -> str:
+    """mkdtemp prefix of a run's socket directory (in WORK_PARENT)."""
+    return f"ss-{pid}-"
+
+
+def datadir_prefix(pid: int) -> str:
+    """mkdtemp prefix of a run's page-cache directory (in one of data_parents())."""
+    return f"ss-demo-{pid}-"
+
+
+def cgroup_name(pid: int) -> str:
+    return f"shimstats-demo-{pid}"
+
+
+def data_parents() -> list[str]:
+    """Where the page-cache file may go, in order of preference (the first disk filesystem with room)."""
+    return [tempfile.gettempdir(), "/var/tmp", os.getcwd()]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (even one we may not signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dead_runs_directories(parents: Sequence[str]) -> list[tuple[int, Path]]:
+    """(pid, path) of our leftover directories in ``parents`` whose run is gone: named by our rule, real
+    directories (not symlinks), owned by us."""
+    found: list[tuple[int, Path]] = []
+    for parent in dict.fromkeys(parents):
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _WORKDIR.fullmatch(entry.name) or _DATADIR.fullmatch(entry.name)
+            if match is None or pid_alive(int(match.group(1))):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                found.append((int(match.group(1)), Path(entry.path)))
+    return found
+
+
+def _dead_runs_cgroups(root: str) -> list[tuple[int, Path]]:
+    """(pid, path) of our leftover cgroups, in every hierarchy under ``root``, whose run is gone."""
+    try:
+        layout = detect_layout(root)
+    except LayoutError:
+        return []
+    hierarchies = {Path(os.path.realpath(layout.controllers[c].dir_for("/"))) for c in layout.controllers}
+    found: list[tuple[int, Path]] = []
+    for hierarchy in sorted(hierarchies):
+        for entry in sorted(hierarchy.glob("shimstats-demo-*")):
+            match = _CGROUP.fullmatch(entry.name)
+            if match is not None and entry.is_dir() and not pid_alive(int(match.group(1))):
+                found.append((int(match.group(1)), entry))
+    return found
+
+
+def _empty_and_remove(cgroup: Path) -> None:
+    """Kill what is still in a dead run's cgroup (its workload, should it have outlived the run), rmdir it."""
+    with contextlib.suppress(OSError):
+        for line in (cgroup / "cgroup.procs").read_text(encoding="ascii").split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line), signal.SIGKILL)
+    remove_cgroup(cgroup)
+
+
+def remove_dead_runs(
+    cgroup_root: str = "/sys/fs/cgroup",
+    work_parents: Sequence[str] | None = None,
+) -> list[str]:
+    """Remove the cgroups and directories left by demo runs whose pid is gone; one note per run (what was
+    removed) and one per thing that could not be."""
+    parents = [WORK_PARENT, *data_parents()] if work_parents is None else list(work_parents)
+    undo: list[tuple[int, Path, Callable[[Path], None]]] = [
+        (pid, path, _empty_and_remove) for pid, path in _dead_runs_cgroups(cgroup_root)
+    ]
+    undo += [(pid, path, shutil.rmtree) for pid, path in _dead_runs_directories(parents)]
+    removed: dict[int, list[str]] = {}
+    failed: list[str] = []
+    for pid, path, remove in undo:
+        try:
+            remove(path)
+        except OSError as exc:
+            failed.append(f"could not remove {path}, left by demo run {pid} that is gone: {exc}")
+            continue
+        removed.setdefault(pid, []).append(str(path))
+    notes = [f"removed what demo run {pid} (gone) left: {', '.join(paths)}" for pid, paths in removed.items()]
+    return notes + failed
+
+
 # -- the live cgroup and its workload ---------------------------------------------------------------------
 
 
@@ -377,7 +494,7 @@ def start_workload(
 ) -> Workload:
     """Start the workload, move it into the cgroup before it allocates anything, wait until it is ready."""
     with signals_held():
-        datadir = Path(tempfile.mkdtemp(prefix=f"ss-demo-{os.getpid()}-", dir=directory))
+        datadir = Path(tempfile.mkdtemp(prefix=datadir_prefix(os.getpid()), dir=directory))
         cleanup.push(f"remove {datadir}", functools.partial(shutil.rmtree, datadir))
     target = datadir / "page-cache.bin"
     argv = [
@@ -524,13 +641,13 @@ def live_setup(workdir: Path, cleanup: Cleanup, notes: list[str]) -> Callable[[]
     if os.geteuid() != 0:
         notes.append("not root: cannot create a cgroup here, so only the bundled capture is shown")
         return None
-    place = disk_directory([tempfile.gettempdir(), "/var/tmp", os.getcwd()], PAGE_CACHE_BYTES)
+    place = disk_directory(data_parents(), PAGE_CACHE_BYTES)
     if place is None:
         notes.append(
             "no disk filesystem with room for the page-cache file: only the bundled capture is shown"
         )
         return None
-    name = f"shimstats-demo-{os.getpid()}"
+    name = cgroup_name(os.getpid())
     try:
         cgroup = DemoCgroup.create(name, cleanup)
     except OSError as exc:
@@ -586,8 +703,8 @@ def replay_setup(workdir: Path, cleanup: Cleanup, notes: list[str]) -> Callable[
 
 
 def run(cleanup: Cleanup, workdir: Path) -> Report:
-    """Set both cases up (processes start in parallel), then examine each."""
-    notes: list[str] = []
+    """Remove what killed runs left, set both cases up (processes start in parallel), then examine each."""
+    notes = remove_dead_runs()
     pending = [p for p in (live_setup(workdir, cleanup, notes), replay_setup(workdir, cleanup, notes)) if p]
     cases = tuple(asyncio.run(examine(ready())) for ready in pending)
     checkpoint()

@@ -62,6 +62,7 @@ __all__ = [
     "container_families",
     "exporter_families",
     "kata_go_working_set",
+    "read_errors_family",
 ]
 
 log = logging.getLogger("shimstats.exporter")
@@ -546,6 +547,20 @@ def exporter_families(
     return [duration_family, up, counter]
 
 
+def read_errors_family(counts: Mapping[str, Mapping[str, int]]) -> Metric:
+    """``shimstats_agent_read_errors_total{agent,file}`` from each agent's Diagnostics/ReadErrors."""
+    family = CounterMetricFamily(
+        "shimstats_agent_read_errors_total",
+        "Reads by the guest agent that left a figure out because a kernel file was missing or garbled, by "
+        "file name, as the agent counts them since it started (no series for an agent that cannot say).",
+        labels=["agent", "file"],
+    )
+    for agent, files in sorted(counts.items()):
+        for name, count in sorted(files.items()):
+            family.add_metric([agent, name], count)
+    return family
+
+
 # -- reading the agents -----------------------------------------------------------------------------------
 
 
@@ -566,6 +581,8 @@ class AgentPool:
         self.agents = tuple(agents)
         self.timeout = timeout
         self.kata_host: OutputFormat = kata_host
+        self.read_errors: dict[str, dict[str, int]] = {}
+        """Per agent address, the guest agent's own count of files it could not read, from the last scrape."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
@@ -598,7 +615,16 @@ class AgentPool:
     async def _read_all(self) -> list[Reading]:
         deadline = asyncio.get_running_loop().time() + self.timeout
         reads = [self._read(a.address, t, deadline) for a in self.agents for t in a.containers]
-        return list(await asyncio.gather(*reads))
+        counts = [self._read_errors(a.address, deadline) for a in self.agents]
+        readings, _ = await asyncio.gather(asyncio.gather(*reads), asyncio.gather(*counts))
+        return list(readings)
+
+    async def _read_errors(self, address: str, deadline: float) -> None:
+        """The agent's read-error counts into ``read_errors`` (dropped when it cannot say: kata-agent)."""
+        try:
+            self.read_errors[address] = await self._clients[address].read_errors(deadline)
+        except TtrpcError:
+            self.read_errors.pop(address, None)
 
     async def _read(self, address: str, target: ContainerTarget, deadline: float) -> Reading:
         try:
@@ -664,6 +690,7 @@ class ContainerCollector:
             errors = dict(self._errors)
         yield from container_families(readings)
         yield from exporter_families(readings, errors, duration)
+        yield read_errors_family(self.pool.read_errors)
 
     def _account(self, reading: Reading) -> None:
         key = (reading.agent, reading.target.id)

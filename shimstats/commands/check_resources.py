@@ -123,11 +123,22 @@ class Fetched:
     waited: float
 
 
+RUST_TTRPC_NO_SUCH_METHOD = (
+    f"{RESOURCES_SERVICE} service does not exist",
+    f"/{RESOURCES_SERVICE}/Get does not exist",
+)
+"""ttrpc-rust's INVALID_ARGUMENT texts for a method it does not serve: the async server since 0.7
+(src/asynchronous/server.rs handle_request, "{service} service does not exist") and the async server up to
+0.6 and the sync server in every version (format!("{} does not exist", path) with path "/service/method";
+kata-agent 2.0-2.3 use ttrpc-rust 0.5)."""
+
+
 def cannot_report(error: TtrpcError) -> bool:
-    """kata-agent (ttrpc-rust: INVALID_ARGUMENT "… service does not exist") or a Go ttrpc (UNIMPLEMENTED)."""
+    """The agent serves no Resources service: ttrpc-rust's INVALID_ARGUMENT texts (kata-agent) or a Go or our
+    own ttrpc server's UNIMPLEMENTED."""
     if error.code == Code.UNIMPLEMENTED:
         return True
-    return error.code == Code.INVALID_ARGUMENT and error.message.endswith("service does not exist")
+    return error.code == Code.INVALID_ARGUMENT and error.message in RUST_TTRPC_NO_SUCH_METHOD
 
 
 async def fetch(address: str, container_id: str, wait: float, timeout: float) -> Fetched:

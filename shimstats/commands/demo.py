@@ -5,7 +5,8 @@ of it active) and a little anonymous memory, starts the guest agent and our adap
 temporary unix sockets, and shows what verify and compare find: the real working set, ours, and what the
 Kata Go shim (on a v1 and on a v2 host) and Kata runtime-rs would report for the same guest data. Then it
 replays a real cgroup v2 capture the same way. Without root only the replay runs. Everything it created is
-removed at the end, also on Ctrl-C and SIGTERM.
+removed at the end, also on Ctrl-C and SIGTERM; what a run killed outright (SIGKILL) left behind, the next
+run removes (a note says so), never what a run still alive has.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     code = EXIT_MISMATCH
     try:
         with demo.signals_held():
-            # Short (unix socket paths), and named after our pid so that leftovers can be traced to us.
-            workdir = Path(tempfile.mkdtemp(prefix=f"ss-{os.getpid()}-", dir="/tmp"))
+            # Short (unix socket paths), and named after our pid: a later run removes it should we be killed.
+            workdir = Path(tempfile.mkdtemp(prefix=demo.workdir_prefix(os.getpid()), dir=demo.WORK_PARENT))
             cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
         report = demo.run(cleanup, workdir)
         print(json.dumps(report_json(report), indent=2) if args.json else format_report(report), flush=True)

@@ -18,7 +18,6 @@ import signal
 import sys
 from pathlib import Path
 
-import shimstats
 from shimstats import demo
 from shimstats.guest_test import image, qemu, report, session
 from shimstats.guest_test.phases import PHASES
@@ -45,9 +44,12 @@ The guest needs virtio-pci, virtio-blk, virtio-console, ext4 and 9p over virtio 
 cgroups, and for every phase: swap, memcg swap accounting and transparent huge pages.
 
 files: the kernel, its initramfs and the downloads are cached in $SHIMSTATS_CACHE/guest-test (default
-~/.cache/shimstats/guest-test), with the guest console of the last run (console-v2.log). Each phase's
-capture is saved as a fixture, tests/fixtures/cgroupfs/<kernel>-<mode>-<phase>/, when run from a source
-checkout (else under the cache; see --fixtures).
+~/.cache/shimstats/guest-test), with a copy of the guest console of the last run to finish
+(console-v2.log). Everything else a run writes (disks, sockets, its console, captures, logs) is in a
+private directory under /tmp, removed at the end (--keep keeps it), so runs at the same time on one
+machine share nothing but that cache. Each phase's capture is saved as a fixture,
+DIR/<kernel>-<mode>-<phase>/, only with --fixtures DIR (e.g. --fixtures tests/fixtures/cgroupfs in a
+checkout, to commit them); nothing is written into the checkout or the installed package otherwise.
 
 needs: qemu-system-x86_64 and mkfs.ext4 (apt-get install qemu-system-x86 e2fsprogs), apt-get and dpkg-deb
 for Debian packages. No root, no loop devices. KVM is used when it can run the kernel, else TCG (a few
@@ -81,8 +83,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "one run without those before it may miss its effects (pressure needs what anon-thp and shmem hold)",
     )
     place = p.add_mutually_exclusive_group()
-    place.add_argument("--fixtures", type=Path, metavar="DIR", help="where to save each phase's capture")
-    place.add_argument("--no-fixtures", action="store_true", help="do not save the captures")
+    place.add_argument(
+        "--fixtures", type=Path, metavar="DIR", help="save each phase's capture as a fixture in DIR"
+    )
+    place.add_argument(
+        "--no-fixtures", action="store_true", help="do not save the captures (the default; kept for scripts)"
+    )
     p.add_argument(
         "--keep",
         action="store_true",
@@ -92,10 +98,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-def default_fixtures(cache: Path) -> Path:
-    """The checkout's tests/fixtures/cgroupfs when shimstats runs from a source tree, else the cache."""
-    checkout = Path(shimstats.__file__).resolve().parent.parent / "tests" / "fixtures" / "cgroupfs"
-    return checkout if checkout.is_dir() else cache / "fixtures"
+def fixtures_dir(args: argparse.Namespace) -> Path | None:
+    """Where to save the captures: only where --fixtures says (never a default inside a checkout or the
+    installed package: a run from one tree must not rewrite that tree's test data)."""
+    return None if args.no_fixtures else args.fixtures
 
 
 def progress(text: str) -> None:
@@ -110,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         session.check_tools()
         cache = image.cache_root()
         kernel = image.build(args.kernel, cache, progress)
-        accel, reason = qemu.choose_accel(kernel, args.accel, cache, cache)
-        fixtures = None if args.no_fixtures else (args.fixtures or default_fixtures(cache))
+        accel, reason = qemu.choose_accel(kernel, args.accel, cache)
+        fixtures = fixtures_dir(args)
         wanted = [phase.name for phase in PHASES if args.phase is None or phase.name in args.phase]
         settings = session.Settings(
             kernel, accel, reason, cache, fixtures, tuple(wanted), progress, args.keep

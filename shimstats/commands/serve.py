@@ -47,8 +47,13 @@ agent's answer.
 
 statuses containerd sees: NOT_FOUND for an id the agent does not know (containerd skips it quietly),
 INVALID_ARGUMENT for an id containerd could never send, UNAVAILABLE naming the agent's address when the
-agent cannot be reached, DEADLINE_EXCEEDED when it does not answer before the caller's deadline.
+agent cannot be reached, DEADLINE_EXCEEDED when it does not answer in time.
 Task methods other than Stats and Connect answer UNIMPLEMENTED.
+
+deadlines: the agent gets the caller's deadline less up to 0.1 s, so that a silent agent is reported by
+serve, naming the agent and the caller's deadline, before the caller gives up on its own (a caller's own
+"no answer from <serve's address>" then means serve itself did not answer). A call without a deadline
+gets --timeout. serve logs each expiry with the container id.
 
 The agent connection is dialled on the first call and shared; after it drops (agent restart) it is
 dialled again, backing off up to 2 s between failed dials.
@@ -119,7 +124,8 @@ async def serve(
     """Serve until SIGTERM or SIGINT; always closes the server (removing its socket) and the agent client."""
     agent = AgentClient(agent_address, default_timeout=timeout)
     server = Server()
-    TaskService(StatsHandler(agent, output, default_namespace=namespace)).register(server)
+    stats = StatsHandler(agent, output, default_namespace=namespace, timeout_name="serve's --timeout")
+    TaskService(stats).register(server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -20,7 +20,7 @@ Defects reproduced, all visible in the Metrics:
 
 from __future__ import annotations
 
-from guest_agent.reader import BLKIO_FILES
+from guest_agent.reader import BLKIO_FIELDS
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.kata import agent_pb2
 from shimstats.emulate._copy import blkio_entries, hugetlb_v1, memory_entry
@@ -92,7 +92,7 @@ def _cgroup(m: v1.Metrics, cg: agent_pb2.CgroupStats) -> None:
         m.pids.current = cg.pids_stats.current
     if cg.HasField("blkio_stats"):
         m.blkio.SetInParent()
-        for name in BLKIO_FILES:  # runtime-rs copies every kata BlkioStats list
+        for name in BLKIO_FIELDS:  # runtime-rs copies every kata BlkioStats list
             blkio_entries(getattr(m.blkio, name), getattr(cg.blkio_stats, name))
     hugetlb_v1(m.hugetlb, cg.hugetlb_stats)
 

@@ -17,6 +17,7 @@ Everything lives under ``cache_root()``; a build is redone only when its inputs 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -122,11 +123,15 @@ def download(package: str, debs: Path, log: Log) -> Path:
     if have:
         return have[-1]
     log(f"downloading {package} (apt-get download) into {debs}")
-    _run(["apt-get", "download", "-q", package], f"downloading {package}", cwd=debs)
-    have = sorted(debs.glob(f"{package}_*.deb"))
-    if not have:
-        raise ImageError(f"apt-get download {package} left no .deb in {debs}")
-    return have[-1]
+    # Into a directory of our own, then renamed into place: a run downloading the same package at the
+    # same time never sees a half-written .deb.
+    with tempfile.TemporaryDirectory(prefix=".download.", dir=debs) as private:
+        _run(["apt-get", "download", "-q", package], f"downloading {package}", cwd=Path(private))
+        fetched = sorted(Path(private).glob(f"{package}_*.deb"))
+        if not fetched:
+            raise ImageError(f"apt-get download {package} left no .deb in {debs}")
+        os.replace(fetched[-1], debs / fetched[-1].name)
+    return debs / fetched[-1].name
 
 
 def deb_identity(deb: Path) -> str:
@@ -208,10 +213,18 @@ def _busybox(cache: Path, log: Log) -> bytes:
         return path.read_bytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one rename, staged under a name no other run uses: concurrent runs building the
+    same kernel each write whole files, and a reader sees the old or the new one."""
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
 
 
 def _assemble(
@@ -230,14 +243,14 @@ def _assemble(
     module_files = [(name, modules.unpack(files[name])) for name in order]
     initrd = _initramfs(_busybox(cache, log), init, module_files)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "vmlinuz", image)
-    _write_atomic(out / "initrd.cpio", initrd)
+    write_atomic(out / "vmlinuz", image)
+    write_atomic(out / "initrd.cpio", initrd)
     kernel = Kernel(out / "vmlinuz", out / "initrd.cpio", release, unpacked.source, tuple(order))
     meta = {"format": BUILD_FORMAT, "release": release, "source": kernel.source, "modules": order}
-    _write_atomic(out / "kernel.json", json.dumps(meta, indent=2).encode())
+    write_atomic(out / "kernel.json", json.dumps(meta, indent=2).encode())
     # One value per file too, for shell scripts (hack/qemu-capture/run.sh).
-    _write_atomic(out / "kernel.release", f"{release}\n".encode())
-    _write_atomic(out / "kernel.package", f"{kernel.source}\n".encode())
+    write_atomic(out / "kernel.release", f"{release}\n".encode())
+    write_atomic(out / "kernel.package", f"{kernel.source}\n".encode())
     return kernel
 
 
@@ -295,7 +308,7 @@ def build(
         else:
             unpacked = _Unpacked(Path(kernel), None, str(Path(kernel).resolve()))
         built = _assemble(unpacked, out, cache, log, init, wanted)
-    (out / "inputs").write_text(key, encoding="utf-8")
+    write_atomic(out / "inputs", key.encode())
     return built
 
 

@@ -18,12 +18,13 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from shimstats.guest_test import protocol
-from shimstats.guest_test.image import Kernel
+from shimstats.guest_test.image import Kernel, write_atomic
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MIB = 1024
@@ -236,7 +237,7 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def choose_accel(kernel: Kernel, requested: str, cache: Path, workdir: Path) -> tuple[Accel, str]:
+def choose_accel(kernel: Kernel, requested: str, cache: Path) -> tuple[Accel, str]:
     """The accelerator to use and why. ``auto``: KVM if a probe boot of this kernel works (remembered in
     the cache per host kernel, qemu and guest kernel), else TCG."""
     if requested == "tcg":
@@ -254,22 +255,24 @@ def choose_accel(kernel: Kernel, requested: str, cache: Path, workdir: Path) -> 
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = _probe(kernel, workdir)
-        store.write_text(json.dumps(known, indent=2), encoding="utf-8")
+        known[key] = _probe(kernel)
+        write_atomic(store, json.dumps(known, indent=2).encode())
     works, detail = known[key]
     if works:
         return KVM, "KVM: a probe boot of this kernel worked"
     return TCG, f"TCG: /dev/kvm exists but cannot run this kernel ({detail}; result cached in {store})"
 
 
-def _probe(kernel: Kernel, workdir: Path) -> tuple[bool, str]:
-    console = workdir / "kvm-probe.log"
-    argv = command(kernel, KVM, console, probe=True)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"the probe boot did not finish within {PROBE_TIMEOUT:g} s"
-    text = console.read_text(errors="replace") if console.exists() else ""
+def _probe(kernel: Kernel) -> tuple[bool, str]:
+    # The probe's console is private to this probe: another run probing at the same time has its own.
+    with tempfile.TemporaryDirectory(prefix="ssgt-probe-") as private:
+        console = Path(private) / "kvm-probe.log"
+        argv = command(kernel, KVM, console, probe=True)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"the probe boot did not finish within {PROBE_TIMEOUT:g} s"
+        text = console.read_text(errors="replace") if console.exists() else ""
     if "SHIMSTATS-PROBE-OK" in text:
         return True, "ok"
     last = (done.stderr.strip().splitlines() or [f"qemu exited with {done.returncode}"])[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -29,7 +30,7 @@ from shimstats.agent_client import AgentClient
 from shimstats.fake_containerd import DEFAULT_NAMESPACE, StatsResult, call_stats
 from shimstats.guest_test import protocol, qemu
 from shimstats.guest_test.evaluate import LIVE, PhaseResult, evaluate
-from shimstats.guest_test.image import Kernel
+from shimstats.guest_test.image import Kernel, write_atomic
 from shimstats.guest_test.phases import BY_NAME
 from shimstats.ttrpc import Client, TtrpcError
 
@@ -158,18 +159,44 @@ class Settings:
 
 
 def save_fixture(capture: Path, fixtures: Path) -> str:
-    """Copy a capture into ``fixtures`` under the name its meta.json carries, replacing an older one."""
+    """Copy a capture into ``fixtures`` under the name its meta.json carries, replacing an older one.
+
+    Safe against another run saving the same name at the same moment: each copy is staged under a name of
+    its own and swapped in by rename; the last one in wins whole, and no staging directory is left behind.
+    """
     name = json.loads((capture / "meta.json").read_text(encoding="utf-8")).get("name")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise GuestTestError(f"the capture names itself {name!r}: not a fixture name")
     target = fixtures / name
     fixtures.mkdir(parents=True, exist_ok=True)
-    staging = fixtures / f".{name}.{os.getpid()}"
-    shutil.copytree(capture, staging, symlinks=True)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return str(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.new.", dir=fixtures))
+    try:
+        shutil.copytree(capture, staging, dirs_exist_ok=True, symlinks=True)
+        while True:
+            try:
+                staging.rename(target)
+                return str(target)
+            except OSError as exc:  # an older copy is in the way (perhaps only for a moment)
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            aside = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=fixtures))
+            with contextlib.suppress(FileNotFoundError):  # another run may have moved it first
+                target.rename(aside / name)
+            shutil.rmtree(aside, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise GuestTestError(f"cannot save the fixture {target}: {exc}") from exc
+
+
+def publish_console(console: Path, cache: Path, mode: str) -> Path | None:
+    """Copy a run's private console log to ``cache/console-MODE.log`` (the last finished run's, for
+    people to read) in one rename; None when there is no console or the cache cannot take it."""
+    published = cache / f"console-{mode}.log"
+    try:
+        write_atomic(published, console.read_bytes())
+    except OSError:
+        return None
+    return published
 
 
 async def _ask(clients: dict[str, Client], container_id: str) -> dict[str, StatsResult | str]:
@@ -191,13 +218,17 @@ class Session:
     def __init__(self, settings: Settings, mode: str, cleanup: demo.Cleanup) -> None:
         self.settings = settings
         self.cleanup = cleanup
+        self.workdir = self._workdir(settings.keep)
+        """Private to this boot: every file it writes (disks, sockets, console, captures, logs) is in here,
+        so runs at the same time on one machine never share a path."""
         self.result = ModeRun(
             mode=mode,
             kernel=settings.kernel,
             accel=f"{settings.accel.description}: {settings.accel_reason}",
             machine=settings.machine,
             phases_wanted=settings.phases,
-            console=settings.cache / f"console-{mode}.log",
+            console=self.workdir / f"console-{mode}.log",
+            kept=self.workdir if settings.keep else None,
         )
 
     async def run(self) -> ModeRun:
@@ -208,35 +239,38 @@ class Session:
             self.result.error = str(exc)
         finally:
             self.result.seconds = round(time.monotonic() - started, 1)
+            published = publish_console(self.result.console, self.settings.cache, self.result.mode)
+            if published is not None and not self.settings.keep:
+                self.result.console = published  # the private one goes with the work directory
         return self.result
 
-    def _workdir(self) -> Path:
+    def _workdir(self, keep: bool) -> Path:
         # Short and under /tmp: unix socket paths must stay under 108 bytes.
         with demo.signals_held():
             workdir = Path(tempfile.mkdtemp(prefix=f"ssgt-{os.getpid()}-", dir="/tmp"))
-            if self.settings.keep:
-                self.result.kept = workdir
-            else:
+            if not keep:
                 self.cleanup.push(f"remove {workdir}", functools.partial(shutil.rmtree, workdir))
         return workdir
 
+    def qemu_argv(self, disks: Sequence[Path]) -> list[str]:
+        """This boot's qemu command line: every file qemu writes (console, sockets, disks) is in workdir."""
+        return qemu.command(
+            self.settings.kernel,
+            self.settings.accel,
+            self.result.console,
+            shares=qemu.Shares.for_this_python(),
+            sockets=qemu.Sockets.under(self.workdir),
+            disks=disks,
+        )
+
     async def _run(self) -> None:
         s, r, log = self.settings, self.result, self.settings.log
-        workdir = self._workdir()
+        workdir = self.workdir
         try:
-            disks = qemu.make_disks(workdir)
             sockets = qemu.Sockets.under(workdir)
-            argv = qemu.command(
-                s.kernel,
-                s.accel,
-                r.console,
-                shares=qemu.Shares.for_this_python(),
-                sockets=sockets,
-                disks=disks,
-            )
+            argv = self.qemu_argv(qemu.make_disks(workdir))
         except qemu.QemuError as exc:
             raise GuestTestError(str(exc)) from exc
-        r.console.unlink(missing_ok=True)  # qemu's file chardev does not truncate: no stale tail
         log(f"[{r.mode}] booting {s.kernel.release} ({s.accel.name}); console: {r.console}")
         vm = demo.spawn(f"qemu-{r.mode}", argv, workdir, self.cleanup)
         control = await HostControl.connect(sockets.control, vm)

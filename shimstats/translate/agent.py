@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from guest_agent.reader import BLKIO_FILES, KERNEL_PARTS  # the agent's own lists: one source
+from guest_agent.reader import BLKIO_FIELDS, KERNEL_PARTS  # the agent's own lists: one source
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate.record import (
     UNLIMITED,
@@ -246,7 +246,7 @@ def _io(blkio: agent_pb2.BlkioStats, guest: GuestVersion) -> IoRecord:
         return IoRecord(_devices((e.major, e.minor, V2_IO_OPS.get(e.op), e.value) for e in entries), {})
     files = {
         name: tuple(BlkioLine(e.major, e.minor, KERNEL_OPS.get(e.op, e.op), e.value) for e in lines)
-        for name in BLKIO_FILES
+        for name in BLKIO_FIELDS
         if (lines := getattr(blkio, name))
     }
     return IoRecord(_devices(_v1_directions(files)), files)

@@ -60,6 +60,12 @@ class Channel(asyncio.BufferedProtocol):
         self._error: BaseException | None = None
         self._closed = False
 
+    def rebind(self, on_event: OnEvent, on_close: OnClose, *, backpressure: bool) -> None:
+        """Give this open channel to a new owner: later events and the close go to it."""
+        self._on_event = on_event
+        self._on_close = on_close
+        self._backpressure = backpressure
+
     # -- asyncio.Protocol ------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +161,11 @@ class Channel(asyncio.BufferedProtocol):
     def closed(self) -> bool:
         """True once on_close has run."""
         return self._closed
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while bytes of an unfinished frame are held or an oversized body is being skipped."""
+        return self._decoder.pending > 0
 
     def close(self) -> None:
         """Close the connection (data already written is still flushed); on_close follows."""

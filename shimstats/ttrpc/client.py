@@ -4,11 +4,18 @@ Stream ids are odd and increase from 1. Taking an id and writing its frame happe
 in between, so ids reach the wire in order (Go's server rejects a smaller id) without a lock. Responses are
 matched to waiting calls by stream id; when the connection goes, every waiting call fails at once with
 UNAVAILABLE.
+
+A deadline is one call's business, as in containerd's Go client: the expired call stops waiting, its stream
+is forgotten (a late answer is dropped) and the connection stays for everyone else. The one exception is a
+byte stream that is itself broken: if the connection has been stuck inside one frame for the expired call's
+whole life (a header announcing more bytes than will ever come, junk being skipped), no later answer could
+get through either, so the connection is closed and every waiting call fails with UNAVAILABLE at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 
 from shimstats.ttrpc._deadline import wait_until
@@ -30,6 +37,8 @@ from shimstats.ttrpc.transport import Address, create_connection, parse_address
 
 __all__ = ["Client", "SyncClient"]
 
+log = logging.getLogger("shimstats.ttrpc")
+
 
 class Client:
     """A ttrpc connection: ``await Client.connect(address)``, or ``Client(reader, writer)`` on open streams.
@@ -49,6 +58,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._frames = 0  # whole frames received: progress of the byte stream, for the stall check
         self._error: TtrpcError | None = None
         self._closed = self._loop.create_future()
         self._channel = Channel(self._on_event, self._on_close)
@@ -129,6 +139,7 @@ class Client:
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[stream_id] = future
         self._channel.write(frame)
+        frames_at_send = self._frames
         # A plain timer failing the future is the cheapest local deadline (no cancel scope around the await).
         timer = None
         if deadline is not None and timeout is not None:
@@ -139,6 +150,19 @@ class Client:
             self._pending.pop(stream_id, None)
             if timer is not None:
                 timer.cancel()
+            # Expired (by our timer, or by a caller's scope cancelling us at the same deadline): that
+            # stream alone is given up, unless the byte stream has not moved for this call's whole life.
+            if deadline is not None and not _answered(future) and self._loop.time() >= deadline:
+                self._close_if_stalled(frames_at_send, f"{service}/{method}")
+
+    def _close_if_stalled(self, frames_at_send: int, call: str) -> None:
+        """Close the connection if it has been stuck inside one frame since a now expired call was sent."""
+        if self._error is not None or self._frames != frames_at_send or not self._channel.mid_frame:
+            return
+        why = "stuck inside a frame that never completed while a call's deadline passed"
+        log.warning("ttrpc connection to %s %s (%s); closing it", self.address, why, call)
+        self._error = TtrpcError(Code.UNAVAILABLE, f"ttrpc connection to {self.address} closed: {why}")
+        self._channel.close()
 
     def _expired_text(self, service: str, method: str, timeout: float) -> str:
         return f"{service}/{method}: no answer from {self.address} within {timeout:g}s"
@@ -151,6 +175,7 @@ class Client:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Frame):
+            self._frames += 1
             if event.mtype == MessageType.RESPONSE:
                 future = self._pending.pop(event.stream_id, None)
                 if future is not None and not future.done():
@@ -202,6 +227,11 @@ class Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _answered(future: asyncio.Future[bytes]) -> bool:
+    """True when the peer's response reached this call (a result, not an expiry or a lost connection)."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 class SyncClient:

@@ -9,12 +9,16 @@ Where we differ from Go on purpose:
 * a response over 4 MiB is answered with RESOURCE_EXHAUSTED on its stream (Go drops the whole connection);
 * connections and in-flight requests per connection are capped; over a cap a request gets
   RESOURCE_EXHAUSTED. A peer that does not read our answers stops being read (bounded buffers).
+  Connections whose peer has already hung up do not count: at the cap, before refusing one, we look for
+  such connections (a burst of connects that were dropped while we were not accepting leaves hundreds of
+  them queued, their EOF not yet read) and let them go, so the caller behind the burst is served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +42,9 @@ log = logging.getLogger("shimstats.ttrpc")
 
 # Over-cap connections get this long to send a first request (answered RESOURCE_EXHAUSTED); then we hang up.
 _REJECT_WINDOW = 1.0
+# poll() events meaning the peer has closed (its side, or all of it): POLLRDHUP is Linux's "peer shut down
+# writing", which a connect-and-close leaves set before we read the EOF.
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 @dataclass
@@ -73,16 +80,23 @@ def _status_frame(stream_id: int, status: Status) -> bytes:
 class _Connection:
     """One accepted connection: turn Requests into handler tasks and their results into Responses."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, channel: Channel | None = None) -> None:
+        """A new connection, or one taking over the open ``channel`` of a rejection that found room."""
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.channel = Channel(self.on_event, self.on_close, on_open=self.on_open, backpressure=True)
+        if channel is None:
+            channel = Channel(self.on_event, self.on_close, on_open=self.on_open, backpressure=True)
+        else:
+            channel.rebind(self.on_event, self.on_close, backpressure=True)
+        self.channel = channel
         self.calls: dict[int, asyncio.Task[None]] = {}
         self.expired: set[int] = set()  # calls whose deadline timer cancelled them
         self.last_stream_id = 0
         self.draining = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.peer = Peer(address="")
+        if channel.started:
+            self.on_open()
 
     def on_open(self) -> None:
         self.peer = describe_peer(self.channel)
@@ -230,6 +244,9 @@ class _Rejection:
         server._rejecting += 1
 
     def on_open(self) -> None:
+        if self.server._admit_late(self.channel):
+            self.server._rejecting -= 1  # the channel is a served connection's now; on_close is not ours
+            return
         if self.server._rejecting > self.server.max_connections:
             self.channel.close()  # even rejections are capped: no status, just a closed socket
         else:
@@ -308,6 +325,35 @@ class Server:
 
     def _forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
+
+    def _admit_late(self, channel: Channel) -> bool:
+        """Serve a connection refused at accept time after all, if letting hung-up ones go makes room.
+
+        Called when the refused connection is attached: by then every connection accepted before it in the
+        same burst is attached too, so the kernel can tell which of them the peer has already closed.
+        """
+        if self._closing:
+            return False
+        if len(self._connections) >= self.max_connections:
+            self._let_go_of_hung_up()
+        if len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(_Connection(self, channel))
+        return True
+
+    def _let_go_of_hung_up(self) -> None:
+        """Close (and stop counting) every connection whose peer has hung up but whose EOF is unread."""
+        poller = select.poll()
+        by_fd: dict[int, _Connection] = {}
+        for connection in self._connections:
+            sock = connection.channel.get_extra_info("socket")
+            if sock is not None:
+                by_fd[sock.fileno()] = connection
+                poller.register(sock.fileno(), _HUNG_UP)
+        for fd, _ in poller.poll(0):
+            connection = by_fd[fd]
+            self._forget(connection)
+            connection.channel.close()  # on_close follows, as for an EOF read the usual way
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection given as an asyncio stream pair (the callback for ``start_listener``)."""

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 __all__ = [
+    "ACCEPT_BATCH",
+    "SOMAXCONN_PATH",
     "STREAM_LIMIT",
     "Address",
     "AddressError",
@@ -40,6 +42,7 @@ __all__ = [
     "create_connection",
     "create_listener",
     "describe_peer",
+    "listen_backlog",
     "open_connection",
     "parse_address",
     "start_listener",
@@ -340,10 +343,46 @@ def _bound_socket(address: Address, mode: int) -> tuple[socket.socket, int | Non
     raise TransportError(f"{address}: hybrid vsock is dial-only; the guest side listens on plain vsock")
 
 
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+_INT_MAX = 2**31 - 1  # listen() takes a C int; the kernel clamps any larger request to somaxconn anyway
+
+
+def listen_backlog(path: str | os.PathLike[str] = SOMAXCONN_PATH) -> int:
+    """The accept queue to ask for: the kernel's maximum, read as Go's net.Listen reads it.
+
+    asyncio's default (100) makes a burst of connections to a server that is briefly not accepting fail with
+    EAGAIN from the 101st on, where containerd's Go ttrpc servers queue them all. Like Go
+    (src/net/sock_linux.go maxListenerBacklog), a missing, empty, zero or unparsable value means
+    socket.SOMAXCONN.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            value = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return socket.SOMAXCONN
+    return min(value, _INT_MAX) if value > 0 else socket.SOMAXCONN
+
+
+ACCEPT_BATCH = 32
+"""Connections our listeners accept per event-loop wake-up (asyncio's ``backlog`` argument, which it also
+passes to listen(); _KernelBacklogSocket overrides that). Small, so that draining a deep queue of connects
+interleaves with the connections being served, and the accepted-but-not-yet-refused connections of a flood
+stay few (tests/integration/test_hostile_sockets.py bounds the fds)."""
+
+
+class _KernelBacklogSocket(socket.socket):
+    """A listening socket whose accept queue is always the kernel's maximum (listen_backlog()), whatever
+    backlog asyncio asks for: asyncio's backlog is only how many it accepts per wake-up (ACCEPT_BATCH)."""
+
+    def listen(self, backlog: int | None = None) -> None:
+        super().listen(listen_backlog())
+
+
 async def _serve_socket(
     address: Address, mode: int, serve: Callable[[socket.socket], Awaitable[asyncio.Server]]
 ) -> asyncio.Server:
-    sock, inode = _bound_socket(address, mode)
+    bound, inode = _bound_socket(address, mode)
+    sock = _KernelBacklogSocket(bound.family, bound.type, bound.proto, fileno=bound.detach())
     try:
         server = await serve(sock)
     except BaseException:
@@ -364,7 +403,9 @@ async def create_listener(
     if address.kind == "serial":
         return SerialListener(address, protocol_factory)
     loop = asyncio.get_running_loop()
-    return await _serve_socket(address, mode, lambda sock: loop.create_server(protocol_factory, sock=sock))
+    return await _serve_socket(
+        address, mode, lambda sock: loop.create_server(protocol_factory, sock=sock, backlog=ACCEPT_BATCH)
+    )
 
 
 async def start_listener(
@@ -377,7 +418,7 @@ async def start_listener(
     return await _serve_socket(
         address,
         mode,
-        lambda sock: asyncio.start_server(callback, sock=sock, limit=STREAM_LIMIT),
+        lambda sock: asyncio.start_server(callback, sock=sock, limit=STREAM_LIMIT, backlog=ACCEPT_BATCH),
     )
 
 

@@ -181,3 +181,38 @@ def test_demo_without_root_replays_the_bundled_capture(tmp_path: Path) -> None:
     assert "live:" not in out
     assert "replayed from a real 6.1 kernel capture" in out
     assert leftovers(proc.pid, *paths_named_in(out)) == []
+
+
+@needs_root
+@pytest.mark.live_cgroup
+def test_the_next_run_removes_what_a_killed_run_left_and_nothing_of_a_live_one(tmp_path: Path) -> None:
+    killed = start_demo(tmp_path)
+    page_cache = f"ss-demo-{killed.pid}-*/page-cache.bin"
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    while not [f for d in ("/tmp", "/var/tmp", tmp_path) for f in Path(d).glob(page_cache)]:
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() < deadline, "the demo never started its workload"
+        time.sleep(0.01)
+    killed.kill()  # SIGKILL: no cleanup of its own; its children go with it (PR_SET_PDEATHSIG)
+    killed.communicate(timeout=DEMO_TIMEOUT)
+    left = leftovers(killed.pid)
+    assert any(p.startswith("/sys/fs/cgroup/") for p in left), left
+    assert f"/tmp/ss-{killed.pid}-" in " ".join(left), left
+    # Look-alikes of a run that is alive (this test's own pid) must survive the next run.
+    alive = os.getpid()
+    live_dirs = [Path(tempfile.mkdtemp(prefix=p, dir="/tmp")) for p in (f"ss-{alive}-", f"ss-demo-{alive}-")]
+    live_cgroup = Path(f"/sys/fs/cgroup/memory/shimstats-demo-{alive}")
+    live_cgroup.mkdir()
+    try:
+        after = start_demo(tmp_path)
+        out, err = after.communicate(timeout=DEMO_TIMEOUT)
+        assert after.returncode == 0, out + err
+        assert f"note: removed what demo run {killed.pid} (gone) left: " in out
+        assert leftovers(killed.pid) == []
+        assert all(d.is_dir() for d in live_dirs)
+        assert live_cgroup.is_dir()
+        assert leftovers(after.pid, *paths_named_in(out)) == []
+    finally:
+        live_cgroup.rmdir()
+        for directory in live_dirs:
+            directory.rmdir()

@@ -155,6 +155,8 @@ class SilentAgent:
                     for event in key.data.feed(data):
                         if isinstance(event, Frame) and event.mtype == MessageType.REQUEST:
                             request = decode_request(event.payload)
+                            if request.method != "StatsContainer":  # the exporter's Diagnostics call
+                                continue
                             asked = agent_pb2.StatsContainerRequest.FromString(request.payload)
                             with self._lock:
                                 self.requested[asked.container_id] += 1

@@ -39,15 +39,41 @@ KERNEL_PARTS = (
     "slab_unreclaimable",
     "vmalloc",
 )
-BLKIO_FILES = (
-    "io_service_bytes_recursive",
-    "io_serviced_recursive",
-    "io_queued_recursive",
-    "io_service_time_recursive",
-    "io_wait_time_recursive",
-    "io_merged_recursive",
-    "io_time_recursive",
-    "sectors_recursive",
+BLKIO_POLICIES = (
+    # (kata list, kernel file) per I/O policy in runc's order (opencontainers/cgroups fs/blkio.go GetStats);
+    # file names as block/bfq-cgroup.c, cfq-iosched.c and blk-throttle.c print them, typed from there.
+    (
+        ("io_serviced_recursive", "blkio.bfq.io_serviced_recursive"),
+        ("io_service_bytes_recursive", "blkio.bfq.io_service_bytes_recursive"),
+        ("sectors_recursive", "blkio.bfq.sectors_recursive"),
+        ("io_service_time_recursive", "blkio.bfq.io_service_time_recursive"),
+        ("io_wait_time_recursive", "blkio.bfq.io_wait_time_recursive"),
+        ("io_merged_recursive", "blkio.bfq.io_merged_recursive"),
+        ("io_queued_recursive", "blkio.bfq.io_queued_recursive"),
+        ("io_time_recursive", "blkio.bfq.time_recursive"),
+    ),
+    (
+        ("io_serviced_recursive", "blkio.bfq.io_serviced_recursive"),
+        ("io_service_bytes_recursive", "blkio.bfq.io_service_bytes_recursive"),
+    ),
+    (
+        ("io_serviced_recursive", "blkio.io_serviced_recursive"),
+        ("io_service_bytes_recursive", "blkio.io_service_bytes_recursive"),
+        ("sectors_recursive", "blkio.sectors_recursive"),
+        ("io_service_time_recursive", "blkio.io_service_time_recursive"),
+        ("io_wait_time_recursive", "blkio.io_wait_time_recursive"),
+        ("io_merged_recursive", "blkio.io_merged_recursive"),
+        ("io_queued_recursive", "blkio.io_queued_recursive"),
+        ("io_time_recursive", "blkio.time_recursive"),
+    ),
+    (
+        ("io_serviced_recursive", "blkio.throttle.io_serviced_recursive"),
+        ("io_service_bytes_recursive", "blkio.throttle.io_service_bytes_recursive"),
+    ),
+    (
+        ("io_serviced_recursive", "blkio.throttle.io_serviced"),
+        ("io_service_bytes_recursive", "blkio.throttle.io_service_bytes"),
+    ),
 )
 
 
@@ -190,13 +216,12 @@ def truth(cgroup: Path, path: str, meminfo: Path) -> agent_pb2.StatsContainerRes
                         )
     elif (cgroup / "blkio").is_dir():
         blkio = cgroup / "blkio" / rel
-        files = {
-            n: _blkio_lines(blkio / f"blkio.{n}") for n in BLKIO_FILES if (blkio / f"blkio.{n}").exists()
-        }
-        if not files.get("io_serviced_recursive"):
-            for n in ("io_service_bytes_recursive", "io_serviced_recursive"):
-                if (blkio / f"blkio.throttle.{n}").exists():
-                    files[n] = _blkio_lines(blkio / f"blkio.throttle.{n}")
+        files: dict[str, list[tuple[int, int, str, int]]] = {}
+        for policy in BLKIO_POLICIES:  # the first whose first file lists a device
+            first = blkio / policy[0][1]
+            if first.exists() and _blkio_lines(first):
+                files = {n: _blkio_lines(blkio / f) for n, f in policy if (blkio / f).exists()}
+                break
         if files:
             cs.blkio_stats.SetInParent()
         for n, lines in files.items():
@@ -207,15 +232,20 @@ def truth(cgroup: Path, path: str, meminfo: Path) -> agent_pb2.StatsContainerRes
         if not v2 and v2_files:
             huge_dir = cgroup / "unified" / rel
         suffix = ".current" if v2_files else ".usage_in_bytes"
-        for usage_file in sorted(huge_dir.glob(f"hugetlb.*{suffix}")) if huge_dir.is_dir() else []:
-            size = usage_file.name.split(".")[1]
+        sizes = (
+            {p.name.split(".")[1] for p in huge_dir.glob(f"hugetlb.*{suffix}")} if huge_dir.is_dir() else ()
+        )
+        for size in sorted(sizes):
+            # The reservation files (mm/hugetlb_cgroup.c, 5.7+) where present, as runc reads them.
+            rsvd = (huge_dir / f"hugetlb.{size}.rsvd{suffix}").exists()
+            prefix = huge_dir / (f"hugetlb.{size}.rsvd" if rsvd else f"hugetlb.{size}")
             entry = cs.hugetlb_stats[size]
-            entry.usage = _int(usage_file)
-            if v2_files:
+            entry.usage = _int(Path(f"{prefix}{suffix}"))
+            if v2_files:  # v2 has no rsvd events file: the limit hits of the plain counter
                 entry.failcnt = _kv(huge_dir / f"hugetlb.{size}.events")["max"]
             else:
-                entry.max_usage = _int(huge_dir / f"hugetlb.{size}.max_usage_in_bytes")
-                entry.failcnt = _int(huge_dir / f"hugetlb.{size}.failcnt")
+                entry.max_usage = _int(Path(f"{prefix}.max_usage_in_bytes"))
+                entry.failcnt = _int(Path(f"{prefix}.failcnt"))
     return response
 
 
@@ -371,21 +401,23 @@ async def test_explicit_mapping_to_a_vanished_cgroup_is_not_found(tmp_path, sock
         assert "'gone'" in info.value.message
 
 
-async def test_a_garbled_file_is_internal_and_names_file_and_line(tmp_path, sock_dir):
+async def test_a_garbled_working_set_key_is_internal_and_names_file_and_line(tmp_path, sock_dir):
+    # Only what the working set needs is required: here the inactive file line of memory.stat.
     fixture, meta = copy_fixture(tmp_path)
     cgroup = fixture / "cgroup"
     rel = meta["container_path"].strip("/")
-    stat_file = (
-        cgroup / rel if (cgroup / "cgroup.controllers").exists() else cgroup / "memory" / rel
-    ) / "memory.stat"
+    v2 = (cgroup / "cgroup.controllers").exists()
+    stat_file = (cgroup / rel if v2 else cgroup / "memory" / rel) / "memory.stat"
     lines = stat_file.read_text().splitlines()
-    lines[2] = lines[2].split()[0] + " twelve"
+    key = "inactive_file" if v2 else "total_inactive_file"
+    number = next(i for i, line in enumerate(lines) if line.split()[0] == key)
+    lines[number] = f"{key} twelve"
     stat_file.write_text("\n".join(lines) + "\n")
     async with serving(sock_dir / "a.sock", cgroup, fixture / "meminfo") as client:
         with pytest.raises(TtrpcError) as info:
             await stats(client, meta["container_id"])
         assert info.value.code == Code.INTERNAL
-        assert f"{stat_file}:3: expected an integer, got 'twelve'" in info.value.message
+        assert f"{stat_file}:{number + 1}: expected an integer, got 'twelve'" in info.value.message
         assert meta["container_id"] in info.value.message
 
 

@@ -163,8 +163,8 @@ async def test_ten_thousand_idle_connections_opened_and_dropped(target: Target, 
             await target.good_call(caller)
             assert time.monotonic() - started < DEADLINE
         # The server holds its cap of served connections, at most as many rejections waiting up to a second
-        # for a request to refuse, and the last accept batch (asyncio accepts up to its listen backlog, 100,
-        # per wake-up) whose over-cap connections are being closed.
+        # for a request to refuse, and the last few accept batches (ACCEPT_BATCH, 32, per wake-up: the kernel
+        # queue behind them is somaxconn deep) whose over-cap connections are being closed.
         assert target.fds() <= baseline + 2 * MAX_CONNECTIONS + 100 + 16
         # A connection over the cap is told why (or just closed when even rejections are over the cap).
         with raw_socket(target.path) as late:

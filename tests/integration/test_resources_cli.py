@@ -24,6 +24,7 @@ from guest_agent.reader import CgroupReader
 from guest_agent.service import AgentService
 from shimstats import cli
 from shimstats.commands._args import duration
+from shimstats.commands.check_resources import cannot_report
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 from tests.integration.test_guest_socket import fixture_dirs, sock_dir
 
@@ -249,6 +250,12 @@ async def _rust_like(payload: bytes, ctx: CallContext) -> bytes:
     raise TtrpcError(Code.INVALID_ARGUMENT, f"{ctx.service} service does not exist")
 
 
+async def _old_rust_like(payload: bytes, ctx: CallContext) -> bytes:
+    """ttrpc-rust up to 0.6 (kata-agent 2.0-2.3) and its sync server in every version: the method's path,
+    src/asynchronous/server.rs do_handle_request, format!("{} does not exist", path)."""
+    raise TtrpcError(Code.INVALID_ARGUMENT, f"/{ctx.service}/{ctx.method} does not exist")
+
+
 @pytest.mark.parametrize(
     ("register", "answer"),
     [
@@ -261,8 +268,12 @@ async def _rust_like(payload: bytes, ctx: CallContext) -> bytes:
             lambda s: s.register("shimstats.agent.v1.Resources", {"Get": _rust_like}),
             "INVALID_ARGUMENT: shimstats.agent.v1.Resources service does not exist",
         ),
+        (
+            lambda s: s.register("shimstats.agent.v1.Resources", {"Get": _old_rust_like}),
+            "INVALID_ARGUMENT: /shimstats.agent.v1.Resources/Get does not exist",
+        ),
     ],
-    ids=["go-ttrpc", "ttrpc-rust"],
+    ids=["go-ttrpc", "ttrpc-rust", "ttrpc-rust-0.6"],
 )
 def test_an_agent_without_the_service_cannot_report(register, answer, sock_dir, capsys):
     address = f"unix://{sock_dir}/kata.sock"
@@ -301,3 +312,19 @@ def test_durations():
         90.0,
         3600.0,
     ]
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (Code.UNIMPLEMENTED, "service shimstats.agent.v1.Resources", True),
+        (Code.INVALID_ARGUMENT, "shimstats.agent.v1.Resources service does not exist", True),
+        (Code.INVALID_ARGUMENT, "/shimstats.agent.v1.Resources/Get does not exist", True),
+        # the agent's own INVALID_ARGUMENT answers are about the request, not a missing service
+        (Code.INVALID_ARGUMENT, "container id 'a/b' is not valid", False),
+        (Code.INVALID_ARGUMENT, "/grpc.AgentService/StatsContainer does not exist", False),
+        (Code.NOT_FOUND, "/shimstats.agent.v1.Resources/Get does not exist", False),
+    ],
+)
+def test_cannot_report_recognises_exactly_the_missing_service(code, message, expected):
+    assert cannot_report(TtrpcError(code, message)) is expected

@@ -314,6 +314,18 @@ async def test_server_deadline_error_from_our_client(client: Client, served: Ser
     assert await client.call(SERVICE, "Echo", b"after") == b"after"
 
 
+async def _two_requests(reader: asyncio.StreamReader) -> list[Frame]:
+    """Read until two request frames have arrived (fewer if the peer hangs up first)."""
+    decoder = FrameDecoder()
+    requests: list[Frame] = []
+    while len(requests) < 2:
+        data = await reader.read(65536)
+        if not data:
+            break
+        requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+    return requests
+
+
 async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_is_ignored(
     sock_dir: Path,
 ) -> None:
@@ -322,13 +334,9 @@ async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_i
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Holds the first request until the second arrives, then answers both: the first one late.
-        decoder = FrameDecoder()
-        requests: list[Frame] = []
-        while len(requests) < 2:
-            data = await reader.read(65536)
-            if not data:
-                return
-            requests.extend(e for e in decoder.feed(data) if isinstance(e, Frame))
+        requests = await _two_requests(reader)
+        if len(requests) < 2:
+            return
         for r in requests:
             seen.append(r.stream_id)
             echo = Response(payload=decode_request(r.payload).payload).SerializeToString()
@@ -352,6 +360,36 @@ async def test_client_deadline_when_the_server_never_answers_and_a_late_answer_i
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_a_deadline_passing_on_a_stream_stuck_mid_frame_closes_the_connection(sock_dir: Path) -> None:
+    """A peer that sent a header and then only part of its body: nothing behind it can arrive, so the
+    expiring call takes the connection down and the call waiting behind it fails at once, UNAVAILABLE."""
+    path = sock_dir / "stuck.sock"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests = await _two_requests(reader)
+        if len(requests) < 2:
+            return
+        writer.write(encode_frame(requests[0].stream_id, MessageType.RESPONSE, 0, b"\x00" * 100)[:50])
+        await reader.read()  # until the client goes
+        writer.close()
+
+    listener = await asyncio.start_unix_server(handle, str(path))
+    try:
+        async with await Client.connect(f"unix://{path}") as c:
+            behind = asyncio.create_task(c.call(SERVICE, "Echo", b"behind", timeout=30.0))
+            with pytest.raises(TtrpcError) as expired:
+                await within(c.call(SERVICE, "Echo", b"first", timeout=0.3))
+            with pytest.raises(TtrpcError) as lost:
+                await within(behind)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert expired.value.code == Code.DEADLINE_EXCEEDED
+    assert lost.value.code == Code.UNAVAILABLE
+    assert "stuck inside a frame" in lost.value.message
+    assert c.closed
 
 
 async def test_cancelling_a_call_cleans_up_its_stream(client: Client, served: Served) -> None:
@@ -632,6 +670,22 @@ async def test_connection_cap(sock_dir: Path) -> None:
             await asyncio.sleep(0.01)
         async with await Client.connect(s.address) as third:
             assert await third.call(SERVICE, "Echo", b"three") == b"three"
+
+
+async def test_connections_whose_peer_already_hung_up_do_not_count_against_the_cap(sock_dir: Path) -> None:
+    """A burst of connects dropped before the server got to accept them: all are accepted together with the
+    caller behind them, their EOFs not read yet; at the cap the server lets them go and serves the call."""
+    async with serving(sock_dir, max_connections=4) as s:
+        alive = await Client.connect(s.address)  # a real connection holds one place throughout
+        assert await alive.call(SERVICE, "Echo", b"alive") == b"alive"
+        for _ in range(20):  # no await in this loop: the server accepts none of them yet
+            dropped = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            dropped.connect(str(s.path))
+            dropped.close()
+        async with await Client.connect(s.address) as behind:
+            assert await within(behind.call(SERVICE, "Echo", b"behind")) == b"behind"
+        assert await alive.call(SERVICE, "Echo", b"still") == b"still"
+        await alive.close()
 
 
 # -- stream pairs, listeners ---------------------------------------------------------------------------------

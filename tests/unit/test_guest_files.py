@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import resource
 
+import pytest
+
 from guest_agent.files import MAX_OPEN, FileCache, default_max_open
 
 
@@ -74,3 +76,87 @@ def test_default_bound_leaves_most_descriptors_to_sockets():
     assert 8 <= bound <= MAX_OPEN
     if soft != resource.RLIM_INFINITY:
         assert bound <= max(8, soft // 4)
+
+
+def test_a_file_deleted_and_copied_afresh_is_read_from_the_new_inode(tmp_path):
+    # Issue 15 §4: after rm and a fresh copy, the kept fd still reads the deleted inode unless checked.
+    path = tmp_path / "memory.stat"
+    path.write_text("cache 1\n")
+    cache = FileCache()
+    assert cache.read_bytes(str(path)) == b"cache 1\n"
+    path.unlink()
+    path.write_text("cache 2\n")
+    assert cache.read_bytes(str(path)) == b"cache 2\n"
+    assert len(cache) == 1  # the old fd was closed, not leaked
+    cache.close()
+
+
+def test_a_file_replaced_by_rename_is_read_from_the_new_inode(tmp_path):
+    path = tmp_path / "memory.current"
+    path.write_text("4096\n")
+    cache = FileCache()
+    assert cache.read_bytes(str(path)) == b"4096\n"
+    (tmp_path / "new").write_text("8192\n")
+    os.replace(tmp_path / "new", path)  # an atomic replace, as cp --remove-destination or rsync do
+    assert cache.read_bytes(str(path)) == b"8192\n"
+    cache.close()
+
+
+def test_a_deleted_directory_reads_as_missing(tmp_path):
+    (tmp_path / "c1").mkdir()
+    path = tmp_path / "c1" / "pids.current"
+    path.write_text("3\n")
+    cache = FileCache()
+    assert cache.read_bytes(str(path)) == b"3\n"
+    path.unlink()
+    (tmp_path / "c1").rmdir()
+    assert cache.read_bytes(str(path)) is None
+    assert len(cache) == 0
+    cache.close()
+
+
+def test_files_on_kernfs_devices_skip_the_inode_check(tmp_path):
+    # A device listed as kernfs gets no per-read fstat: a replaced regular file on it is (wrongly, but by
+    # design) still read through the old fd. This is what makes the live path one pread per file.
+    path = tmp_path / "f"
+    path.write_text("1\n")
+    cache = FileCache(kernfs_devices=[os.stat(tmp_path).st_dev])
+    assert cache.read_bytes(str(path)) == b"1\n"
+    path.unlink()
+    path.write_text("2\n")
+    assert cache.read_bytes(str(path)) == b"1\n"
+    cache.close()
+
+
+MEMORY_V1 = "/sys/fs/cgroup/memory"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.isfile(f"{MEMORY_V1}/memory.limit_in_bytes"),
+    reason="needs root and the cgroup v1 memory hierarchy",
+)
+def test_a_cgroup_removed_and_created_again_is_read_afresh_on_kernfs():
+    # On cgroupfs a kept fd of a removed cgroup fails with ENODEV: the path is opened once more and finds the
+    # new cgroup's file (or nothing). Told apart by the limit written into the first one only.
+    directory = f"{MEMORY_V1}/shimstats-files-{os.getpid()}"
+    path = f"{directory}/memory.limit_in_bytes"
+    cache = FileCache(kernfs_devices=[os.stat(MEMORY_V1).st_dev])
+    os.mkdir(directory)
+    try:
+        with open(path, "w") as f:
+            f.write("16777216")
+        assert cache.read_bytes(path) == b"16777216\n"
+        os.rmdir(directory)
+        assert cache.read_bytes(path) is None  # gone: ENODEV, then not found
+        assert len(cache) == 0
+        os.mkdir(directory)
+        assert cache.read_bytes(path) != b"16777216\n"  # the new cgroup's own (unlimited) value
+        first = cache.read_bytes(path)
+        os.rmdir(directory)
+        os.mkdir(directory)
+        assert cache.read_bytes(path) == first  # the ENODEV retry: the old fd is replaced, not trusted
+        assert len(cache) == 1
+    finally:
+        cache.close()
+        if os.path.isdir(directory):
+            os.rmdir(directory)

@@ -142,9 +142,11 @@ def test_hugetlb_map_is_keyed_by_page_size():
     }
 
 
-def test_the_blkio_files_read_are_exactly_the_kata_blkio_lists() -> None:
-    # One list serves the reader, translate and the runtime-rs emulation: it must name every kata list.
-    from guest_agent.reader import BLKIO_FILES
+def test_the_blkio_fields_are_exactly_the_kata_blkio_lists() -> None:
+    # One list serves the reader, translate and the runtime-rs emulation: it must name every kata list, and
+    # every group the reader reads fills only kata lists.
+    from guest_agent.reader import BLKIO_FIELDS, BLKIO_GROUPS
     from shimstats._proto.kata import agent_pb2
 
-    assert tuple(f.name for f in agent_pb2.BlkioStats.DESCRIPTOR.fields) == BLKIO_FILES
+    assert tuple(f.name for f in agent_pb2.BlkioStats.DESCRIPTOR.fields) == BLKIO_FIELDS
+    assert {field for group in BLKIO_GROUPS for field, _ in group} == set(BLKIO_FIELDS)

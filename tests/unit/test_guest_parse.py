@@ -62,9 +62,18 @@ def test_flat_keyed_reads_2_to_the_64_minus_1_and_refuses_more():
         parse_flat_keyed(f"max {U64_MAX + 1}\n", "x")
 
 
-def test_flat_keyed_reads_a_negative_count_as_zero():
-    # Rule (runc ParseUint, containerd parseUint): per-cpu drift can make a counter briefly negative → 0.
-    assert parse_flat_keyed("a 5\nb -4096\n", "memory.stat") == {"a": 5, "b": 0}
+def test_flat_keyed_refuses_a_negative_count():
+    # Rule (issue 15): the kernel prints every stat value with %llu/%lu, so a sign is a garbled file. runc's
+    # and containerd's ParseUint read it as 0, which would pass a garbled figure off as a measurement.
+    with pytest.raises(CgroupFormatError, match=r"^memory.stat:2: negative value -4096 where the kernel"):
+        parse_flat_keyed("a 5\nb -4096\n", "memory.stat")
+
+
+def test_flat_keyed_with_a_skipped_list_keeps_the_good_lines_and_names_the_bad():
+    skipped: list[CgroupFormatError] = []
+    text = "cache 1\nrss -5\nbogus line here\nshmem 3\nmapped_file 1\nmapped_file 2\n"
+    assert parse_flat_keyed(text, "memory.stat", skipped) == {"cache": 1, "shmem": 3}
+    assert [(e.line, e.key) for e in skipped] == [(2, "rss"), (3, "bogus"), (6, "mapped_file")]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +103,8 @@ def test_single_value_and_max():
     # memory.max / pids.max print "max\n" for no limit; everything else one "%llu\n".
     assert parse_single("4096\n", "memory.current") == 4096
     assert parse_single("max\n", "memory.max") == U64_MAX
-    assert parse_single("-1\n", "cpu.cfs_quota_us") == 0
+    with pytest.raises(CgroupFormatError, match="negative value -1"):  # a limit file; stats never read it
+        parse_single("-1\n", "cpu.cfs_quota_us")
 
 
 @pytest.mark.parametrize("text", ["", "1\n2\n", "12 34\n", "max \n", "MAX\n"])

@@ -15,8 +15,8 @@ import pytest
 
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
-from guest_agent.reader import BLKIO_FILES, KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import Counter
+from guest_agent.reader import KERNEL_PARTS, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.record import Counter, Throttling
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
 CLK_TCK = 100
@@ -112,65 +112,114 @@ def test_pids_max_reads_as_unlimited(tmp_path):
     assert (record.pids.current, record.pids.limit) == (1, U64_MAX)
 
 
-def test_v1_blkio_uses_the_throttle_files_when_cfq_ones_have_no_entry(tmp_path):
+def blkio_text(lines: list[BlkioLine]) -> str:
+    """A blkio file as the kernel prints it: ``maj:min Op value`` (or ``maj:min value``), then ``Total``."""
+    body = "".join(
+        f"{x.major}:{x.minor} {x.op} {x.value}\n" if x.op else f"{x.major}:{x.minor} {x.value}\n"
+        for x in lines
+    )
+    return body + f"Total {sum(x.value for x in lines)}\n"
+
+
+SERVICE_BYTES = [BlkioLine(254, 0, "Read", 4096), BlkioLine(254, 0, "Write", 8192)]
+SERVICED = [BlkioLine(254, 0, "Read", 1), BlkioLine(254, 0, "Write", 2)]
+
+
+def test_v1_blkio_uses_the_recursive_throttle_files_when_no_policy_has_entries(tmp_path):
     layout = v1_tree(tmp_path)
     blkio = tmp_path / "blkio" / "c1"
-    service_bytes = [BlkioLine(254, 0, "Read", 4096), BlkioLine(254, 0, "Write", 8192)]
-    serviced = [BlkioLine(254, 0, "Read", 1), BlkioLine(254, 0, "Write", 2)]
     (blkio / "blkio.io_serviced_recursive").write_text("Total 0\n")  # CFQ file with no device (an idle disk)
-    for name, lines in (("io_service_bytes_recursive", service_bytes), ("io_serviced_recursive", serviced)):
-        text = "".join(f"{x.major}:{x.minor} {x.op} {x.value}\n" for x in lines) + "Total 0\n"
-        (blkio / f"blkio.throttle.{name}").write_text(text)
+    (blkio / "blkio.throttle.io_service_bytes_recursive").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text(blkio_text(SERVICED))
+    (blkio / "blkio.throttle.io_serviced").write_text(blkio_text([BlkioLine(254, 0, "Read", 999)]))
     record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
     assert record.blkio is not None
     assert dict(record.blkio.files) == {  # type: ignore[union-attr]
-        "io_service_bytes_recursive": tuple(service_bytes),
-        "io_serviced_recursive": tuple(serviced),
+        "io_service_bytes_recursive": tuple(SERVICE_BYTES),
+        "io_serviced_recursive": tuple(SERVICED),
     }
 
 
-def test_v1_blkio_prefers_cfq_files_that_have_entries(tmp_path):
-    # A CFQ kernel (before 5.0) writes all eight blkio.*_recursive files; an idle file is just "Total 0".
+def test_v1_blkio_falls_back_to_the_plain_throttle_files_of_older_kernels(tmp_path):
+    # Kernels before 5.x have only blkio.throttle.io_serviced / io_service_bytes (runc's last group).
     layout = v1_tree(tmp_path)
     blkio = tmp_path / "blkio" / "c1"
-    for name in BLKIO_FILES:
-        (blkio / f"blkio.{name}").write_text("Total 0\n")
-    (blkio / "blkio.io_serviced_recursive").write_text("8:0 Read 5\n8:0 Total 5\nTotal 5\n")
-    (blkio / "blkio.sectors_recursive").write_text("8:0 40\n")
-    (blkio / "blkio.throttle.io_serviced_recursive").write_text("8:0 Read 999\nTotal 999\n")
+    (blkio / "blkio.throttle.io_service_bytes").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.throttle.io_serviced").write_text(blkio_text(SERVICED))
+    record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert dict(record.blkio.files) == {  # type: ignore[union-attr]
+        "io_service_bytes_recursive": tuple(SERVICE_BYTES),
+        "io_serviced_recursive": tuple(SERVICED),
+    }
+
+
+def test_v1_blkio_reads_bfq_before_throttle(tmp_path):
+    # BFQ (every multi-queue kernel with bfq as scheduler) writes blkio.bfq.io_service{d,_bytes}_recursive.
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    (blkio / "blkio.bfq.io_service_bytes_recursive").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.bfq.io_serviced_recursive").write_text(blkio_text(SERVICED))
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text(blkio_text([BlkioLine(254, 0, "Read", 999)]))
+    record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert dict(record.blkio.files) == {  # type: ignore[union-attr]
+        "io_service_bytes_recursive": tuple(SERVICE_BYTES),
+        "io_serviced_recursive": tuple(SERVICED),
+    }
+
+
+CFQ_FILES = {  # kata field → the file block/cfq-iosched.c names (cfq_blkcg_legacy_files), "blkio." added
+    "io_service_bytes_recursive": "blkio.io_service_bytes_recursive",
+    "io_serviced_recursive": "blkio.io_serviced_recursive",
+    "io_queued_recursive": "blkio.io_queued_recursive",
+    "io_service_time_recursive": "blkio.io_service_time_recursive",
+    "io_wait_time_recursive": "blkio.io_wait_time_recursive",
+    "io_merged_recursive": "blkio.io_merged_recursive",
+    "io_time_recursive": "blkio.time_recursive",
+    "sectors_recursive": "blkio.sectors_recursive",
+}
+
+
+@pytest.mark.parametrize("prefix", ["blkio.", "blkio.bfq."])
+def test_v1_blkio_reads_all_eight_files_of_cfq_and_of_debug_bfq(tmp_path, prefix):
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    for n, (field, name) in enumerate(CFQ_FILES.items(), 1):
+        line = BlkioLine(8, 0, "", n) if field in ("io_time_recursive", "sectors_recursive") else None
+        lines = [line] if line else [BlkioLine(8, 0, "Read", n), BlkioLine(8, 0, "Total", n)]
+        (blkio / name.replace("blkio.", prefix, 1)).write_text(blkio_text(lines))
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text(blkio_text([BlkioLine(8, 0, "Read", 999)]))
     record = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
     assert record.blkio is not None
     files = dict(record.blkio.files)  # type: ignore[union-attr]
-    assert set(files) == set(BLKIO_FILES)
-    assert files["io_serviced_recursive"] == (BlkioLine(8, 0, "Read", 5), BlkioLine(8, 0, "Total", 5))
-    assert files["sectors_recursive"] == (BlkioLine(8, 0, "", 40),)
-    assert all(
-        files[name] == ()
-        for name in BLKIO_FILES
-        if name not in ("io_serviced_recursive", "sectors_recursive")
-    )
+    assert set(files) == set(CFQ_FILES)
+    assert files["io_time_recursive"] == (BlkioLine(8, 0, "", 7),)  # from blkio[.bfq].time_recursive
+    assert files["sectors_recursive"] == (BlkioLine(8, 0, "", 8),)
+    assert files["io_serviced_recursive"] == (BlkioLine(8, 0, "Read", 2), BlkioLine(8, 0, "Total", 2))
 
 
-def test_v1_blkio_without_cfq_skips_the_other_cfq_files(tmp_path):
-    # All-or-none: with blkio.io_service_bytes_recursive absent, a stray sectors file is not read either.
+def test_v1_blkio_with_no_policy_file_has_no_blkio(tmp_path):
     layout = v1_tree(tmp_path)
-    (tmp_path / "blkio" / "c1" / "blkio.sectors_recursive").write_text("8:0 40\n")
+    (tmp_path / "blkio" / "c1" / "blkio.sectors_recursive").write_text("8:0 40\n")  # not a group's probe
     assert CgroupReader(layout, clk_tck=CLK_TCK).read("/c1").blkio is None
 
 
-def test_v1_missing_a_file_the_kernel_always_writes_is_an_error_naming_it(tmp_path):
+def test_v1_missing_the_usage_the_working_set_needs_is_an_error_naming_it(tmp_path):
     layout = v1_tree(tmp_path)
-    os.unlink(tmp_path / "memory" / "c1" / "memory.failcnt")
-    with pytest.raises(IncompleteCgroup, match=r"memory/c1/memory\.failcnt: missing"):
+    os.unlink(tmp_path / "memory" / "c1" / "memory.usage_in_bytes")
+    with pytest.raises(IncompleteCgroup, match=r"memory/c1/memory\.usage_in_bytes: missing"):
         CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
 
 
 def test_a_garbled_file_is_an_error_naming_its_path_and_line(tmp_path):
     layout = v1_tree(tmp_path)
-    (tmp_path / "memory" / "c1" / "memory.stat").write_text("cache 1\nrss one\n")
+    (tmp_path / "memory" / "c1" / "memory.stat").write_text("cache 1\ntotal_inactive_file one\n")
     with pytest.raises(CgroupFormatError) as info:
         CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
-    assert str(info.value).startswith(f"{tmp_path}/memory/c1/memory.stat:2: expected an integer, got 'one'")
+    assert str(info.value).startswith(
+        f"{tmp_path}/memory/c1/memory.stat:2: expected an integer, got 'one'"
+    )  # a key the working set needs
 
 
 def test_a_file_that_is_not_ascii_is_an_error_naming_its_path(tmp_path):
@@ -390,3 +439,68 @@ def test_hybrid_reads_v1_controllers_and_v2_hugetlb(tmp_path):
     assert record.memory is not None
     assert record.memory.version == 1
     assert set(record.hugetlb) == {"2MB"}
+
+
+def test_a_stat_file_deleted_and_copied_afresh_is_read_afresh(tmp_path):
+    # Issue 15 §4 as found: under --cgroupfs-root, rm memory.stat and copy a new one in; the reader must not
+    # keep reading the deleted file through the fd it kept open.
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    assert reader.read("/c1").memory.cache == V1_STAT["cache"]  # type: ignore[union-attr]
+    stat = tmp_path / "memory" / "c1" / "memory.stat"
+    stat.unlink()
+    write(tmp_path / "memory" / "c1", {"memory.stat": {**V1_STAT, "cache": 4096}})
+    assert reader.read("/c1").memory.cache == 4096  # type: ignore[union-attr]
+
+
+def test_a_captured_tree_is_checked_per_read_and_a_live_one_is_not(tmp_path):
+    # The per-read inode check costs an fstat; mounted hierarchies (kernfs) do without it.
+    reader = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK)
+    assert reader.files.kernfs_devices == frozenset()
+    if os.path.isdir("/sys/fs/cgroup/memory") and detect_layout("/sys/fs/cgroup").mounted_devices:
+        live = CgroupReader(detect_layout("/sys/fs/cgroup"))
+        assert os.stat("/sys/fs/cgroup/memory/memory.stat").st_dev in live.files.kernfs_devices
+
+
+def comounted_cpu_tree(root: Path) -> None:
+    """The v1 tree of v1_tree, but cpu and cpuacct co-mounted as one ``cpu,cpuacct`` without symlinks."""
+    v1_tree(root)
+    shutil.rmtree(root / "cpu")
+    os.rename(root / "cpuacct", root / "cpu,cpuacct")
+    write(
+        root / "cpu,cpuacct" / "c1", {"cpu.stat": {"nr_periods": 10, "nr_throttled": 4, "throttled_time": 9}}
+    )
+
+
+def test_a_comounted_cpu_hierarchy_found_in_mountinfo_reports_cpu_usage(tmp_path):
+    # Issue 15 §2: such a tree used to report CPU usage 0, silently.
+    root = tmp_path / "cg"
+    comounted_cpu_tree(root)
+    (tmp_path / "mountinfo").write_text(
+        f"27 23 0:22 / {root}/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpuacct,cpu,clone_children\n"
+        f"28 23 0:23 / {root}/memory rw,nosuid - cgroup cgroup rw,memory\n"
+    )
+    layout = detect_layout(str(root), mountinfo=str(tmp_path / "mountinfo"))
+    cpu = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert cpu.usage.total == 40220997
+    assert cpu.throttling == Throttling(periods=10, throttled_periods=4, throttled_time=9)
+
+
+def test_a_comounted_cpu_hierarchy_of_a_captured_tree_reports_cpu_usage(tmp_path):
+    comounted_cpu_tree(tmp_path)
+    cpu = CgroupReader(detect_layout(str(tmp_path)), clk_tck=CLK_TCK).read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage is not None
+    assert cpu.usage.total == 40220997
+
+
+def test_v1_without_the_kmem_limit_file_is_not_a_read_error(tmp_path):
+    # runc (fs/memory.go getMemoryData) lets memory.kmem.limit_in_bytes be absent on newer kernels.
+    layout = v1_tree(tmp_path)
+    os.unlink(tmp_path / "memory" / "c1" / "memory.kmem.limit_in_bytes")
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    kernel = reader.read("/c1").memory.kernel  # type: ignore[union-attr]
+    assert kernel == Counter(usage=V1_KMEM.usage, max_usage=V1_KMEM.max_usage, failcnt=0, limit=0)
+    assert reader.errors.snapshot() == {}

@@ -78,7 +78,7 @@ def test_an_over_long_kernel_command_line_is_refused() -> None:
 
 
 def test_asking_for_tcg_never_probes(tmp_path: Path) -> None:
-    assert qemu.choose_accel(KERNEL, "tcg", tmp_path, tmp_path) == (qemu.TCG, "TCG as asked")
+    assert qemu.choose_accel(KERNEL, "tcg", tmp_path) == (qemu.TCG, "TCG as asked")
     assert not list(tmp_path.iterdir())
 
 
