@@ -229,10 +229,12 @@ def _hung(signum: int, frame: object) -> None:
 
 
 def run_in_process(argv: list[str]) -> tuple[int, str]:
-    """cli.main(argv) with stdout and stderr captured and the root logger restored afterwards; an example
-    still running after EXAMPLE_LIMIT seconds fails with its argv rather than hanging the suite."""
+    """cli.main(argv) with stdout and stderr captured and the root logger bare during the call, restored
+    afterwards; an example still running after EXAMPLE_LIMIT seconds fails with its argv, not a hang."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    for handler in handlers:  # as in a fresh process: not another test's handler on a closed stream
+        root.removeHandler(handler)
     out, err = io.StringIO(), io.StringIO()
     previous = signal.signal(signal.SIGALRM, _hung)
     signal.setitimer(signal.ITIMER_REAL, EXAMPLE_LIMIT)
