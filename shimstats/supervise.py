@@ -230,21 +230,25 @@ def adapter_argv(sock: Path, agent_sock: Path, metrics_format: str) -> list[str]
 
 
 def run_with_cleanup(
-    command: str, body: Callable[[Cleanup], int], errors: tuple[type[Exception], ...], failed: int = 1
+    command: str,
+    body: Callable[[Cleanup], int],
+    errors: tuple[type[Exception], ...],
+    error_exit: int,
+    cleanup_exit: int,
 ) -> int:
     """Run ``body`` with a Cleanup, SIGINT/SIGTERM turned into Interrupted, and undo everything after.
 
-    ``errors`` are printed as one line ``shimstats COMMAND: message`` (exit ``failed``); a signal exits
-    128 + its number; cleanup problems are printed, and turn a success into ``failed``.
+    ``errors`` are printed as one line ``shimstats COMMAND: message`` (exit ``error_exit``); a signal exits
+    128 + its number; cleanup problems are printed, and turn a success into ``cleanup_exit``.
     """
     cleanup = Cleanup()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = failed
+    code = error_exit
     try:
         code = body(cleanup)
     except errors as exc:
         print(f"shimstats {command}: {exc}", file=sys.stderr)
-        code = failed
+        code = error_exit
     except (KeyboardInterrupt, Interrupted) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"shimstats {command}: interrupted, cleaning up", file=sys.stderr)
@@ -255,4 +259,4 @@ def run_with_cleanup(
             signal.signal(signum, handler)
     for problem in cleanup.problems:
         print(f"shimstats {command}: cleanup: {problem}", file=sys.stderr)
-    return failed if cleanup.problems and code == 0 else code
+    return cleanup_exit if cleanup.problems and code == 0 else code

@@ -21,11 +21,14 @@ class TomlFileError(ValueError):
     """The file cannot be read or is not TOML; the message is the caller's, with the path and the reason."""
 
 
-def read_toml(path: str, unreadable: str, invalid: str) -> dict[str, Any]:
+def read_toml(
+    path: str, unreadable: str, invalid: str, not_utf8: str = "{path} is not UTF-8 text: {reason}"
+) -> dict[str, Any]:
     """The decoded table of the TOML file at ``path``.
 
-    TomlFileError when it cannot be opened (message ``unreadable``) or parsed (``invalid``): both are
-    str.format templates with ``{path}`` and ``{reason}`` (the OS error's text, or the parser's).
+    TomlFileError when it cannot be opened (message ``unreadable``), parsed (``invalid``) or decoded
+    (``not_utf8``: TOML is UTF-8 or nothing): str.format templates with ``{path}`` and ``{reason}`` (the OS
+    error's text, the parser's, or the undecodable byte's place).
     """
     try:
         with open(path, "rb") as f:
@@ -35,3 +38,6 @@ def read_toml(path: str, unreadable: str, invalid: str) -> dict[str, Any]:
         raise TomlFileError(unreadable.format(path=path, reason=reason)) from None
     except tomllib.TOMLDecodeError as exc:
         raise TomlFileError(invalid.format(path=path, reason=exc)) from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself
+        reason = f"{exc.reason} at byte {exc.start}"
+        raise TomlFileError(not_utf8.format(path=path, reason=reason)) from None

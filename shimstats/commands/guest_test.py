@@ -22,7 +22,7 @@ from shimstats import supervise
 from shimstats.guest_test import image, qemu, report, session
 from shimstats.guest_test.phases import PHASES
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 
 EPILOG = f"""\
 phases (in one container cgroup unless said otherwise; each builds on the one before):
@@ -55,7 +55,8 @@ needs: qemu-system-x86_64 and mkfs.ext4 (apt-get install qemu-system-x86 e2fspro
 for Debian packages. No root, no loop devices. KVM is used when it can run the kernel, else TCG (a few
 minutes at most).
 
-exit codes: 0 every phase agrees; 1 a phase does not, or the run could not be completed."""
+exit codes: 0 every phase agrees; 1 a phase does not, or the cleanup failed; 2 the run could not be
+completed (no kernel, no qemu, the guest did not come up); 130 Ctrl-C, 143 SIGTERM (after cleaning up)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,7 +110,9 @@ def progress(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     errors = (image.ImageError, qemu.QemuError, session.GuestTestError)
-    return supervise.run_with_cleanup("guest-test", functools.partial(_run, args), errors, EXIT_FAILED)
+    return supervise.run_with_cleanup(
+        "guest-test", functools.partial(_run, args), errors, EXIT_CANNOT_RUN, EXIT_FAILED
+    )
 
 
 def _run(args: argparse.Namespace, cleanup: supervise.Cleanup) -> int:

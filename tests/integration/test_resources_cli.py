@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from shimstats import cli
-from shimstats.commands.check_resources import cannot_report, duration
+from shimstats.commands._args import duration
+from shimstats.commands.check_resources import cannot_report
 from shimstats.ttrpc import CallContext, Code, TtrpcError
 from tests.integration.guest_agent_helpers import agent, fixture_dirs, serving_in_thread
 

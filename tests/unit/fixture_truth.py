@@ -4,7 +4,6 @@ the verify, compare and explain tests."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from shimstats.ground_truth import CgroupSource, GroundTruth
 from tests.integration.harness import Fixture, fixtures
@@ -14,17 +13,11 @@ V2_INACTIVE = next(fx for fx in CONTAINERS if fx.name == "v2-6.1.0-56-amd64-cont
 V1_PAGECACHE = next(fx for fx in CONTAINERS if fx.name == "v1-6.18.44-fc-v669-container-pagecache")
 
 
-def container_dir(fx: Fixture) -> Path:
-    """The fixture's memory cgroup directory (v1: under memory/)."""
-    base = fx.path / "cgroup" / ("memory" if fx.guest_version == 1 else "")
-    return base / str(fx.meta["container_path"]).lstrip("/")
-
-
 def read_truth(fx: Fixture) -> GroundTruth:
     """Ground truth for a fixture's container, read like --cgroup reads a live one."""
 
     async def read() -> GroundTruth:
-        source = CgroupSource(str(container_dir(fx)), meminfo=str(fx.path / "meminfo"))
+        source = CgroupSource(str(fx.memory_dir), meminfo=str(fx.path / "meminfo"))
         try:
             return await source.read()
         finally:

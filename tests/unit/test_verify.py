@@ -19,7 +19,7 @@ from shimstats.emulate import kata_go
 from shimstats.ground_truth import GroundTruth, NoGroundTruth, cgroup_version, locate
 from shimstats.verify import CPU_TOLERANCE_NS, Check, judge
 from tests.integration.harness import Fixture, fixtures
-from tests.unit.fixture_truth import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, container_dir, read_truth
+from tests.unit.fixture_truth import CONTAINERS, V1_PAGECACHE, V2_INACTIVE, read_truth
 
 
 @pytest.mark.parametrize("fx", CONTAINERS, ids=lambda fx: fx.name)
@@ -136,7 +136,7 @@ def test_counters_moving_during_the_call_pass_inside_the_bracket() -> None:
 
 @pytest.mark.parametrize("fx", CONTAINERS, ids=lambda fx: fx.name)
 def test_locate_finds_the_root_and_the_cgroup_path(fx: Fixture) -> None:
-    root, path = locate(str(container_dir(fx)))
+    root, path = locate(str(fx.memory_dir))
     assert Path(root) == fx.path / "cgroup"
     assert path == fx.meta["container_path"]
 
