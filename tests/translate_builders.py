@@ -38,7 +38,7 @@ U64_MAX = 2**64 - 1
 V1_UNLIMITED = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE, what v1 writes for "no limit"
 NO_DEADLINE = settings(deadline=None)
 """For property tests: bounded by their example count; a loaded machine must not make them flake."""
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroupfs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cgroupfs"
 
 
 @dataclass(frozen=True)
