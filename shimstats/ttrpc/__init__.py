@@ -30,9 +30,7 @@ from shimstats.ttrpc.transport import (
     TransportError,
     create_connection,
     create_listener,
-    open_connection,
     parse_address,
-    start_listener,
     stop_listener,
 )
 
@@ -64,9 +62,7 @@ __all__ = [
     "encode_frame",
     "error_from_status",
     "make_status",
-    "open_connection",
     "parse_address",
-    "start_listener",
     "stop_listener",
     "wait_until",
 ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import re
@@ -35,7 +34,6 @@ __all__ = [
     "STREAM_LIMIT",
     "Address",
     "AddressError",
-    "ConnectedCallback",
     "Peer",
     "SerialListener",
     "TransportError",
@@ -43,9 +41,7 @@ __all__ = [
     "create_listener",
     "describe_peer",
     "listen_backlog",
-    "open_connection",
     "parse_address",
-    "start_listener",
     "stop_listener",
 ]
 
@@ -64,7 +60,6 @@ _CID = re.compile(r"-1|[0-9]+")
 _HANDSHAKE_OK = re.compile(rb"OK [0-9]+")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
-ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class AddressError(ValueError):
@@ -236,19 +231,6 @@ async def create_connection(
     return transport, protocol
 
 
-async def open_connection(
-    addr: Address | str, timeout: float | None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect (for hvsock also handshake) within ``timeout`` seconds, or raise TransportError."""
-    address = _as_address(addr)
-    sock = await _connected_socket(address, timeout)
-    try:
-        return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
-    except BaseException:
-        sock.close()
-        raise
-
-
 # Unix socket files we created, by listener, so stop_listener removes ours and never a successor's.
 _owned_files: weakref.WeakKeyDictionary[asyncio.Server, tuple[str, int]] = weakref.WeakKeyDictionary()
 
@@ -397,25 +379,6 @@ async def create_listener(
     )
 
 
-async def start_listener(
-    addr: Address | str, callback: ConnectedCallback, *, mode: int = 0o600
-) -> asyncio.Server:
-    """Listen on ``addr`` and run ``callback(reader, writer)`` per connection; unix sockets get ``mode``."""
-    address = _as_address(addr)
-    if address.kind == "serial":
-        return SerialListener(address, functools.partial(_stream_protocol, callback))
-    return await _serve_socket(
-        address,
-        mode,
-        lambda sock: asyncio.start_server(callback, sock=sock, limit=STREAM_LIMIT, backlog=ACCEPT_BATCH),
-    )
-
-
-def _stream_protocol(callback: ConnectedCallback) -> asyncio.StreamReaderProtocol:
-    """What asyncio.start_server makes per connection: a reader, and the callback run once connected."""
-    return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), callback)
-
-
 def _unlink_if(path: str, inode: int | None) -> None:
     try:
         if inode is None or os.lstat(path).st_ino == inode:
@@ -425,7 +388,7 @@ def _unlink_if(path: str, inode: int | None) -> None:
 
 
 async def stop_listener(server: asyncio.Server) -> None:
-    """Stop accepting, wait for the listener to close, and remove the socket file start_listener made."""
+    """Stop accepting, wait for the listener to close, and remove the socket file create_listener made."""
     server.close()
     await server.wait_closed()
     owned = _owned_files.pop(server, None)
