@@ -1,12 +1,14 @@
 """Our own ttrpc (containerd's lightweight RPC over unix sockets and vsock), in asyncio.
 
 Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes and TtrpcError),
-``transport`` (unix, vsock and hybrid-vsock addresses), ``client`` and ``server`` (unary calls).
+``connection`` (the connection rules, no I/O), ``transport`` (addresses), ``dial``/``hvsock``,
+``listen``/``serial`` and ``peer`` (sockets), ``client`` and ``server`` (unary calls, in asyncio).
 Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it.
 """
 
 from shimstats.ttrpc._deadline import wait_until
 from shimstats.ttrpc.client import Client, SyncClient
+from shimstats.ttrpc.dial import create_connection
 from shimstats.ttrpc.framing import (
     FLAG_NO_DATA,
     FLAG_REMOTE_CLOSED,
@@ -21,18 +23,11 @@ from shimstats.ttrpc.framing import (
     ProtocolError,
     encode_frame,
 )
+from shimstats.ttrpc.listen import create_listener, stop_listener
+from shimstats.ttrpc.peer import Peer
 from shimstats.ttrpc.server import CallContext, Handler, Server
 from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
-from shimstats.ttrpc.transport import (
-    Address,
-    AddressError,
-    Peer,
-    TransportError,
-    create_connection,
-    create_listener,
-    parse_address,
-    stop_listener,
-)
+from shimstats.ttrpc.transport import Address, AddressError, TransportError, parse_address
 
 __all__ = [
     "FLAG_NO_DATA",

@@ -25,7 +25,7 @@ from shimstats.adapter import TASK_SERVICE
 from shimstats.agent_client import HEALTH_SERVICE
 from shimstats.fake_containerd import stats_metadata
 from shimstats.ttrpc import SyncClient
-from shimstats.ttrpc.transport import listen_backlog
+from shimstats.ttrpc.listen import listen_backlog
 from tests.containerd_env import Container
 from tests.integration.harness import AgentProcess, ServeProcess, fixtures, short_tmp
 from tests.integration.test_proxy_cli import _serve as serve_proxy
