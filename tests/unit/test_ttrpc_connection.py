@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shimstats._proto.ttrpc.request_pb2 import KeyValue
 from shimstats.ttrpc.connection import (
@@ -390,3 +392,44 @@ def test_refusals_reach_the_client_as_errors() -> None:
     with pytest.raises(TtrpcError) as caught:
         pair.client.result("test.v1.Nope", "Echo", outcome.payload)
     assert (caught.value.code, caught.value.message) == (Code.UNIMPLEMENTED, "service test.v1.Nope")
+
+
+# -- any input -----------------------------------------------------------------------------------------------
+
+
+frames = st.builds(
+    lambda stream_id, mtype, body: encode_frame(stream_id, mtype, 0, body),
+    st.integers(0, 12),
+    st.sampled_from([MessageType.REQUEST, MessageType.DATA, MessageType.RESPONSE, 0, 9]),
+    st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda m, t: encode_request(SERVICE, m, b"", timeout_nano=t),
+            st.sampled_from(["Echo", "X"]),
+            st.integers(0, 10**10),
+        ),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(frames, st.booleans()), max_size=30))
+def test_any_frames_get_a_start_a_well_formed_refusal_or_nothing(script: list[tuple[bytes, bool]]) -> None:
+    """Whatever a client sends: one decision per frame, refusals are decodable Responses on the frame's own
+    stream, only odd ids that went up start calls, and the in-flight cap holds."""
+    pair = Pair()
+    started: list[int] = []
+    for data, end_oldest in script:
+        (event,) = pair.to_server.feed(data)
+        action = pair.server.receive(event, 0.0)
+        if isinstance(action, StartCall):
+            assert action.stream_id % 2 == 1
+            assert not started or action.stream_id > max(started)
+            started.append(action.stream_id)
+        elif isinstance(action, Reply):
+            stream_id, code, _ = status_of(action)
+            assert stream_id == event.stream_id
+            assert code != Code.OK
+        assert len(pair.server.active) <= pair.server.max_in_flight
+        if end_oldest and pair.server.active:
+            pair.server.call_ended(min(pair.server.active))
