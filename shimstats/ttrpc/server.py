@@ -41,6 +41,9 @@ _REJECT_WINDOW = 1.0
 # poll() events meaning the peer has closed (its side, or all of it): POLLRDHUP is Linux's "peer shut down
 # writing", which a connect-and-close leaves set before we read the EOF.
 _HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+# A look for hung-up connections that found none is not repeated for this long: each look polls every served
+# connection, and a flood of live connections over the cap would otherwise pay it once per refused connect.
+_HUNG_UP_QUIET = 0.05
 
 
 @dataclass
@@ -213,6 +216,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._connections: set[_Connection] = set()
         self._rejecting = 0
+        self._no_hung_up_until = 0.0
         self._closing = False
         self._closed: asyncio.Event | None = None
 
@@ -280,6 +284,9 @@ class Server:
 
     def _let_go_of_hung_up(self) -> None:
         """Close (and stop counting) every connection whose peer has hung up but whose EOF is unread."""
+        now = asyncio.get_running_loop().time()
+        if now < self._no_hung_up_until:
+            return
         poller = select.poll()
         by_fd: dict[int, _Connection] = {}
         for connection in self._connections:
@@ -287,7 +294,10 @@ class Server:
             if sock is not None:
                 by_fd[sock.fileno()] = connection
                 poller.register(sock.fileno(), _HUNG_UP)
-        for fd, _ in poller.poll(0):
+        hung_up = poller.poll(0)
+        if not hung_up:
+            self._no_hung_up_until = now + _HUNG_UP_QUIET
+        for fd, _ in hung_up:
             connection = by_fd[fd]
             self._forget(connection)
             connection.channel.close()  # on_close follows, as for an EOF read the usual way
