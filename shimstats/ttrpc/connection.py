@@ -5,7 +5,7 @@ h11's ``Connection`` does for HTTP. Nothing here reads a clock, touches a socket
 is an argument, answers come back as bytes to send, and the asyncio layers (``server.py``, ``client.py``)
 only carry them out.
 
-Server (the rules of containerd/ttrpc's server.go ``serverConn.run`` and services.go ``serviceSet.call``):
+Server (containerd/ttrpc server.go ``serverConn.run``, services.go ``handle``, metadata.go):
 
 * an even stream id is refused (INVALID_ARGUMENT) whatever the message type; Data for a stream that is not
   running is refused; other non-Request types are ignored;
@@ -17,10 +17,10 @@ Server (the rules of containerd/ttrpc's server.go ``serverConn.run`` and service
 * a response over 4 MiB is replaced by RESOURCE_EXHAUSTED on its stream (Go drops the connection instead);
   a handler's TtrpcError is its status, any other exception is UNKNOWN.
 
-Client (client.go ``Client.Call``/``dispatch``): ids are odd, increase from 1 and run out at 2^32;
-responses are matched by stream id and a stray one is dropped; an oversized response fails its own call;
-losing the connection fails every pending call with UNAVAILABLE; an expired call gives up its own stream
-only, unless the connection has been stuck inside one frame for that call's whole life.
+Client (containerd/ttrpc client.go ``Call`` and ``receiveLoop``): ids are odd, increase from 1 and run out
+at 2^32; responses are matched by stream id and a stray one is dropped; an oversized response fails its own
+call; losing the connection fails every pending call with UNAVAILABLE; an expired call gives up its own
+stream only, unless the connection has been stuck inside one frame for that call's whole life.
 """
 
 from __future__ import annotations
