@@ -8,7 +8,7 @@ user/system time in USER_HZ ticks.
 
 For a failing figure, the likely cause is named from the numbers themselves (the reported Metrics and the
 raw memory.stat): an unsubtracted inactive_file, cache counted as rss, unset total_* fields, swapped
-user/system time. The causes come from the known bugs in reference/semantics.md §7-§8.
+user/system time. The causes come from the known bugs in docs/spec/mapping.md §3-§4.
 """
 
 from __future__ import annotations
@@ -160,6 +160,26 @@ class Verification:
         }
 
 
+def bracket_checks(
+    reported: Figures | None,
+    before: GroundTruth,
+    after: GroundTruth,
+    tolerance: int,
+    cpu_tolerance: int = CPU_TOLERANCE_NS,
+    figures: tuple[str, ...] = FIGURE_NAMES,
+) -> list[Check]:
+    """One Check per figure that both readings have, without causes: the bracket and the tolerance."""
+    draft: list[Check] = []
+    for name in figures:
+        low, high = getattr(before.figures, name), getattr(after.figures, name)
+        if low is None or high is None:
+            continue  # the source has no such figure (e.g. no cpu controller): nothing to check against
+        allowed = cpu_tolerance if name in CPU_FIGURES else (tolerance if name in BYTE_FIGURES else 0)
+        value = getattr(reported, name) if reported is not None else None
+        draft.append(Check(name, min(low, high), max(low, high), value, allowed))
+    return draft
+
+
 def judge(
     result: StatsResult,
     before: GroundTruth,
@@ -169,14 +189,7 @@ def judge(
 ) -> Verification:
     """Check every figure of ``result`` against the bracket of two ground-truth readings."""
     reported = reported_figures(result.metrics)
-    draft: list[Check] = []
-    for name in FIGURE_NAMES:
-        low, high = getattr(before.figures, name), getattr(after.figures, name)
-        if low is None or high is None:
-            continue  # the source has no such figure (e.g. no cpu controller): nothing to check against
-        allowed = cpu_tolerance if name in CPU_FIGURES else (tolerance if name in BYTE_FIGURES else 0)
-        value = getattr(reported, name) if reported is not None else None
-        draft.append(Check(name, min(low, high), max(low, high), value, allowed))
+    draft = bracket_checks(reported, before, after, tolerance, cpu_tolerance)
     failed = {c.figure for c in draft if not c.ok}
     context = _Context(result, after, reported, failed, tolerance)
     checks = tuple(

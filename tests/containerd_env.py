@@ -46,6 +46,18 @@ PAGE_CACHE_COMMAND = (
     f" && cat /cache.bin >/dev/null && echo {READY_MARKER} && exec sleep 3600",
 )  # fmt: skip
 
+#: Write WRITE_MIB once (inactive file cache) and read the first READ_MIB back twice (active), print
+#: READY_MARKER, then sleep: the working set and the usage then differ by about WRITE_MIB - READ_MIB, so
+#: whether a working set left inactive_file out shows.
+WRITE_MIB, READ_MIB = 64, 16
+SPLIT_CACHE_COMMAND = (
+    "sh", "-c",
+    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
+    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
+    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
+    f" && echo {READY_MARKER} && exec sleep 3600",
+)  # fmt: skip
+
 #: containerd's identifier rule (namespaces, container ids); it also keeps ids safe to use in paths.
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 _IDENTIFIER_MAX = 76
@@ -152,13 +164,20 @@ def cgroup_mounts() -> list[Path]:
     return [mount for mount, _fstype, _options in _cgroup_hierarchies()]
 
 
+def controller_root(controller: str) -> Path | None:
+    """Mount point of the v1 hierarchy that holds ``controller`` (e.g. "cpuacct"), if one does."""
+    for mount, fstype, options in _cgroup_hierarchies():
+        if fstype == "cgroup" and controller in options:
+            return mount
+    return None
+
+
 def memory_cgroup_root() -> Path:
     """Where container memory cgroups live: the v1 memory hierarchy, else the v2 unified one."""
-    hierarchies = _cgroup_hierarchies()
-    for mount, fstype, options in hierarchies:
-        if fstype == "cgroup" and "memory" in options:
-            return mount
-    for mount, fstype, _options in hierarchies:
+    v1 = controller_root("memory")
+    if v1 is not None:
+        return v1
+    for mount, fstype, _options in _cgroup_hierarchies():
         if fstype == "cgroup2":
             return mount
     raise ContainerdUnavailable("no cgroup memory hierarchy is mounted")
@@ -221,6 +240,9 @@ class Containerd:
     Use as a context manager. ``base_dir`` (default: a fresh temp dir, removed on exit) holds the
     config, root, state, sockets, the bind source for /run, and the containers' root filesystems.
     """
+
+    #: Plugins this instance turns off (a subclass that wants CRI drops it from the list).
+    disabled_plugins: tuple[str, ...] = _DISABLED_PLUGINS
 
     def __init__(
         self,
@@ -299,7 +321,7 @@ class Containerd:
         self.mount_namespace = os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
 
     def _config(self) -> str:
-        disabled = ", ".join(json.dumps(p) for p in _DISABLED_PLUGINS)
+        disabled = ", ".join(json.dumps(p) for p in self.disabled_plugins)
         return (
             "version = 2\n"
             f"root = {json.dumps(str(self.base_dir / 'root'))}\n"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from shimstats import cri
 from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
-from shimstats.compare import Column, Comparison, compare
+from shimstats.compare import CRI_TYPE, Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
 from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
 from shimstats.table import render
@@ -33,6 +33,9 @@ examples:
   shimstats compare --id web-1 --agent unix:///tmp/a.sock \\
       --containerd /run/containerd/containerd.sock --namespace k8s.io
 
+  # a pod's container as the kubelet sees it: CRI's figures (CRI listens on containerd's own socket)
+  shimstats compare --id 3f2a... --agent vsock://3:2048 --cri unix:///run/containerd/containerd.sock
+
 columns:
   guest files        CRI's figures computed from the guest cgroup's own memory.stat (the truth)
   ours v1, ours v2   our translation of the same agent answer, in each Metrics format
@@ -41,9 +44,10 @@ columns:
   Kata runtime-rs    what runtime-rs answers (always v1 Metrics, misspelled page-fault keys)
   live shim          Task/Stats of the shim at --shim, read between two agent readings
   containerd         containerd's Tasks.Metrics over gRPC at --containerd
+  containerd CRI     CRI ContainerStats at --cri: the kubelet's own input, after containerd's formulas
 The computed columns come from one agent answer, so their differences are mappings, never timing.
 
-exit codes: 0 every source answered; 1 a live source (--shim, --containerd) failed (the table is still
+exit codes: 0 every source answered; 1 a live source (--shim, --containerd, --cri) failed (the table is still
 printed, with the error); 2 no guest figures (agent unreachable, unknown id, no such cgroup)."""
 
 
@@ -63,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--shim", metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)")
     p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
+    p.add_argument("--cri", metavar="ADDR", help="also ask the CRI's ContainerStats (the kubelet's view)")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )
@@ -79,6 +84,7 @@ async def _compare(args: argparse.Namespace) -> Comparison:
             source,
             shim=args.shim,
             containerd=args.containerd,
+            cri_address=args.cri,
             namespace=args.namespace,
             tolerance=args.tolerance,
             timeout=args.timeout,
@@ -120,6 +126,8 @@ def render_right(header: Sequence[str], rows: Sequence[Sequence[str]], text_colu
 
 
 def _type(column: Column) -> str:
+    if column.cri_checks is not None:
+        return CRI_TYPE
     if column.verification is None:
         return "error"
     url = column.verification.result.type_url
@@ -127,10 +135,10 @@ def _type(column: Column) -> str:
 
 
 def _cell(column: Column, figure: str) -> str:
-    v = column.verification
-    if v is None:
+    checks = column.checks
+    if checks is None:
         return "-  "
-    check = next((c for c in v.checks if c.figure == figure), None)
+    check = next((c for c in checks if c.figure == figure), None)
     if check is None:
         return "-  "
     return show_figure(figure, check.reported) + ("  " if check.ok else " *")
@@ -157,10 +165,7 @@ def format_comparison(comparison: Comparison) -> str:
         render_right(header, rows),
     ]
     notes = [
-        f"* {c.label}, {LABELS[check.figure][0]}: {check.cause}"
-        for c in columns
-        if c.verification is not None
-        for check in c.verification.failures
+        f"* {c.label}, {LABELS[check.figure][0]}: {check.cause}" for c in columns for check in c.failures
     ]
     notes += [f"! {c.label}: {c.error}" for c in columns if c.error]
     if notes:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shimstats.adapter import TASK_SERVICE, StatsHandler
-from shimstats.agent_client import AgentClient
+from shimstats.discovery import agent_client
 from shimstats.proxy.config import Fallback
 from shimstats.proxy.forward import ProxyService
 from shimstats.proxy.sockets import remove_if_stale, unix_path
@@ -68,7 +68,7 @@ async def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: No
         inner = await Client.connect(settings.inner_address, timeout=CONNECT_TIMEOUT)
     except TransportError as exc:
         raise TransportError(f"cannot reach the inner shim: {exc}") from None
-    agent = AgentClient(settings.agent, default_timeout=settings.stats_timeout)
+    agent = agent_client(settings.agent, default_timeout=settings.stats_timeout)  # address or kata:// spec
     service = ProxyService(
         inner,
         StatsHandler(agent, output, default_namespace=settings.namespace),

@@ -1,4 +1,4 @@
-"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, reference/wire.md §2.3).
+"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, docs/spec/metrics.md §1.3).
 
 containerd runs ``<shim> -namespace NS -address GRPC -publish-binary CONTAINERD -id ID [-debug] start`` in
 the bundle directory, with TTRPC_ADDRESS in the environment and the runtime options (an Any) on stdin, and
@@ -62,7 +62,7 @@ READY_TIMEOUT = 15.0
 """Seconds the serving process gets to listen (a Python start is ~0.5 s; slow CI machines need more)."""
 SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
 TASK_V3_SERVICE = "containerd.task.v3.Task"
-"""Same messages as v2 (reference/wire.md §2.1); a shim that answers JSON version 3 serves this name."""
+"""Same messages as v2 (docs/spec/metrics.md §1.1); a shim that answers JSON version 3 serves this name."""
 _HANDOVER_TIMEOUT = 5.0
 _SOCKET_WAIT = 0.5
 

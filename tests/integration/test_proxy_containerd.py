@@ -30,7 +30,10 @@ import pytest
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.launch import STATE_FILE
 from tests.containerd_env import (
+    READ_MIB,
     READY_MARKER,
+    SPLIT_CACHE_COMMAND,
+    WRITE_MIB,
     Container,
     Containerd,
     CtrError,
@@ -38,22 +41,14 @@ from tests.containerd_env import (
     _cmdline,
 )
 from tests.integration.conftest import unique_container_id
-from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.harness import REPO, AgentProcess, short_tmp, write_executable
+from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
 
 TOLERANCE = 512 * 1024
 """How far usage may move between our reads around ctr's (per-cpu charge batches, kernel allocations)."""
-WRITE_MIB, READ_MIB = 64, 16
-WORKLOAD = (
-    "sh", "-c",
-    f"dd if=/dev/zero of=/cache.bin bs=1M count={WRITE_MIB} 2>/dev/null && sync"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && dd if=/cache.bin of=/dev/null bs=1M count={READ_MIB} 2>/dev/null"
-    f" && echo {READY_MARKER} && exec sleep 3600",
-)  # fmt: skip
-"""Write WRITE_MIB once (inactive file cache) and read the first READ_MIB twice (active), then sleep: the
-working set and the usage then differ by about WRITE_MIB - READ_MIB, so subtracting inactive_file shows."""
+WORKLOAD = SPLIT_CACHE_COMMAND
 SETTLE = 10.0
 """Seconds processes and sockets get to go after ctr returns (shims exit asynchronously)."""
 
@@ -77,23 +72,17 @@ class ProxyEnv:
         )
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 @pytest.fixture(scope="module")
 def proxy_env(containerd_available: None) -> Iterator[ProxyEnv]:
     with short_tmp() as directory:
         bin_dir, recordings = directory / "bin", directory / "rec"
         bin_dir.mkdir()
         recordings.mkdir()
-        _executable(
+        write_executable(
             bin_dir / BINARY,
             f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
         )
-        recorder = _executable(
+        recorder = write_executable(
             bin_dir / "recording-runc-shim",
             "#!/bin/sh\n# keeps what start got on stdin, then is containerd-shim-runc-v2 with it\n"
             f'f={recordings}/stdin.$$\ncat > "$f"\nexec containerd-shim-runc-v2 "$@" < "$f"\n',
@@ -343,3 +332,36 @@ def test_a_killed_proxy_is_cleaned_up_by_containerd_through_our_delete(
     env.containerd.ctr("containers", "delete", container.id, namespace=container.namespace)
     _assert_nothing_left(env, container)
     assert not _alive(container.pid)  # runc's delete killed the container's init
+
+
+@pytest.mark.parametrize(("agent_port", "guest_port"), [("2048", 2048), ('"kata-agent"', 1024)])
+def test_agent_kata_finds_the_agent_through_the_kata_shim(
+    proxy_env: ProxyEnv, run: Callable[..., Container], agent_port: str, guest_port: int
+) -> None:
+    """``agent = "kata"``: the serving process asks the sandbox's Kata shim (a stand-in serving /agent-url
+    on ``<kata_root>/<sandbox>/shim-monitor.sock``; under ctr the sandbox is the container id) and dials
+    the hybrid vsock it names, where a muxer stands in for Cloud Hypervisor: on port 2048, or with
+    ``agent_port = "kata-agent"`` on the port Kata reports (the stock kata-agent's; our agent stands in)."""
+    env = proxy_env
+    kata_root = env.directory / "kata-run"
+    config = env.directory / f"kata-{guest_port}.toml"
+    config.write_text(
+        f'inner_shim = "containerd-shim-runc-v2"\nagent = "kata"\nagent_port = {agent_port}\n'
+        f'kata_roots = ["{env.directory}/no-such-root", "{kata_root}"]\nmetrics_format = "v2"\n'
+    )
+    container = run("--runtime-config-path", str(config))
+    mux_path = env.directory / f"clh-{container.id[-8:]}.sock"
+    with (
+        env.agent(container) as agent,
+        muxer_in_thread(mux_path, {guest_port: agent.socket}) as mux,
+        KataShimStandIn(kata_root, container.id, f"hvsock://{mux_path}:1024") as shim,
+    ):
+        table = env.containerd.metrics_table(container)
+        assert "memory.usage" in table  # v2 rows: our answer (runc on this v1 host sends v1)
+        metrics, before, after = _metrics_around(env, container)
+    assert shim.requests == [("GET", "/agent-url")]
+    assert mux.requests == [f"CONNECT {guest_port}\n".encode()]
+    reported = _reported_working_set(metrics, "v2")
+    assert min(before, after) - TOLERANCE <= reported <= max(before, after) + TOLERANCE
+    env.containerd.kill(container)
+    _assert_nothing_left(env, container)
