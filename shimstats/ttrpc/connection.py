@@ -5,7 +5,8 @@ h11's ``Connection`` does for HTTP. Nothing here reads a clock, touches a socket
 is an argument, answers come back as bytes to send, and the asyncio layers (``server.py``, ``client.py``)
 only carry them out.
 
-Server (containerd/ttrpc server.go ``serverConn.run``, services.go ``handle``, metadata.go):
+Server (containerd/ttrpc server.go ``serverConn.run``, services.go ``handle``, metadata.go; our words for
+them: docs/spec/ttrpc.md §3, §4.1, §5, §6):
 
 * an even stream id is refused (INVALID_ARGUMENT) whatever the message type; Data for a stream that is not
   running is refused; other non-Request types are ignored;
@@ -17,10 +18,11 @@ Server (containerd/ttrpc server.go ``serverConn.run``, services.go ``handle``, m
 * a response over 4 MiB is replaced by RESOURCE_EXHAUSTED on its stream (Go drops the connection instead);
   a handler's TtrpcError is its status, any other exception is UNKNOWN.
 
-Client (containerd/ttrpc client.go ``Call`` and ``receiveLoop``): ids are odd, increase from 1 and run out
-at 2^32; responses are matched by stream id and a stray one is dropped; an oversized response fails its own
-call; losing the connection fails every pending call with UNAVAILABLE; an expired call gives up its own
-stream only, unless the connection has been stuck inside one frame for that call's whole life.
+Client (containerd/ttrpc client.go ``Call`` and ``receiveLoop``; docs/spec/ttrpc.md §3, §6): ids are odd,
+increase from 1 and run out at 2^32; responses are matched by stream id and a stray one is dropped; an
+oversized response fails its own call; losing the connection fails every pending call with UNAVAILABLE; an
+expired call gives up its own stream only, unless the connection has been stuck inside one frame for that
+call's whole life.
 """
 
 from __future__ import annotations

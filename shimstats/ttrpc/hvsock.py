@@ -4,7 +4,8 @@ Firecracker and Cloud Hypervisor expose a guest's vsock ports through one unix s
 ``CONNECT <port>\\n`` and the VMM answers ``OK <host port>\\n`` once the guest has accepted (the dialer kata's
 runtime uses: kata-containers src/runtime/virtcontainers/pkg/agent/protocols/client/client.go,
 ``HybridVSockDialer``; it takes any line containing "OK", we want "OK" and a number). After the newline
-the socket carries raw ttrpc, so the dialer feeds bytes one at a time and nothing after the line is lost.
+the socket carries raw ttrpc, so the dialer feeds bytes one at a time and nothing after the line is lost
+(docs/spec/ttrpc.md §7.1).
 """
 
 from __future__ import annotations
