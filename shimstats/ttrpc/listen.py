@@ -14,7 +14,14 @@ from shimstats.ttrpc.dial import vsock_socket
 from shimstats.ttrpc.serial import SerialListener
 from shimstats.ttrpc.transport import Address, TransportError, as_address
 
-__all__ = ["ACCEPT_BATCH", "SOMAXCONN_PATH", "create_listener", "listen_backlog", "stop_listener"]
+__all__ = [
+    "ACCEPT_BATCH",
+    "SOMAXCONN_PATH",
+    "adopt_listener",
+    "create_listener",
+    "listen_backlog",
+    "stop_listener",
+]
 
 # Unix socket files we created, by listener, so stop_listener removes ours and never a successor's.
 _owned_files: weakref.WeakKeyDictionary[asyncio.Server, tuple[str, int]] = weakref.WeakKeyDictionary()
@@ -162,6 +169,16 @@ async def create_listener(
     return await _serve_socket(
         address, mode, lambda sock: loop.create_server(protocol_factory, sock=sock, backlog=ACCEPT_BATCH)
     )
+
+
+async def adopt_listener(
+    sock: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.Server:
+    """Serve a socket that is already bound and listening (made by the caller, or by another process that
+    handed it over); the kernel's full accept queue applies, and its file stays the caller's to remove."""
+    adopted = _KernelBacklogSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(protocol_factory, sock=adopted, backlog=ACCEPT_BATCH)
 
 
 def _unlink_if(path: str, inode: int | None) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from shimstats.ttrpc.channel import Channel
 from shimstats.ttrpc.connection import Reply, ServerConnection, StartCall, status_frame
 from shimstats.ttrpc.framing import Event, ProtocolError
-from shimstats.ttrpc.listen import create_listener, stop_listener
+from shimstats.ttrpc.listen import adopt_listener, create_listener, stop_listener
 from shimstats.ttrpc.peer import Peer, describe_peer
 from shimstats.ttrpc.status import Code, TtrpcError, make_status
 from shimstats.ttrpc.transport import Address
@@ -233,7 +233,7 @@ class Server:
         if self._closing:
             raise RuntimeError("ttrpc server is closed")
         if isinstance(listener, socket.socket):
-            server = await asyncio.get_running_loop().create_server(self._new_connection, sock=listener)
+            server = await adopt_listener(listener, self._new_connection)
         else:
             server = await create_listener(listener, self._new_connection, mode=mode)
         self._listeners.append(server)
