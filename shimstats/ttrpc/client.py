@@ -19,12 +19,12 @@ import logging
 from types import TracebackType
 
 from shimstats.ttrpc._deadline import wait_until
+from shimstats.ttrpc.address import Address, parse_address
 from shimstats.ttrpc.channel import Channel
 from shimstats.ttrpc.connection import STALLED, Answered, ClientConnection, Failed
 from shimstats.ttrpc.dial import create_connection
 from shimstats.ttrpc.framing import Event, Metadata, metadata_pairs
 from shimstats.ttrpc.status import Code, TtrpcError
-from shimstats.ttrpc.transport import Address, parse_address
 
 __all__ = ["Client", "SyncClient"]
 

@@ -10,9 +10,10 @@ import stat
 import weakref
 from collections.abc import Awaitable, Callable
 
+from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.dial import vsock_socket
 from shimstats.ttrpc.serial import SerialListener
-from shimstats.ttrpc.transport import Address, TransportError, as_address
+from shimstats.ttrpc.transport import TransportError, as_address
 
 __all__ = [
     "ACCEPT_BATCH",

@@ -12,7 +12,8 @@ import os
 import socket
 from collections.abc import Callable
 
-from shimstats.ttrpc.transport import Address, TransportError
+from shimstats.ttrpc.address import Address
+from shimstats.ttrpc.transport import TransportError
 
 __all__ = ["SERIAL_POLL", "SerialListener"]
 

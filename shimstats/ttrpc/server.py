@@ -24,13 +24,13 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.channel import Channel
 from shimstats.ttrpc.connection import Reply, ServerConnection, StartCall, status_frame
 from shimstats.ttrpc.framing import Event, ProtocolError
 from shimstats.ttrpc.listen import adopt_listener, create_listener, stop_listener
 from shimstats.ttrpc.peer import Peer, describe_peer
 from shimstats.ttrpc.status import Code, TtrpcError, make_status
-from shimstats.ttrpc.transport import Address
 
 __all__ = ["CallContext", "Handler", "Server"]
 
