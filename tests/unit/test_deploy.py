@@ -23,7 +23,7 @@ import yaml
 from yamllint import config as yamllint_config
 from yamllint import linter
 
-from shimstats import exporter
+from shimstats import cli, exporter
 from tests import hack_scripts
 
 if sys.version_info >= (3, 11):
@@ -173,10 +173,31 @@ def test_the_exporter_runs_on_kata_nodes_only_with_no_capabilities_and_read_only
     for path in [*roots, cri_socket]:
         assert any(Path(path).is_relative_to(mount) for mount in host_paths.values()), path
     assert "--discover" in args
-    # requests and limits exist, memory limit above the measured peak RSS (36.2 MiB with 50 containers)
+    # requests and limits exist; the memory limit holds the --discover exporter's RSS at 200 sandboxes
+    # (90.4 MiB, bench.exporter_scale) plus its CRI client (3.4 MiB) with room to spare, the request at least
+    # its 110-sandbox figure (75.4 + 3.4 MiB): deploy/README.md "Requests and limits"
     resources = container["resources"]
     assert set(resources) == {"requests", "limits"}
-    assert resources["limits"]["memory"] == "128Mi"
+    assert mebibytes(resources["limits"]["memory"]) >= 1.5 * (90.4 + 3.4)
+    assert mebibytes(resources["requests"]["memory"]) >= 75.4 + 3.4
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity written in Mi or Gi, in MiB."""
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_the_daemonset_args_are_what_the_exporter_accepts() -> None:
+    """The container's args parse with main's own `shimstats exporter` parser, as --discover."""
+    (container,) = objects()["DaemonSet"]["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(container["args"])
+    assert args.discover is True
+    assert args.kata_root == ["/run/vc/sbs", "/run/kata"]
+    assert args.cri == "unix:///run/containerd/containerd.sock"
+    assert args.listen_http[1] == container["ports"][0]["containerPort"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*container["args"], "--no-such-flag"])
 
 
 def test_runtime_class_names_the_containerd_runtime_of_the_proxy_shim() -> None:
