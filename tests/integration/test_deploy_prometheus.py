@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shimstats.exporter import CONTAINER_LABELS, SANDBOX_LABELS
 from tests.integration.harness import AgentProcess, end_process, free_port, short_tmp, skip_unless
 from tests.integration.test_adapter_live import (  # noqa: F401 (fixtures used by name)
     CGROUPFS,
@@ -42,6 +43,8 @@ PROMETHEUS_RULE = REPO / "deploy" / "kubernetes" / "prometheusrule.yaml"
 JOB = "shimstats-exporter"
 READY_TIMEOUT = 30.0
 QUERY_TIMEOUT = 30.0
+LIMIT = 1 << 30
+"""memory.limit_in_bytes of the live cgroup: far above the page-cache workload, so nothing is reclaimed."""
 
 
 def tool(name: str) -> str:
@@ -177,6 +180,8 @@ def evaluated_rules(url: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_workload: str) -> None:  # noqa: F811
     name = page_cache_workload
     tool("prometheus")
+    # a limit well above the workload, so the ratio rules have a series to join on the exporter's real labels
+    (CGROUPFS / "memory" / name / "memory.limit_in_bytes").write_text(str(LIMIT))
     with short_tmp() as directory:
         agent_args = ["--cgroupfs-root", str(CGROUPFS), "--container", f"{name}=/{name}"]
         with (
@@ -193,6 +198,8 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_work
                 )
                 active = query(url, f'container_memory_total_active_file_bytes{{job="{JOB}"}}')
                 up = query(url, f'up{{job="{JOB}"}}')
+                (ratio,) = wait_for(url, f'shimstats:container_memory_working_set:ratio_limit{{job="{JOB}"}}')
+                (agent_up,) = wait_for(url, f'shimstats_agent_up{{job="{JOB}"}}')
                 rules = evaluated_rules(url)
                 alerts = get_json(f"{url}/api/v1/alerts")["data"]["alerts"]
             assert exporter.stop() == 0
@@ -208,6 +215,19 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_work
     assert len(active) == 1
     assert 0 <= float(nonreclaimable["value"][1]) <= reported
     assert [float(u["value"][1]) for u in up] == [1.0]
+    # the rules join on the labels the exporter really serves (Prometheus drops the empty pod, namespace and
+    # image of --agent mode): the ratio series exists, with the sample's own labels, and is the working set
+    # over the cgroup's limit
+    scraped = {"instance", "job"}
+    assert (
+        {"id", "name", "sandbox"} <= set(sample["metric"]) - {"__name__"} <= set(CONTAINER_LABELS) | scraped
+    )
+    assert {k: v for k, v in ratio["metric"].items() if k != "__name__"} == {
+        k: v for k, v in sample["metric"].items() if k != "__name__"
+    }
+    assert low <= float(ratio["value"][1]) * LIMIT <= high
+    assert {"sandbox"} <= set(agent_up["metric"]) - {"__name__"} <= set(SANDBOX_LABELS) | scraped
+    assert float(agent_up["value"][1]) == 1.0
     # every rule loaded and evaluated without error; nothing fires for a small idle cgroup
     assert len(rules) == 15
     assert [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
