@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yaml"
 PROMETHEUS_RULE = REPO / "deploy" / "kubernetes" / "prometheusrule.yaml"
+SERVICE_MONITOR = REPO / "deploy" / "kubernetes" / "servicemonitor.yaml"
 JOB = "shimstats-exporter"
 READY_TIMEOUT = 30.0
 QUERY_TIMEOUT = 30.0
@@ -116,13 +117,40 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+OPERATOR_TARGET_LABELS = {
+    "namespace": "shimstats",
+    "pod": "shimstats-exporter-x7k2p",
+    "container": "exporter",
+    "service": JOB,
+    "endpoint": "metrics",
+    "__meta_kubernetes_pod_node_name": "node-1",
+}
+"""The labels prometheus-operator gives a ServiceMonitor's target before the endpoint's own relabelings
+(prometheus-operator#3315: namespace, service, pod, container, endpoint), and the node name meta label the
+endpoint's instance relabelling reads; values as for the DaemonSet's pod on node-1."""
+
+
+def service_monitor_job(target: str) -> dict[str, Any]:
+    """A scrape job for ``target`` as prometheus-operator makes it from servicemonitor.yaml's endpoint: its
+    honorLabels and relabelings, applied to a target that carries the operator's own labels."""
+    (endpoint,) = yaml.safe_load(SERVICE_MONITOR.read_text())["spec"]["endpoints"]
+    snake = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    relabel = [{snake.get(k, k): v for k, v in rule.items()} for rule in endpoint["relabelings"]]
+    return {
+        "job_name": JOB,
+        "honor_labels": endpoint.get("honorLabels", False),
+        "static_configs": [{"targets": [target], "labels": OPERATOR_TARGET_LABELS}],
+        "relabel_configs": relabel,
+    }
+
+
 @contextlib.contextmanager
 def prometheus(directory: Path, target: str) -> Iterator[str]:
     """Debian's prometheus scraping ``target`` (host:port) every second with rules.yaml; yields its URL."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [service_monitor_job(target)],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{free_port()}"
@@ -228,6 +256,13 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_work
     assert low <= float(ratio["value"][1]) * LIMIT <= high
     assert {"sandbox"} <= set(agent_up["metric"]) - {"__name__"} <= set(SANDBOX_LABELS) | scraped
     assert float(agent_up["value"][1]) == 1.0
+    # scraped as the ServiceMonitor's endpoint makes prometheus-operator scrape it: the exporter pod's own
+    # pod, namespace and container never land on (or rename) the Kata containers' labels; instance = node
+    for series in (sample, agent_up):
+        assert not any(k.startswith("exported_") for k in series["metric"]), series["metric"]
+        for label in ("pod", "namespace", "container"):
+            assert series["metric"].get(label) != OPERATOR_TARGET_LABELS[label], series["metric"]
+        assert series["metric"]["instance"] == "node-1"
     # every rule loaded and evaluated without error; nothing fires for a small idle cgroup
     assert len(rules) == 15
     assert [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
