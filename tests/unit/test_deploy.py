@@ -175,6 +175,17 @@ def test_the_exporter_runs_on_kata_nodes_only_with_no_capabilities_and_read_only
     assert mebibytes(resources["requests"]["memory"]) >= 75.4 + 3.4
 
 
+def test_the_images_default_command_is_what_the_exporter_accepts() -> None:
+    """The Containerfile's ENTRYPOINT + CMD parse with main's parser: a pod without args runs them."""
+    lines = (DEPLOY / "image" / "Containerfile").read_text().splitlines()
+    entrypoint = json.loads(next(x for x in lines if x.startswith("ENTRYPOINT ")).split(" ", 1)[1])
+    command = json.loads(next(x for x in lines if x.startswith("CMD ")).split(" ", 1)[1])
+    assert entrypoint == ["shimstats"]
+    args = cli.build_parser().parse_args(command)
+    assert args.discover is True
+    assert args.listen_http[1] == 9110
+
+
 def mebibytes(quantity: str) -> float:
     """A Kubernetes memory quantity written in Mi or Gi, in MiB."""
     number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
