@@ -150,7 +150,18 @@ async def _connected_socket(address: Address, timeout: float | None) -> socket.s
     except asyncio.TimeoutError:
         raise TransportError(f"{address}: no connection within {timeout:g}s") from None
     except OSError as exc:
-        raise TransportError(f"{address}: cannot connect: {exc.strerror or exc}") from exc
+        raise TransportError(f"{address}: cannot connect: {_dial_failure(address, exc)}") from exc
+
+
+def _dial_failure(address: Address, exc: OSError) -> str:
+    """Why a dial failed, in words: connecting to a regular file reports ECONNREFUSED, but "refused"
+    would send the user looking for a dead server where there is none, only a file that is no socket."""
+    if address.kind != "vsock" and exc.errno == errno.ECONNREFUSED:
+        with contextlib.suppress(OSError):
+            mode = os.stat(address.path).st_mode
+            if not stat.S_ISSOCK(mode):
+                return f"{address.path} is not a socket"
+    return exc.strerror or str(exc)
 
 
 async def create_connection(

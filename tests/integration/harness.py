@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,7 @@ from shimstats.ttrpc.framing import (
     encode_frame,
     encode_request,
 )
+from shimstats.ttrpc.server import Handler
 from shimstats.ttrpc.status import TtrpcError, error_from_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,6 +234,12 @@ class Fixture:
             return [*args, "--sandbox", self.request_id]
         return [*args, "--container", f"{self.request_id}={self.meta['container_path']}"]
 
+    @property
+    def memory_dir(self) -> Path:
+        """The container's memory cgroup directory in the capture (v1: under memory/)."""
+        base = self.path / "cgroup" / ("memory" if self.guest_version == 1 else "")
+        return base / str(self.meta["container_path"]).lstrip("/")
+
     def file(self, controller: str, name: str) -> str:
         """The text of a stat file of the fixture's cgroup (controller ignored on v2)."""
         base = self.path / "cgroup"
@@ -274,6 +281,19 @@ async def running_adapter(
     finally:
         await server.close(grace=1.0)
         await agent.close()
+
+
+@contextlib.asynccontextmanager
+async def ttrpc_server(address: str, services: Mapping[str, Mapping[str, Handler]]) -> AsyncIterator[str]:
+    """Our ttrpc server in this event loop at ``address`` with the given handlers; yields the address."""
+    server = Server()
+    for service, methods in services.items():
+        server.register(service, methods)
+    await server.start(address)
+    try:
+        yield address
+    finally:
+        await server.close(grace=1.0)
 
 
 async def fake_stats(address: str, container_id: str, *, timeout: float = 5.0) -> StatsResult:
