@@ -340,6 +340,17 @@ def test_every_dashboard_query_parses_and_names_only_exported_metrics() -> None:
     } <= used
 
 
+def test_every_legend_names_labels_the_exporter_serves() -> None:
+    """A legend's {{label}} that no series carries prints empty in Grafana: each must be one the exporter
+    gives some family, or instance/job from the scrape."""
+    board = json.loads(gen_deploy.DASHBOARD.read_text())
+    served = set().union(*exported_label_names().values()) | {"instance", "job"}
+    legends = [t["legendFormat"] for p in board["panels"] for t in p.get("targets", [])]
+    used = {name for legend in legends for name in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend)}
+    assert {"sandbox", "pod", "namespace", "code", "file"} <= used
+    assert used <= served, used - served
+
+
 def test_the_metric_name_check_can_fail() -> None:
     assert metric_names("sum(rate(node_cpu_seconds_total[$__rate_interval]))") == {"node_cpu_seconds_total"}
     assert "node_cpu_seconds_total" not in exported_metric_names()
