@@ -195,7 +195,13 @@ class AgentClient:
             deadline,
             f"Health/Check: no answer from the guest agent at {self.address} within {timeout:g}s",
         )
-        answer = health_pb2.HealthCheckResponse.FromString(raw)
+        try:
+            answer = health_pb2.HealthCheckResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL,
+                f"Health/Check: the guest agent at {self.address} sent an answer that does not decode: {exc}",
+            ) from exc
         return answer.status == health_pb2.HealthCheckResponse.SERVING
 
     async def _call(self, service: str, method: str, payload: bytes, deadline: float) -> bytes:

@@ -63,7 +63,7 @@ def stats_metadata(namespace: str) -> Mapping[str, str]:
 
 
 async def call_stats(client: Client, container_id: str, *, namespace: str, timeout: float) -> StatsResult:
-    """Task/Stats as containerd sends it; raises TtrpcError for a status, MetricsDecodeError for a bad Any."""
+    """Task/Stats as containerd sends it. Raises TtrpcError (a status), MetricsDecodeError (bad answer)."""
     request = shim_pb2.StatsRequest(id=container_id)
     raw = await client.call(
         TASK_SERVICE,
@@ -72,7 +72,10 @@ async def call_stats(client: Client, container_id: str, *, namespace: str, timeo
         timeout=timeout,
         metadata=stats_metadata(namespace),
     )
-    response = shim_pb2.StatsResponse.FromString(raw)
+    try:
+        response = shim_pb2.StatsResponse.FromString(raw)
+    except pb_message.DecodeError as exc:
+        raise cri.MetricsDecodeError(f"the shim's StatsResponse does not decode: {exc}") from exc
     metrics = cri.decode_metrics(response.stats)
     return StatsResult(
         id=container_id,

@@ -1,8 +1,9 @@
 """Ground truth for one container: what CRI *should* report, from the cgroup's own kernel files.
 
-Two sources give the same thing, a kata StatsContainerResponse (the raw memory.stat map and counters):
+Three sources give the same thing, a kata StatsContainerResponse (the raw memory.stat map and counters):
 the cgroup directory on this machine, read with the guest agent's own reader (so a host cgroup and a
-guest cgroup are read by the same code), or a guest agent's answer over ttrpc.
+guest cgroup are read by the same code), a guest agent's answer over ttrpc, or a memory.stat and a usage
+figure given by hand (a published sample, a pasted bug report).
 
 From that answer the expected figures follow by containerd's CRI formulas applied to the kernel's keys
 directly, not through our translation: this module is the oracle verify checks every shim against,
@@ -28,6 +29,7 @@ from typing import Literal, Protocol
 
 from guest_agent.kata import to_response
 from guest_agent.layout import LayoutError, detect_layout
+from guest_agent.parse import U64_MAX, CgroupFormatError, parse_flat_keyed
 from guest_agent.reader import CgroupReader
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
@@ -211,6 +213,43 @@ class AgentSource:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class SampleSource:
+    """A memory.stat and the usage (and limit) that go with it, given by hand: the same reading, every read.
+
+    The cgroup version is told by the keys (v1 has total_*, v2 anon/file); the key the working set needs
+    (total_inactive_file or inactive_file) must be there. Pasted text is forgiven its layout (blank lines,
+    runs of spaces or tabs, CRLF), never its numbers. Nothing else is known: no CPU, no swap.
+    """
+
+    def __init__(self, memory_stat: str, name: str, *, usage: int, limit: int | None = None) -> None:
+        lines = (" ".join(line.split()) for line in memory_stat.splitlines())
+        try:
+            stat = parse_flat_keyed("".join(line + "\n" for line in lines if line), name)
+        except CgroupFormatError as exc:
+            raise NoGroundTruth(str(exc)) from exc
+        response = agent_pb2.StatsContainerResponse()
+        memory = response.cgroup_stats.memory_stats
+        memory.stats.update(stat)
+        memory.use_hierarchy = True  # as our agent sends it: a whole reading, not kata-agent's v2 gaps
+        memory.usage.usage = usage
+        memory.usage.limit = U64_MAX if limit is None else limit
+        self.description = f"memory.stat {name}"
+        truth = from_response(response, self.description)
+        inactive = KERNEL_KEYS[truth.version].inactive_file
+        if inactive not in stat:
+            raise NoGroundTruth(
+                f"{name}: cgroup v{truth.version} memory.stat without {inactive}: "
+                f"the working set (usage - {inactive}) cannot be computed"
+            )
+        self.truth = truth
+
+    async def read(self) -> GroundTruth:
+        return self.truth
+
+    async def close(self) -> None:
+        pass
 
 
 def open_source(cgroup: str | None, agent: str | None, container_id: str, *, timeout: float) -> Source:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from google.protobuf.message import DecodeError
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
 from shimstats.agent_client import RESOURCES_SERVICE, Backoff, service_unsupported
-from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
+from shimstats.commands._args import add_timeout, address, duration
 from shimstats.table import render
 from shimstats.ttrpc import Client, Code, TtrpcError
 
@@ -54,17 +53,6 @@ as "other rule" (the request arrived; another writer converted it) and does not 
 exit codes: 0 every checked setting matches; 1 a mismatch (named); 2 could not check (agent unreachable,
 container missing or not running when --wait ran out, an agent without the Resources service such as
 kata-agent, or an answer that does not decode)."""
-
-
-def duration(text: str) -> float:
-    """argparse type: seconds (``30``) or a Go duration (``500ms``, ``30s``, ``2m``, ``1m30s``, ``1h``)."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    if re.fullmatch(r"[0-9]+(\.[0-9]*)?", text):
-        return float(text)
-    parts = re.findall(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 500ms, 2m, 1m30s)")
-    return sum(float(n) * units[u] for n, u in parts)
 
 
 def quantity(text: str) -> Fraction:
@@ -116,13 +104,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--swap-behavior", choices=("NoSwap", "LimitedSwap"), default="NoSwap")
     p.add_argument("--node-memory", type=quantity, metavar="Q", help="node memory capacity (LimitedSwap)")
     p.add_argument("--node-swap", type=quantity, metavar="Q", help="node swap capacity (LimitedSwap)")
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"deadline of each call (default: {DEFAULT_TIMEOUT:g})",
-    )
+    add_timeout(p, what="deadline of each call")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=run, parser=p)
 

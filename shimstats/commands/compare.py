@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from shimstats import cri
-from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
+from shimstats.commands import _args
 from shimstats.compare import CRI_TYPE, Column, Comparison, compare
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
-from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, open_source
+from shimstats.ground_truth import FIGURE_NAMES, NoGroundTruth, SampleSource
 from shimstats.table import render
 from shimstats.ttrpc import TtrpcError
 from shimstats.verify import DEFAULT_TOLERANCE, LABELS, show_figure
@@ -36,6 +36,9 @@ examples:
   # a pod's container as the kubelet sees it: CRI's figures (CRI listens on containerd's own socket)
   shimstats compare --id 3f2a... --agent vsock://3:2048 --cri unix:///run/containerd/containerd.sock
 
+  # a guest memory.stat from a bug report: what each Kata shim would have made of it
+  shimstats compare --id web-1 --memory-stat memory.stat --usage 218103808
+
 columns:
   guest files        CRI's figures computed from the guest cgroup's own memory.stat (the truth)
   ours v1, ours v2   our translation of the same agent answer, in each Metrics format
@@ -48,7 +51,8 @@ columns:
 The computed columns come from one agent answer, so their differences are mappings, never timing.
 
 exit codes: 0 every source answered; 1 a live source (--shim, --containerd, --cri) failed (the table is still
-printed, with the error); 2 no guest figures (agent unreachable, unknown id, no such cgroup)."""
+printed, with the error); 2 no guest figures (agent unreachable, unknown id, no such cgroup, a malformed
+memory.stat)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,24 +64,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    add_guest_source(
+    _args.add_guest_source(
         p,
         agent_help="the guest agent (ours or kata-agent)",
         cgroup_help="or a cgroup directory on this machine, read directly",
     )
-    p.add_argument("--shim", metavar="ADDR", help="also ask this shim's Task/Stats (ours, runc, kata)")
+    p.add_argument(
+        "--shim",
+        type=_args.address,
+        metavar="ADDR",
+        help="also ask this shim's Task/Stats (ours, runc, kata)",
+    )
     p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
     p.add_argument("--cri", metavar="ADDR", help="also ask the CRI's ContainerStats (the kubelet's view)")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )
-    add_tolerance(p, DEFAULT_TOLERANCE, "the live columns' byte figures")
-    add_timeout_and_json(p)
+    _args.add_tolerance(p, DEFAULT_TOLERANCE, "the live columns' byte figures")
+    _args.add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 
-async def _compare(args: argparse.Namespace) -> Comparison:
-    source = open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
+async def _compare(args: argparse.Namespace, sample: SampleSource | None) -> Comparison:
+    source = _args.open_guest_source(args, sample)
     try:
         return await compare(
             args.id,
@@ -95,7 +104,7 @@ async def _compare(args: argparse.Namespace) -> Comparison:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        comparison = asyncio.run(_compare(args))
+        comparison = asyncio.run(_compare(args, _args.read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats compare: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_NO_GUEST

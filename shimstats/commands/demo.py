@@ -29,7 +29,7 @@ from shimstats.ground_truth import KERNEL_KEYS
 from shimstats.table import human_bytes
 from shimstats.verify import LABELS
 
-EXIT_OK, EXIT_MISMATCH = 0, 1
+EXIT_OK, EXIT_MISMATCH, EXIT_CANNOT_RUN = 0, 1, 2
 
 EPILOG = """\
 what it shows, for each container:
@@ -37,8 +37,9 @@ what it shows, for each container:
   verify                  our adapter's Task/Stats, called as containerd does, checked figure by figure
   compare                 one agent answer through our translation (v1, v2) and the Kata shims' mappings
 
-exit codes: 0 our figures verify in every case; 1 they do not (or the demo could not run, or could not
-clean up). Takes a few seconds; --keep leaves everything running until Ctrl-C, to try the other commands."""
+exit codes: 0 our figures verify in every case; 1 they do not, or the demo could not clean up; 2 the demo
+could not run; 130 Ctrl-C, 143 SIGTERM (after cleaning up). Takes a few seconds; --keep leaves everything
+running until Ctrl-C, to try the other commands."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         code = 128 + signum
     except demo.DemoError as exc:
         print(f"shimstats demo: {exc}", file=sys.stderr)
-        code = EXIT_MISMATCH
+        code = EXIT_CANNOT_RUN
     finally:
         cleanup.run()
         for signum, handler in previous.items():

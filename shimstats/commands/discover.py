@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shimstats.agent_client import AgentClient
-from shimstats.commands._args import seconds
+from shimstats.commands._args import add_timeout
 from shimstats.containerd_grpc import ContainerdError, grpc_target
 from shimstats.discovery import (
     DEFAULT_ROOTS,
@@ -98,13 +98,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="N|kata-agent",
         help=f"the guest port we dial (default: %(default)s, shimstats-agent); {KATA_AGENT} keeps Kata's",
     )
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="deadline per shim question, per health check and per CRI call (default: %(default)g, "
-        "kata-monitor's)",
+    add_timeout(
+        p, DEFAULT_TIMEOUT, "deadline per shim question, per health check and per CRI call (kata-monitor's)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(run=run)

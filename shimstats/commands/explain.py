@@ -12,10 +12,10 @@ import asyncio
 import json
 import sys
 
-from shimstats.commands._args import add_guest_source, add_timeout_and_json
+from shimstats.commands._args import add_guest_source, add_timeout_and_json, open_guest_source, read_sample
 from shimstats.commands.compare import render_right
 from shimstats.explain import EVICTION_HARD_DEFAULT, Explanation, explain
-from shimstats.ground_truth import NoGroundTruth, open_source
+from shimstats.ground_truth import NoGroundTruth, SampleSource
 from shimstats.table import human_bytes
 from shimstats.ttrpc import TtrpcError
 
@@ -25,12 +25,15 @@ EPILOG = """\
 examples:
   shimstats explain --id web-1 --agent vsock://3:2048
   shimstats explain --id web-1 --cgroup /sys/fs/cgroup/memory/k8s.io/web-1 --json
+  # a memory.stat from a bug report, with the usage it came with (v1 or v2, told by the keys)
+  pbpaste | shimstats explain --id web-1 --memory-stat - --usage 800Mi --limit 1Gi
 
 parts of the working set: anon (heap, stacks), active file cache (files re-read recently: counted as used,
 kubernetes#43916), shmem/tmpfs, kernel (slab, stacks, page tables), socket buffers (cgroup v2), other.
 inactive file cache is shown apart: the kubelet does not count it, a shim that forgets to subtract it does.
 
-exit codes: 0 explained; 2 the agent or cgroup could not be read (unreachable, unknown id, no such cgroup)."""
+exit codes: 0 explained; 2 the agent, cgroup or memory.stat could not be read (unreachable, unknown id, no
+such cgroup, a malformed memory.stat)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--id", required=True, help="container id (for --agent; a label with --cgroup)")
+    p.add_argument("--id", required=True, help="container id (for --agent; a label otherwise)")
     add_guest_source(
         p,
         agent_help="the guest agent (ours or kata-agent)",
@@ -51,8 +54,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-async def _explain(args: argparse.Namespace) -> Explanation:
-    source = open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
+async def _explain(args: argparse.Namespace, sample: SampleSource | None) -> Explanation:
+    source = open_guest_source(args, sample)
     try:
         return explain(await source.read(), args.id)
     finally:
@@ -61,7 +64,7 @@ async def _explain(args: argparse.Namespace) -> Explanation:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        explanation = asyncio.run(_explain(args))
+        explanation = asyncio.run(_explain(args, read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats explain: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -107,7 +110,8 @@ def _limit_lines(e: Explanation) -> list[str]:
     headroom = e.available
     over = e.working_set > e.limit
     lines = [
-        f"limit {human_bytes(e.limit)}: the working set is {_pct(e.working_set / e.limit)} of it, "
+        f"limit {human_bytes(e.limit)}: the working set is "
+        + (f"{_pct(e.working_set / e.limit)} of it, " if e.limit else "all over it, ")
         + ("OVER the limit" if over else f"{human_bytes(headroom)} left (CRI availableBytes)"),
     ]
     if not over:

@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from guest_agent import logs
-from shimstats.commands._args import address, seconds
+from shimstats.commands._args import add_timeout, address
 from shimstats.cri_client import DEFAULT_ADDRESS as CRI_DEFAULT
 from shimstats.cri_client import CriError
 from shimstats.discovered_targets import CriNames, DiscoveredTargets
@@ -136,18 +136,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--container",
+        "--id",
+        dest="container",
         action="append",
         default=[],
         metavar="ID",
-        help="a container id to export from --agent, repeatable",
+        help="a container id to export from --agent, repeatable (--id: the same flag)",
     )
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="deadline per sandbox: its agent's answers for all its containers (default: %(default)s, "
-        "kata-monitor's per shim); sandboxes are read concurrently",
+    add_timeout(
+        p,
+        DEFAULT_TIMEOUT,
+        "deadline per sandbox: its agent's answers for all its containers (kata-monitor's per shim); "
+        "sandboxes are read concurrently",
     )
     p.add_argument(
         "--kata-host-cgroup",
@@ -312,6 +312,8 @@ def load_config(path: str) -> tuple[AgentTarget, ...]:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself: UTF-8 or nothing
+        raise ConfigError(f"config {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return parse_config(data, path)
 
 

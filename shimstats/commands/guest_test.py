@@ -22,7 +22,7 @@ from shimstats import demo
 from shimstats.guest_test import image, qemu, report, session
 from shimstats.guest_test.phases import PHASES
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 
 EPILOG = f"""\
 phases (in one container cgroup unless said otherwise; each builds on the one before):
@@ -55,7 +55,8 @@ needs: qemu-system-x86_64 and mkfs.ext4 (apt-get install qemu-system-x86 e2fspro
 for Debian packages. No root, no loop devices. KVM is used when it can run the kernel, else TCG (a few
 minutes at most).
 
-exit codes: 0 every phase agrees; 1 a phase does not, or the run could not be completed."""
+exit codes: 0 every phase agrees; 1 a phase does not, or the cleanup failed; 2 the run could not be
+completed (no kernel, no qemu, the guest did not come up); 130 Ctrl-C, 143 SIGTERM (after cleaning up)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,7 +111,7 @@ def progress(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     cleanup = demo.Cleanup()
     previous = {s: signal.signal(s, demo.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = EXIT_FAILED
+    code = EXIT_CANNOT_RUN
     try:
         session.check_tools()
         cache = image.cache_root()

@@ -17,7 +17,7 @@ import signal
 from guest_agent import logs
 from shimstats.adapter import TASK_SERVICE, StatsHandler, TaskService
 from shimstats.agent_client import AgentClient
-from shimstats.commands._args import address, seconds
+from shimstats.commands._args import add_timeout, address
 from shimstats.translate import OutputFormat, resolve_format
 from shimstats.ttrpc import Server, TransportError, TtrpcError
 
@@ -56,7 +56,10 @@ serve, naming the agent and the caller's deadline, before the caller gives up on
 gets --timeout. serve logs each expiry with the container id.
 
 The agent connection is dialled on the first call and shared; after it drops (agent restart) it is
-dialled again, backing off up to 2 s between failed dials."""
+dialled again, backing off up to 2 s between failed dials.
+
+exit codes: 0 stopped by SIGTERM or SIGINT (calls in flight finished, socket removed); 1 could not serve
+(the address is taken or cannot be bound); 2 bad flags."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,13 +96,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="NS",
         help="containerd namespace to name in logs when a call carries none in its metadata",
     )
-    p.add_argument(
-        "--timeout",
-        type=seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="deadline for a Stats call whose caller set none (default: %(default)s)",
-    )
+    add_timeout(p, 10.0, "deadline for a Stats call whose caller set none")
     p.add_argument(
         "--log-format",
         choices=("text", "json"),

@@ -8,7 +8,7 @@ import json
 import sys
 
 from shimstats import cri
-from shimstats.commands._args import add_timeout_and_json
+from shimstats.commands._args import add_timeout_and_json, address
 from shimstats.fake_containerd import DEFAULT_NAMESPACE, StatsResult, call_stats
 from shimstats.table import human_bytes, render
 from shimstats.ttrpc import Client, TtrpcError
@@ -37,7 +37,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
+        "--shim",
+        required=True,
+        type=address,
+        metavar="ADDR",
+        help="shim address: unix:///path or vsock://CID:PORT",
     )
     p.add_argument("--id", required=True, help="container (task) id")
     p.add_argument(

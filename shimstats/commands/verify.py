@@ -13,10 +13,10 @@ import json
 import sys
 
 from shimstats import cri
-from shimstats.commands._args import add_guest_source, add_timeout_and_json, add_tolerance
+from shimstats.commands import _args
 from shimstats.commands.compare import render_right
 from shimstats.fake_containerd import DEFAULT_NAMESPACE
-from shimstats.ground_truth import NoGroundTruth, open_source
+from shimstats.ground_truth import NoGroundTruth, SampleSource
 from shimstats.ttrpc import TtrpcError
 from shimstats.verify import DEFAULT_TOLERANCE, LABELS, Check, Verification, show_figure, verify
 
@@ -30,6 +30,9 @@ examples:
 
   # a Kata container behind our adapter: the guest agent's raw answer is the ground truth
   shimstats verify --shim unix:///run/shimstats/kata-1.sock --id web-1 --agent vsock://3:2048 --json
+
+  # a shim serving a known state (a capture): its memory.stat and usage, given by hand, are the truth
+  shimstats verify --shim unix:///tmp/adapter.sock --id web-1 --memory-stat memory.stat --usage 108486656
 
 figures: usage, working set, available, rss, page faults (CRI ContainerStats; the kubelet's summary API
 copies them as usageBytes, workingSetBytes, availableBytes, rssBytes) and CPU time (total, user, system).
@@ -51,10 +54,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--shim", required=True, metavar="ADDR", help="shim address: unix:///path or vsock://CID:PORT"
+        "--shim",
+        required=True,
+        type=_args.address,
+        metavar="ADDR",
+        help="shim address: unix:///path or vsock://CID:PORT",
     )
     p.add_argument("--id", required=True, help="container (task) id")
-    add_guest_source(
+    _args.add_guest_source(
         p,
         agent_help="a guest agent whose raw StatsContainer answer is the truth",
         cgroup_help="the container's cgroup: v1 memory directory or v2 directory",
@@ -62,13 +69,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace (default: %(default)s)"
     )
-    add_tolerance(p, DEFAULT_TOLERANCE, "byte figures")
-    add_timeout_and_json(p)
+    _args.add_tolerance(p, DEFAULT_TOLERANCE, "byte figures")
+    _args.add_timeout_and_json(p)
     p.set_defaults(run=run)
 
 
-async def _verify(args: argparse.Namespace) -> Verification:
-    source = open_source(args.cgroup, args.agent, args.id, timeout=args.timeout)
+async def _verify(args: argparse.Namespace, sample: SampleSource | None) -> Verification:
+    source = _args.open_guest_source(args, sample)
     try:
         return await verify(
             args.shim,
@@ -84,7 +91,7 @@ async def _verify(args: argparse.Namespace) -> Verification:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        verification = asyncio.run(_verify(args))
+        verification = asyncio.run(_verify(args, _args.read_sample(args)))
     except TtrpcError as exc:
         print(f"shimstats verify: container {args.id!r}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return EXIT_UNVERIFIED

@@ -31,10 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from shimstats.adapter import validate_id
-from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
+from shimstats.identifiers import identifier_problem
+from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
-from shimstats.ttrpc import AddressError, TtrpcError, parse_address
+from shimstats.ttrpc import AddressError, parse_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,10 +102,9 @@ class ProxyConfig:
 
 
 def _check_value(name: str, value: str) -> None:
-    try:
-        validate_id(value)
-    except TtrpcError as exc:
-        raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {exc.message}") from None
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {problem}")
 
 
 def expand_agent(template: str, *, container_id: str, sandbox: str, namespace: str) -> str:

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import pytest
 
 from shimstats.adapter import StatsHandler, TaskService
 from shimstats.agent_client import AgentClient, Backoff
@@ -38,6 +40,7 @@ from shimstats.ttrpc.framing import (
     encode_frame,
     encode_request,
 )
+from shimstats.ttrpc.server import Handler
 from shimstats.ttrpc.status import TtrpcError, error_from_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +48,33 @@ FIXTURES = REPO / "tests" / "fixtures" / "cgroupfs"
 START_TIMEOUT = 10.0
 """Seconds an agent or adapter process gets to accept connections (~0.3 s here; CI machines can be slow)."""
 CLI = [sys.executable, "-m", "shimstats.cli"]
+
+
+def skip_unless(reason: str | None) -> None:
+    """Skip the test when this machine lacks what it needs (``reason`` says what); in CI (CI=true) every
+    test must run, so there it fails instead."""
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"this test must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def end_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; always reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
@@ -204,6 +234,12 @@ class Fixture:
             return [*args, "--sandbox", self.request_id]
         return [*args, "--container", f"{self.request_id}={self.meta['container_path']}"]
 
+    @property
+    def memory_dir(self) -> Path:
+        """The container's memory cgroup directory in the capture (v1: under memory/)."""
+        base = self.path / "cgroup" / ("memory" if self.guest_version == 1 else "")
+        return base / str(self.meta["container_path"]).lstrip("/")
+
     def file(self, controller: str, name: str) -> str:
         """The text of a stat file of the fixture's cgroup (controller ignored on v2)."""
         base = self.path / "cgroup"
@@ -245,6 +281,19 @@ async def running_adapter(
     finally:
         await server.close(grace=1.0)
         await agent.close()
+
+
+@contextlib.asynccontextmanager
+async def ttrpc_server(address: str, services: Mapping[str, Mapping[str, Handler]]) -> AsyncIterator[str]:
+    """Our ttrpc server in this event loop at ``address`` with the given handlers; yields the address."""
+    server = Server()
+    for service, methods in services.items():
+        server.register(service, methods)
+    await server.start(address)
+    try:
+        yield address
+    finally:
+        await server.close(grace=1.0)
 
 
 async def fake_stats(address: str, container_id: str, *, timeout: float = 5.0) -> StatsResult:

@@ -23,7 +23,8 @@ from guest_agent.lookup import ContainerLocator
 from guest_agent.reader import CgroupReader
 from guest_agent.service import AgentService
 from shimstats import cli
-from shimstats.commands.check_resources import cannot_report, duration
+from shimstats.commands._args import duration
+from shimstats.commands.check_resources import cannot_report
 from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 from tests.integration.test_guest_socket import fixture_dirs, sock_dir
 

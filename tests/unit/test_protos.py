@@ -10,7 +10,6 @@ varint(number << 3 | wire type), with wire type 0 = varint, 1 = fixed64, 2 = len
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import struct
 import subprocess
 import sys
@@ -29,18 +28,14 @@ from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.containerd.types import metrics_pb2, mount_pb2, task_pb2
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.ttrpc import request_pb2
+from tests import hack_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "shimstats" / "_proto"
 
 
 def _load_gen_protos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_protos", REPO / "hack" / "gen_protos.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return hack_scripts.load("gen_protos")
 
 
 def _tree(root: Path) -> dict[str, bytes]:

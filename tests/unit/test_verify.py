@@ -26,17 +26,11 @@ V2_INACTIVE = next(fx for fx in CONTAINERS if fx.name == "v2-6.1.0-56-amd64-cont
 V1_PAGECACHE = next(fx for fx in CONTAINERS if fx.name == "v1-6.18.44-fc-v669-container-pagecache")
 
 
-def container_dir(fx: Fixture) -> Path:
-    """The fixture's memory cgroup directory (v1: under memory/)."""
-    base = fx.path / "cgroup" / ("memory" if fx.guest_version == 1 else "")
-    return base / str(fx.meta["container_path"]).lstrip("/")
-
-
 def read_truth(fx: Fixture) -> GroundTruth:
     """Ground truth for a fixture's container, read like --cgroup reads a live one."""
 
     async def read() -> GroundTruth:
-        source = CgroupSource(str(container_dir(fx)), meminfo=str(fx.path / "meminfo"))
+        source = CgroupSource(str(fx.memory_dir), meminfo=str(fx.path / "meminfo"))
         try:
             return await source.read()
         finally:
@@ -146,7 +140,7 @@ def test_counters_moving_during_the_call_pass_inside_the_bracket() -> None:
 
 @pytest.mark.parametrize("fx", CONTAINERS, ids=lambda fx: fx.name)
 def test_locate_finds_the_root_and_the_cgroup_path(fx: Fixture) -> None:
-    root, path = locate(str(container_dir(fx)))
+    root, path = locate(str(fx.memory_dir))
     assert Path(root) == fx.path / "cgroup"
     assert path == fx.meta["container_path"]
 
