@@ -128,6 +128,8 @@ class FileCache:
 def _read_all(fd: int) -> bytes:
     """The whole content of an open file, read from offset 0 (kernfs regenerates it on such a read)."""
     data = os.pread(fd, _CHUNK, 0)
+    if len(data) < _CHUNK:
+        return data
     while len(data) % _CHUNK == 0 and data:
         more = os.pread(fd, _CHUNK, len(data))
         if not more:
