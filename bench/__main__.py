@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import costs, e2e, footprint, throughput
+from bench import costs, e2e, footprint, proxy, throughput
 from tests.containerd_env import unavailable_reason
 
 
@@ -16,6 +16,7 @@ def main() -> int:
     if reason is None:
         throughput.main(["--runc"])
         e2e.main([])
+        proxy.main([])
     else:
         print(f"\nno runc comparison ({reason}); throughput of ours alone:")
         throughput.main([])

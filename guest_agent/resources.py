@@ -10,6 +10,9 @@ pids.max, cpuset.cpus.effective. Each setting carries its raw text and its field
 ``max`` and a number keeps its sign (v1's -1 quota), unlike the stats parsers, which fold both into u64.
 The cpuset hierarchy is not part of guest_agent.layout (stats never read it): cpuset_hierarchy finds it.
 
+Beside the settings, two counts the kernel keeps that kata's StatsContainer has no field for: ``oom_kills``
+(v2 memory.events ``oom_kill``, v1 memory.oom_control ``oom_kill``) and ``processes`` (cgroup.procs lines).
+
 ``populated`` tells a running container from an empty cgroup (not started, restarting, exited): v2
 cgroup.events ``populated``; v1 a non-empty cgroup.procs of the primary hierarchy; the root always is.
 
@@ -140,6 +143,25 @@ def _populated(files: FileCache, primary: Hierarchy, cgroup_path: str) -> bool:
         return False
 
 
+def _processes(primary: Hierarchy, cgroup_path: str) -> int | None:
+    """The lines of cgroup.procs (processes, not threads); opened afresh, as _populated explains."""
+    try:
+        with open(f"{primary.dir_for(cgroup_path)}/cgroup.procs", "rb") as f:
+            return len(f.read().split())
+    except OSError:
+        return None
+
+
+def _oom_kills(files: FileCache, memory: Hierarchy | None, cgroup_path: str) -> int | None:
+    """OOM kills so far: v2 memory.events ``oom_kill``, v1 memory.oom_control ``oom_kill`` (4.13+)."""
+    if memory is None:
+        return None
+    name = "memory.events" if memory.version == 2 else "memory.oom_control"
+    path = f"{memory.dir_for(cgroup_path)}/{name}"
+    text = _read_text(files, path)
+    return None if text is None else parse_flat_keyed(text, path).get("oom_kill")
+
+
 def read_resources(
     layout: Layout, files: FileCache, cgroup_path: str, page_size: int
 ) -> resources_pb2.GetResponse:
@@ -173,6 +195,12 @@ def read_resources(
                     response.absent.append(name)
                 else:
                     response.settings.append(parse_setting(name, version, text, path))
+    oom_kills = _oom_kills(files, hierarchies["memory"], cgroup_path)
+    if oom_kills is not None:
+        response.oom_kills = oom_kills
+    processes = _processes(primary, cgroup_path)
+    if processes is not None:
+        response.processes = processes
     if not os.path.isdir(primary.dir_for(cgroup_path)):  # removed while read: the files may be stale
         raise _gone(files, hierarchies.values(), cgroup_path, primary)
     return response

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests need: containerd + runc (a real Go ttrpc
 # server, the runc shim), busybox-static (the containers' root filesystem), and qemu-system-x86 +
-# e2fsprogs (shimstats guest-test boots a real guest kernel under qemu with an ext4 data disk).
+# e2fsprogs (shimstats guest-test boots a real guest kernel under qemu with an ext4 data disk),
+# prometheus (promtool checks and unit-tests deploy/prometheus/rules.yaml; a real Prometheus scrapes the
+# exporter), buildah + debootstrap (hack/build-image.sh builds the image from Debian packages; a slow test
+# runs the exporter from it), python3-venv (hack/test.sh makes .venv where python3 refuses pip, PEP 668).
 # Idempotent and quiet: does nothing when every package is already installed.
 set -euo pipefail
 
-packages=(containerd runc busybox-static qemu-system-x86 e2fsprogs)
+packages=(containerd runc busybox-static qemu-system-x86 e2fsprogs prometheus buildah debootstrap python3-venv)
 
 missing=()
 for pkg in "${packages[@]}"; do

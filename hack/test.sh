@@ -8,6 +8,22 @@ cd "$(dirname "$0")/.."
 if [ -f hack/ci-install.sh ]; then
     bash hack/ci-install.sh
 fi
+# A distribution's python3 that refuses pip installs (PEP 668: Debian 12's, which carries an
+# EXTERNALLY-MANAGED marker) gets a venv in .venv, made once and used from here on; a python3 that is a
+# venv's already, or one of one's own (pyenv, CI), is used as it is.
+if python3 -c 'import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(marker) else 1)'; then
+    if [ ! -x .venv/bin/python3 ]; then
+        echo "test.sh: $(command -v python3) is externally managed (PEP 668): creating .venv" >&2
+        python3 -m venv .venv || {
+            echo "test.sh: python3 -m venv failed: apt-get install python3-venv" >&2
+            exit 1
+        }
+    fi
+    # shellcheck source=/dev/null
+    . .venv/bin/activate
+fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 
 echo "== ruff"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 
 from google.protobuf.message import DecodeError
@@ -29,6 +28,7 @@ from shimstats import __version__, cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
 from shimstats.fake_containerd import NAMESPACE_KEY
+from shimstats.identifiers import identifier_problem
 from shimstats.translate import OutputFormat, translate
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
 
@@ -48,10 +48,6 @@ TASK_SERVICE: str = _TASK.full_name
 TASK_METHODS: tuple[str, ...] = tuple(method.name for method in _TASK.methods)
 VERSION = f"shimstats {__version__}"
 
-_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-_IDENTIFIER_MAX = 76
-"""containerd's identifier rule (pkg/identifiers): every task id it creates matches it."""
-
 ANSWER_MARGIN = 0.1
 """Seconds of the caller's deadline kept back to send our answer (at most a fifth of what the caller gave)."""
 
@@ -60,14 +56,9 @@ log = logging.getLogger("shimstats.adapter")
 
 def validate_id(container_id: str) -> None:
     """INVALID_ARGUMENT unless ``container_id`` is a containerd identifier (never empty, '/' or '..')."""
-    if not container_id:
-        raise TtrpcError(Code.INVALID_ARGUMENT, "container id must not be empty")
-    if len(container_id) > _IDENTIFIER_MAX or not _IDENTIFIER.fullmatch(container_id):
-        raise TtrpcError(
-            Code.INVALID_ARGUMENT,
-            f"container id {container_id!r} is not a containerd identifier: letters and digits joined by "
-            f"single '.', '_' or '-', at most {_IDENTIFIER_MAX} characters",
-        )
+    problem = identifier_problem(container_id)
+    if problem is not None:
+        raise TtrpcError(Code.INVALID_ARGUMENT, problem)
 
 
 def _namespace(ctx: CallContext, default: str) -> str:

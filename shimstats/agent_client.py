@@ -11,7 +11,7 @@ left of it travels to the agent as the request's timeout_nano. An expired call g
 the connection, and every other call in flight on it, carries on (the ttrpc client closes it only when its
 byte stream is stuck mid-frame, which no later answer could get through).
 
-Statuses, as containerd needs them (reference/wire.md §1.5, §4.2, §5.3):
+Statuses, as containerd needs them (docs/spec/ttrpc.md §5, docs/spec/metrics.md §4.2, §5.3):
 * the agent's own code is kept (NOT_FOUND, INVALID_ARGUMENT, INTERNAL, ...), the message gains the container
   id and the agent's address;
 * except kata-agent's unknown-container answer, INVALID_ARGUMENT ``invalid container id``, which becomes
@@ -32,20 +32,24 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.kata import agent_pb2, health_pb2
-from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
+from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 
 __all__ = [
     "AGENT_SERVICE",
+    "DIAGNOSTICS_SERVICE",
     "HEALTH_SERVICE",
     "KATA_UNKNOWN_CONTAINER",
+    "RESOURCES_SERVICE",
     "AgentClient",
     "Backoff",
     "map_agent_error",
+    "service_unsupported",
 ]
 
 AGENT_SERVICE = "grpc.AgentService"
 HEALTH_SERVICE = "grpc.Health"
+RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
 DIAGNOSTICS_SERVICE = "shimstats.agent.v1.Diagnostics"
 KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
 """kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
@@ -70,6 +74,19 @@ class Backoff:
         if failures <= 0:
             return 0.0
         return min(self.maximum, self.initial * self.factor ** min(failures - 1, 64))
+
+
+def service_unsupported(error: TtrpcError, service: str, method: str) -> bool:
+    """Whether ``error`` says the agent does not serve ``service`` (our Resources or Diagnostics asked of
+    kata-agent): a Go or our own ttrpc server answers UNIMPLEMENTED; ttrpc-rust answers INVALID_ARGUMENT,
+    "{service} service does not exist" from its async server since 0.7 (src/asynchronous/server.rs
+    handle_request), "/{service}/{method} does not exist" from the async server up to 0.6 and the sync server
+    in every version (kata-agent 2.0-2.3 use ttrpc-rust 0.5). Only those exact texts: the agent's other
+    INVALID_ARGUMENT answers are about the request."""
+    if error.code == Code.UNIMPLEMENTED:
+        return True
+    missing = (f"{service} service does not exist", f"/{service}/{method} does not exist")
+    return error.code == Code.INVALID_ARGUMENT and error.message in missing
 
 
 def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
@@ -152,6 +169,23 @@ class AgentClient:
                 f"StatsContainerResponse that does not decode: {exc}",
             ) from None
 
+    async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
+        """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the
+        agent answered, or UNAVAILABLE / DEADLINE_EXCEEDED when it did not."""
+        request = resources_pb2.GetRequest(container_id=container_id).SerializeToString()
+        raw = await wait_until(
+            self._call(RESOURCES_SERVICE, "Get", request, deadline),
+            deadline,
+            "Resources/Get did not finish before the caller's deadline",
+        )
+        try:
+            return resources_pb2.GetResponse.FromString(raw)
+        except DecodeError as exc:
+            raise TtrpcError(
+                Code.INTERNAL,
+                f"the guest agent at {self.address} sent a GetResponse that does not decode: {exc}",
+            ) from None
+
     async def check(self, timeout: float) -> bool:
         """grpc.Health/Check: True when the agent says SERVING; TtrpcError when it cannot be asked."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -204,6 +238,10 @@ class AgentClient:
             self._lock = asyncio.Lock()
         return self._lock
 
+    async def _target_address(self) -> Address:
+        """Where the next dial goes: the fixed address; a subclass may look it up (OSError if it cannot)."""
+        return self.address
+
     async def _dial(self) -> Client:
         loop = asyncio.get_running_loop()
         wait = self._retry_at - loop.time()
@@ -213,12 +251,15 @@ class AgentClient:
                 f"{self._last_error} (after {self._failures} failed dials; next attempt in {wait:.2f}s)",
             )
         try:
+            self.address = await self._target_address()
             client = await Client.connect(self.address, timeout=self.connect_timeout)
         except OSError as exc:  # TransportError is a ConnectionError; its message names the address
             self._failures += 1
             self._retry_at = loop.time() + self.backoff.delay(self._failures)
             self._last_error = f"cannot dial: {exc}"
-            log.warning(
+            # once per streak of failures: a dead agent must not log at every call (or every scrape)
+            log.log(
+                logging.WARNING if self._failures == 1 else logging.DEBUG,
                 "guest agent unreachable: %s",
                 exc,
                 extra={"address": str(self.address)},

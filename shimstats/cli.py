@@ -12,6 +12,7 @@ from shimstats.commands import (
     check_resources,
     compare,
     demo,
+    discover,
     explain,
     exporter,
     guest_test,
@@ -35,7 +36,7 @@ start here:
 
 Each subcommand has its own --help with examples."""
 
-COMMANDS = (demo, stats, serve, verify, compare, explain, exporter, check_resources, guest_test)
+COMMANDS = (demo, discover, stats, serve, verify, compare, explain, exporter, check_resources, guest_test)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 containerd answers Metrics by calling the task's shim (Task/Stats) and passing the Any through untouched, so
 for a runc container this is containerd's view of the same cgroup our tools read. The namespace travels in
 the gRPC metadata key ``containerd-namespace``; the task is chosen with the filter ``id==<id>``. Only this
-module and cri_client use grpcio (the ttrpc side never does).
+module, cri_client and kube_names use grpcio (the ttrpc side never does).
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ def grpc_target(address: str) -> str:
     raise ContainerdError(f"containerd address {address!r}: expected unix:///path or an absolute socket path")
 
 
+def rpc_error_text(exc: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed gRPC call (UNKNOWN when the error carries no status)."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    return f"{code.name if code is not None else 'UNKNOWN'}: {details}"
+
+
 def task_metrics(address: str, container_id: str, *, namespace: str, timeout: float = 5.0) -> StatsResult:
     """Tasks.Metrics for one task, decoded by type URL, with CRI's figures (like ``ctr task metrics``)."""
     request = tasks_pb2.MetricsRequest(filters=[f"id=={container_id}"])
@@ -39,11 +46,8 @@ def task_metrics(address: str, container_id: str, *, namespace: str, timeout: fl
             stub = tasks_pb2_grpc.TasksStub(channel)
             response = stub.Metrics(request, timeout=timeout, metadata=((NAMESPACE_METADATA_KEY, namespace),))
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        name = code.name if code is not None else "UNKNOWN"
         raise ContainerdError(
-            f"Tasks.Metrics at {target} (namespace {namespace}): {name}: {details}"
+            f"Tasks.Metrics at {target} (namespace {namespace}): {rpc_error_text(exc)}"
         ) from None
     for metric in response.metrics:
         if metric.id == container_id:

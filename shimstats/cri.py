@@ -2,7 +2,7 @@
 
 containerd picks the formula by the *type* of the decoded Metrics (v1 or v2), never by
 the host's cgroup mode, so a fake containerd client must do the same. Formulas, clamps and
-the "unlimited" rule follow containerd's container_stats_list.go (reference/semantics.md §1):
+the "unlimited" rule follow containerd's container_stats_list.go (docs/spec/formulas.md §1):
 
 * working set = usage - inactive file, and 0 unless inactive < usage (strict);
 * available = limit - working set with uint64 wrap-around, or 0 when the limit is above 2^62;

@@ -3,14 +3,15 @@
 Users alert on ``container_memory_working_set_bytes``. For a Kata container the kubelet's cAdvisor has no
 container cgroup on the host to read, and the Kata shims lose ``inactive_file``. This exporter asks the guest
 agents (ours, or kata-agent itself) for every configured container and publishes the figures under cAdvisor's
-names and meanings (reference/semantics.md §2), from the same ContainerRecord the adapter translates, so
+names and meanings (docs/spec/formulas.md §2), from the same ContainerRecord the adapter translates, so
 Grafana shows what the kubelet would act on.
 
 Why a custom Collector that reads on scrape, not a polling loop: each value is as fresh as the scrape, nothing
 is read when nobody scrapes, and a container whose agent does not answer has no series at all instead of a
-stale one. One scrape reads each container exactly once, all of them concurrently under one shared deadline
-(``timeout``): an agent that does not answer costs the scrape that deadline, never more, and counts in
-``shimstats_agent_errors_total{code}``.
+stale one. What to read comes from a TargetSource asked at every scrape (a fixed list, or every Kata sandbox
+on the node: shimstats.discovered_targets). One scrape reads each container exactly once, every sandbox
+concurrently within its own deadline (``timeout``): a sandbox whose agent does not answer costs the scrape
+that deadline, never more, and shows as ``shimstats_agent_up 0``; one that is gone just leaves the output.
 
 The agent connections live on a private event-loop thread (AgentPool): prometheus_client serves each scrape
 on a thread of its own and calls ``collect`` synchronously.
@@ -28,16 +29,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Literal, TypeVar, Union
+from typing import Literal, Protocol, TypeVar, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from shimstats import cri
 from shimstats._proto.kata import agent_pb2
-from shimstats.agent_client import AgentClient
+from shimstats.agent_client import DIAGNOSTICS_SERVICE, RESOURCES_SERVICE, AgentClient, service_unsupported
+from shimstats.cadvisor_spec import CadvisorSpec, cadvisor_spec
 from shimstats.emulate import kata_go
 from shimstats.translate import ContainerRecord, OutputFormat
 from shimstats.translate.record import (
@@ -48,7 +50,7 @@ from shimstats.translate.record import (
     NetworkRecord,
     is_unlimited,
 )
-from shimstats.ttrpc import Code, TtrpcError
+from shimstats.ttrpc import Code, TtrpcError, parse_address
 
 __all__ = [
     "CONTAINER_FAMILIES",
@@ -67,9 +69,11 @@ __all__ = [
 
 log = logging.getLogger("shimstats.exporter")
 
-CONTAINER_LABELS = ("id", "container", "pod", "namespace", "image", "agent")
-"""Labels of every per-container series: cAdvisor's names for what Kubernetes knows about the container (empty
-when not configured) and the address of the agent asked."""
+CONTAINER_LABELS = ("id", "name", "container", "pod", "namespace", "image", "sandbox")
+"""Labels of every per-container series: the kubelet's /metrics/cadvisor labels (empty when not known; ``id``
+and ``name`` as docs/operating.md explains) and the sandbox the container runs in."""
+SANDBOX_LABELS = ("sandbox", "pod", "namespace")
+"""Labels of the per-sandbox series (shimstats_agent_up): alert rules select on exactly these."""
 
 AGENT_DOWN_CODES = (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 """Statuses that mean the agent itself did not answer (any other status is the agent's own answer)."""
@@ -94,33 +98,99 @@ class ContainerTarget:
     pod: str = ""
     namespace: str = ""
     image: str = ""
+    created: float | None = None
+    """When the runtime created the container, in Unix seconds (CRI's ``created_at``); None when unknown."""
 
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """One guest agent (ttrpc address) and the containers to read from it."""
+    """One sandbox (Kata VM): the address of its guest agent and the containers to read from it.
+
+    ``sandbox`` is the sandbox id; a hand-written config may leave it empty, and the address then names
+    the sandbox in every label.
+    """
 
     address: str
     containers: tuple[ContainerTarget, ...]
+    sandbox: str = ""
+    pod: str = ""
+    namespace: str = ""
+
+    @property
+    def name(self) -> str:
+        """The ``sandbox`` label: the sandbox id, or the agent's address when the id is not known."""
+        return self.sandbox or self.address
+
+
+class TargetSource(Protocol):
+    """What to export, asked again at every scrape, so that sandboxes and containers can come and go."""
+
+    def targets(self) -> Sequence[AgentTarget]:
+        """Every sandbox to read now, with its containers."""
+
+    def gone(self, target: AgentTarget) -> bool:
+        """Whether the sandbox itself went away (its shim socket vanished), asked after its agent did not
+        answer: a gone sandbox is left out quietly, one that still exists counts as down."""
+
+
+class StaticTargets:
+    """A fixed list (``--agent`` or the TOML file) that SIGHUP may replace; it never knows a sandbox gone."""
+
+    def __init__(self, agents: Sequence[AgentTarget]) -> None:
+        self._agents = tuple(agents)
+        self._lock = threading.Lock()
+
+    def replace(self, agents: Sequence[AgentTarget]) -> None:
+        """Export ``agents`` from the next scrape on."""
+        with self._lock:
+            self._agents = tuple(agents)
+
+    def targets(self) -> Sequence[AgentTarget]:
+        with self._lock:
+            return self._agents
+
+    def gone(self, target: AgentTarget) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
 class Reading:
     """What one scrape learned about one container: its record, or the status of the failed read."""
 
-    agent: str
+    sandbox: AgentTarget
     target: ContainerTarget
     record: ContainerRecord | None
     kata_go_working_set: int | None = None
     """The working set the Kata Go shim would report for the same agent reply (None: no memory block)."""
     error: Code | None = None
     message: str = ""
+    spec: CadvisorSpec | None = None
+    """From our agent's Resources/Get; None with kata-agent or when that read failed."""
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The values of CONTAINER_LABELS."""
+        """The values of CONTAINER_LABELS: ``id`` is the container's cgroup path in the guest when our agent
+        reports it (cAdvisor's id is the cgroup path), else the container id; ``name`` the container id."""
         t = self.target
-        return (t.id, t.container, t.pod, t.namespace, t.image, self.agent)
+        cgroup = t.id if self.spec is None or not self.spec.cgroup_path else self.spec.cgroup_path
+        return (cgroup, t.id, t.container, t.pod, t.namespace, t.image, self.sandbox.name)
+
+
+@dataclass(frozen=True)
+class SandboxReading:
+    """One scrape's outcome for one sandbox: its containers' readings and whether its agent answered.
+
+    ``down`` is the status that shows the agent did not answer (UNAVAILABLE, DEADLINE_EXCEEDED), None when it
+    did; ``gone`` is set when the sandbox itself turned out to have left since it was listed.
+    """
+
+    target: AgentTarget
+    readings: tuple[Reading, ...]
+    down: Code | None = None
+    message: str = ""
+    gone: bool = False
+    read_errors: Mapping[str, int] | None = None
+    """The agent's own count of kernel files it could not read, by name (None: it cannot say)."""
 
 
 # -- per-container families: cAdvisor's names, one rule each -----------------------------------------------
@@ -227,7 +297,7 @@ def _blkio(record: ContainerRecord) -> Samples:
 
 
 CONTAINER_FAMILIES: tuple[Family, ...] = (
-    # memory: cAdvisor's meanings (semantics.md §2); the breakdown is the cgroup with its descendants
+    # memory: cAdvisor's meanings (docs/spec/formulas.md §2); the breakdown is the cgroup with its descendants
     Family(
         "container_memory_working_set_bytes",
         "Current working set in bytes: usage - inactive_file, 0 when inactive_file is larger (what the "
@@ -272,11 +342,10 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         _mem(lambda m: None if m.kernel is None else m.kernel.usage),
     ),
     Family(
-        # untyped: prometheus_client can only type a counter whose samples end in _total, and this is
-        # cAdvisor's name
+        # a counter without _total, as cAdvisor names and types it (BareCounterFamily)
         "container_memory_failcnt",
         "Number of memory usage hits limits.",
-        "untyped",
+        "counter",
         _mem(lambda m: m.usage.failcnt),
     ),
     Family(
@@ -341,6 +410,18 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         _mem(lambda m: m.hierarchy.workingset_refault_anon),
     ),
     Family(
+        "container_threads",
+        "Number of threads running inside the container (the guest's pids.current).",
+        "gauge",
+        _scalar(lambda r: r.pids, lambda p: p.current),
+    ),
+    Family(
+        "container_threads_max",
+        "Maximum number of threads allowed inside the container, 0 when unlimited (pids.max).",
+        "gauge",
+        _scalar(lambda r: r.pids, lambda p: p.limit or 0),
+    ),
+    Family(
         "container_spec_memory_limit_bytes",
         "Memory limit for the container (0 when unlimited).",
         "gauge",
@@ -400,9 +481,9 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
         ("pagesize",),
     ),
     Family(
-        "container_hugetlb_failcnt",  # untyped for the reason given at container_memory_failcnt
+        "container_hugetlb_failcnt",  # a counter without _total, like container_memory_failcnt
         "Number of hugepage usage hits limits.",
-        "untyped",
+        "counter",
         _per_pagesize(lambda h: h.failcnt),
         ("pagesize",),
     ),
@@ -480,19 +561,104 @@ CONTAINER_FAMILIES: tuple[Family, ...] = (
 )
 """Every per-container family, in exposition order."""
 
+
+@dataclass(frozen=True)
+class SpecFamily:
+    """A per-container family known from the container's spec or from the runtime, not from its stats: one
+    value per container (None: no series for it)."""
+
+    name: str
+    help: str
+    kind: Kind
+    value: Callable[[Reading], float | None]
+
+
+def _spec(get: Callable[[CadvisorSpec], int | None]) -> Callable[[Reading], float | None]:
+    def value(reading: Reading) -> float | None:
+        got = None if reading.spec is None else get(reading.spec)
+        return None if got is None else float(got)
+
+    return value
+
+
+SPEC_FAMILIES: tuple[SpecFamily, ...] = (
+    SpecFamily(
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds (the CRI's created_at).",
+        "gauge",
+        lambda r: r.target.created,
+    ),
+    SpecFamily(
+        "container_spec_cpu_shares", "CPU share of the container.", "gauge", _spec(lambda s: s.cpu_shares)
+    ),
+    SpecFamily(
+        "container_spec_cpu_period", "CPU period of the container.", "gauge", _spec(lambda s: s.cpu_period)
+    ),
+    SpecFamily(
+        "container_spec_cpu_quota", "CPU quota of the container.", "gauge", _spec(lambda s: s.cpu_quota)
+    ),
+    SpecFamily(
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory reservation limit for the container (0 when none).",
+        "gauge",
+        _spec(lambda s: s.memory_reservation),
+    ),
+    SpecFamily(
+        "container_spec_memory_swap_limit_bytes",
+        "Memory swap limit for the container (v1: memory + swap; 0 when unlimited).",
+        "gauge",
+        _spec(lambda s: s.swap_limit),
+    ),
+    SpecFamily(
+        "container_oom_events_total",
+        "Count of out of memory events observed for the container (the guest cgroup's oom_kill).",
+        "counter",
+        _spec(lambda s: s.oom_kills),
+    ),
+    SpecFamily(
+        "container_processes",
+        "Number of processes running inside the container.",
+        "gauge",
+        _spec(lambda s: s.processes),
+    ),
+)
+"""Families from our agent's Resources/Get (absent with kata-agent) and from the CRI (start time)."""
+
+BARE_COUNTERS = tuple(
+    f.name for f in CONTAINER_FAMILIES if f.kind == "counter" and not f.name.endswith("_total")
+)
+"""Counters cAdvisor names without ``_total``; see BareCounterFamily."""
+
 CORRECTION = (
     "shimstats_working_set_correction_bytes",
     "The Kata Go shim's working set for the same guest reply minus ours: what shimstats corrects (positive: "
     "the Go shim over-reports, typically page cache it fails to subtract).",
 )
 
-_Family = Union[GaugeMetricFamily, CounterMetricFamily, UnknownMetricFamily]
+
+class BareCounterFamily(Metric):
+    """A counter whose samples keep their name, without ``_total``: cAdvisor's ``container_memory_failcnt``
+    and ``container_hugetlb_failcnt``. prometheus_client's CounterMetricFamily would add ``_total`` to the
+    samples; its text output names the TYPE line ``<name>_total``, which shimstats.exporter_http.render puts
+    back to ``<name>`` (BARE_COUNTERS)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        super().__init__(name, documentation, "counter")
+        self._labelnames = tuple(labels)
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labelnames, labels)), value)
+
+
+_Family = Union[GaugeMetricFamily, CounterMetricFamily, UnknownMetricFamily, BareCounterFamily]
 
 
 def _new_family(name: str, help_text: str, kind: Kind, labels: Sequence[str]) -> _Family:
     if kind == "gauge":
         return GaugeMetricFamily(name, help_text, labels=labels)
     if kind == "counter":
+        if not name.endswith("_total"):
+            return BareCounterFamily(name, help_text, labels)
         return CounterMetricFamily(name, help_text, labels=labels)
     return UnknownMetricFamily(name, help_text, labels=labels)
 
@@ -508,6 +674,14 @@ def container_families(readings: Sequence[Reading]) -> list[Metric]:
                 metric.add_metric([*reading.labels, *extra], value)
         if metric.samples:
             found.append(metric)
+    for spec_family in SPEC_FAMILIES:
+        metric = _new_family(spec_family.name, spec_family.help, spec_family.kind, CONTAINER_LABELS)
+        for reading, _ in answered:
+            got = spec_family.value(reading)
+            if got is not None:
+                metric.add_metric(list(reading.labels), got)
+        if metric.samples:
+            found.append(metric)
     correction = GaugeMetricFamily(*CORRECTION, labels=CONTAINER_LABELS)
     for reading, record in answered:
         if record.memory is not None and reading.kata_go_working_set is not None:
@@ -518,46 +692,48 @@ def container_families(readings: Sequence[Reading]) -> list[Metric]:
 
 
 def exporter_families(
-    readings: Sequence[Reading], errors: Mapping[tuple[str, str], int], duration: float
+    sandboxes: Sequence[SandboxReading], errors: Mapping[tuple[str, str], int], duration: float
 ) -> list[Metric]:
-    """The exporter's own families: scrape duration, agent health, and the cumulative ``errors`` counts
-    keyed by (agent address, status code name)."""
+    """The exporter's own families: scrape duration, agent health per sandbox, and the cumulative ``errors``
+    counts keyed by (sandbox label, status code name). A gone sandbox has no series."""
     duration_family = GaugeMetricFamily(
-        "shimstats_scrape_duration_seconds", "Seconds this scrape spent reading the guest agents."
+        "shimstats_scrape_duration_seconds", "Seconds this scrape spent listing and reading the guest agents."
     )
     duration_family.add_metric([], duration)
     up = GaugeMetricFamily(
         "shimstats_agent_up",
-        "1 when the agent answered every read of this scrape (a status of its own, such as NOT_FOUND, is an "
-        "answer), 0 when a read ended UNAVAILABLE or DEADLINE_EXCEEDED.",
-        labels=["agent"],
+        "1 when the sandbox's guest agent answered this scrape (a status of its own, such as NOT_FOUND, is "
+        "an answer), 0 when it did not (UNAVAILABLE, or no answer within the deadline) while the sandbox "
+        "exists.",
+        labels=SANDBOX_LABELS,
     )
-    down: dict[str, bool] = {}
-    for r in readings:
-        down[r.agent] = down.get(r.agent, False) or r.error in AGENT_DOWN_CODES
-    for agent, is_down in down.items():
-        up.add_metric([agent], 0.0 if is_down else 1.0)
+    for s in sandboxes:
+        if not s.gone:
+            t = s.target
+            up.add_metric([t.name, t.pod, t.namespace], 0.0 if s.down is not None else 1.0)
     counter = CounterMetricFamily(
         "shimstats_agent_errors_total",
-        "Reads of a container that failed, by agent and status code, since the exporter started.",
-        labels=["agent", "code"],
+        "Failed reads of a container whose sandbox still exists, by sandbox and status code, since the "
+        "sandbox was first exported (a container or sandbox that is gone is not an error).",
+        labels=["sandbox", "code"],
     )
-    for (agent, code), count in sorted(errors.items()):
-        counter.add_metric([agent, code], count)
+    for (sandbox, code), count in sorted(errors.items()):
+        counter.add_metric([sandbox, code], count)
     return [duration_family, up, counter]
 
 
-def read_errors_family(counts: Mapping[str, Mapping[str, int]]) -> Metric:
-    """``shimstats_agent_read_errors_total{agent,file}`` from each agent's Diagnostics/ReadErrors."""
+def read_errors_family(sandboxes: Sequence[SandboxReading]) -> Metric:
+    """``shimstats_agent_read_errors_total{sandbox,file}`` from each agent's Diagnostics/ReadErrors."""
     family = CounterMetricFamily(
         "shimstats_agent_read_errors_total",
         "Reads by the guest agent that left a figure out because a kernel file was missing or garbled, by "
         "file name, as the agent counts them since it started (no series for an agent that cannot say).",
-        labels=["agent", "file"],
+        labels=["sandbox", "file"],
     )
-    for agent, files in sorted(counts.items()):
-        for name, count in sorted(files.items()):
-            family.add_metric([agent, name], count)
+    for s in sorted(sandboxes, key=lambda s: s.target.name):
+        if s.read_errors is not None and not s.gone:
+            for name, count in sorted(s.read_errors.items()):
+                family.add_metric([s.target.name, name], count)
     return family
 
 
@@ -571,35 +747,31 @@ def kata_go_working_set(response: agent_pb2.StatsContainerResponse, host: Output
 
 
 class AgentPool:
-    """One shared AgentClient per agent, on a private event-loop thread; ``read`` is safe from any thread.
+    """One shared AgentClient per agent address, on a private event-loop thread; ``read`` is safe from any
+    thread. Clients are opened for new addresses and closed when their sandbox leaves the list.
 
-    ``kata_host`` is the host cgroup mode the Kata Go shim would see (it picks its output format by it), for
-    the correction metric.
+    Every sandbox gets its own deadline of ``timeout`` seconds and all are read concurrently, so a paused or
+    hung VM costs its own sandbox the deadline and delays nobody else's answer. ``kata_host`` is the host
+    cgroup mode the Kata Go shim would see (it picks its output format by it), for the correction metric.
     """
 
-    def __init__(self, agents: Sequence[AgentTarget], *, timeout: float, kata_host: OutputFormat) -> None:
-        self.agents = tuple(agents)
+    def __init__(self, *, timeout: float, kata_host: OutputFormat) -> None:
         self.timeout = timeout
         self.kata_host: OutputFormat = kata_host
-        self.read_errors: dict[str, dict[str, int]] = {}
-        """Per agent address, the guest agent's own count of files it could not read, from the last scrape."""
+        self._clients: dict[str, AgentClient] = {}
+        self._no_resources: set[str] = set()
+        """Addresses whose agent answered that it has no Resources service."""
+        self._no_diagnostics: set[str] = set()
+        """Addresses whose agent answered that it has no Diagnostics service."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shimstats-agents", daemon=True)
         self._thread.start()
-        # made in the loop's own thread, so every asyncio object they hold belongs to that loop
-        try:
-            self._clients = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
-        except BaseException:
-            self._clients = {}
-            self.close()
-            raise
 
-    async def _open(self) -> dict[str, AgentClient]:
-        return {a.address: AgentClient(a.address, default_timeout=self.timeout) for a in self.agents}
-
-    def read(self) -> list[Reading]:
-        """Every configured container, read once, concurrently, within ``timeout`` seconds."""
-        future = asyncio.run_coroutine_threadsafe(self._read_all(), self._loop)
+    def read(self, agents: Sequence[AgentTarget]) -> list[SandboxReading]:
+        """Every container of every sandbox in ``agents``, read once, concurrently."""
+        for a in agents:
+            parse_address(a.address)  # AddressError here, in the caller's thread, not in the loop
+        future = asyncio.run_coroutine_threadsafe(self._read_all(agents), self._loop)
         try:
             return future.result(self.timeout + POOL_GRACE)
         except concurrent.futures.TimeoutError:
@@ -607,50 +779,117 @@ class AgentPool:
             message = f"the agent thread did not finish within {self.timeout + POOL_GRACE:g}s"
             log.error("scrape abandoned: %s", message)
             return [
-                Reading(a.address, t, None, error=Code.DEADLINE_EXCEEDED, message=message)
-                for a in self.agents
-                for t in a.containers
+                SandboxReading(
+                    a,
+                    tuple(
+                        Reading(a, t, None, error=Code.DEADLINE_EXCEEDED, message=message)
+                        for t in a.containers
+                    ),
+                    Code.DEADLINE_EXCEEDED,
+                    message,
+                )
+                for a in agents
             ]
 
-    async def _read_all(self) -> list[Reading]:
+    async def _read_all(self, agents: Sequence[AgentTarget]) -> list[SandboxReading]:
+        await self._follow(agents)
+        return list(await asyncio.gather(*(self._read_sandbox(a) for a in agents)))
+
+    async def _follow(self, agents: Sequence[AgentTarget]) -> None:
+        """Open a client per new address; close those whose sandbox is no longer listed."""
+        wanted = {a.address for a in agents}
+        left = [self._clients.pop(address) for address in list(self._clients) if address not in wanted]
+        self._no_resources &= wanted
+        self._no_diagnostics &= wanted
+        for address in wanted - set(self._clients):
+            self._clients[address] = AgentClient(address, default_timeout=self.timeout)
+        await asyncio.gather(*(client.close() for client in left))
+
+    async def _read_sandbox(self, agent: AgentTarget) -> SandboxReading:
         deadline = asyncio.get_running_loop().time() + self.timeout
-        reads = [self._read(a.address, t, deadline) for a in self.agents for t in a.containers]
-        counts = [self._read_errors(a.address, deadline) for a in self.agents]
-        readings, _ = await asyncio.gather(asyncio.gather(*reads), asyncio.gather(*counts))
-        return list(readings)
+        client = self._clients[agent.address]
+        if not agent.containers:  # nothing listed yet: still tell whether the agent answers
+            return await self._check(agent, client, deadline)
+        readings = tuple(
+            await asyncio.gather(*(self._read(agent, client, t, deadline) for t in agent.containers))
+        )
+        down = next((r for r in readings if r.error in AGENT_DOWN_CODES), None)
+        if down is not None:
+            return SandboxReading(agent, readings, down.error, down.message)
+        # after the reads, so that the counts include this scrape's
+        return SandboxReading(
+            agent, readings, read_errors=await self._read_errors(agent.address, client, deadline)
+        )
 
-    async def _read_errors(self, address: str, deadline: float) -> None:
-        """The agent's read-error counts into ``read_errors`` (dropped when it cannot say: kata-agent)."""
+    async def _read_errors(self, address: str, client: AgentClient, deadline: float) -> dict[str, int] | None:
+        """Our agent's Diagnostics/ReadErrors; None when it cannot say (kata-agent: asked once)."""
+        if address in self._no_diagnostics:
+            return None
         try:
-            self.read_errors[address] = await self._clients[address].read_errors(deadline)
-        except TtrpcError:
-            self.read_errors.pop(address, None)
-
-    async def _read(self, address: str, target: ContainerTarget, deadline: float) -> Reading:
-        try:
-            response = await self._clients[address].stats_container(target.id, deadline=deadline)
+            return await client.read_errors(deadline)
         except TtrpcError as exc:
-            return Reading(address, target, None, error=exc.code, message=exc.message)
+            if service_unsupported(exc, DIAGNOSTICS_SERVICE, "ReadErrors"):
+                self._no_diagnostics.add(address)
+            return None
+
+    async def _check(self, agent: AgentTarget, client: AgentClient, deadline: float) -> SandboxReading:
         try:
-            record = ContainerRecord.from_agent(response)
-            kata = kata_go_working_set(response, self.kata_host)
+            await client.check(deadline - asyncio.get_running_loop().time())
+        except TtrpcError as exc:
+            if exc.code in AGENT_DOWN_CODES:
+                return SandboxReading(agent, (), exc.code, exc.message)
+        except OSError as exc:
+            return SandboxReading(agent, (), Code.UNAVAILABLE, str(exc))
+        return SandboxReading(agent, ())
+
+    async def _read(
+        self, agent: AgentTarget, client: AgentClient, target: ContainerTarget, deadline: float
+    ) -> Reading:
+        stats, resources = await asyncio.gather(
+            client.stats_container(target.id, deadline=deadline),
+            self._spec(agent.address, client, target.id, deadline),
+            return_exceptions=True,
+        )
+        if isinstance(stats, TtrpcError):
+            return Reading(agent, target, None, error=stats.code, message=stats.message)
+        if isinstance(stats, BaseException):
+            raise stats
+        spec = resources if isinstance(resources, CadvisorSpec) else None
+        try:
+            record = ContainerRecord.from_agent(stats)
+            kata = kata_go_working_set(stats, self.kata_host)
         except Exception as exc:  # one reply we cannot read must not take the other containers' series
-            log.exception("cannot read the reply", extra={"container_id": target.id, "address": address})
-            return Reading(
-                address, target, None, error=Code.INTERNAL, message=f"cannot read the reply: {exc}"
+            log.exception(
+                "cannot read the reply", extra={"container_id": target.id, "address": agent.address}
             )
-        return Reading(address, target, record, kata)
+            return Reading(agent, target, None, error=Code.INTERNAL, message=f"cannot read the reply: {exc}")
+        return Reading(agent, target, record, kata, spec=spec)
+
+    async def _spec(
+        self, address: str, client: AgentClient, container_id: str, deadline: float
+    ) -> CadvisorSpec | None:
+        """The container's spec from our agent's Resources/Get; None from kata-agent (asked once: an agent
+        without the service is not asked again) or when this read failed (the stats still count)."""
+        if address in self._no_resources:
+            return None
+        try:
+            return cadvisor_spec(await client.resources(container_id, deadline=deadline))
+        except TtrpcError as exc:
+            if service_unsupported(exc, RESOURCES_SERVICE, "Get"):
+                self._no_resources.add(address)
+                log.info(
+                    "the agent serves no Resources service (kata-agent): no spec, OOM or process metrics",
+                    extra={"address": address},
+                )
+            return None
 
     def close(self) -> None:
         """Close every agent connection and stop the thread."""
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._close_clients(), self._loop).result(POOL_GRACE + 5)
+            asyncio.run_coroutine_threadsafe(self._follow(()), self._loop).result(POOL_GRACE + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
         self._loop.close()
-
-    async def _close_clients(self) -> None:
-        await asyncio.gather(*(client.close() for client in self._clients.values()))
 
     def __enter__(self) -> AgentPool:
         return self
@@ -661,20 +900,31 @@ class AgentPool:
         self.close()
 
 
-class ContainerCollector:
-    """The prometheus_client collector: every ``collect`` is one scrape of every configured container.
+GONE = "gone"
+"""A container's state once its agent said NOT_FOUND: it left; nothing more is logged until it answers."""
+UP = "up"
 
-    Keeps the error counts across scrapes and logs each container's changes of state (first answer, first
-    failure, a different failure, recovery), so a dead agent is one log line, not one per scrape.
+
+class ContainerCollector:
+    """The prometheus_client collector: every ``collect`` is one scrape of what ``source`` lists now.
+
+    Tells *gone* from *down*: a container the agent no longer knows (NOT_FOUND) or a sandbox the source says
+    left is dropped from the output without an error, an ``agent_up 0`` or a log line; an agent that does not
+    answer while its sandbox exists is down: ``shimstats_agent_up 0``, an error counted, one log line.
+
+    Logs changes of state only (a container first exported, a sandbox's agent stopping or starting to answer,
+    a container failing in a new way, a container leaving), so nothing is logged per scrape.
     """
 
-    def __init__(self, pool: AgentPool) -> None:
+    def __init__(self, pool: AgentPool, source: TargetSource) -> None:
         self.pool = pool
+        self.source = source
         self._lock = threading.Lock()  # scrapes may run on several HTTP threads at once
-        self._errors: dict[tuple[str, str], int] = {
-            (a.address, code.name): 0 for a in pool.agents for code in AGENT_DOWN_CODES
-        }
-        self._state: dict[tuple[str, str], Code] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+        self._sandboxes: dict[str, str] = {}
+        """sandbox label → UP or the name of the code that shows it down."""
+        self._containers: dict[tuple[str, str], str] = {}
+        """(sandbox label, container id) → UP, GONE, or the name of the failing code."""
 
     def describe(self) -> list[Metric]:
         """Nothing to describe up front: registering must not read the agents."""
@@ -682,28 +932,79 @@ class ContainerCollector:
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
-        readings = self.pool.read()
+        agents = self.source.targets()
+        sandboxes = [
+            replace(s, gone=True) if s.down is not None and self.source.gone(s.target) else s
+            for s in self.pool.read(agents)
+        ]
         duration = time.monotonic() - started
         with self._lock:
-            for reading in readings:
-                self._account(reading)
+            self._account(sandboxes)
             errors = dict(self._errors)
-        yield from container_families(readings)
-        yield from exporter_families(readings, errors, duration)
-        yield read_errors_family(self.pool.read_errors)
+        yield from container_families([r for s in sandboxes if not s.gone for r in s.readings])
+        yield from exporter_families(sandboxes, errors, duration)
+        yield read_errors_family(sandboxes)
 
-    def _account(self, reading: Reading) -> None:
-        key = (reading.agent, reading.target.id)
-        state = reading.error if reading.error is not None else Code.OK
-        before = self._state.get(key)
-        self._state[key] = state
-        extra = {"container_id": reading.target.id, "address": reading.agent}
-        if reading.error is not None:
-            name = reading.error.name
-            self._errors[(reading.agent, name)] = self._errors.get((reading.agent, name), 0) + 1
+    def _account(self, sandboxes: Sequence[SandboxReading]) -> None:
+        present = {s.target.name for s in sandboxes if not s.gone}
+        for s in sandboxes:
+            if s.gone and s.target.name in self._sandboxes:
+                log.info("sandbox gone; no longer exported", extra={"sandbox": s.target.name})
+        self._forget(present, {(s.target.name, r.target.id) for s in sandboxes for r in s.readings})
+        for s in sandboxes:
+            if not s.gone:
+                self._account_sandbox(s)
+                for r in s.readings:
+                    if r.error not in AGENT_DOWN_CODES:
+                        self._account_container(r)
+
+    def _forget(self, sandboxes: set[str], containers: set[tuple[str, str]]) -> None:
+        """Drop the state and the error counts of whatever is no longer listed (or gone)."""
+        for name in [n for n in self._sandboxes if n not in sandboxes]:
+            del self._sandboxes[name]
+        for key in [k for k in self._containers if k not in containers or k[0] not in sandboxes]:
+            if self._containers.pop(key) == UP and key[0] in sandboxes:
+                log.info("container no longer listed; no longer exported", extra=_ids(*key))
+        for key in [k for k in self._errors if k[0] not in sandboxes]:
+            del self._errors[key]
+
+    def _account_sandbox(self, s: SandboxReading) -> None:
+        name = s.target.name
+        state = UP if s.down is None else s.down.name
+        before = self._sandboxes.get(name)
+        self._sandboxes[name] = state
+        extra = {"sandbox": name, "address": s.target.address}
+        if s.down is not None:
+            for code in AGENT_DOWN_CODES:  # both down codes show from the first failure on, at 0 or more
+                self._errors.setdefault((name, code.name), 0)
+            self._errors[(name, s.down.name)] += 1
             if before != state:
-                log.warning("cannot read container: %s", reading.message, extra={**extra, "code": name})
-        elif before is None:
-            log.info("exporting container", extra=extra)
-        elif before != state:
+                log.warning("guest agent not answering: %s", s.message, extra={**extra, "code": state})
+        elif before not in (None, UP):
+            log.info("agent reachable again", extra=extra)
+
+    def _account_container(self, r: Reading) -> None:
+        key = (r.sandbox.name, r.target.id)
+        before = self._containers.get(key)
+        extra = _ids(*key)
+        if r.error == Code.NOT_FOUND:
+            self._containers[key] = GONE
+            if before == UP:
+                log.info("container gone; no longer exported", extra=extra)
+            return
+        if r.error is not None:
+            state = r.error.name
+            self._containers[key] = state
+            self._errors[(key[0], state)] = self._errors.get((key[0], state), 0) + 1
+            if before != state:
+                log.warning("cannot read container: %s", r.message, extra={**extra, "code": state})
+            return
+        self._containers[key] = UP
+        if before in (None, GONE):
+            log.info("exporting container %s", r.target.id, extra=extra)
+        elif before != UP:
             log.info("container readable again", extra=extra)
+
+
+def _ids(sandbox: str, container: str) -> dict[str, str]:
+    return {"sandbox": sandbox, "container_id": container}

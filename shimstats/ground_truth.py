@@ -6,7 +6,7 @@ guest cgroup are read by the same code), or a guest agent's answer over ttrpc.
 
 From that answer the expected figures follow by containerd's CRI formulas applied to the kernel's keys
 directly, not through our translation: this module is the oracle verify checks every shim against,
-ours included. The kernel keys CRI's figures come from (reference/semantics.md §1):
+ours included. The kernel keys CRI's figures come from (docs/spec/formulas.md §1):
 
 ===========  ======================  ==============
 figure       cgroup v1 memory.stat   cgroup v2

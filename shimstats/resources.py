@@ -1,6 +1,6 @@
 """From Kubernetes requests and limits to the cgroup values a guest should show, and the verdict on them.
 
-Pure functions, no I/O: the rules of reference/semantics.md §6, in the order the values travel.
+Pure functions, no I/O: the rules of docs/spec/mapping.md §2, in the order the values travel.
 
 1. Kubernetes quantities (``500m``, ``2``, ``256Mi``, ``1G``, ``1e3``) → millicores and bytes, rounded up as
    the API server's Quantity does (MilliValue, Value).

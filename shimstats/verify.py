@@ -8,7 +8,7 @@ user/system time in USER_HZ ticks.
 
 For a failing figure, the likely cause is named from the numbers themselves (the reported Metrics and the
 raw memory.stat): an unsubtracted inactive_file, cache counted as rss, unset total_* fields, swapped
-user/system time. The causes come from the known bugs in reference/semantics.md §7-§8.
+user/system time. The causes come from the known bugs in docs/spec/mapping.md §3-§4.
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ stop_container anon
 
 # The resized containers (v2 only, after every other capture so that enabling cpuset changes none of them):
 # a container's cgroup written the way a runtime applies the kubelet's CRI values for the requests and
-# limits given (reference/semantics.md §6). shares = request*1024/1000; cpu.weight is given, from the
-# shares by the linear rule (Kata agent, kubelet) or the quadratic one (runc >= 1.3.2, crun), as in §6's
+# limits given (docs/spec/mapping.md §2). shares = request*1024/1000; cpu.weight is given, from the
+# shares by the linear rule (Kata agent, kubelet) or the quadratic one (runc >= 1.3.2, crun), as in §2.2's
 # table (busybox awk has no log or exp to compute the quadratic one here); cpu.max = limit*100000/1000 and
 # period 100000; memory.max = the limit as given (the kernel keeps whole pages); memory.high by the
 # kubelet's MemoryQoS (request + 0.9*(limit - request), whole pages; left at max when request = limit);

@@ -24,13 +24,12 @@ from google.protobuf.message import DecodeError
 
 from shimstats import resources as rs
 from shimstats._proto.shimstats.agent.v1 import resources_pb2
-from shimstats.agent_client import Backoff
+from shimstats.agent_client import RESOURCES_SERVICE, Backoff, service_unsupported
 from shimstats.commands._args import DEFAULT_TIMEOUT, address, seconds
 from shimstats.table import render
 from shimstats.ttrpc import Client, Code, TtrpcError
 
 EXIT_MATCH, EXIT_MISMATCH, EXIT_CANNOT_CHECK = 0, 1, 2
-RESOURCES_SERVICE = "shimstats.agent.v1.Resources"
 RETRIED = (Code.NOT_FOUND, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
 BACKOFF = Backoff(initial=0.05, maximum=1.0)
 CANNOT_REPORT = "this agent cannot report applied resources"
@@ -141,22 +140,9 @@ class Fetched:
     waited: float
 
 
-RUST_TTRPC_NO_SUCH_METHOD = (
-    f"{RESOURCES_SERVICE} service does not exist",
-    f"/{RESOURCES_SERVICE}/Get does not exist",
-)
-"""ttrpc-rust's INVALID_ARGUMENT texts for a method it does not serve: the async server since 0.7
-(src/asynchronous/server.rs handle_request, "{service} service does not exist") and the async server up to
-0.6 and the sync server in every version (format!("{} does not exist", path) with path "/service/method";
-kata-agent 2.0-2.3 use ttrpc-rust 0.5)."""
-
-
 def cannot_report(error: TtrpcError) -> bool:
-    """The agent serves no Resources service: ttrpc-rust's INVALID_ARGUMENT texts (kata-agent) or a Go or our
-    own ttrpc server's UNIMPLEMENTED."""
-    if error.code == Code.UNIMPLEMENTED:
-        return True
-    return error.code == Code.INVALID_ARGUMENT and error.message in RUST_TTRPC_NO_SUCH_METHOD
+    """The agent serves no Resources service: kata-agent (ttrpc-rust) or a Go ttrpc server."""
+    return service_unsupported(error, RESOURCES_SERVICE, "Get")
 
 
 async def fetch(address: str, container_id: str, wait: float, timeout: float) -> Fetched:

@@ -1,8 +1,10 @@
 """`shimstats exporter`: Prometheus /metrics with cAdvisor's container metrics, read from guest agents.
 
-Every scrape asks each configured container's guest agent once (all concurrently, within --timeout) and
-answers with container_memory_working_set_bytes and the other cAdvisor names, labelled with the container id,
-the Kubernetes names given in --config, and the agent's address. Serves until SIGTERM or SIGINT.
+Every scrape asks each container's guest agent once (sandboxes concurrently, each within --timeout) and
+answers with container_memory_working_set_bytes and the other cAdvisor names, labelled as the kubelet's
+/metrics/cadvisor labels them (container, pod, namespace, image, name, id) plus the sandbox. What to read:
+--discover (every Kata sandbox on this node, names from the CRI), --config FILE, or --agent with
+--container. Serves until SIGTERM or SIGINT; SIGHUP reloads --config.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from guest_agent import logs
 from shimstats.commands._args import address, seconds
-from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
+from shimstats.cri_client import DEFAULT_ADDRESS as CRI_DEFAULT
+from shimstats.cri_client import CriError
+from shimstats.discovered_targets import CriNames, DiscoveredTargets
+from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, parse_agent_port
+from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
+from shimstats.exporter_http import MetricsServer
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
 
@@ -31,26 +38,39 @@ else:  # pragma: no cover - the project's dependency on tomli covers 3.9 and 3.1
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LABEL_KEYS = ("container", "pod", "namespace", "image")
 """Optional per-container keys of the config file; each becomes the label of the same name."""
+SANDBOX_KEYS = ("sandbox", "pod", "namespace")
+"""Optional per-agent keys of the config file: the labels of shimstats_agent_up."""
+DEFAULT_TIMEOUT = 3.0
+"""Seconds per sandbox: kata-monitor's deadline per shim (src/runtime/pkg/kata-monitor/shim_client.go)."""
 
 log = logging.getLogger("shimstats.exporter")
 
 EPILOG = """\
 examples:
-  # one Kata VM: the guest agent on vsock port 2048 of guest CID 3, two containers
+  # a Kata node: every sandbox, its agent (asked from its shim) and its pods' names (CRI), as root
+  shimstats --log-level info exporter --listen-http 127.0.0.1:9110 --discover
+
+  # the same with the stock kata-agent in the guests (no shimstats agent in the image)
+  shimstats exporter --listen-http 127.0.0.1:9110 --discover --agent-port kata-agent
+
+  # one Kata VM by hand: the guest agent on vsock port 2048 of guest CID 3, two containers
   shimstats exporter --listen-http 127.0.0.1:9110 --agent vsock://3:2048 --container web-1 --container db-1
 
-  # many VMs, with pod/namespace/container labels (see contrib/exporter-config.example.toml), JSON logs
+  # many VMs from a file (see contrib/exporter-config.example.toml; SIGHUP reloads it), JSON logs
   shimstats exporter --listen-http 0.0.0.0:9110 --config /etc/shimstats/exporter.toml --log-format json
 
   # then
   curl -s http://127.0.0.1:9110/metrics | grep container_memory_working_set_bytes
+  curl -s http://127.0.0.1:9110/healthz        # reads no agent: for liveness probes
 
 --agent takes any agent address serve takes: vsock://CID:PORT, hvsock:///path/kata.hvsock:PORT (Firecracker,
 Cloud Hypervisor) or unix:///path; kata-agent itself (port 1024) answers too, with its gaps on v2 guests.
-Port 0 in --listen-http picks a free port; the log line "serving /metrics" names it.
+Port 0 in --listen-http picks a free port; the log line "serving /metrics on ADDR" names it.
 
-Set --timeout below Prometheus' scrape_timeout (10 s by default): a dead agent costs a scrape this long at
-most, its containers' series disappear and shimstats_agent_errors_total{agent,code} counts the failure.
+Sandboxes are read concurrently, each within --timeout: a paused VM costs its own series and one
+shimstats_agent_up{sandbox,pod,namespace} 0, not the others'. A container or sandbox that is gone (NOT_FOUND,
+its shim socket vanished, the CRI no longer lists it) just leaves the output: no error, no log line.
+Set --timeout below Prometheus' scrape_timeout (10 s by default).
 
 shimstats_working_set_correction_bytes = the Kata Go shim's working set minus ours for the same guest reply;
 the Go shim chooses its output by the host's cgroup mode (--kata-host-cgroup, default: this host's)."""
@@ -84,6 +104,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="FILE",
         help="TOML file listing agents and their containers with Kubernetes labels (instead of --agent)",
     )
+    source.add_argument(
+        "--discover",
+        action="store_true",
+        help="find every Kata sandbox under --kata-root, its agent (asked from its shim) and its containers "
+        "and names (from --cri), again at every scrape",
+    )
+    p.add_argument(
+        "--kata-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --discover: a directory of Kata sandboxes, repeatable (default: "
+        + " and ".join(DEFAULT_ROOTS)
+        + ")",
+    )
+    p.add_argument(
+        "--cri",
+        default=CRI_DEFAULT,
+        metavar="ADDR",
+        help="with --discover: the CRI socket naming pods and containers (default: %(default)s); 'none' "
+        "exports each sandbox by its id alone",
+    )
+    p.add_argument(
+        "--agent-port",
+        type=agent_port,
+        default=SHIMSTATS_AGENT_PORT,
+        metavar="PORT|kata-agent",
+        help="with --discover: the guest port of our agent (default: %(default)s), or kata-agent to read "
+        "Kata's own agent on the port its shim reports",
+    )
     p.add_argument(
         "--container",
         action="append",
@@ -94,9 +144,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--timeout",
         type=seconds,
-        default=5.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="deadline of one scrape, shared by every container (default: %(default)s)",
+        help="deadline per sandbox: its agent's answers for all its containers (default: %(default)s, "
+        "kata-monitor's per shim); sandboxes are read concurrently",
     )
     p.add_argument(
         "--kata-host-cgroup",
@@ -124,51 +175,117 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def agent_port(text: str) -> AgentPort:
+    """argparse type: a guest port, or ``kata-agent``."""
+    try:
+        return parse_agent_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
-        agents = targets(args.agent, args.container, args.config)
-    except ConfigError as exc:
+        source = _source(args)
+    except (ConfigError, CriError) as exc:
         print(f"shimstats exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        return _serve(args, source)
+    finally:
+        if isinstance(source, DiscoveredTargets):
+            source.close()
+
+
+def _source(args: argparse.Namespace) -> StaticTargets | DiscoveredTargets:
+    """What to export: the sandboxes found on this node (--discover), or the fixed list."""
+    given = (
+        ("--kata-root", bool(args.kata_root)),
+        ("--cri", args.cri != CRI_DEFAULT),
+        ("--agent-port", args.agent_port != SHIMSTATS_AGENT_PORT),
+    )
+    discover_only = [flag for flag, set_ in given if set_]
+    if not args.discover:
+        if discover_only:
+            raise ConfigError(f"{', '.join(discover_only)} goes with --discover")
+        return StaticTargets(targets(args.agent, args.container, args.config))
+    if args.container:
+        raise ConfigError("--container goes with --agent; --discover finds the containers itself")
+    names = None if args.cri == "none" else CriNames(args.cri, timeout=args.timeout)
+    roots = args.kata_root or DEFAULT_ROOTS
+    return DiscoveredTargets(roots, port=args.agent_port, names=names, timeout=args.timeout)
+
+
+def _serve(args: argparse.Namespace, source: StaticTargets | DiscoveredTargets) -> int:
     host, port = args.listen_http
     kata_host = resolve_format(args.kata_host_cgroup)
-    with AgentPool(agents, timeout=args.timeout, kata_host=kata_host) as pool:
+    with AgentPool(timeout=args.timeout, kata_host=kata_host) as pool:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ContainerCollector(pool))
+        registry.register(ContainerCollector(pool, source))
         ProcessCollector(registry=registry)
         try:
-            server, thread = start_http_server(port, host, registry)
+            server = MetricsServer(host, port, registry)
         except OSError as exc:
             log.error("cannot serve /metrics: %s", exc, extra={"address": f"{host}:{port}"})
             return EXIT_FAILED
-        try:
-            url = f"http://{_url_host(host)}:{server.server_address[1]}/metrics"
-            count = sum(len(a.containers) for a in agents)
-            log.info(
-                "serving /metrics (%d containers, %d agents)", count, len(agents), extra={"address": url}
-            )
-            _wait_for_signal()
-            log.info("stopping", extra={"address": url})
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
+        with server:
+            if isinstance(source, DiscoveredTargets):
+                where = ", ".join(source.roots)
+                log.info(
+                    "serving /metrics on %s (sandboxes found under %s)",
+                    server.url,
+                    where,
+                    extra={"address": server.url},
+                )
+                _serve_until_stopped(lambda: log.info("SIGHUP: nothing to reload with --discover"))
+            else:
+                agents = source.targets()
+                count = sum(len(a.containers) for a in agents)
+                log.info(
+                    "serving /metrics on %s (%d containers, %d agents)",
+                    server.url,
+                    count,
+                    len(agents),
+                    extra={"address": server.url},
+                )
+                _serve_until_stopped(lambda: _reload(args.config, source))
+            log.info("stopping", extra={"address": server.url})
     return EXIT_OK
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _wait_for_signal() -> None:
-    """Block the main thread until SIGTERM or SIGINT."""
-    stop = threading.Event()
-    previous = {
-        signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
+def _reload(config: str | None, source: StaticTargets) -> None:
+    """SIGHUP: read the config file again; a file that is now wrong keeps the previous list."""
+    if config is None:
+        log.info("SIGHUP: nothing to reload (no --config)")
+        return
     try:
-        stop.wait()
+        agents = load_config(config)
+    except ConfigError as exc:
+        log.error("config not reloaded, the previous one stays: %s", exc, extra={"path": config})
+        return
+    source.replace(agents)
+    count = sum(len(a.containers) for a in agents)
+    log.info("config reloaded (%d containers, %d agents)", count, len(agents), extra={"path": config})
+
+
+def _serve_until_stopped(reload: Callable[[], None]) -> None:
+    """Block the main thread until SIGTERM or SIGINT; call ``reload`` (on this thread) at each SIGHUP."""
+    stop, hup = threading.Event(), threading.Event()
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+    try:
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                reload()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -209,7 +326,7 @@ def parse_config(data: Mapping[str, Any], path: str) -> tuple[AgentTarget, ...]:
         where = f"{path}: agents #{n}"
         if not isinstance(agent, dict):
             raise ConfigError(f"{where}: not a table")
-        _only(agent, ("address", "containers"), where)
+        _only(agent, ("address", "containers", *SANDBOX_KEYS), where)
         address = agent.get("address")
         if not isinstance(address, str):
             raise ConfigError(f"{where}: address must be a string such as vsock://3:2048")
@@ -223,7 +340,15 @@ def parse_config(data: Mapping[str, Any], path: str) -> tuple[AgentTarget, ...]:
         if not isinstance(containers, list) or not containers:
             raise ConfigError(f"{where} ({address}): no [[agents.containers]]")
         listed = [_container(c, f"{where} ({address}) container #{i}") for i, c in enumerate(containers, 1)]
-        found.append(AgentTarget(address, _unique(f"{where} ({address})", listed)))
+        names = {key: agent.get(key, "") for key in SANDBOX_KEYS}
+        for key, value in names.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{where} ({address}): {key} must be a string")
+        for key in ("pod", "namespace"):  # one pod per sandbox: its containers' own value when they agree
+            given = {getattr(c, key) for c in listed} - {""}
+            if not names[key] and len(given) == 1:
+                names[key] = given.pop()
+        found.append(AgentTarget(address, _unique(f"{where} ({address})", listed), **names))
     return tuple(found)
 
 

@@ -2,7 +2,7 @@
 
 ``compare`` shows these next to our translation, and the regression tests prove each defect is real in the
 emulation and absent from ``shimstats.translate``. One module per shim, each naming the upstream file it
-mirrors; they reproduce exactly the defects that show in the Metrics (reference/wire.md §6.1/§6.2,
-semantics.md §7), no more and no fewer. Defects outside the Metrics (locking, error codes, Connect) belong
+mirrors; they reproduce exactly the defects that show in the Metrics (docs/spec/mapping.md §3.2/§3.3,
+§3.4), no more and no fewer. Defects outside the Metrics (locking, error codes, Connect) belong
 to the serving side and are not here.
 """

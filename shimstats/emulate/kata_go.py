@@ -2,7 +2,7 @@
 
 Mirrors kata-containers ``src/runtime/pkg/containerd-shim-v2/metrics.go`` (``marshalMetrics``,
 ``statsToMetricsV1``/``V2``) at 7c6ba40, including the JSON hop through ``virtcontainers`` types in
-``kata_agent.go`` ``statsContainer`` and ``container.go`` (reference/wire.md §6.1, semantics.md §7).
+``kata_agent.go`` ``statsContainer`` and ``container.go`` (docs/spec/mapping.md §3.2).
 The hop always yields a CgroupStats, so every block is present (zeros for what the agent did not send).
 
 Defects reproduced, all visible in the Metrics:

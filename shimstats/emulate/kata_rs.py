@@ -1,8 +1,8 @@
 """Kata runtime-rs's Stats answer, emulated from the agent's reply.
 
 Mirrors kata-containers ``src/runtime-rs/crates/runtimes/common/src/types/trans_from_agent.rs`` (the
-``From<Option<StatsContainerResponse>> for StatsInfo`` conversion) at 7c6ba40 (reference/wire.md §6.2,
-semantics.md §7). A block appears only when the agent sent the matching message.
+``From<Option<StatsContainerResponse>> for StatsInfo`` conversion) at 7c6ba40 (docs/spec/mapping.md
+§3.3). A block appears only when the agent sent the matching message.
 
 Defects reproduced, all visible in the Metrics:
 

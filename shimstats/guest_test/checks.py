@@ -3,8 +3,9 @@
 ``shimstats.verify`` judges what CRI and the kubelet read (usage, working set, rss, page faults, CPU). A
 guest kernel change can break the rest too, so each of these is read straight from a captured cgroup's own
 files (``RawCgroup``) and compared with what a Metrics message says (``reported``), by the rules below. They
-are written from the kernel's files and containerd's field meanings (reference/semantics.md §2, §5; wire.md
-§5), never from our translation, so they judge ours and the Kata shims' alike.
+are written from the kernel's files and containerd's field meanings (docs/spec/formulas.md §2,
+docs/spec/mapping.md §1, docs/spec/metrics.md §5), never from our translation, so they judge ours and the Kata
+shims' alike.
 
 =============  ===============================  ===========================  ==============================
 figure         cgroup v2 file                   cgroup v1 file               Metrics field (v1 | v2)

@@ -9,6 +9,15 @@ inner_config_path = "/opt/kata/share/defaults/kata-containers/configuration-clh.
 stats_timeout = 10.0                                            # optional, seconds
 ```
 
+Or, to have each sandbox's Kata shim say where its agent is (every hypervisor, QEMU included; see
+shimstats.discovery):
+
+```toml
+agent = "kata"                      # ask the Kata shim of {sandbox} (GET /agent-url on shim-monitor.sock)
+agent_port = 2048                   # shimstats-agent's port; "kata-agent" keeps Kata's (stock kata-agent)
+kata_roots = ["/run/vc/sbs", "/run/kata"]   # optional: where the shims' sockets are (Go, runtime-rs)
+```
+
 Every mistake is refused at load time with the file and key named: a missing or unknown key (typos must not
 pass silently), a placeholder other than the three, a template that does not expand to an address.
 """
@@ -22,9 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from shimstats.adapter import validate_id
+from shimstats.identifiers import identifier_problem
+from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
-from shimstats.ttrpc import AddressError, TtrpcError, parse_address
+from shimstats.ttrpc import AddressError, parse_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +44,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 __all__ = [
     "FALLBACKS",
     "FORMATS",
+    "KATA",
     "ConfigError",
     "Fallback",
     "ProxyConfig",
@@ -48,7 +59,16 @@ FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
 FORMATS = ("auto", "v1", "v2")
 _PLACEHOLDERS = ("id", "sandbox", "namespace")
 _REQUIRED = ("inner_shim", "agent")
-_OPTIONAL = ("metrics_format", "stats_fallback", "inner_config_path", "stats_timeout")
+_OPTIONAL = (
+    "metrics_format",
+    "stats_fallback",
+    "inner_config_path",
+    "stats_timeout",
+    "agent_port",
+    "kata_roots",
+)
+KATA = "kata"
+"""The ``agent`` value that means: ask the sandbox's Kata shim where its agent is."""
 
 
 class ConfigError(ValueError):
@@ -67,10 +87,24 @@ class ProxyConfig:
     stats_timeout: float = 10.0
     path: str = ""
     """The file these settings were read from ("" when built in code)."""
+    agent_port: AgentPort = SHIMSTATS_AGENT_PORT
+    """With ``agent = "kata"``: the guest port we dial, or "kata-agent" for Kata's own."""
+    kata_roots: tuple[str, ...] = DEFAULT_ROOTS
+    """With ``agent = "kata"``: the directories holding ``<sandbox>/shim-monitor.sock``, searched in order."""
 
     def agent_address(self, *, container_id: str, sandbox: str, namespace: str) -> str:
-        """The guest agent's address for one shim: the template with its placeholders filled in."""
+        """The guest agent for one shim: the template filled in, or with ``agent = "kata"`` a ``kata://``
+        spec the serving process resolves through the sandbox's Kata shim (shimstats.discovery)."""
+        if self.agent == KATA:
+            _check_value("sandbox", sandbox)
+            return kata_spec(sandbox, self.agent_port, self.kata_roots)
         return expand_agent(self.agent, container_id=container_id, sandbox=sandbox, namespace=namespace)
+
+
+def _check_value(name: str, value: str) -> None:
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {problem}")
 
 
 def expand_agent(template: str, *, container_id: str, sandbox: str, namespace: str) -> str:
@@ -80,10 +114,7 @@ def expand_agent(template: str, *, container_id: str, sandbox: str, namespace: s
     """
     values = {"id": container_id, "sandbox": sandbox, "namespace": namespace}
     for name, value in values.items():
-        try:
-            validate_id(value)
-        except TtrpcError as exc:
-            raise ConfigError(f"agent address: cannot put {name} {value!r} in it: {exc.message}") from None
+        _check_value(name, value)
     try:
         text = template.format_map(values)
     except KeyError as exc:
@@ -127,9 +158,11 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> ProxyConfig:
     timeout = data.get("stats_timeout", 10.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigError(f"{where}: stats_timeout must be a positive number of seconds, not {timeout!r}")
+    agent_port, kata_roots = _kata_settings(data, where)
     try:
         # Sample identifiers: catches bad placeholders and non-addresses now, not at the first Stats.
-        expand_agent(data["agent"], container_id="id", sandbox="sandbox", namespace="namespace")
+        if data["agent"] != KATA:
+            expand_agent(data["agent"], container_id="id", sandbox="sandbox", namespace="namespace")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return ProxyConfig(
@@ -140,7 +173,33 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> ProxyConfig:
         inner_config_path=data.get("inner_config_path", ""),
         stats_timeout=float(timeout),
         path=path,
+        agent_port=agent_port,
+        kata_roots=kata_roots,
     )
+
+
+def _kata_settings(data: Mapping[str, Any], where: str) -> tuple[AgentPort, tuple[str, ...]]:
+    """``agent_port`` and ``kata_roots``: checked, and refused unless ``agent = "kata"`` (they would be
+    silently ignored otherwise)."""
+    given = [key for key in ("agent_port", "kata_roots") if key in data]
+    if data["agent"] != KATA:
+        if given:
+            raise ConfigError(f"{where}: {', '.join(given)} only apply with agent = {KATA!r}")
+        return SHIMSTATS_AGENT_PORT, DEFAULT_ROOTS
+    try:
+        port = parse_agent_port(data.get("agent_port", SHIMSTATS_AGENT_PORT))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: agent_port: {exc}") from None
+    roots = data.get("kata_roots", list(DEFAULT_ROOTS))
+    if (
+        not isinstance(roots, list)
+        or not roots
+        or not all(isinstance(r, str) and os.path.isabs(r) for r in roots)
+    ):
+        raise ConfigError(
+            f"{where}: kata_roots must be a non-empty list of absolute directories, not {roots!r}"
+        )
+    return port, tuple(roots)
 
 
 def load_config(path: str) -> ProxyConfig:

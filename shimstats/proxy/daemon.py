@@ -1,7 +1,8 @@
 """The proxy's serving process: our Task server in front of one inner shim, for as long as that shim lives.
 
-Started by ``start`` (shimstats.proxy.launch), it dials the inner shim, listens on our socket, says
-"ready", and serves until one of:
+Started by ``start`` (shimstats.proxy.launch) with our socket already bound and listening (an inherited
+fd), it dials the inner shim, serves that socket, says "ready" (on stdout, for a caller that runs it
+directly; start does not wait for it), and serves until one of:
 * the inner shim's connection closes: the inner shim exited (after containerd's Shutdown, or it died).
   Without it there is nothing to forward to, so we stop too; containerd then sees our connection close,
   exactly as it would have seen the inner shim's;
@@ -14,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from shimstats.adapter import TASK_SERVICE, StatsHandler
-from shimstats.agent_client import AgentClient
-from shimstats.proxy.config import Fallback
-from shimstats.proxy.forward import ProxyService
+from shimstats.proxy.forward import ProxyService, agent_stats
+from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import remove_if_stale, unix_path
-from shimstats.translate import resolve_format
 from shimstats.ttrpc import Client, Server, TransportError
 
-__all__ = ["DaemonSettings", "serve"]
+__all__ = ["DaemonSettings", "serve"]  # DaemonSettings lives in shimstats.proxy.settings; kept here too
 
 log = logging.getLogger("shimstats.proxy")
 
@@ -39,39 +39,57 @@ INNER_SOCKET_WAIT = 2.0
 """How long the inner shim's socket may keep answering after its connection closed before we leave it."""
 
 
-@dataclass(frozen=True)
-class DaemonSettings:
-    """Everything the serving process needs; ``start`` resolves it and passes it on the command line."""
-
-    listen: str
-    inner_address: str
-    agent: str
-    inner_service: str = TASK_SERVICE
-    metrics_format: str = "auto"
-    stats_fallback: Fallback = "inner"
-    stats_timeout: float = 10.0
-    namespace: str = ""
-    own_config: str = ""
-    inner_config_path: str = ""
-
-
 async def _closed(client: Client) -> None:
     """Return once ``client``'s connection is gone (Client offers a flag, not an awaitable: we poll it)."""
     while not client.closed:  # noqa: ASYNC110
         await asyncio.sleep(INNER_POLL)
 
 
+def _inode(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return None
+
+
+async def _listen(server: Server, settings: DaemonSettings) -> Callable[[], None]:
+    """Serve the socket start handed us (or bind ``listen``); returns what removes our socket file."""
+    if settings.listen_fd < 0:
+        await server.start(settings.listen)
+        return lambda: None  # the server made the file and removes it when it closes
+    listener = socket.socket(fileno=settings.listen_fd)
+    path = unix_path(settings.listen)
+    inode = _inode(path)
+    try:
+        await server.start(listener)
+    except BaseException:
+        listener.close()
+        raise
+
+    def remove() -> None:
+        if inode is not None and _inode(path) == inode:  # still the file start bound, not a successor's
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    return remove
+
+
 async def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) -> None:
     """Serve until the inner shim goes or a signal comes; ``ready`` is called once we accept calls."""
-    output = resolve_format(settings.metrics_format)
     try:
         inner = await Client.connect(settings.inner_address, timeout=CONNECT_TIMEOUT)
     except TransportError as exc:
         raise TransportError(f"cannot reach the inner shim: {exc}") from None
-    agent = AgentClient(settings.agent, default_timeout=settings.stats_timeout)
+    make_stats = functools.partial(
+        agent_stats,
+        settings.agent,
+        settings.metrics_format,
+        timeout=settings.stats_timeout,
+        namespace=settings.namespace,
+    )
     service = ProxyService(
         inner,
-        StatsHandler(agent, output, default_namespace=settings.namespace),
+        make_stats=make_stats,
         fallback=settings.stats_fallback,
         inner_service=settings.inner_service,
         own_config=settings.own_config,
@@ -85,14 +103,15 @@ async def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: No
         loop.add_signal_handler(signum, stop.set)
     waits: list[asyncio.Task[object]] = []
     inner_gone = False
+    remove_socket: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        await server.start(settings.listen)
+        remove_socket = await _listen(server, settings)
         log.info(
             "serving %s, forwarding to %s; Stats from the guest agent at %s as %s metrics",
-            TASK_SERVICE,
+            TASK_V2_SERVICE,
             settings.inner_address,
             settings.agent,
-            output,
+            settings.metrics_format,
             extra={"address": settings.listen},
         )
         ready()
@@ -107,8 +126,9 @@ async def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: No
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await server.close(grace=SHUTDOWN_GRACE)
+        remove_socket()
         await inner.close()
-        await agent.close()
+        await service.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     if inner_gone:

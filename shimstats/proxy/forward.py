@@ -11,24 +11,48 @@ shim's status comes back unchanged (code, message, details). Two calls are looke
   it again. Any other agent status (NOT_FOUND for an unknown id, DEADLINE_EXCEEDED...) is the answer.
 * Create carries the runtime options again; options naming the proxy's own config file are swapped for
   what the inner shim should get (shimstats.proxy.options), everything else in the request is untouched.
+
+The Stats machinery (adapter, agent client, translation core) is loaded on the first Stats, not when the
+serving process starts: containerd's first calls (Create, Start) wait for the server to accept them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_METHODS, TASK_SERVICE, StatsHandler
 from shimstats.proxy.config import Fallback
-from shimstats.proxy.options import for_inner
+from shimstats.proxy.settings import TASK_V2_SERVICE
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
 
-__all__ = ["ProxyService"]
+if TYPE_CHECKING:
+    from shimstats.adapter import StatsHandler
+
+__all__ = ["TASK_METHODS", "ProxyService"]
 
 log = logging.getLogger("shimstats.proxy")
+
+TASK_SERVICE = TASK_V2_SERVICE
+TASK_METHODS: tuple[str, ...] = tuple(
+    method.name for method in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods
+)
+"""Every method of containerd.task.v2.Task, from the generated descriptor (what we forward)."""
+
+
+def agent_stats(agent: str, metrics_format: str, *, timeout: float, namespace: str) -> StatsHandler:
+    """A StatsHandler asking the guest agent at ``agent`` (an address or a kata:// spec); imports the
+    adapter, discovery and the translation core."""
+    from shimstats.adapter import StatsHandler
+    from shimstats.discovery import agent_client
+    from shimstats.translate import resolve_format
+
+    client = agent_client(agent, default_timeout=timeout)
+    return StatsHandler(client, resolve_format(metrics_format), default_namespace=namespace)
 
 
 class ProxyService:
@@ -37,21 +61,39 @@ class ProxyService:
     def __init__(
         self,
         inner: Client,
-        stats: StatsHandler,
+        stats: StatsHandler | None = None,
         *,
+        make_stats: Callable[[], StatsHandler] | None = None,
         fallback: Fallback = "inner",
         inner_service: str = TASK_SERVICE,
         own_config: str = "",
         inner_config_path: str = "",
     ) -> None:
         self.inner = inner
-        self.stats_handler = stats
+        if (stats is None) == (make_stats is None):
+            raise ValueError("give either stats or make_stats")
+        self._stats = stats
+        self._make_stats = make_stats
         self.fallback = fallback
         self.inner_service = inner_service
         self.own_config = own_config
         self.inner_config_path = inner_config_path
         self._warned: set[str] = set()
         """Containers whose Stats fell back since the agent last answered for them."""
+
+    @property
+    def stats_handler(self) -> StatsHandler:
+        """The Stats answerer: ``stats`` as given, or made by it on first use."""
+        if self._stats is None:
+            assert self._make_stats is not None
+            self._stats = self._make_stats()
+            log.debug("Stats machinery loaded", extra={"format": self._stats.output})
+        return self._stats
+
+    async def close(self) -> None:
+        """Close the agent client, when Stats ever made one."""
+        if self._stats is not None:
+            await self._stats.agent.close()
 
     def handlers(self) -> dict[str, Handler]:
         """A handler for every Task method."""
@@ -88,6 +130,8 @@ class ProxyService:
         return await self.forward("Create", payload, ctx)
 
     def _inner_create(self, payload: bytes) -> bytes:
+        from shimstats.proxy.options import for_inner  # protobuf descriptors: only when options are ours
+
         try:
             request = shim_pb2.CreateTaskRequest.FromString(payload)
         except DecodeError:

@@ -1,4 +1,4 @@
-"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, reference/wire.md §2.3).
+"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, docs/spec/metrics.md §1.3).
 
 containerd runs ``<shim> -namespace NS -address GRPC -publish-binary CONTAINERD -id ID [-debug] start`` in
 the bundle directory, with TTRPC_ADDRESS in the environment and the runtime options (an Any) on stdin, and
@@ -6,14 +6,21 @@ takes everything the process prints (stdout and stderr together) as the address 
 1. finds our config (the runtime options' config_path, else $SHIMSTATS_CONFIG) and the inner shim;
 2. runs the inner shim's ``start`` with the same flags, environment and directory, giving it the options
    meant for it, and reads its address (plain = task v2 over ttrpc; the JSON form of newer shims too);
-3. starts our serving process on a socket named after that address (shimstats.proxy.sockets), unless one
-   already answers there (the inner shim groups containers: one proxy per inner shim);
+3. binds and listens on a socket named after that address (shimstats.proxy.sockets), unless one already
+   answers there (the inner shim groups containers: one proxy per inner shim), and starts our serving
+   process with that socket as an inherited fd, as containerd's own shims hand theirs to the serving child
+   they re-execute: containerd may connect at once, and the kernel queues the connection until the server
+   accepts it;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
-   reads it to reconnect after a restart) and prints our address.
+   reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
+
+Both actions import only what they use (no asyncio, no adapter, protobuf only when containerd sent runtime
+options or the inner shim must be released): containerd waits for them on every container start and delete.
 
 ``delete`` (``... -id ID -bundle DIR delete``, after a shim went away) runs the inner shim's ``delete``,
 whose stdout is the DeleteResponse containerd reads, tells a still-running inner shim to let go of the task,
-and removes socket files nobody serves any more.
+and removes socket files nobody serves any more. It waits for nothing else: a serving process still up
+removes both sockets itself on its way out (shimstats.proxy.daemon).
 """
 
 from __future__ import annotations
@@ -22,26 +29,22 @@ import contextlib
 import json
 import logging
 import os
-import select
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_SERVICE
-from shimstats.fake_containerd import NAMESPACE_KEY
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
-from shimstats.proxy.daemon import DaemonSettings
 from shimstats.proxy.logs import open_log_fifo
-from shimstats.proxy.options import config_path_of, decode_any, for_inner
-from shimstats.proxy.sockets import accepts, proxy_address, remove_if_stale, unix_path
-from shimstats.ttrpc import AddressError, SyncClient, TtrpcError
+from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
+from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
+from shimstats.ttrpc import AddressError
 
 __all__ = [
     "STATE_FILE",
+    "TASK_V3_SERVICE",
     "ShimArgs",
     "StartError",
     "daemon_argv",
@@ -58,13 +61,10 @@ STATE_FILE = "shimstats-proxy.json"
 ADDRESS_FILE = "address"
 INNER_START_TIMEOUT = 60.0
 INNER_DELETE_TIMEOUT = 60.0
-READY_TIMEOUT = 15.0
-"""Seconds the serving process gets to listen (a Python start is ~0.5 s; slow CI machines need more)."""
 SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
-TASK_V3_SERVICE = "containerd.task.v3.Task"
-"""Same messages as v2 (reference/wire.md §2.1); a shim that answers JSON version 3 serves this name."""
 _HANDOVER_TIMEOUT = 5.0
-_SOCKET_WAIT = 0.5
+_RELEASED_SOCKET_WAIT = 0.5
+"""How long ``delete`` waits for the socket of an inner shim it just told to shut down."""
 
 
 class StartError(RuntimeError):
@@ -104,7 +104,7 @@ class _State:
     inner_shim: str
     inner_address: str
     address: str
-    inner_service: str = TASK_SERVICE
+    inner_service: str = TASK_V2_SERVICE
 
     def save(self, bundle: str) -> None:
         _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(asdict(self)))
@@ -114,7 +114,7 @@ class _State:
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)
-            service = str(data.get("inner_service", TASK_SERVICE))
+            service = str(data.get("inner_service", TASK_V2_SERVICE))
             return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -131,7 +131,7 @@ def _write_atomic(path: str, text: str) -> None:
 def parse_start_output(text: str) -> tuple[str, str]:
     """(address, Task service name) from what an inner shim's ``start`` printed."""
     text = text.strip()
-    service = TASK_SERVICE
+    service = TASK_V2_SERVICE
     if text.startswith("{"):
         try:
             answer = json.loads(text)
@@ -146,7 +146,7 @@ def parse_start_output(text: str) -> tuple[str, str]:
             raise StartError(
                 f"the inner shim speaks {protocol} version {version}; the proxy forwards ttrpc v2/v3"
             )
-        service = TASK_V3_SERVICE if version == 3 else TASK_SERVICE
+        service = TASK_V3_SERVICE if version == 3 else TASK_V2_SERVICE
         text = str(address)
     try:
         unix_path(text)
@@ -195,48 +195,34 @@ def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.exec
     ]  # fmt: skip
     if settings.own_config:
         flags += ["--own-config", settings.own_config, "--inner-config-path", settings.inner_config_path]
+    if settings.listen_fd >= 0:
+        flags += ["--listen-fd", str(settings.listen_fd)]
     return [python, "-m", "shimstats.proxy", *argv[1:-1], *flags, "serve"]
 
 
-def _spawn(argv: Sequence[str], bundle: str, environ: Mapping[str, str]) -> None:
-    """Start the serving process detached and wait (bounded) for its "ready" line."""
+def _spawn(argv: Sequence[str], listener: socket.socket, bundle: str, environ: Mapping[str, str]) -> None:
+    """Start the serving process detached, with ``listener`` inherited at the same fd number.
+
+    Not waited for: containerd's first call waits in the listen queue until the server accepts it. Should
+    the server fail, containerd sees the connection close, as with a shim that died, and runs ``delete``.
+    """
     log_fd = open_log_fifo(bundle)
     try:
-        process = subprocess.Popen(
+        subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
             cwd="/",  # never hold the bundle directory, which containerd removes
             env=dict(environ),
             start_new_session=True,
+            pass_fds=(listener.fileno(),),
         )
+    except OSError as exc:
+        raise StartError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
     finally:
         if log_fd is not None:
             os.close(log_fd)
-    assert process.stdout is not None
-    with process.stdout:
-        answer = _read_line(process.stdout.fileno(), READY_TIMEOUT)
-    if answer == "ready":
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    process.wait()
-    raise StartError(f"the proxy's server did not start: {answer or 'it exited without a word'}")
-
-
-def _read_line(fd: int, timeout: float) -> str:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return f"no answer within {timeout:g}s"
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").partition("\n")[0].strip()
 
 
 def _run_inner(
@@ -275,20 +261,14 @@ def run_start(
     args: ShimArgs, stdin: bytes, environ: Mapping[str, str], fallback: Fallback | None = None
 ) -> str:
     """The ``start`` action; returns the address to print. ConfigError / StartError say why not."""
-    options = decode_any(stdin)
-    options_path = config_path_of(options)
+    inner_options, options_path = _options(stdin)
     config = _find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
     bundle = args.bundle
     agent = config.agent_address(
         container_id=args.id, sandbox=sandbox_id(bundle, args.id), namespace=args.namespace
     )
-    inner_options = for_inner(options, options_path, config.inner_config_path)
-    output = _inner_start(
-        args.argv(inner_shim, "start"),
-        inner_options.SerializeToString() if inner_options is not None else b"",
-        environ,
-    )
+    output = _inner_start(args.argv(inner_shim, "start"), inner_options(config.inner_config_path), environ)
     inner_address, inner_service = parse_start_output(output)
     address = proxy_address(inner_address)
     settings = DaemonSettings(
@@ -305,12 +285,10 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        if not accepts(unix_path(address)):
-            _spawn(daemon_argv(args, settings), bundle, environ)
-    except StartError:
-        if not accepts(unix_path(address)):  # a concurrent start for the same inner shim may have won
-            _release_inner(args, inner_address, inner_service)
-            raise
+        _serve_at(args, settings, bundle, environ)
+    except (StartError, OSError):
+        _release_inner(args, inner_address, inner_service)
+        raise
     _write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
     log.info(
         "started",
@@ -319,11 +297,52 @@ def run_start(
     return address
 
 
+def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str]) -> None:
+    """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
+    path = unix_path(settings.listen)
+    if accepts(path):
+        return  # the inner shim groups containers, and our server for it is up
+    listener = listen_unix(path)
+    if listener is None:
+        return  # a concurrent start for the same inner shim bound it first
+    with listener:
+        settings = DaemonSettings(**{**asdict(settings), "listen_fd": listener.fileno()})
+        _spawn(daemon_argv(args, settings), listener, bundle, environ)
+
+
+def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:
+    """(what the inner shim's start gets on stdin, given inner_config_path; config_path in the options).
+
+    protobuf is imported only when containerd sent options (CRI does, ``ctr run`` without
+    ``--runtime-config-path`` does not).
+    """
+    if not stdin:
+        return (lambda inner_config_path: b""), ""
+    from shimstats.proxy.options import OptionsError, config_path_of, decode_any, for_inner
+
+    try:
+        options = decode_any(stdin)
+        options_path = config_path_of(options)
+    except OptionsError as exc:
+        raise StartError(str(exc)) from None
+
+    def inner(inner_config_path: str) -> bytes:
+        given = for_inner(options, options_path, inner_config_path)
+        return given.SerializeToString() if given is not None else b""
+
+    return inner, options_path
+
+
 def _release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
     """Ask a running inner shim to drop the task and exit when it has no other (best effort)."""
     path = unix_path(inner_address)
     if not accepts(path):
         return
+    # Only here (a failed start, a delete after our server died): the ttrpc client and the Task messages.
+    from shimstats._proto.containerd.task.v2 import shim_pb2
+    from shimstats.fake_containerd import NAMESPACE_KEY
+    from shimstats.ttrpc import SyncClient, TtrpcError
+
     metadata = {NAMESPACE_KEY: args.namespace}
     try:
         with SyncClient(inner_address, timeout=_HANDOVER_TIMEOUT) as client:
@@ -345,9 +364,8 @@ def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, 
     else:
         inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
     done = _run_inner(args.argv(inner_shim, "delete"), "delete", environ, INNER_DELETE_TIMEOUT, stdin=None)
-    if state is not None:
-        if not accepts(unix_path(state.address)):
-            _release_inner(args, state.inner_address, state.inner_service)  # we died first: tell it
-        for address in (state.address, state.inner_address):
-            remove_if_stale(unix_path(address), _SOCKET_WAIT)
+    if state is not None and not accepts(unix_path(state.address)):
+        _release_inner(args, state.inner_address, state.inner_service)  # our server died first: tell it
+        remove_if_stale(unix_path(state.address))
+        remove_if_stale(unix_path(state.inner_address), _RELEASED_SOCKET_WAIT)
     return done.returncode, done.stdout, done.stderr

@@ -11,7 +11,7 @@ Shims remove their socket on the way out by reading the bundle's ``address`` fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import os
 import socket
 import stat
@@ -19,7 +19,10 @@ import time
 
 from shimstats.ttrpc import AddressError, parse_address
 
-__all__ = ["accepts", "proxy_address", "remove_if_stale", "unix_path"]
+__all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "unix_path"]
+
+LISTEN_BACKLOG = socket.SOMAXCONN
+"""Connections the kernel queues before the serving process accepts (containerd's come while it starts)."""
 
 
 def unix_path(address: str) -> str:
@@ -32,6 +35,8 @@ def unix_path(address: str) -> str:
 
 def proxy_address(inner_address: str) -> str:
     """``unix://<dir of the inner socket>/<sha256 of "shimstats-proxy:<inner address>">``."""
+    import hashlib  # here: OpenSSL's load is for start only, delete finds both addresses in the bundle
+
     directory = os.path.dirname(unix_path(inner_address))
     digest = hashlib.sha256(f"shimstats-proxy:{inner_address}".encode()).hexdigest()
     address = f"unix://{directory}/{digest}"
@@ -50,6 +55,36 @@ def accepts(path: str, timeout: float = 0.5) -> bool:
     finally:
         probe.close()
     return True
+
+
+def listen_unix(path: str) -> socket.socket | None:
+    """A socket bound to ``path`` (mode 0600) and listening, or None when another server got there first.
+
+    As containerd's shims do in their ``start``: a missing directory is made private to us, and a stale
+    socket file (nobody accepts) is replaced. Anything at ``path`` that is not a socket is an OSError.
+    """
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if not remove_if_stale(path):
+        if accepts(path):
+            return None
+        raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE and accepts(path):
+            return None
+        raise
+    try:
+        os.chmod(path, 0o600)  # before listen(): nobody connects while umask bits are on the file
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return sock
 
 
 def remove_if_stale(path: str, wait: float = 0.0) -> bool:

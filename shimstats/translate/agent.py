@@ -8,10 +8,10 @@ but no breakdown (every memory.stat figure None, so the working set is the whole
 as containerd does when the key is missing) and no swap or kernel counter, because what kata's ``swap_usage``
 means (memory+swap on v1, swap only on v2) cannot be decided. Block I/O is still read by its op names.
 
-**A real kata-agent on a v2 guest** (reference/wire.md §5.3, semantics.md §7) leaves fields empty that our
-agent fills. It is recognised by ``use_hierarchy`` false, which our agent never sends on v2 (v2 is always
-hierarchical). What the stats map lets us rebuild is rebuilt for every v2 reply, so both agents give the same
-record:
+**A real kata-agent on a v2 guest** (docs/spec/metrics.md §5.3, docs/spec/mapping.md §3.1) leaves fields empty
+that our agent fills. It is recognised by ``use_hierarchy`` false, which our agent never sends on v2 (v2 is
+always hierarchical). What the stats map lets us rebuild is rebuilt for every v2 reply, so both agents give
+the same record:
 
 * cache (kata sends 0) = memory.stat ``file``;
 * kernel usage (kata sends 0) = memory.stat ``kernel``, or on kernels before 5.19, which lack that key, the

@@ -2,7 +2,7 @@
 
 Why "auto" means the host's cgroup mode: containerd's CRI plugin decodes either format by its type URL, but
 its task-metrics collector (the Prometheus exporter) picks its decoder from the host's own cgroup mode and
-fails on the other format (reference/semantics.md §1). The host is v2 when the root of a cgroup2 mount sits
+fails on the other format (docs/spec/formulas.md §1). The host is v2 when the root of a cgroup2 mount sits
 at the cgroupfs root, which shows as a ``cgroup.controllers`` file there (only cgroup2 has it); a hybrid host
 (cgroup2 only under ``unified/``) counts as v1, as it does for containerd.
 """

@@ -2,39 +2,45 @@
 
 Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes and TtrpcError),
 ``transport`` (unix, vsock and hybrid-vsock addresses), ``client`` and ``server`` (unary calls).
-Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it.
+Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it. Names load
+on first use (PEP 562): ``from shimstats.ttrpc import parse_address`` costs no asyncio and no protobuf,
+which keeps the proxy shim's ``start`` quick.
 """
 
-from shimstats.ttrpc._deadline import wait_until
-from shimstats.ttrpc.client import Client, SyncClient
-from shimstats.ttrpc.framing import (
-    FLAG_NO_DATA,
-    FLAG_REMOTE_CLOSED,
-    FLAG_REMOTE_OPEN,
-    HEADER_LEN,
-    MAX_MESSAGE,
-    Frame,
-    FrameDecoder,
-    MessageType,
-    Metadata,
-    OversizedFrame,
-    ProtocolError,
-    encode_frame,
-)
-from shimstats.ttrpc.server import CallContext, Handler, Server
-from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
-from shimstats.ttrpc.transport import (
-    Address,
-    AddressError,
-    Peer,
-    TransportError,
-    create_connection,
-    create_listener,
-    open_connection,
-    parse_address,
-    start_listener,
-    stop_listener,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shimstats.ttrpc._deadline import wait_until
+    from shimstats.ttrpc.address import Address, AddressError, parse_address
+    from shimstats.ttrpc.client import Client, SyncClient
+    from shimstats.ttrpc.framing import (
+        FLAG_NO_DATA,
+        FLAG_REMOTE_CLOSED,
+        FLAG_REMOTE_OPEN,
+        HEADER_LEN,
+        MAX_MESSAGE,
+        Frame,
+        FrameDecoder,
+        MessageType,
+        Metadata,
+        OversizedFrame,
+        ProtocolError,
+        encode_frame,
+    )
+    from shimstats.ttrpc.server import CallContext, Handler, Server
+    from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
+    from shimstats.ttrpc.transport import (
+        Peer,
+        TransportError,
+        create_connection,
+        create_listener,
+        open_connection,
+        start_listener,
+        stop_listener,
+    )
 
 __all__ = [
     "FLAG_NO_DATA",
@@ -70,3 +76,53 @@ __all__ = [
     "stop_listener",
     "wait_until",
 ]
+
+_WHERE = {
+    "wait_until": "shimstats.ttrpc._deadline",
+    "Client": "shimstats.ttrpc.client",
+    "SyncClient": "shimstats.ttrpc.client",
+    "FLAG_NO_DATA": "shimstats.ttrpc.framing",
+    "FLAG_REMOTE_CLOSED": "shimstats.ttrpc.framing",
+    "FLAG_REMOTE_OPEN": "shimstats.ttrpc.framing",
+    "Frame": "shimstats.ttrpc.framing",
+    "FrameDecoder": "shimstats.ttrpc.framing",
+    "HEADER_LEN": "shimstats.ttrpc.framing",
+    "MAX_MESSAGE": "shimstats.ttrpc.framing",
+    "MessageType": "shimstats.ttrpc.framing",
+    "Metadata": "shimstats.ttrpc.framing",
+    "OversizedFrame": "shimstats.ttrpc.framing",
+    "ProtocolError": "shimstats.ttrpc.framing",
+    "encode_frame": "shimstats.ttrpc.framing",
+    "CallContext": "shimstats.ttrpc.server",
+    "Handler": "shimstats.ttrpc.server",
+    "Server": "shimstats.ttrpc.server",
+    "Code": "shimstats.ttrpc.status",
+    "TtrpcError": "shimstats.ttrpc.status",
+    "error_from_status": "shimstats.ttrpc.status",
+    "make_status": "shimstats.ttrpc.status",
+    "Address": "shimstats.ttrpc.address",
+    "AddressError": "shimstats.ttrpc.address",
+    "Peer": "shimstats.ttrpc.transport",
+    "TransportError": "shimstats.ttrpc.transport",
+    "create_connection": "shimstats.ttrpc.transport",
+    "create_listener": "shimstats.ttrpc.transport",
+    "open_connection": "shimstats.ttrpc.transport",
+    "parse_address": "shimstats.ttrpc.address",
+    "start_listener": "shimstats.ttrpc.transport",
+    "stop_listener": "shimstats.ttrpc.transport",
+}
+"""Which module defines each public name."""
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first use, and keep the name here."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,7 +35,14 @@ from shimstats.ttrpc.framing import (
     encode_response,
 )
 from shimstats.ttrpc.status import Code, Status, TtrpcError, make_status
-from shimstats.ttrpc.transport import Address, Peer, create_listener, describe_peer, stop_listener
+from shimstats.ttrpc.transport import (
+    Address,
+    Peer,
+    adopt_listener,
+    create_listener,
+    describe_peer,
+    stop_listener,
+)
 
 __all__ = ["CallContext", "Handler", "Server"]
 
@@ -290,19 +298,27 @@ class Server:
             raise ValueError(f"ttrpc service {service} is already registered")
         self.services[service] = dict(methods)
 
-    async def start(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> asyncio.Server:
-        """Listen on an address (unix sockets get ``mode``), or adopt a listener made with
-        ``start_listener(addr, server.handle_connection)``. Returns once accepting."""
+    async def start(
+        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
+    ) -> asyncio.Server:
+        """Listen on an address (unix sockets get ``mode``), adopt a listener made with
+        ``start_listener(addr, server.handle_connection)``, or serve a socket already bound and listening
+        (one handed over by another process: the file stays the caller's to remove). Returns once
+        accepting."""
         if self._closing:
             raise RuntimeError("ttrpc server is closed")
         if isinstance(listener, asyncio.Server):
             server = listener
+        elif isinstance(listener, socket.socket):
+            server = await adopt_listener(listener, self._new_connection)
         else:
             server = await create_listener(listener, self._new_connection, mode=mode)
         self._listeners.append(server)
         return server
 
-    async def serve(self, listener: Address | str | asyncio.Server, *, mode: int = 0o600) -> None:
+    async def serve(
+        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
+    ) -> None:
         """``start``, then return once ``close`` has finished; cancelling it closes at once (no grace)."""
         await self.start(listener, mode=mode)
         try:

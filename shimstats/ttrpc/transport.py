@@ -27,7 +27,9 @@ import struct
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+from shimstats.ttrpc.address import Address, AddressError, parse_address
 
 __all__ = [
     "ACCEPT_BATCH",
@@ -39,6 +41,7 @@ __all__ = [
     "Peer",
     "SerialListener",
     "TransportError",
+    "adopt_listener",
     "create_connection",
     "create_listener",
     "describe_peer",
@@ -57,87 +60,15 @@ _U32_MAX = 0xFFFFFFFF
 _VSOCK_ANY = -1
 # A handshake reply is "OK " plus a u32; Firecracker caps its request line at 32 bytes. Longer is junk.
 _HANDSHAKE_MAX = 64
-_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
 
-_DIGITS = re.compile(r"[0-9]+")
-_CID = re.compile(r"-1|[0-9]+")
 _HANDSHAKE_OK = re.compile(rb"OK [0-9]+")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class AddressError(ValueError):
-    """The text is not an address we understand."""
-
-
 class TransportError(ConnectionError):
     """Dialing or listening failed; the message names the address and the reason."""
-
-
-@dataclass(frozen=True)
-class Address:
-    """A parsed address; ``str()`` gives the canonical text back, and parsing that gives an equal Address."""
-
-    kind: Literal["unix", "vsock", "hvsock", "serial"]
-    path: str = ""
-    cid: int = 0
-    port: int = 0
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix://{self.path}"
-        if self.kind == "vsock":
-            return f"vsock://{self.cid}:{self.port}"
-        if self.kind == "serial":
-            return f"serial://{self.path}"
-        return f"hvsock://{self.path}:{self.port}"
-
-
-def _socket_path(path: str, text: str) -> str:
-    if not path.startswith("/"):
-        raise AddressError(f"{text!r}: the socket path must be absolute")
-    if "\0" in path or len(path.encode()) > _SUN_PATH_MAX:
-        raise AddressError(
-            f"{text!r}: not a usable unix socket path (NUL byte or over {_SUN_PATH_MAX} bytes)"
-        )
-    return path
-
-
-def _u32(digits: str, what: str, text: str) -> int:
-    if not _DIGITS.fullmatch(digits) or int(digits) > _U32_MAX:
-        raise AddressError(f"{text!r}: {what} must be a number from 0 to {_U32_MAX}, not {digits!r}")
-    return int(digits)
-
-
-def parse_address(text: str) -> Address:
-    """Parse ``unix:///path``, a bare absolute path, ``vsock://CID:PORT`` or ``hvsock:///path:PORT``."""
-    if text.startswith("/"):
-        return Address("unix", path=_socket_path(text, text))
-    scheme, sep, rest = text.partition("://")
-    if scheme == "unix" and sep:
-        return Address("unix", path=_socket_path(rest, text))
-    if scheme == "vsock" and sep:
-        cid_text, colon, port_text = rest.partition(":")
-        if not colon:
-            raise AddressError(f"{text!r}: expected vsock://CID:PORT")
-        if not _CID.fullmatch(cid_text) or int(cid_text) > _U32_MAX:
-            raise AddressError(f"{text!r}: CID must be -1 (any) or a number from 0 to {_U32_MAX}")
-        return Address("vsock", cid=int(cid_text), port=_u32(port_text, "port", text))
-    if scheme == "hvsock" and sep:
-        path, colon, port_text = rest.rpartition(":")
-        if not colon:
-            raise AddressError(
-                f"{text!r}: the guest port is missing; expected hvsock:///path/to/vmm.sock:PORT"
-            )
-        return Address("hvsock", path=_socket_path(path, text), port=_u32(port_text, "port", text))
-    if scheme == "serial" and sep:
-        if not rest.startswith("/") or "\0" in rest:
-            raise AddressError(f"{text!r}: expected serial:///dev/PORT, an absolute character device path")
-        return Address("serial", path=rest)
-    raise AddressError(
-        f"{text!r}: expected unix:///path, vsock://CID:PORT, hvsock:///path:PORT or serial:///dev/PORT"
-    )
 
 
 def _as_address(addr: Address | str) -> Address:
@@ -382,6 +313,16 @@ async def _serve_socket(
     if inode is not None:
         _owned_files[server] = (address.path, inode)
     return server
+
+
+async def adopt_listener(
+    sock: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.Server:
+    """Serve a socket another process bound and listens on (handed over as an fd, as containerd's shims
+    hand theirs to their serving child), with the kernel's maximum accept queue; its file stays theirs."""
+    adopted = _KernelBacklogSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(protocol_factory, sock=adopted, backlog=ACCEPT_BATCH)
 
 
 async def create_listener(

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
+
 from shimstats.adapter import StatsHandler, TaskService
 from shimstats.agent_client import AgentClient, Backoff
 from shimstats.fake_containerd import StatsResult, call_stats
@@ -45,6 +47,33 @@ FIXTURES = REPO / "tests" / "fixtures" / "cgroupfs"
 START_TIMEOUT = 10.0
 """Seconds an agent or adapter process gets to accept connections (~0.3 s here; CI machines can be slow)."""
 CLI = [sys.executable, "-m", "shimstats.cli"]
+
+
+def skip_unless(reason: str | None) -> None:
+    """Skip the test when this machine lacks what it needs (``reason`` says what); in CI (CI=true) every
+    test must run, so there it fails instead."""
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"this test must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def end_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; always reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager

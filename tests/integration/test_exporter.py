@@ -2,7 +2,7 @@
 
 Guest agents are real ``python -m guest_agent`` processes serving captured kernels (tests/fixtures/cgroupfs)
 on unix sockets; a silent agent is a socket in this process that reads requests and never answers. Expected
-values come from the fixture's own files by cAdvisor's rules (reference/semantics.md §2):
+values come from the fixture's own files by cAdvisor's rules (docs/spec/formulas.md §2):
 
 * v2: usage = memory.current; working set = usage - memory.stat inactive_file (0 if larger); rss = anon;
   cache = file; mapped_file = file_mapped; failcnt = memory.events max; max usage = memory.peak; swap =
@@ -25,6 +25,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shimstats._proto.kata import agent_pb2
+from shimstats.exporter import BARE_COUNTERS
 from shimstats.ttrpc import Frame, FrameDecoder, MessageType
 from shimstats.ttrpc.framing import decode_request
 from tests.integration.harness import (
@@ -94,7 +96,9 @@ class ExporterProcess:
         series: Series = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                series.setdefault(s.name, []).append((s.labels, s.value))
+                # the parser appends _total to counter samples; cAdvisor's failcnt counters have none
+                name = family.name if family.name in BARE_COUNTERS else s.name
+                series.setdefault(name, []).append((s.labels, s.value))
         return series, took
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -155,8 +159,8 @@ class SilentAgent:
                     for event in key.data.feed(data):
                         if isinstance(event, Frame) and event.mtype == MessageType.REQUEST:
                             request = decode_request(event.payload)
-                            if request.method != "StatsContainer":  # the exporter's Diagnostics call
-                                continue
+                            if request.method != "StatsContainer":
+                                continue  # the exporter also asks Resources/Get and Diagnostics; count stats
                             asked = agent_pb2.StatsContainerRequest.FromString(request.payload)
                             with self._lock:
                                 self.requested[asked.container_id] += 1
@@ -184,7 +188,7 @@ class SilentAgent:
         self.close()
 
 
-def value(series: Series, name: str, **labels: str) -> float | None:
+def value(series: Series, name: str, /, **labels: str) -> float | None:
     """The one sample of ``name`` whose labels include ``labels``; None when there is none."""
     found = [v for have, v in series.get(name, []) if all(have.get(k) == want for k, want in labels.items())]
     assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
@@ -192,7 +196,8 @@ def value(series: Series, name: str, **labels: str) -> float | None:
 
 
 def ids(series: Series, name: str) -> set[str]:
-    return {labels["id"] for labels, _ in series.get(name, [])}
+    """The container ids (cAdvisor's ``name`` label) with a ``name`` series."""
+    return {labels["name"] for labels, _ in series.get(name, [])}
 
 
 def truth(fx: Fixture) -> dict[str, float]:
@@ -203,7 +208,17 @@ def truth(fx: Fixture) -> dict[str, float]:
         usage = int(fx.file("memory", "memory.current"))
         limit = fx.file("memory", "memory.max").strip()
         cpu = fx.keyed("cpu", "cpu.stat")
+        cpu_max = fx.file("cpu", "cpu.max").split()
+        weight = int(fx.file("cpu", "cpu.weight"))
+        swap_max = fx.file("memory", "memory.swap.max").strip()
         out = {
+            # the spec (our agent's Resources/Get), by cAdvisor's rules (shimstats/cadvisor_spec.py)
+            "container_spec_cpu_shares": 2 + (weight - 1) * 262142 // 9999,
+            "container_spec_cpu_period": int(cpu_max[1]),
+            "container_spec_memory_reservation_limit_bytes": int(fx.file("memory", "memory.min")),
+            "container_spec_memory_swap_limit_bytes": 0 if swap_max == "max" else int(swap_max),
+            "container_oom_events_total": fx.keyed("memory", "memory.events")["oom_kill"],
+            "container_threads": int(fx.file("pids", "pids.current")),
             "container_memory_usage_bytes": usage,
             "container_memory_working_set_bytes": max(usage - stat["inactive_file"], 0),
             "container_memory_rss": stat["anon"],
@@ -220,12 +235,21 @@ def truth(fx: Fixture) -> dict[str, float]:
             "container_cpu_user_seconds_total": cpu["user_usec"] / 1e6,
             "container_cpu_system_seconds_total": cpu["system_usec"] / 1e6,
         }
+        if cpu_max[0] != "max":
+            out["container_spec_cpu_quota"] = int(cpu_max[0])
         return out
     usage = int(fx.file("memory", "memory.usage_in_bytes"))
     limit_v1 = int(fx.file("memory", "memory.limit_in_bytes"))
     ticks = fx.keyed("cpuacct", "cpuacct.stat")
     clk_tck = os.sysconf("SC_CLK_TCK")
+    quota = int(fx.file("cpu", "cpu.cfs_quota_us"))
+    soft = int(fx.file("memory", "memory.soft_limit_in_bytes"))
     out = {
+        "container_spec_cpu_shares": int(fx.file("cpu", "cpu.shares")),
+        "container_spec_cpu_period": int(fx.file("cpu", "cpu.cfs_period_us")),
+        "container_spec_memory_reservation_limit_bytes": 0 if soft > 1 << 62 else soft,
+        "container_oom_events_total": fx.keyed("memory", "memory.oom_control")["oom_kill"],
+        "container_threads": int(fx.file("pids", "pids.current")),
         "container_memory_usage_bytes": usage,
         "container_memory_working_set_bytes": max(usage - stat["total_inactive_file"], 0),
         "container_memory_rss": stat["total_rss"],
@@ -241,8 +265,12 @@ def truth(fx: Fixture) -> dict[str, float]:
         "container_cpu_user_seconds_total": ticks["user"] / clk_tck,
         "container_cpu_system_seconds_total": ticks["system"] / clk_tck,
     }
+    if quota > 0:
+        out["container_spec_cpu_quota"] = quota
     with contextlib.suppress(FileNotFoundError):
         out["container_memory_swap"] = max(int(fx.file("memory", "memory.memsw.usage_in_bytes")) - usage, 0)
+        memsw = int(fx.file("memory", "memory.memsw.limit_in_bytes"))
+        out["container_spec_memory_swap_limit_bytes"] = 0 if memsw > 1 << 62 else memsw
     return out
 
 
@@ -288,7 +316,11 @@ def test_every_fixture_is_exported_with_cadvisor_figures_and_its_labels() -> Non
             assert exporter.stop() == 0
 
     for fx, agent in agents:
-        who = {"id": fx.request_id, "agent": agent.address, **labels_for(fx)}
+        # cAdvisor's labels: id is the cgroup path (in the guest, as our agent reports it), name the
+        # container id (cAdvisor's first alias); without a sandbox id in the config, the agent's address
+        # names the sandbox
+        cgroup = str(fx.meta["container_path"])
+        who = {"id": cgroup, "name": fx.request_id, "sandbox": agent.address, **labels_for(fx)}
         for name, expected in truth(fx).items():
             assert value(series, name, **who) == pytest.approx(expected, rel=1e-12, abs=0), (fx.name, name)
         assert value(series, "container_cpu_usage_seconds_total", cpu="total", **who) is not None
@@ -302,21 +334,25 @@ def test_every_fixture_is_exported_with_cadvisor_figures_and_its_labels() -> Non
             else t["container_memory_usage_bytes"] - t["container_memory_working_set_bytes"]
         )
         assert value(series, "shimstats_working_set_correction_bytes", **who) == overstated
-        assert value(series, "shimstats_agent_up", agent=agent.address) == 1
-        for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-            assert value(series, "shimstats_agent_errors_total", agent=agent.address, code=code) == 0
+        sandbox_labels = {"pod": f"pod-{fx.name}", "namespace": f"ns-{fx.guest_version}"}
+        assert value(series, "shimstats_agent_up", sandbox=agent.address, **sandbox_labels) == 1
+        # no failure yet, no error series
+        assert (
+            value(series, "shimstats_agent_errors_total", sandbox=agent.address, code="UNAVAILABLE") is None
+        )
     # the labels a cAdvisor user filters on, on every per-container series
     for name, samples in series.items():
         if name.startswith("container_"):
             for labels, _ in samples:
-                assert set(LABELS) | {"id", "agent"} <= set(labels), name
+                assert set(LABELS) | {"id", "name", "sandbox"} <= set(labels), name
     assert value(series, "shimstats_scrape_duration_seconds") is not None
 
 
 def test_a_dead_or_silent_agent_never_holds_a_scrape_past_the_timeout() -> None:
-    """Three containers on a silent agent and one on a dead socket under one shared 1 s deadline: the scrape
-    takes that second, the live agent's container is exported regardless, and every silent container is
-    actually asked (read one after the other, the first would use up the whole deadline)."""
+    """Three containers on a silent agent and one on a dead socket, a 1 s deadline per sandbox: the scrape
+    takes that second, the live agent's container is exported regardless, every silent container is
+    actually asked (read one after the other, the first would use up the whole deadline), and each stuck
+    sandbox is named once: one log line, shimstats_agent_up 0, one error per scrape."""
     fx = next(f for f in CONTAINER_FIXTURES if f.guest_version == 2)
     timeout = 1.0
     with contextlib.ExitStack() as stack:
@@ -346,28 +382,26 @@ def test_a_dead_or_silent_agent_never_holds_a_scrape_past_the_timeout() -> None:
         for name in series:
             if name.startswith("container_"):
                 assert ids(series, name) <= {fx.request_id}, name
-        assert value(series, "shimstats_agent_up", agent=live.address) == 1
-        assert value(series, "shimstats_agent_up", agent=silent.address) == 0
-        assert value(series, "shimstats_agent_up", agent=dead) == 0
-    # cumulative: each failed read counts once per scrape
+        assert value(series, "shimstats_agent_up", sandbox=live.address, pod="", namespace="") == 1
+        assert value(series, "shimstats_agent_up", sandbox=silent.address, pod="", namespace="") == 0
+        assert value(series, "shimstats_agent_up", sandbox=dead, pod="", namespace="") == 0
+    # cumulative: a sandbox that does not answer counts once per scrape, whatever its number of containers
     assert (
-        value(second, "shimstats_agent_errors_total", agent=silent.address, code="DEADLINE_EXCEEDED") == 3 * 2
+        value(second, "shimstats_agent_errors_total", sandbox=silent.address, code="DEADLINE_EXCEEDED") == 2
     )
-    assert value(second, "shimstats_agent_errors_total", agent=dead, code="UNAVAILABLE") == 1 * 2
-    assert value(second, "shimstats_agent_errors_total", agent=live.address, code="UNAVAILABLE") == 0
+    assert value(second, "shimstats_agent_errors_total", sandbox=silent.address, code="UNAVAILABLE") == 0
+    assert value(second, "shimstats_agent_errors_total", sandbox=dead, code="UNAVAILABLE") == 2
+    assert value(second, "shimstats_agent_errors_total", sandbox=live.address, code="UNAVAILABLE") is None
     # one scrape asks each container once: two scrapes, two requests per id
     assert requested == {"s1": 2, "s2": 2, "s3": 2}
-    # one warning per container and code, not one per scrape; each names its container
-    warnings = [
-        line for line in lines if line["level"] == "warning" and line["logger"] == "shimstats.exporter"
-    ]
-    assert sorted((w["container_id"], w["code"]) for w in warnings) == [
-        ("d1", "UNAVAILABLE"),
-        ("s1", "DEADLINE_EXCEEDED"),
-        ("s2", "DEADLINE_EXCEEDED"),
-        ("s3", "DEADLINE_EXCEEDED"),
-    ]
-    assert all(w["address"] in (silent.address, dead) for w in warnings)
+    # one warning per stuck sandbox, not one per container or per scrape; each names its sandbox
+    warnings = [line for line in lines if line["level"] == "warning"]
+    exporter_warnings = [w for w in warnings if w["logger"] == "shimstats.exporter"]
+    assert sorted((w["sandbox"], w["code"]) for w in exporter_warnings) == sorted(
+        [(silent.address, "DEADLINE_EXCEEDED"), (dead, "UNAVAILABLE")]
+    )
+    # the agent connection itself warns once about the dead socket, not at every dial
+    assert [w["address"] for w in warnings if w["logger"] == "shimstats.agent"] == [dead]
 
 
 def test_series_disappear_while_the_agent_is_down_and_come_back() -> None:
@@ -388,20 +422,25 @@ def test_series_disappear_while_the_agent_is_down_and_come_back() -> None:
             lines = exporter.log_lines()
 
     working_set = truth(fx)["container_memory_working_set_bytes"]
-    assert value(before, "container_memory_working_set_bytes", id=fx.request_id) == working_set
+    assert value(before, "container_memory_working_set_bytes", name=fx.request_id) == working_set
     assert ids(during, "container_memory_working_set_bytes") == set()
     assert took < 2, "a refused connection fails at once"
-    assert value(during, "shimstats_agent_up", agent=agent.address) == 0
-    assert value(during, "shimstats_agent_errors_total", agent=agent.address, code="UNAVAILABLE") == 1
-    assert value(after, "container_memory_working_set_bytes", id=fx.request_id) == working_set
-    assert value(after, "shimstats_agent_up", agent=agent.address) == 1
+    assert value(during, "shimstats_agent_up", sandbox=agent.address) == 0
+    assert value(during, "shimstats_agent_errors_total", sandbox=agent.address, code="UNAVAILABLE") == 1
+    assert value(after, "container_memory_working_set_bytes", name=fx.request_id) == working_set
+    assert value(after, "shimstats_agent_up", sandbox=agent.address) == 1
 
+    # the container is announced once; the agent's outage is two sandbox lines, whatever the scrapes
     about = [(line["level"], line["msg"]) for line in lines if line.get("container_id") == fx.request_id]
-    assert about[0] == ("info", "exporting container")
-    assert about[1][0] == "warning"
-    assert about[1][1].startswith("cannot read container")
-    assert about[2] == ("info", "container readable again")
-    assert len(about) == 3
+    assert about == [("info", f"exporting container {fx.request_id}")]
+    sandbox = [
+        (line["level"], line["msg"])
+        for line in lines
+        if line.get("sandbox") == agent.address and "container_id" not in line
+    ]
+    assert [level for level, _ in sandbox] == ["warning", "info"]
+    assert sandbox[0][1].startswith("guest agent not answering")
+    assert sandbox[1][1] == "agent reachable again"
     assert lines[-1]["msg"] == "stopping"
 
 
@@ -415,12 +454,21 @@ def test_bad_arguments_exit_2_naming_the_problem() -> None:
         no_container = exporter("--agent", "unix:///tmp/x.sock")
         bad_address = exporter("--agent", "tcp://x:1", "--container", "a")
         both = exporter("--agent", "unix:///tmp/x.sock", "--config", str(directory / "none.toml"))
+        root_without_discover = exporter(
+            "--agent", "unix:///tmp/x.sock", "--container", "a", "--kata-root", "/x"
+        )
+        container_with_discover = exporter("--discover", "--container", "a")
+        bad_port = exporter("--discover", "--agent-port", "kata")
     assert (missing.returncode, no_container.returncode, bad_address.returncode, both.returncode) == (
         2,
         2,
         2,
         2,
     )
+    assert "--kata-root goes with --discover" in root_without_discover.stderr
+    assert "--discover finds the containers itself" in container_with_discover.stderr
+    assert "agent port 'kata'" in bad_port.stderr
+    assert {p.returncode for p in (root_without_discover, container_with_discover, bad_port)} == {2}
     assert f"cannot read config {directory}/none.toml" in missing.stderr
     assert "--agent needs at least one --container" in no_container.stderr
     assert "tcp://x:1" in bad_address.stderr
@@ -438,3 +486,57 @@ def test_a_taken_port_is_an_error_naming_it() -> None:
         )
     assert done.returncode == 1
     assert f"127.0.0.1:{port}" in done.stderr
+
+
+def test_healthz_reads_no_agent_and_metrics_does() -> None:
+    """A liveness probe on /healthz must not cost a scrape: the silent agent is never asked until /metrics."""
+    with short_tmp() as directory, SilentAgent(directory / "silent.sock") as silent:
+        args = ("--agent", silent.address, "--container", "s1", "--timeout", "0.5")
+        with ExporterProcess(directory, *args) as exporter:
+            base = exporter.url.removesuffix("/metrics")
+            for _ in range(3):
+                with urllib.request.urlopen(f"{base}/healthz", timeout=30) as response:
+                    assert (response.status, response.read()) == (200, b"ok\n")
+            asked_before_metrics = silent.counts()
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"{base}/nothing", timeout=30)
+            series, _ = exporter.scrape()
+            assert exporter.stop() == 0
+        asked_after = silent.counts()
+    assert asked_before_metrics == {}
+    assert missing.value.code == 404
+    assert asked_after == {"s1": 1}
+    assert value(series, "shimstats_agent_up", sandbox=silent.address) == 0
+
+
+def test_sighup_reloads_the_config_and_a_broken_one_keeps_the_last() -> None:
+    fx = next(f for f in CONTAINER_FIXTURES if f.guest_version == 2)
+    with short_tmp() as directory, AgentProcess(directory, fx.agent_args()) as agent:
+        path = directory / "exporter.toml"
+        toml_config(path, {agent.address: [(fx.request_id, {"pod": "before"})]})
+        with ExporterProcess(directory, "--config", str(path)) as exporter:
+            before, _ = exporter.scrape()
+            toml_config(path, {agent.address: [(fx.request_id, {"pod": "after", "container": "web"})]})
+            exporter.process.send_signal(signal.SIGHUP)
+            wait_for_log(exporter, "config reloaded")
+            after, _ = exporter.scrape()
+            path.write_text("[[agents]\n")
+            exporter.process.send_signal(signal.SIGHUP)
+            wait_for_log(exporter, "config not reloaded")
+            kept, _ = exporter.scrape()
+            assert exporter.stop() == 0
+    working_set = truth(fx)["container_memory_working_set_bytes"]
+    assert value(before, "container_memory_working_set_bytes", pod="before") == working_set
+    assert value(after, "container_memory_working_set_bytes", pod="after", container="web") == working_set
+    assert value(after, "container_memory_working_set_bytes", pod="before") is None
+    assert value(kept, "container_memory_working_set_bytes", pod="after", container="web") == working_set
+
+
+def wait_for_log(exporter: ExporterProcess, prefix: str) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        found = [line for line in exporter.log_lines() if line["msg"].startswith(prefix)]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no log line starting {prefix!r}:\n{exporter.log_path.read_text()}")

@@ -22,7 +22,7 @@ from google.protobuf.json_format import MessageToDict
 from guest_agent.service import DIAGNOSTICS_SERVICE
 from shimstats._proto.kata import agent_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2
-from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget
+from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.ttrpc import Client, Code, TtrpcError
 from tests.integration.harness import AgentProcess, Fixture, fixtures, short_tmp
 from tests.integration.test_guest_socket import serving as serving_tree
@@ -208,12 +208,12 @@ def test_the_exporter_publishes_the_agents_counts():
         (tmp / "agent").mkdir()
         with AgentProcess(tmp / "agent", fx.agent_args()) as agent:
             target = AgentTarget(agent.address, (ContainerTarget(fx.request_id),))
-            with AgentPool([target], timeout=5.0, kata_host="v1") as pool:
-                collector = ContainerCollector(pool)
+            with AgentPool(timeout=5.0, kata_host="v1") as pool:
+                collector = ContainerCollector(pool, StaticTargets([target]))
                 list(collector.collect())
                 families = {m.name: m for m in collector.collect()}
     # prometheus_client strips _total from a counter family's name; the sample keeps it
     samples = [s for s in families["shimstats_agent_read_errors"].samples if s.name.endswith("_total")]
     assert [(s.labels, s.value) for s in samples] == [
-        ({"agent": agent.address, "file": "memory.max_usage_in_bytes"}, 2.0)
+        ({"sandbox": agent.address, "file": "memory.max_usage_in_bytes"}, 2.0)
     ]

@@ -61,5 +61,5 @@ def test_wheel_has_the_bundled_capture_the_stubs_and_the_console_scripts(tmp_pat
     assert scripts == {
         "shimstats": "shimstats.cli:main",
         "shimstats-agent": "guest_agent.__main__:main",
-        "containerd-shim-kata-stats-v2": "shimstats.proxy.cli:main",
+        "containerd-shim-kata-stats-v2": "shimstats.proxy.cli:run",
     }

@@ -188,3 +188,48 @@ def test_serve_ends_when_its_inner_shim_ends() -> None:
                 process.kill()
                 process.wait()
         assert not ours.exists()
+
+
+def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> None:
+    """start binds our socket, passes it to the serving process (serve --listen-fd) and returns without
+    waiting for it; a call made right away is queued until the server answers it from the inner shim. A
+    second start for the same inner shim reuses that server; when the inner shim goes, so do the server
+    and its socket file."""
+    with (
+        short_tmp() as directory,
+        ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
+    ):
+        shim = _fake_shim(directory, f'echo "{inner.address}"')
+        env = _env(**{CONFIG_ENV: str(_config(directory, shim))})
+        done = _run(_proxy("start"), directory, env)
+        assert done.returncode == 0, done.stderr
+        address = done.stdout.decode()
+        ours = Path(address.removeprefix("unix://"))
+        assert ours.parent == inner.socket.parent
+        assert ours != inner.socket
+        assert (directory / "address").read_text() == address
+        with SyncClient(address, timeout=TIMEOUT) as client:
+            raw = client.call(TASK_SERVICE, "Connect", shim_pb2.ConnectRequest(id="c1").SerializeToString())
+        assert shim_pb2.ConnectResponse.FromString(raw).shim_pid == inner.process.pid  # forwarded
+        again = _run(_proxy("start"), directory, env)
+        assert (again.returncode, again.stdout.decode()) == (0, address)
+        servers = _pids_serving(address)
+        assert len(servers) == 1, servers  # one serving process per inner shim, on the socket start bound
+        inner.stop()
+        deadline = time.monotonic() + TIMEOUT
+        while ours.exists() or _pids_serving(address):
+            assert time.monotonic() < deadline, "the proxy's server outlived its inner shim"
+            time.sleep(0.05)
+
+
+def _pids_serving(address: str) -> list[int]:
+    """Processes running our ``serve`` action on ``address`` with the socket start handed them."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and address.encode() in argv and b"--listen-fd" in argv:
+            found.append(int(entry))
+    return found

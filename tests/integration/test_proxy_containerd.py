@@ -42,6 +42,7 @@ from tests.containerd_env import (
 )
 from tests.integration.conftest import unique_container_id
 from tests.integration.harness import REPO, AgentProcess, short_tmp, write_executable
+from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
 
@@ -331,3 +332,36 @@ def test_a_killed_proxy_is_cleaned_up_by_containerd_through_our_delete(
     env.containerd.ctr("containers", "delete", container.id, namespace=container.namespace)
     _assert_nothing_left(env, container)
     assert not _alive(container.pid)  # runc's delete killed the container's init
+
+
+@pytest.mark.parametrize(("agent_port", "guest_port"), [("2048", 2048), ('"kata-agent"', 1024)])
+def test_agent_kata_finds_the_agent_through_the_kata_shim(
+    proxy_env: ProxyEnv, run: Callable[..., Container], agent_port: str, guest_port: int
+) -> None:
+    """``agent = "kata"``: the serving process asks the sandbox's Kata shim (a stand-in serving /agent-url
+    on ``<kata_root>/<sandbox>/shim-monitor.sock``; under ctr the sandbox is the container id) and dials
+    the hybrid vsock it names, where a muxer stands in for Cloud Hypervisor: on port 2048, or with
+    ``agent_port = "kata-agent"`` on the port Kata reports (the stock kata-agent's; our agent stands in)."""
+    env = proxy_env
+    kata_root = env.directory / "kata-run"
+    config = env.directory / f"kata-{guest_port}.toml"
+    config.write_text(
+        f'inner_shim = "containerd-shim-runc-v2"\nagent = "kata"\nagent_port = {agent_port}\n'
+        f'kata_roots = ["{env.directory}/no-such-root", "{kata_root}"]\nmetrics_format = "v2"\n'
+    )
+    container = run("--runtime-config-path", str(config))
+    mux_path = env.directory / f"clh-{container.id[-8:]}.sock"
+    with (
+        env.agent(container) as agent,
+        muxer_in_thread(mux_path, {guest_port: agent.socket}) as mux,
+        KataShimStandIn(kata_root, container.id, f"hvsock://{mux_path}:1024") as shim,
+    ):
+        table = env.containerd.metrics_table(container)
+        assert "memory.usage" in table  # v2 rows: our answer (runc on this v1 host sends v1)
+        metrics, before, after = _metrics_around(env, container)
+    assert shim.requests == [("GET", "/agent-url")]
+    assert mux.requests == [f"CONNECT {guest_port}\n".encode()]
+    reported = _reported_working_set(metrics, "v2")
+    assert min(before, after) - TOLERANCE <= reported <= max(before, after) + TOLERANCE
+    env.containerd.kill(container)
+    _assert_nothing_left(env, container)

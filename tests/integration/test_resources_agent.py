@@ -66,6 +66,17 @@ def truth(cgroup: Path, path: str) -> resources_pb2.GetResponse:
         answer.populated = "populated 1" in (cgroup / rel / "cgroup.events").read_text().splitlines()
     else:
         answer.populated = bool((cgroup / "memory" / rel / "cgroup.procs").read_text().strip())
+    # the two counts beside the settings: oom_kill from memory.events (v2) or memory.oom_control (v1), and
+    # the processes listed in cgroup.procs of the hierarchy containers are found in (memory's on v1)
+    memory = cgroup / rel if version == 2 else cgroup / "memory" / rel
+    events = memory / ("memory.events" if version == 2 else "memory.oom_control")
+    if events.is_file():
+        counts = dict(line.split() for line in events.read_text().splitlines())
+        if "oom_kill" in counts:
+            answer.oom_kills = int(counts["oom_kill"])
+    procs = memory / "cgroup.procs"
+    if procs.is_file():
+        answer.processes = len(procs.read_text().split())
     for controller, name in FILES[version]:
         file = cgroup / controller / rel / name
         if not file.is_file():

@@ -3,7 +3,7 @@
 The agent (AgentService, which registers Resources beside StatsContainer) runs in a thread with its own
 event loop; the command runs as `shimstats.cli.main` in the test's thread, as a user would run it. The two
 resized fixtures were written for stated requests and limits (see their meta.json); the flags below are
-those requests. Kata-agent's answers to a service it does not have are the ones in reference/wire.md §1.5.
+those requests. Kata-agent's answers to a service it does not have are the ones in docs/spec/ttrpc.md §5.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def test_quadratic_fixture_is_the_other_rule_for_kata(tmp_path, sock_dir, capsys
         code, out, _ = check(capsys, address, cid, *QUADRATIC_FLAGS)
         assert code == 0
         # 2 CPUs = 2048 shares: quadratic 174, linear 79, and kubelet's linear inverse reads 174 as 4537
-        # shares (the 2048 row of semantics.md §6.1).
+        # shares (the 2048 row of docs/spec/mapping.md §2.2).
         note = (
             "cpu.weight: applied 174 = quadratic rule (runc ≥ 1.3.2, crun); linear rule (Kata agent, kubelet)"
             " gives 79 (kubelet's linear inverse reads 174 as 4537 shares)"
@@ -245,7 +245,7 @@ def test_gives_up_when_the_wait_runs_out(tmp_path, sock_dir, capsys):
 
 
 async def _rust_like(payload: bytes, ctx: CallContext) -> bytes:
-    """ttrpc-rust's answer for a service it does not serve (wire.md §1.5)."""
+    """ttrpc-rust's answer for a service it does not serve (docs/spec/ttrpc.md §5)."""
     raise TtrpcError(Code.INVALID_ARGUMENT, f"{ctx.service} service does not exist")
 
 

@@ -46,6 +46,7 @@ from shimstats.ttrpc import (
     start_listener,
 )
 from shimstats.ttrpc.framing import decode_request, decode_response, encode_request
+from tests.kata_standins import HybridVsockMuxer
 
 SERVICE = "test.v1.Probe"
 T = TypeVar("T")
@@ -758,62 +759,9 @@ async def test_dial_errors_name_the_address(sock_dir: Path) -> None:
 # -- hybrid vsock --------------------------------------------------------------------------------------------
 
 
-class FakeMuxer:
-    """A VMM's hybrid-vsock socket: reads ``CONNECT <port>\\n``, answers, then splices to a ttrpc server."""
-
-    def __init__(self, path: Path, backend: Path, reply: bytes | None) -> None:
-        self.path = path
-        self.backend = backend
-        self.reply = reply  # None: hang up without a word; b"": never answer
-        self.requests: list[bytes] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.listener: asyncio.Server | None = None
-
-    async def __aenter__(self) -> FakeMuxer:
-        self.listener = await asyncio.start_unix_server(self.handle, str(self.path))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.listener is not None
-        self.listener.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.listener.wait_closed()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        try:
-            self.requests.append(await reader.readuntil(b"\n"))
-            if self.reply is None:
-                return
-            if not self.reply:
-                await asyncio.Event().wait()  # silent until cancelled
-            writer.write(self.reply)
-            if not self.reply.startswith(b"OK "):
-                return
-            back_reader, back_writer = await asyncio.open_unix_connection(str(self.backend))
-            try:
-                await asyncio.gather(self.pump(reader, back_writer), self.pump(back_reader, writer))
-            finally:
-                back_writer.close()
-        finally:
-            writer.close()
-            self.tasks.discard(task)
-
-    @staticmethod
-    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-        sink.close()
-
-
 async def test_hybrid_vsock_handshake_then_ttrpc(served: Served, sock_dir: Path) -> None:
     mux_path = sock_dir / "kata.hvsock"
-    async with FakeMuxer(mux_path, served.path, b"OK 1073741824\n") as mux:
+    async with HybridVsockMuxer(mux_path, served.path, b"OK 1073741824\n") as mux:
         async with await Client.connect(f"hvsock://{mux_path}:1024", timeout=2.0) as c:
             assert await c.call(SERVICE, "Echo", b"through the vmm") == b"through the vmm"
             assert await within(
@@ -838,7 +786,7 @@ async def test_hybrid_vsock_bad_handshakes_are_clear_errors(
 ) -> None:
     mux_path = sock_dir / "kata.hvsock"
     address = f"hvsock://{mux_path}:1024"
-    async with FakeMuxer(mux_path, served.path, reply):
+    async with HybridVsockMuxer(mux_path, served.path, reply):
         with pytest.raises(TransportError) as caught:
             await within(Client.connect(address, timeout=0.3))
     assert address in str(caught.value)

@@ -1,4 +1,4 @@
-"""Regression tests for every shim defect that shows in the Metrics (BRIEF §3, reference/wire.md §6):
+"""Regression tests for every shim defect that shows in the Metrics (docs/spec/mapping.md §3):
 the emulation of the Kata shim shows it, with the number the defect's rule gives, and translate() does not.
 
 Inputs are the example guests and every real fixture (tests/unit/test_translate_builders.py), replies from

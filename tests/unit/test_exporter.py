@@ -1,7 +1,7 @@
 """The exporter's families (shimstats.exporter), rendered and parsed back as Prometheus text.
 
 Every expected value is the guest's own figure moved by the rule the test names: cAdvisor's meanings
-(reference/semantics.md §2), seconds = ns / 1e9, unlimited (above 2**62) = 0 in the spec limit. Guests come
+(docs/spec/formulas.md §2), seconds = ns / 1e9, unlimited (above 2**62) = 0 in the spec limit. Guests come
 from tests/unit/test_translate_builders.py: real fixtures read through the guest agent's reader, and
 hand-built examples whose every figure is distinct.
 """
@@ -18,16 +18,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shimstats._proto.kata import agent_pb2
 from shimstats.exporter import (
+    BARE_COUNTERS,
     CONTAINER_FAMILIES,
     CONTAINER_LABELS,
+    SANDBOX_LABELS,
     AgentPool,
     AgentTarget,
     ContainerTarget,
     Reading,
+    SandboxReading,
     container_families,
     exporter_families,
     kata_go_working_set,
 )
+from shimstats.exporter_http import render
 from shimstats.translate import ContainerRecord, OutputFormat
 from shimstats.ttrpc import AddressError, Code
 from tests.unit.test_translate_builders import (
@@ -45,13 +49,15 @@ from tests.unit.test_translate_builders import (
 
 AGENT = "vsock://3:2048"
 TARGET = ContainerTarget("c1", container="web", pod="web-0", namespace="shop", image="nginx:1")
+SANDBOX = AgentTarget(AGENT, (TARGET,), sandbox="sb1", pod="web-0", namespace="shop")
 LABELS = {
     "id": "c1",
+    "name": "c1",
     "container": "web",
     "pod": "web-0",
     "namespace": "shop",
     "image": "nginx:1",
-    "agent": AGENT,
+    "sandbox": "sb1",
 }
 
 Exposed = dict[str, dict[frozenset[tuple[str, str]], float]]
@@ -69,11 +75,14 @@ def exposed(metrics: Sequence[Metric]) -> tuple[Exposed, dict[str, str]]:
     registry.register(Fixed())
     samples: Exposed = {}
     types: dict[str, str] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(render(registry).decode()):
         types[family.name] = family.type
         for s in family.samples:
             rest = {k: v for k, v in s.labels.items() if k not in CONTAINER_LABELS}
-            samples.setdefault(s.name, {})[frozenset(rest.items())] = s.value
+            # prometheus_client's parser appends _total to every counter sample; Prometheus keeps the name
+            # as written, which for cAdvisor's failcnt counters has none
+            name = family.name if family.name in BARE_COUNTERS else s.name
+            samples.setdefault(name, {})[frozenset(rest.items())] = s.value
     return samples, types
 
 
@@ -83,7 +92,7 @@ def reading(
     target: ContainerTarget = TARGET,
 ) -> Reading:
     record = ContainerRecord.from_agent(response)
-    return Reading(AGENT, target, record, kata_go_working_set(response, kata_host))
+    return Reading(SANDBOX, target, record, kata_go_working_set(response, kata_host))
 
 
 def one(samples: Exposed, name: str, **labels: str) -> float | None:
@@ -195,6 +204,23 @@ def test_cadvisor_names_and_types_survive_the_text_format() -> None:
             assert {k for k, _ in labels} == set(family.extra_labels)
 
 
+def test_failcnt_is_a_counter_named_as_cadvisor_names_it() -> None:
+    """cAdvisor: ``# TYPE container_memory_failcnt counter`` and samples without _total."""
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Fixed:
+        def collect(self) -> Sequence[Metric]:
+            return container_families([reading(full_response(example_v2()))])
+
+    registry.register(Fixed())
+    lines = render(registry).decode().splitlines()
+    assert set(BARE_COUNTERS) == {"container_memory_failcnt", "container_hugetlb_failcnt"}
+    for name in BARE_COUNTERS:
+        assert f"# TYPE {name} counter" in lines
+        assert any(line.startswith(name + "{") for line in lines)
+        assert not any(line.startswith(f"{name}_total") or f" {name}_total " in line for line in lines)
+
+
 def test_every_series_carries_the_container_labels() -> None:
     metrics = container_families([reading(full_response(example_v2()))])
     for metric in metrics:
@@ -220,28 +246,84 @@ def test_no_correction_for_a_v1_guest_on_a_v1_host(case: Case) -> None:
     assert one(samples, "shimstats_guest_cgroup_info", version="v1") == 1
 
 
-def test_a_failed_read_has_no_series_and_counts_by_code() -> None:
+def test_a_failed_read_has_no_series_and_a_down_agent_counts_per_sandbox() -> None:
     good = reading(full_response(example_v2()))
     other = ContainerTarget("c2")
+    down_sandbox = AgentTarget(AGENT, (other,), sandbox="sb2", pod="db-0", namespace="shop")
+    answering = AgentTarget("unix:///a.sock", (other,))
+    gone = AgentTarget("unix:///gone.sock", (other,), sandbox="sb4")
     failed = [
-        Reading(AGENT, other, None, error=Code.UNAVAILABLE, message="gone"),
-        Reading("unix:///a.sock", other, None, error=Code.NOT_FOUND, message="no such container"),
+        Reading(down_sandbox, other, None, error=Code.UNAVAILABLE, message="refused"),
+        Reading(answering, other, None, error=Code.NOT_FOUND, message="no such container"),
     ]
     for metric in container_families([good, *failed]):
         assert {s.labels["id"] for s in metric.samples} == {"c1"}, metric.name
 
-    errors = {(AGENT, "UNAVAILABLE"): 2, ("unix:///a.sock", "NOT_FOUND"): 1}
-    own = {m.name: m for m in exporter_families([good, *failed], errors, 0.25)}
+    sandboxes = [
+        SandboxReading(SANDBOX, (good,)),
+        SandboxReading(down_sandbox, (failed[0],), Code.UNAVAILABLE, "refused"),
+        SandboxReading(answering, (failed[1],)),
+        SandboxReading(gone, (), Code.UNAVAILABLE, "no such file", gone=True),
+    ]
+    errors = {("sb2", "UNAVAILABLE"): 2}
+    own = {m.name: m for m in exporter_families(sandboxes, errors, 0.25)}
     assert [s.value for s in own["shimstats_scrape_duration_seconds"].samples] == [0.25]
-    up = {s.labels["agent"]: s.value for s in own["shimstats_agent_up"].samples}
-    # the vsock agent failed one read with UNAVAILABLE (down); the other answered NOT_FOUND itself (up)
-    assert up == {AGENT: 0.0, "unix:///a.sock": 1.0}
-    counted = {(s.labels["agent"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples}
+    up = {tuple(s.labels[k] for k in SANDBOX_LABELS): s.value for s in own["shimstats_agent_up"].samples}
+    # sb2 did not answer (down); the unix agent answered NOT_FOUND itself (up, and named by its address
+    # without a sandbox id); the gone sandbox has no series at all
+    assert up == {
+        ("sb1", "web-0", "shop"): 1.0,
+        ("sb2", "db-0", "shop"): 0.0,
+        ("unix:///a.sock", "", ""): 1.0,
+    }
+    counted = {
+        (s.labels["sandbox"], s.labels["code"]): s.value for s in own["shimstats_agent_errors"].samples
+    }
     assert counted == {k: float(v) for k, v in errors.items()}
 
 
-def test_a_pool_that_cannot_start_leaves_no_thread_behind() -> None:
+def test_a_pool_refuses_a_bad_address_in_the_callers_thread() -> None:
+    with AgentPool(timeout=1.0, kata_host="v1") as pool, pytest.raises(AddressError, match="tcp://agent:1"):
+        pool.read([AgentTarget("tcp://agent:1", (TARGET,))])
+
+
+def test_a_closed_pool_leaves_no_thread_behind() -> None:
     before = {t.ident for t in threading.enumerate()}
-    with pytest.raises(AddressError, match="tcp://agent:1"):
-        AgentPool([AgentTarget("tcp://agent:1", (TARGET,))], timeout=1.0, kata_host="v1")
+    with AgentPool(timeout=1.0, kata_host="v1"):
+        pass
     assert {t.ident for t in threading.enumerate()} == before
+
+
+def test_render_says_what_prometheus_clients_writer_says_but_failcnt() -> None:
+    """Our writer against prometheus_client's generate_latest on the same families, label values that need
+    escaping included: the same families, types, samples, labels and values once parsed; only the bare
+    counters' header lines differ (generate_latest appends _total there)."""
+    awkward = ContainerTarget('c"1', container="we\\b", pod="line\nbreak", namespace="shop", image="nginx:1")
+    sandbox = AgentTarget(AGENT, (awkward,), sandbox="sb1")
+    one_reading = Reading(sandbox, awkward, ContainerRecord.from_agent(full_response(example_v1())), 7)
+    sandboxes = [SandboxReading(sandbox, (one_reading,)), SandboxReading(SANDBOX, (), Code.UNAVAILABLE, "x")]
+    families = [
+        *container_families([one_reading, reading(full_response(example_v2()))]),
+        *exporter_families(sandboxes, {("sb1", "UNAVAILABLE"): 3}, 0.5),
+    ]
+
+    class Fixed:
+        def collect(self) -> Sequence[Metric]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+
+    def parsed(text: str) -> list[tuple[str, str, list[tuple[str, dict[str, str], float]]]]:
+        return [
+            (f.name, f.type, [(s.name, s.labels, s.value) for s in f.samples])
+            for f in text_string_to_metric_families(text)
+        ]
+
+    ours = render(registry).decode()
+    theirs = generate_latest(registry).decode()
+    for name in BARE_COUNTERS:  # the one intended difference
+        theirs = theirs.replace(f"# HELP {name}_total ", f"# HELP {name} ")
+        theirs = theirs.replace(f"# TYPE {name}_total counter", f"# TYPE {name} counter")
+    assert parsed(ours) == parsed(theirs)
+    assert len(parsed(ours)) == len(families)

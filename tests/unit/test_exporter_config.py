@@ -46,8 +46,10 @@ def test_a_config_becomes_agents_with_labelled_containers(tmp_path: Path) -> Non
         AgentTarget(
             "vsock://3:2048",
             (ContainerTarget("a1", "web", "web-0", "shop", "nginx:1.25"), ContainerTarget("a2")),
+            pod="web-0",  # the sandbox's pod and namespace: what its containers say, when they agree
+            namespace="shop",
         ),
-        AgentTarget("unix:///run/shimstats/agent.sock", (ContainerTarget("b1", pod="db-0"),)),
+        AgentTarget("unix:///run/shimstats/agent.sock", (ContainerTarget("b1", pod="db-0"),), pod="db-0"),
     )
 
 

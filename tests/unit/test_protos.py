@@ -1,7 +1,7 @@
 """Checks on protos/ and the generated code in shimstats/_proto.
 
-The field tables below are copied from the fact sheet (reference/wire.md, which cites
-upstream containerd, containerd/cgroups and kata-containers sources); the shim messages that the sheet
+The field tables below are the ones in the spec (docs/spec/metrics.md and docs/spec/ttrpc.md, which cite
+upstream containerd, containerd/cgroups and kata-containers sources); the shim messages that the spec
 does not list were checked against containerd api/runtime/task/v2/shim.proto at 301026e. The byte
 strings in the encoding tests are worked out by hand from the protobuf wire rules: a tag is
 varint(number << 3 | wire type), with wire type 0 = varint, 1 = fixed64, 2 = length-delimited.
@@ -10,7 +10,6 @@ varint(number << 3 | wire type), with wire type 0 = varint, 1 = fixed64, 2 = len
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import struct
 import subprocess
 import sys
@@ -29,18 +28,14 @@ from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.containerd.types import metrics_pb2, mount_pb2, task_pb2
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.ttrpc import request_pb2
+from tests import hack_scripts
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "shimstats" / "_proto"
 
 
 def _load_gen_protos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_protos", REPO / "hack" / "gen_protos.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return hack_scripts.load("gen_protos")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -114,7 +109,7 @@ def _numbered(message: str, names: str, kind: str, first: int = 1) -> list[tuple
     return [(message, name, first + i, kind) for i, name in enumerate(names.split())]
 
 
-# wire.md §3.1 MemoryStat table: fields 1-32 uint64 in this order, 33-36 MemoryEntry.
+# docs/spec/metrics.md §3.1 MemoryStat table: fields 1-32 uint64 in this order, 33-36 MemoryEntry.
 V1_MEMORY_SCALARS = """
     cache rss rss_huge mapped_file dirty writeback pg_pg_in pg_pg_out pg_fault pg_maj_fault inactive_anon
     active_anon inactive_file active_file unevictable hierarchical_memory_limit hierarchical_swap_limit
@@ -122,7 +117,7 @@ V1_MEMORY_SCALARS = """
     total_pg_pg_out total_pg_fault total_pg_maj_fault total_inactive_anon total_active_anon
     total_inactive_file total_active_file total_unevictable
 """
-# wire.md §3.2 MemoryStat table: 1-37 uint64, 38 psi, 39-42 uint64 (cgroups HEAD).
+# docs/spec/metrics.md §3.2 MemoryStat table: 1-37 uint64, 38 psi, 39-42 uint64 (cgroups HEAD).
 V2_MEMORY_SCALARS = """
     anon file kernel_stack slab sock shmem file_mapped file_dirty file_writeback anon_thp inactive_anon
     active_anon inactive_file active_file unevictable slab_reclaimable slab_unreclaimable pgfault pgmajfault
@@ -132,7 +127,7 @@ V2_MEMORY_SCALARS = """
 """
 
 FIELDS: list[tuple[str, str, int, str]] = [
-    # ttrpc envelope (wire.md §1.4)
+    # ttrpc envelope (docs/spec/ttrpc.md §4)
     *_numbered("ttrpc.Request", "service method", "string"),
     ("ttrpc.Request", "payload", 3, "bytes"),
     ("ttrpc.Request", "timeout_nano", 4, "int64"),
@@ -140,7 +135,7 @@ FIELDS: list[tuple[str, str, int, str]] = [
     *_numbered("ttrpc.KeyValue", "key value", "string"),
     ("ttrpc.Response", "status", 1, "google.rpc.Status"),
     ("ttrpc.Response", "payload", 2, "bytes"),
-    # shim task API (wire.md §2.2)
+    # shim task API (docs/spec/metrics.md §1.2)
     ("containerd.task.v2.StatsRequest", "id", 1, "string"),
     ("containerd.task.v2.StatsResponse", "stats", 1, ANY),
     ("containerd.task.v2.ConnectRequest", "id", 1, "string"),
@@ -184,13 +179,13 @@ FIELDS: list[tuple[str, str, int, str]] = [
     ("containerd.task.v2.UpdateTaskRequest", "annotations", 3, "map<string, string>"),
     *_numbered("containerd.types.Mount", "type source target", "string"),
     ("containerd.types.Mount", "options", 4, "repeated string"),
-    # containerd Tasks.Metrics (wire.md §4.1)
+    # containerd Tasks.Metrics (docs/spec/metrics.md §4.1)
     ("containerd.services.tasks.v1.MetricsRequest", "filters", 1, "repeated string"),
     ("containerd.services.tasks.v1.MetricsResponse", "metrics", 1, "repeated containerd.types.Metric"),
     ("containerd.types.Metric", "timestamp", 1, TS),
     ("containerd.types.Metric", "id", 2, "string"),
     ("containerd.types.Metric", "data", 3, ANY),
-    # cgroups v1 (wire.md §3.1)
+    # cgroups v1 (docs/spec/metrics.md §3.1)
     *_numbered(f"{V1}.MemoryStat", V1_MEMORY_SCALARS, "uint64"),
     *_numbered(f"{V1}.MemoryStat", "usage swap kernel kernel_tcp", f"{V1}.MemoryEntry", first=33),
     *_numbered(f"{V1}.MemoryEntry", "limit usage max failcnt", "uint64"),
@@ -206,7 +201,7 @@ FIELDS: list[tuple[str, str, int, str]] = [
     *_numbered(f"{V1}.BlkIOEntry", "op device", "string"),
     *_numbered(f"{V1}.BlkIOEntry", "major minor value", "uint64", first=3),
     ("io.containerd.cgroups.v1.HugetlbStat", "pagesize", 4, "string"),
-    # cgroups v2 (wire.md §3.2)
+    # cgroups v2 (docs/spec/metrics.md §3.2)
     ("io.containerd.cgroups.v2.Metrics", "pids", 1, f"{V2}.PidsStat"),
     ("io.containerd.cgroups.v2.Metrics", "cpu", 2, f"{V2}.CPUStat"),
     ("io.containerd.cgroups.v2.Metrics", "memory", 4, f"{V2}.MemoryStat"),
@@ -234,7 +229,7 @@ FIELDS: list[tuple[str, str, int, str]] = [
     *_numbered(f"{V2}.IOEntry", "major minor rbytes wbytes rios wios", "uint64"),
     ("io.containerd.cgroups.v2.HugeTlbStat", "pagesize", 3, "string"),
     ("io.containerd.cgroups.v2.HugeTlbStat", "failcnt", 4, "uint64"),
-    # Kata agent (wire.md §5.2)
+    # Kata agent (docs/spec/metrics.md §5.2)
     ("grpc.StatsContainerRequest", "container_id", 1, "string"),
     ("grpc.StatsContainerResponse", "cgroup_stats", 1, "grpc.CgroupStats"),
     ("grpc.StatsContainerResponse", "network_stats", 2, "repeated grpc.NetworkStats"),
@@ -320,7 +315,7 @@ def test_v2_metrics_field_3_is_unused_and_reserved() -> None:
     assert [(r.start, r.end) for r in metrics.reserved_range] == [(3, 4)]  # end is exclusive
 
 
-# wire.md §2.1 (shim Task), §4.1 (Tasks.Metrics), §5.1 (agent, health).
+# docs/spec/metrics.md §1.1 (shim Task), §4.1 (Tasks.Metrics), §5.1 (agent, health).
 SERVICES = {
     "containerd.task.v2.Task": {
         "State": ("StateRequest", "StateResponse"),
@@ -386,7 +381,7 @@ def _ld(number: int, body: bytes) -> bytes:
 
 
 def test_ttrpc_request_example_from_the_fact_sheet() -> None:
-    """wire.md §1.1: a unary request on stream 1 with a 37-byte Request has header 00000025 00000001 01 00."""
+    """docs/spec/ttrpc.md §1: a unary request on stream 1, 37-byte Request: header 00000025 00000001 01 00."""
     stats = shim_pb2.StatsRequest(id="c").SerializeToString()
     assert stats == _ld(1, b"c")
     request = request_pb2.Request(service="containerd.task.v2.Task", method="Stats", payload=stats)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shimstats.discovery import KataSpec, parse_kata_spec
 from shimstats.proxy import BINARY
 from shimstats.proxy.config import ConfigError, expand_agent, load_config, parse_config, resolve_inner_shim
 
@@ -134,3 +135,50 @@ def test_the_proxy_cannot_be_its_own_inner_shim(tmp_path: Path) -> None:
     for name in (BINARY, str(tmp_path / BINARY)):
         with pytest.raises(ConfigError, match="proxy itself"):
             resolve_inner_shim(name, str(tmp_path))
+
+
+# -- agent = "kata": ask the sandbox's Kata shim ------------------------------------------------------------
+
+KATA = {"inner_shim": "containerd-shim-kata-v2", "agent": "kata"}
+
+
+def test_agent_kata_defaults_to_our_port_and_both_roots() -> None:
+    config = parse_config(KATA)
+    assert config.agent_port == 2048
+    assert config.kata_roots == ("/run/vc/sbs", "/run/kata")
+    spec = config.agent_address(container_id="c1", sandbox="sb1", namespace="k8s.io")
+    assert parse_kata_spec(spec) == KataSpec("sb1", 2048, ("/run/vc/sbs", "/run/kata"))
+
+
+def test_agent_kata_reads_port_and_roots(tmp_path: Path) -> None:
+    path = tmp_path / "kata.toml"
+    path.write_text(
+        'inner_shim = "containerd-shim-kata-v2"\nagent = "kata"\nagent_port = "kata-agent"\n'
+        'kata_roots = ["/run/kata"]\n'
+    )
+    config = load_config(str(path))
+    assert (config.agent_port, config.kata_roots) == ("kata-agent", ("/run/kata",))
+    spec = config.agent_address(container_id="c1", sandbox="sb1", namespace="default")
+    assert parse_kata_spec(spec) == KataSpec("sb1", "kata-agent", ("/run/kata",))
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({**KATA, "agent_port": 0}, "agent_port"),
+        ({**KATA, "agent_port": "kata"}, "agent_port"),
+        ({**KATA, "kata_roots": []}, "kata_roots"),
+        ({**KATA, "kata_roots": "/run/kata"}, "kata_roots"),
+        ({**KATA, "kata_roots": ["run/kata"]}, "kata_roots"),
+        ({**MINIMAL, "agent_port": 1024}, "agent_port only apply with agent = 'kata'"),
+        ({**MINIMAL, "kata_roots": ["/run/kata"]}, "kata_roots only apply"),
+    ],
+)
+def test_kata_settings_mistakes_are_refused(data: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        parse_config(data, "/etc/shimstats/kata.toml")
+
+
+def test_agent_kata_refuses_a_sandbox_id_that_could_leave_the_directory() -> None:
+    with pytest.raises(ConfigError, match="sandbox"):
+        parse_config(KATA).agent_address(container_id="c1", sandbox="../x", namespace="k8s.io")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from shimstats.proxy.launch import (
     parse_start_output,
     sandbox_id,
 )
-from shimstats.proxy.sockets import proxy_address, remove_if_stale, unix_path
+from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
 
 INNER = "unix:///run/containerd/s/" + "ab" * 32
@@ -118,6 +119,7 @@ def test_the_serving_process_gets_every_setting_back() -> None:
         namespace="k8s.io",
         own_config="/etc/shimstats/kata.toml",
         inner_config_path="/opt/kata/configuration.toml",
+        listen_fd=7,
     )
     argv = daemon_argv(args, settings, python="/usr/bin/python3")
     assert argv[:3] == ["/usr/bin/python3", "-m", "shimstats.proxy"]
@@ -137,6 +139,7 @@ def test_the_serving_process_gets_every_setting_back() -> None:
         namespace=parsed.namespace,
         own_config=parsed.own_config,
         inner_config_path=parsed.inner_config_path,
+        listen_fd=parsed.listen_fd,
     )
     assert back == settings
 
@@ -162,3 +165,26 @@ def test_stale_sockets_go_live_ones_and_other_files_stay(tmp_path: Path) -> None
         listener.close()
     assert remove_if_stale(str(live)) is True  # its server is gone now
     assert not live.exists()
+
+
+def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_path: Path) -> None:
+    """listen_unix: what start hands its serving process (a stale file is replaced, a live one kept)."""
+    path = tmp_path / "run" / "s" / "ours"
+    ours = listen_unix(str(path))
+    assert ours is not None
+    with ours:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        caller.connect(str(path))  # listening already: the kernel queues callers until the server accepts
+        caller.close()
+        assert listen_unix(str(path)) is None  # a concurrent start for the same inner shim: ours stays
+        assert path.exists()
+    again = listen_unix(str(path))  # nobody accepts any more: the stale file is replaced
+    assert again is not None
+    again.close()
+    plain = tmp_path / "plain"
+    plain.write_text("not a socket")
+    with pytest.raises(FileExistsError, match="not a socket"):
+        listen_unix(str(plain))
+    assert plain.read_text() == "not a socket"

@@ -1,6 +1,6 @@
 """shimstats.resources: quantities, the kubelet's CRI values, both cpu.weight rules, expectations, verdicts.
 
-Golden numbers are the ones in the fact sheet reference/semantics.md §6 (its table of cpu.weight values and
+Golden numbers are the ones in the spec docs/spec/mapping.md §2 (its table of cpu.weight values and
 the kubelet constants: shares in [2, 262144], 1024 per CPU, period 100000, quota at least 1000). Every
 other expected number is derived here from the input by the rule stated next to it.
 """
@@ -21,7 +21,8 @@ from shimstats._proto.shimstats.agent.v1 import resources_pb2
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cgroupfs"
 PAGE = 4096
 
-# semantics.md §6.1 "Example cpu.weight values": shares, linear, quadratic, kubelet's inverse of quadratic.
+# docs/spec/mapping.md §2.2 "Example cpu.weight values": shares, linear, quadratic, kubelet's inverse of
+# quadratic.
 GOLDEN = [
     (2, 1, 1, 2),
     (102, 4, 17, 421),
@@ -53,8 +54,9 @@ def test_weight_rules_stay_in_range_and_grow(shares: int) -> None:
     for rule in (rs.linear_weight, rs.quadratic_weight):
         assert 1 <= rule(shares) <= 10000
         assert rule(shares) <= rule(shares + 1)
-    # The quadratic rule never gives less than the linear one over the kubelet's range (semantics.md §6.1:
-    # it was introduced because linear weights were far too small next to system services' 100).
+    # The quadratic rule never gives less than the linear one over the kubelet's range
+    # (docs/spec/mapping.md §2.1: it was introduced because linear weights were far too small next to system
+    # services' 100).
     assert rs.quadratic_weight(shares) >= rs.linear_weight(shares)
 
 

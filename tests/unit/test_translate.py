@@ -117,7 +117,7 @@ KERNEL_TO_V1 = {
     "hierarchical_memory_limit": "hierarchical_memory_limit",
     "hierarchical_memsw_limit": "hierarchical_swap_limit",
 }
-"""v1 memory.stat key → v1 proto field (reference/wire.md §3.1); total_<key> → total_<field> likewise."""
+"""v1 memory.stat key → v1 proto field (docs/spec/metrics.md §3.1); total_<key> → total_<field> likewise."""
 KERNEL_TO_V1 |= {
     "total_" + k: "total_" + f for k, f in KERNEL_TO_V1.items() if not k.startswith("hierarchical")
 }

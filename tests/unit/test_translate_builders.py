@@ -14,7 +14,7 @@ guests are self-consistent by these rules, per version (all sizes are whole 4 Ki
   key (kernels before 5.19) or use the pre-5.9 workingset names.
 
 Replies: ``agent_response`` writes what our guest agent sends (guest_agent/kata.py's table), and
-``kata_agent_v2`` turns a v2 reply into what a real kata-agent sends for the same cgroup (reference/wire.md
+``kata_agent_v2`` turns a v2 reply into what a real kata-agent sends for the same cgroup (docs/spec/metrics.md
 §5.3): cache 0, kernel usage 0, failcnt 0, unlimited swap as 0, throttled time 0, use_hierarchy false.
 Real fixtures go through the guest agent's own reader; their truth is read here straight from the files.
 """

@@ -33,7 +33,7 @@ from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_sta
 
 
 def header(length: int, stream_id: int, mtype: int, flags: int = 0) -> bytes:
-    """A frame header built independently of the code under test (wire.md §1.1: >IIBB)."""
+    """A frame header built independently of the code under test (docs/spec/ttrpc.md §1: >IIBB)."""
     return struct.pack(">IIBB", length, stream_id, mtype, flags)
 
 
@@ -48,7 +48,8 @@ def feed_all(decoder: FrameDecoder, chunks: list[bytes]) -> list[Event]:
 
 
 def test_worked_example_from_the_fact_sheet_byte_for_byte() -> None:
-    # wire.md §1.1: a unary request on stream 1 with a 37-byte Request is 00 00 00 25 | 00 00 00 01 | 01 | 00.
+    # docs/spec/ttrpc.md §1: a unary request on stream 1 with a 37-byte Request is
+    # 00 00 00 25 | 00 00 00 01 | 01 | 00.
     # The 37 bytes, written out by the protobuf rules (tag = field << 3 | wire type 2, then a length):
     body = (
         b"\x0a\x17" + b"containerd.task.v2.Task"  # field 1 service, 23 bytes

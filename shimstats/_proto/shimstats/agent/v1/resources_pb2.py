@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shimstats/agent/v1/resources.proto\x12\x12shimstats.agent.v1\"\"\n\nGetRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\x87\x01\n\x0bGetResponse\x12\x13\n\x0b\x63group_path\x18\x01 \x01(\t\x12\x11\n\tpopulated\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x04\x12-\n\x08settings\x18\x04 \x03(\x0b\x32\x1b.shimstats.agent.v1.Setting\x12\x0e\n\x06\x61\x62sent\x18\x05 \x03(\t\"u\n\x07Setting\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x16\n\x0e\x63group_version\x18\x02 \x01(\r\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12)\n\x06values\x18\x04 \x03(\x0b\x32\x19.shimstats.agent.v1.Value\x12\x0c\n\x04\x63pus\x18\x05 \x03(\r\"0\n\x05Value\x12\x10\n\x06number\x18\x01 \x01(\x03H\x00\x12\r\n\x03max\x18\x02 \x01(\x08H\x00\x42\x06\n\x04kind2S\n\tResources\x12\x46\n\x03Get\x12\x1e.shimstats.agent.v1.GetRequest\x1a\x1f.shimstats.agent.v1.GetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shimstats/agent/v1/resources.proto\x12\x12shimstats.agent.v1\"\"\n\nGetRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\xd3\x01\n\x0bGetResponse\x12\x13\n\x0b\x63group_path\x18\x01 \x01(\t\x12\x11\n\tpopulated\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x04\x12-\n\x08settings\x18\x04 \x03(\x0b\x32\x1b.shimstats.agent.v1.Setting\x12\x0e\n\x06\x61\x62sent\x18\x05 \x03(\t\x12\x16\n\toom_kills\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tprocesses\x18\x07 \x01(\x04H\x01\x88\x01\x01\x42\x0c\n\n_oom_killsB\x0c\n\n_processes\"u\n\x07Setting\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x16\n\x0e\x63group_version\x18\x02 \x01(\r\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12)\n\x06values\x18\x04 \x03(\x0b\x32\x19.shimstats.agent.v1.Value\x12\x0c\n\x04\x63pus\x18\x05 \x03(\r\"0\n\x05Value\x12\x10\n\x06number\x18\x01 \x01(\x03H\x00\x12\r\n\x03max\x18\x02 \x01(\x08H\x00\x42\x06\n\x04kind2S\n\tResources\x12\x46\n\x03Get\x12\x1e.shimstats.agent.v1.GetRequest\x1a\x1f.shimstats.agent.v1.GetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREQUEST']._serialized_start=58
   _globals['_GETREQUEST']._serialized_end=92
   _globals['_GETRESPONSE']._serialized_start=95
-  _globals['_GETRESPONSE']._serialized_end=230
-  _globals['_SETTING']._serialized_start=232
-  _globals['_SETTING']._serialized_end=349
-  _globals['_VALUE']._serialized_start=351
-  _globals['_VALUE']._serialized_end=399
-  _globals['_RESOURCES']._serialized_start=401
-  _globals['_RESOURCES']._serialized_end=484
+  _globals['_GETRESPONSE']._serialized_end=306
+  _globals['_SETTING']._serialized_start=308
+  _globals['_SETTING']._serialized_end=425
+  _globals['_VALUE']._serialized_start=427
+  _globals['_VALUE']._serialized_end=475
+  _globals['_RESOURCES']._serialized_start=477
+  _globals['_RESOURCES']._serialized_end=560
 # @@protoc_insertion_point(module_scope)

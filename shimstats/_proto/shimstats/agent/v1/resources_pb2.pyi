@@ -13,18 +13,22 @@ class GetRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("cgroup_path", "populated", "page_size", "settings", "absent")
+    __slots__ = ("cgroup_path", "populated", "page_size", "settings", "absent", "oom_kills", "processes")
     CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
     POPULATED_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     ABSENT_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     cgroup_path: str
     populated: bool
     page_size: int
     settings: _containers.RepeatedCompositeFieldContainer[Setting]
     absent: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, cgroup_path: _Optional[str] = ..., populated: bool = ..., page_size: _Optional[int] = ..., settings: _Optional[_Iterable[_Union[Setting, _Mapping]]] = ..., absent: _Optional[_Iterable[str]] = ...) -> None: ...
+    oom_kills: int
+    processes: int
+    def __init__(self, cgroup_path: _Optional[str] = ..., populated: bool = ..., page_size: _Optional[int] = ..., settings: _Optional[_Iterable[_Union[Setting, _Mapping]]] = ..., absent: _Optional[_Iterable[str]] = ..., oom_kills: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class Setting(_message.Message):
     __slots__ = ("file", "cgroup_version", "raw", "values", "cpus")
