@@ -1,4 +1,4 @@
-"""shimstats.event_loop: asyncio's loop unless SHIMSTATS_EVENT_LOOP=uvloop asks for uvloop (when installed)."""
+"""shimstats.event_loop: asyncio unless SHIMSTATS_EVENT_LOOP=uvloop asks for uvloop (when installed)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ def test_asyncio_loop_by_default(monkeypatch):
     assert event_loop.run(_loop_module()).startswith("asyncio")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop (shimstats[fast]) not installed")
+NO_UVLOOP = importlib.util.find_spec("uvloop") is None
+
+
+@pytest.mark.skipif(NO_UVLOOP, reason="uvloop (shimstats[fast]) not installed")
 def test_uvloop_when_asked(monkeypatch):
     monkeypatch.setenv(event_loop.ENV, "uvloop")
     assert event_loop.run(_loop_module()).startswith("uvloop")
