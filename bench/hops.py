@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 
+from guest_agent.bench import min_batch_us
 from guest_agent.kata import to_response
 from guest_agent.layout import detect_layout
 from guest_agent.reader import CgroupReader
@@ -23,18 +23,6 @@ from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import agent_pb2
 from shimstats.translate import translate
-
-
-def fastest_us(fn: Callable[[], object], batches: int, size: int = 200) -> float:
-    """µs per call of ``fn`` in the fastest of ``batches`` batches of ``size`` calls (after one warm-up)."""
-    fn()
-    best = float("inf")
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(size):
-            fn()
-        best = min(best, time.perf_counter() - start)
-    return best / size * 1e6
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = 0.0
     print(f"{'hop':36} {'µs':>8}")
     for name, fn in hops:
-        us = fastest_us(fn, args.batches)
+        us = min_batch_us(fn, args.batches)
         total += us
         print(f"{name:36} {us:8.1f}")
     print(f"{'sum':36} {total:8.1f}")
