@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from shimstats.ttrpc.framing import Event, FrameDecoder, ProtocolError
 
@@ -67,8 +67,8 @@ class Channel(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self._transport = transport
+        # uvloop's transports write like asyncio's but are not subclasses of asyncio.WriteTransport.
+        self._transport = cast(asyncio.WriteTransport, transport)
         if self._on_open is not None:
             self._on_open()
 

@@ -381,7 +381,7 @@ def test_containerd_memory_controller_stat(tmp_path):
             n += 1
     write(tmp_path / "memory" / "c1", files)
     reader = read(tmp_path)
-    memory = reader.read("/c1").memory
+    memory = reader.read("/c1", extras=True).memory
     assert memory is not None
     assert memory.usage == Counter(0, 1, 2, 3)
     assert memory.swap == Counter(4, 5, 6, 7)
