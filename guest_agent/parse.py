@@ -18,6 +18,7 @@ a three-line sample. The rules every parser shares:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,6 +37,10 @@ class CgroupFormatError(ValueError):
         self.reason = reason
         self.key = key
         """The key of a malformed ``key value`` line, when there is one."""
+
+
+_FLAT_KEYED = re.compile(r"(?:[^ \n]+ [0-9]{1,19}\n)*")
+"""A ``key value`` file in which every line is well-formed (values of at most 19 digits fit in 64 bits)."""
 
 
 def _lines(text: str) -> list[str]:
@@ -75,7 +80,14 @@ def parse_flat_keyed(
     Every line must have exactly one space; a repeated key is an error (the kernel never repeats one), and
     when skipping, the key is dropped altogether since neither value can be trusted.
     """
-    out: dict[str, int] = {}
+    if _FLAT_KEYED.fullmatch(text):  # every line well-formed: split and convert in C
+        tokens = text.replace("\n", " ").split(" ")
+        tokens.pop()  # after the last newline
+        values = iter(tokens)
+        out = dict(zip(values, map(int, values)))
+        if len(out) * 2 == len(tokens):  # no repeated key
+            return out
+    out = {}
     lines = _lines(text)
     bad = 0
     for number, line in enumerate(lines, 1):
@@ -105,6 +117,8 @@ def parse_flat_keyed(
 
 def parse_single(text: str, source: str) -> int:
     """A one-value file (memory.current, memory.max, pids.max, cpuacct.usage, ...); ``max`` → U64_MAX."""
+    if 1 < len(text) <= 20 and text[-1] == "\n" and text.isascii() and text[:-1].isdigit():
+        return int(text)  # the common case: at most 19 digits always fit in 64 bits
     lines = _lines(text)
     if len(lines) != 1:
         raise CgroupFormatError(source, min(len(lines), 2), f"expected one line, got {len(lines)}")

@@ -44,7 +44,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from guest_agent.files import FileCache
+from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
@@ -275,7 +275,9 @@ class CgroupReader:
         self.layout = layout
         self.meminfo = meminfo
         self.clk_tck = clk_tck if clk_tck is not None else os.sysconf("SC_CLK_TCK")
-        self.files = files if files is not None else FileCache(kernfs_devices=layout.mounted_devices)
+        if files is None:
+            files = FileCache(kernfs_devices=layout.mounted_devices, absent_for=ABSENT_FOR)
+        self.files = files
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
 
@@ -283,8 +285,11 @@ class CgroupReader:
         """Close the files kept open between reads."""
         self.files.close()
 
-    def read(self, cgroup_path: str) -> CgroupRecord:
+    def read(self, cgroup_path: str, *, extras: bool = False) -> CgroupRecord:
         """Every controller's stats for ``cgroup_path`` (``/`` = the whole guest); CgroupGone if gone.
+
+        ``extras`` also reads what kata's StatsContainerResponse has no field for (v1 memory.kmem.tcp.* and
+        memory.oom_control): five files a stats answer would read for nothing.
 
         Figures left out are counted in ``errors`` only once the cgroup is known to still exist: a cgroup
         being removed loses its files a moment before its directory, which is not a read error.
@@ -292,7 +297,7 @@ class CgroupReader:
         primary = self.layout.primary.dir_for(cgroup_path)
         misses: list[Miss] = []
         try:
-            record = self._read(cgroup_path, misses)
+            record = self._read(cgroup_path, misses, extras)
         except IncompleteCgroup:
             if not os.path.isdir(primary):
                 raise self._gone(cgroup_path) from None
@@ -300,7 +305,7 @@ class CgroupReader:
             self._forget(cgroup_path)
             misses.clear()
             try:
-                record = self._read(cgroup_path, misses)
+                record = self._read(cgroup_path, misses, extras)
             except IncompleteCgroup:
                 if not os.path.isdir(primary):
                     raise self._gone(cgroup_path) from None
@@ -328,7 +333,7 @@ class CgroupReader:
             self.errors.forget(h.dir_for(cgroup_path))
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
-    def _read(self, path: str, misses: list[Miss]) -> CgroupRecord:
+    def _read(self, path: str, misses: list[Miss], extras: bool) -> CgroupRecord:
         c = self.layout.controllers
 
         def at(h: Hierarchy | None) -> _Dir | None:
@@ -337,7 +342,8 @@ class CgroupReader:
         root = path == "/"
         memory_rec = None
         if (mem := at(c.get("memory"))) is not None:
-            memory_rec = self._memory_v1(mem) if c["memory"].version == 1 else self._memory_v2(mem, root)
+            v1 = c["memory"].version == 1
+            memory_rec = self._memory_v1(mem, extras) if v1 else self._memory_v2(mem, root)
         cpu_rec = None
         cpu = at(c.get("cpu"))
         if cpu is not None and c["cpu"].version == 2:
@@ -359,7 +365,7 @@ class CgroupReader:
         )
 
     @staticmethod
-    def _memory_v1(d: _Dir) -> CgroupMemory | None:
+    def _memory_v1(d: _Dir, extras: bool) -> CgroupMemory | None:
         stat = d.required_stat()
         if stat is None:
             return None
@@ -370,11 +376,11 @@ class CgroupReader:
             usage=d.counter_rest_v1("memory.", usage),
             swap=d.counter_v1("memory.memsw."),
             kernel=d.counter_v1("memory.kmem."),
-            kernel_tcp=d.counter_v1("memory.kmem.tcp."),
+            kernel_tcp=d.counter_v1("memory.kmem.tcp.") if extras else None,
             cache=d.key(stat, "cache", "memory.stat"),
             use_hierarchy=d.value("memory.use_hierarchy") == 1,
             stat=stat,
-            oom_control=d.keyed("memory.oom_control") or {},
+            oom_control=(d.keyed("memory.oom_control") or {}) if extras else {},
         )
 
     def _memory_v2(self, d: _Dir, root: bool) -> CgroupMemory | None:

@@ -37,11 +37,11 @@ class CgroupMemory:
     use_hierarchy: bool
     stat: Mapping[str, int]
     kernel_tcp: CgroupCounter | None = None
-    """v1 memory.kmem.tcp.*: read for completeness, kata's protocol has no field for it."""
+    """v1 memory.kmem.tcp.*: kata's protocol has no field for it, so read only with ``extras``."""
     events: Mapping[str, int] = field(default_factory=dict)
     """v2 memory.events (hierarchical; empty on v1 and on the v2 root)."""
     oom_control: Mapping[str, int] = field(default_factory=dict)
-    """v1 memory.oom_control: read for completeness, kata's protocol has no field for it."""
+    """v1 memory.oom_control: kata's protocol has no field for it, so read only with ``extras``."""
 
 
 @dataclass(frozen=True)

@@ -220,20 +220,26 @@ def panels() -> list[dict[str, Any]]:
         _panel(
             "Guest agent up, per sandbox",
             "1 when the sandbox's guest agent answered the scrape, 0 when not; a gone sandbox has no series.",
-            [(f"shimstats_agent_up{{{NODE}}}", "{{namespace}}/{{pod}} {{sandbox}}{{agent}}")],
+            [(f"shimstats_agent_up{{{NODE}}}", "{{namespace}}/{{pod}} {{sandbox}}")],
             (0, 48, 12, 8),
             unit="short",
         ),
         _panel(
             "Failed reads",
             "shimstats_agent_errors_total per status code: UNAVAILABLE (agent not listening), "
-            "DEADLINE_EXCEEDED (no answer within --timeout).",
+            "DEADLINE_EXCEEDED (no answer within --timeout); shimstats_agent_read_errors_total per kernel "
+            "file the guest agent could not read.",
             [
                 (
                     "sum by (instance, code) "
                     f"(rate(shimstats_agent_errors_total{{{NODE}}}[$__rate_interval]))",
                     "{{instance}} {{code}}",
-                )
+                ),
+                (
+                    "sum by (instance, sandbox, file) "
+                    f"(rate(shimstats_agent_read_errors_total{{{NODE}}}[$__rate_interval]))",
+                    "{{instance}} {{sandbox}} {{file}}",
+                ),
             ],
             (12, 48, 12, 8),
             unit="ops",

@@ -90,7 +90,8 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=args.log_level.upper(), format=log_format)
+    # force: a handler on the stderr of this call, not on one an earlier in-process call left behind
+    logging.basicConfig(level=args.log_level.upper(), format=log_format, force=True)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return _exit.CANNOT_CHECK

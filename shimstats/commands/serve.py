@@ -15,6 +15,7 @@ import logging
 import signal
 
 from guest_agent import logs
+from shimstats import event_loop
 from shimstats.adapter import StatsHandler, TaskService
 from shimstats.agent_client import AgentClient
 from shimstats.commands._args import add_timeout, address
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.log_level)
     output = resolve_format(args.metrics_format)
     try:
-        asyncio.run(serve(args.listen, args.agent, output, args.namespace, args.timeout))
+        event_loop.run(serve(args.listen, args.agent, output, args.namespace, args.timeout))
     except TransportError as exc:
         log.error("cannot serve: %s", exc, extra={"address": args.listen})
         return EXIT_FAILED

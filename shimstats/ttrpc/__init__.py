@@ -1,7 +1,8 @@
 """Our own ttrpc (containerd's lightweight RPC over unix sockets and vsock), in asyncio.
 
 Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes and TtrpcError),
-``transport`` (unix, vsock and hybrid-vsock addresses), ``client`` and ``server`` (unary calls).
+``connection`` (the connection rules, no I/O), ``address`` and ``transport`` (addresses), ``dial``/``hvsock``,
+``listen``/``serial`` and ``peer`` (sockets), ``client`` and ``server`` (unary calls, in asyncio).
 Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it. Names load
 on first use (PEP 562): ``from shimstats.ttrpc import parse_address`` costs no asyncio and no protobuf,
 which keeps the proxy shim's ``start`` quick.
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from shimstats.ttrpc._deadline import wait_until
     from shimstats.ttrpc.address import Address, AddressError, parse_address
     from shimstats.ttrpc.client import Client, SyncClient
+    from shimstats.ttrpc.dial import create_connection
     from shimstats.ttrpc.framing import (
         FLAG_NO_DATA,
         FLAG_REMOTE_CLOSED,
@@ -30,17 +32,11 @@ if TYPE_CHECKING:
         ProtocolError,
         encode_frame,
     )
+    from shimstats.ttrpc.listen import create_listener, stop_listener
+    from shimstats.ttrpc.peer import Peer
     from shimstats.ttrpc.server import CallContext, Handler, Server
     from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
-    from shimstats.ttrpc.transport import (
-        Peer,
-        TransportError,
-        create_connection,
-        create_listener,
-        open_connection,
-        start_listener,
-        stop_listener,
-    )
+    from shimstats.ttrpc.transport import TransportError
 
 __all__ = [
     "FLAG_NO_DATA",
@@ -70,9 +66,7 @@ __all__ = [
     "encode_frame",
     "error_from_status",
     "make_status",
-    "open_connection",
     "parse_address",
-    "start_listener",
     "stop_listener",
     "wait_until",
 ]
@@ -102,14 +96,12 @@ _WHERE = {
     "make_status": "shimstats.ttrpc.status",
     "Address": "shimstats.ttrpc.address",
     "AddressError": "shimstats.ttrpc.address",
-    "Peer": "shimstats.ttrpc.transport",
+    "Peer": "shimstats.ttrpc.peer",
     "TransportError": "shimstats.ttrpc.transport",
-    "create_connection": "shimstats.ttrpc.transport",
-    "create_listener": "shimstats.ttrpc.transport",
-    "open_connection": "shimstats.ttrpc.transport",
+    "create_connection": "shimstats.ttrpc.dial",
+    "create_listener": "shimstats.ttrpc.listen",
     "parse_address": "shimstats.ttrpc.address",
-    "start_listener": "shimstats.ttrpc.transport",
-    "stop_listener": "shimstats.ttrpc.transport",
+    "stop_listener": "shimstats.ttrpc.listen",
 }
 """Which module defines each public name."""
 

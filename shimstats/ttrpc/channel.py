@@ -2,8 +2,7 @@
 
 A Channel is an asyncio BufferedProtocol, so the event loop reads straight into one reused buffer and calls
 us back (no reader task in between, and no fresh 256 KiB allocation per read, which the plain Protocol path
-pays on every recv). It can also be driven from an asyncio stream pair (``start_streams``) for callers that
-already hold one. Client and server both sit on it; it knows nothing about requests.
+pays on every recv). Client and server both sit on it; it knows nothing about requests.
 
 Every frame is written with a single ``transport.write`` call, which the event loop never splits or
 interleaves with another write, so concurrent senders need no lock to keep frames intact.
@@ -14,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from shimstats.ttrpc.framing import Event, FrameDecoder, ProtocolError
 
@@ -22,7 +21,7 @@ __all__ = ["READ_CHUNK", "Channel"]
 
 log = logging.getLogger("shimstats.ttrpc")
 
-READ_CHUNK = 64 * 1024  # bytes per read: the reused receive buffer, and the stream mode read size
+READ_CHUNK = 64 * 1024  # bytes per read: the size of the reused receive buffer
 
 OnEvent = Callable[[Event], None]
 OnClose = Callable[[Optional[BaseException]], None]
@@ -54,7 +53,6 @@ class Channel(asyncio.BufferedProtocol):
         self._decoder = FrameDecoder()
         self._buffer = memoryview(bytearray(READ_CHUNK))
         self._transport: asyncio.WriteTransport | None = None
-        self._writer: asyncio.StreamWriter | None = None  # set in stream mode
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._error: BaseException | None = None
@@ -69,8 +67,8 @@ class Channel(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self._transport = transport
+        # uvloop's transports write like asyncio's but are not subclasses of asyncio.WriteTransport.
+        self._transport = cast(asyncio.WriteTransport, transport)
         if self._on_open is not None:
             self._on_open()
 
@@ -81,7 +79,7 @@ class Channel(asyncio.BufferedProtocol):
         self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        """Decode ``data`` and hand each event on (stream mode calls this directly)."""
+        """Decode ``data`` and hand each event on."""
         try:
             for event in self._decoder.feed(data):
                 self._on_event(event)
@@ -106,12 +104,12 @@ class Channel(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._paused = True
-        if self._backpressure and self._transport is not None and self._writer is None:
+        if self._backpressure and self._transport is not None:
             self._transport.pause_reading()  # type: ignore[attr-defined]
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._backpressure and self._transport is not None and self._writer is None:
+        if self._backpressure and self._transport is not None:
             self._transport.resume_reading()  # type: ignore[attr-defined]
         self._wake_drainers()
 
@@ -125,15 +123,10 @@ class Channel(asyncio.BufferedProtocol):
     @property
     def write_blocked(self) -> bool:
         """True while the peer is not keeping up; callers that can wait should ``await drain()``."""
-        if self._writer is not None and self._transport is not None:
-            return self._transport.get_write_buffer_size() >= self._transport.get_write_buffer_limits()[1]
         return self._paused
 
     async def drain(self) -> None:
         """Wait until the write buffer is below its high-water mark; ConnectionResetError once closed."""
-        if self._writer is not None:
-            await self._writer.drain()
-            return
         if self._closed:
             raise ConnectionResetError("connection lost")
         if self._paused:
@@ -175,26 +168,3 @@ class Channel(asyncio.BufferedProtocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Transport details (``socket``, ``peername``...), as asyncio transports give them."""
         return default if self._transport is None else self._transport.get_extra_info(name, default)
-
-    def start_streams(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.Task[None]:
-        """Drive this channel from a stream pair: writes work at once; the returned task does the reading."""
-        self._writer = writer
-        self.connection_made(writer.transport)
-        return asyncio.get_running_loop().create_task(self._pump(reader, writer))
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        error: BaseException | None = None
-        try:
-            while True:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    self.eof_received()
-                    break
-                self.data_received(data)
-                if self._backpressure:
-                    await writer.drain()
-        except OSError as exc:
-            error = exc
-        finally:
-            writer.close()
-            self.connection_lost(error)

@@ -19,21 +19,12 @@ import logging
 from types import TracebackType
 
 from shimstats.ttrpc._deadline import wait_until
+from shimstats.ttrpc.address import Address, parse_address
 from shimstats.ttrpc.channel import Channel
-from shimstats.ttrpc.framing import (
-    MAX_STREAM_ID,
-    Event,
-    Frame,
-    MessageType,
-    Metadata,
-    ProtocolError,
-    decode_response,
-    encode_frame,
-    encode_request,
-    metadata_pairs,
-)
-from shimstats.ttrpc.status import Code, TtrpcError, error_from_status
-from shimstats.ttrpc.transport import Address, create_connection, parse_address
+from shimstats.ttrpc.connection import STALLED, Answered, ClientConnection, Failed
+from shimstats.ttrpc.dial import create_connection
+from shimstats.ttrpc.framing import Event, Metadata, metadata_pairs
+from shimstats.ttrpc.status import Code, TtrpcError
 
 __all__ = ["Client", "SyncClient"]
 
@@ -41,40 +32,27 @@ log = logging.getLogger("shimstats.ttrpc")
 
 
 class Client:
-    """A ttrpc connection: ``await Client.connect(address)``, or ``Client(reader, writer)`` on open streams.
+    """A ttrpc connection: ``await Client.connect(address)``.
 
     ``call`` raises TtrpcError for every failure of the call itself; ``connect`` raises TransportError (a
     ConnectionError) when the address cannot be reached and AddressError (a ValueError) for text that is no
-    address. Must be created inside a running event loop.
+    address. The rules (ids, matching, failures) are a ClientConnection's (``connection.py``); this class
+    waits. Must be created inside a running event loop.
     """
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader | None,
-        writer: asyncio.StreamWriter | None,
-        *,
-        address: str = "",
-    ) -> None:
+    def __init__(self, *, address: str = "") -> None:
         self._loop = asyncio.get_running_loop()
-        self._next_id = 1
+        self._rules = ClientConnection(address)
         self._pending: dict[int, asyncio.Future[bytes]] = {}
-        self._frames = 0  # whole frames received: progress of the byte stream, for the stall check
-        self._error: TtrpcError | None = None
         self._closed = self._loop.create_future()
         self._channel = Channel(self._on_event, self._on_close)
-        self._pump: asyncio.Task[None] | None = None
         self.address = address
-        if reader is not None and writer is not None:
-            self.address = address or str(writer.get_extra_info("peername") or "ttrpc peer")
-            self._pump = self._channel.start_streams(reader, writer)
-        elif reader is not None or writer is not None:
-            raise ValueError("Client needs both a reader and a writer (or neither, from Client.connect)")
 
     @classmethod
     async def connect(cls, address: Address | str, *, timeout: float | None = 5.0) -> Client:
         """Dial ``address`` (unix, vsock or hvsock) within ``timeout`` seconds."""
         addr = address if isinstance(address, Address) else parse_address(address)
-        client = cls(None, None, address=str(addr))
+        client = cls(address=str(addr))
         await create_connection(addr, lambda: client._channel, timeout)
         return client
 
@@ -91,55 +69,38 @@ class Client:
 
         ``timeout`` (seconds) travels as timeout_nano for the server and is enforced here as well.
         """
-        pairs = metadata_pairs(metadata)
-        deadline: float | None = None
-        timeout_nano = 0
-        if timeout is not None:
-            if timeout <= 0:
-                raise TtrpcError(
-                    Code.DEADLINE_EXCEEDED, f"{service}/{method}: timeout {timeout:g}s is not positive"
-                )
-            deadline = self._loop.time() + timeout
-            timeout_nano = int(timeout * 1e9)
-        request = encode_request(service, method, payload, timeout_nano=timeout_nano, metadata=pairs)
+        request = self._rules.encode(
+            service, method, payload, timeout=timeout, metadata=metadata_pairs(metadata)
+        )
+        deadline = None if timeout is None else self._loop.time() + timeout
         if self._channel.write_blocked:
             if timeout is None:
                 await self._writable()
             else:
-                await wait_until(self._writable(), deadline, self._expired_text(service, method, timeout))
+                await wait_until(
+                    self._writable(), deadline, self._rules.expired_text(service, method, timeout)
+                )
         data = await self._roundtrip(request, deadline, service, method, timeout)
-        try:
-            response = decode_response(data)
-        except ProtocolError as exc:
-            raise TtrpcError(Code.INTERNAL, f"{service}/{method} from {self.address}: {exc}") from None
-        error = error_from_status(response.status)
-        if error is not None:
-            raise error
-        return response.payload
+        return self._rules.result(service, method, data)
 
     async def _writable(self) -> None:
         """Wait while the server is not reading our requests (rare: only under a flood)."""
-        while self._channel.write_blocked and self._error is None:
+        while self._channel.write_blocked and self._rules.error is None:
             try:
                 await self._channel.drain()
             except OSError:
-                return  # the close callback has set _error
+                return  # the close callback has recorded the loss
 
     async def _roundtrip(
         self, request: bytes, deadline: float | None, service: str, method: str, timeout: float | None
     ) -> bytes:
-        if self._error is not None:
-            raise TtrpcError(self._error.code, self._error.message)
-        stream_id = self._next_id
-        if stream_id > MAX_STREAM_ID:
-            raise TtrpcError(Code.RESOURCE_EXHAUSTED, f"{self.address}: stream ids used up")
-        frame = encode_frame(stream_id, MessageType.REQUEST, 0, request)
         # No await from taking the id to writing the frame: ids reach the wire in order.
-        self._next_id = stream_id + 2
+        outgoing = self._rules.send(request)
+        stream_id = outgoing.stream_id
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._pending[stream_id] = future
-        self._channel.write(frame)
-        frames_at_send = self._frames
+        self._channel.write(outgoing.data)
+        frames_at_send = self._rules.frames
         # A plain timer failing the future is the cheapest local deadline (no cancel scope around the await).
         timer = None
         if deadline is not None and timeout is not None:
@@ -148,76 +109,54 @@ class Client:
             return await future
         finally:
             self._pending.pop(stream_id, None)
+            self._rules.give_up(stream_id)
             if timer is not None:
                 timer.cancel()
             # Expired (by our timer, or by a caller's scope cancelling us at the same deadline): that
             # stream alone is given up, unless the byte stream has not moved for this call's whole life.
-            if deadline is not None and not _answered(future) and self._loop.time() >= deadline:
-                self._close_if_stalled(frames_at_send, f"{service}/{method}")
-
-    def _close_if_stalled(self, frames_at_send: int, call: str) -> None:
-        """Close the connection if it has been stuck inside one frame since a now expired call was sent."""
-        if self._error is not None or self._frames != frames_at_send or not self._channel.mid_frame:
-            return
-        why = "stuck inside a frame that never completed while a call's deadline passed"
-        log.warning("ttrpc connection to %s %s (%s); closing it", self.address, why, call)
-        self._error = TtrpcError(Code.UNAVAILABLE, f"ttrpc connection to {self.address} closed: {why}")
-        self._channel.close()
-
-    def _expired_text(self, service: str, method: str, timeout: float) -> str:
-        return f"{service}/{method}: no answer from {self.address} within {timeout:g}s"
+            expired = deadline is not None and not _answered(future) and self._loop.time() >= deadline
+            if expired and self._rules.stalled(frames_at_send, mid_frame=self._channel.mid_frame):
+                log.warning(
+                    "ttrpc connection to %s %s (%s/%s); closing it", self.address, STALLED, service, method
+                )
+                self._channel.close()
 
     def _expire(self, future: asyncio.Future[bytes], service: str, method: str, timeout: float) -> None:
         if not future.done():
             future.set_exception(
-                TtrpcError(Code.DEADLINE_EXCEEDED, self._expired_text(service, method, timeout))
+                TtrpcError(Code.DEADLINE_EXCEEDED, self._rules.expired_text(service, method, timeout))
             )
+
+    def _settle(self, outcome: Answered | Failed) -> None:
+        future = self._pending.pop(outcome.stream_id, None)
+        if future is None or future.done():
+            return
+        if isinstance(outcome, Answered):
+            future.set_result(outcome.payload)
+        else:
+            future.set_exception(outcome.error)
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, Frame):
-            self._frames += 1
-            if event.mtype == MessageType.RESPONSE:
-                future = self._pending.pop(event.stream_id, None)
-                if future is not None and not future.done():
-                    future.set_result(event.payload)
-            return  # Data or unknown types: unary calls have no use for them
-        future = self._pending.pop(event.stream_id, None)
-        if future is not None and not future.done():
-            future.set_exception(
-                TtrpcError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"{self.address}: response of {event.length} bytes is over the ttrpc limit",
-                )
-            )
+        outcome = self._rules.receive(event)
+        if outcome is not None:
+            self._settle(outcome)
 
     def _on_close(self, reason: BaseException | None) -> None:
-        if self._error is None:
-            why = (
-                "the server closed the connection" if reason is None else str(reason) or type(reason).__name__
-            )
-            self._error = TtrpcError(Code.UNAVAILABLE, f"ttrpc connection to {self.address} lost: {why}")
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(TtrpcError(self._error.code, self._error.message))
+        for failure in self._rules.lost(reason):
+            self._settle(failure)
         if not self._closed.done():
             self._closed.set_result(None)
 
     @property
     def closed(self) -> bool:
         """True once the connection is gone (closed here or lost); calls then fail with UNAVAILABLE."""
-        return self._error is not None
+        return self._rules.error is not None
 
     async def close(self) -> None:
         """Close the connection; calls still waiting fail with UNAVAILABLE."""
-        if self._error is None:
-            self._error = TtrpcError(
-                Code.UNAVAILABLE, f"ttrpc connection to {self.address} closed by the client"
-            )
+        self._rules.close()
         self._channel.close()
-        if self._pump is not None:
-            await asyncio.gather(self._pump, return_exceptions=True)
-        elif self._channel.started:
+        if self._channel.started:
             await self._closed
 
     async def __aenter__(self) -> Client:

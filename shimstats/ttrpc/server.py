@@ -1,6 +1,7 @@
 """asyncio ttrpc server for unary calls, answering errors the way containerd's Go server does.
 
-Each connection is a Channel (bytes → frames); each request runs as its own task, so many calls on one
+Each connection is a Channel (bytes → frames) and a ServerConnection (``connection.py``: the rules, which
+decide what each frame means); each call it starts runs as its own task, so many calls on one
 connection proceed at once. Every response frame goes out in one write, so frames never interleave.
 Handlers get raw payload bytes and return raw bytes; decoding the method's messages is the service
 layer's job.
@@ -23,26 +24,13 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.channel import Channel
-from shimstats.ttrpc.framing import (
-    MAX_MESSAGE,
-    Event,
-    Frame,
-    MessageType,
-    ProtocolError,
-    decode_request,
-    encode_frame,
-    encode_response,
-)
-from shimstats.ttrpc.status import Code, Status, TtrpcError, make_status
-from shimstats.ttrpc.transport import (
-    Address,
-    Peer,
-    adopt_listener,
-    create_listener,
-    describe_peer,
-    stop_listener,
-)
+from shimstats.ttrpc.connection import Reply, ServerConnection, StartCall, status_frame
+from shimstats.ttrpc.framing import Event, ProtocolError
+from shimstats.ttrpc.listen import adopt_listener, create_listener, stop_listener
+from shimstats.ttrpc.peer import Peer, describe_peer
+from shimstats.ttrpc.status import Code, TtrpcError, make_status
 
 __all__ = ["CallContext", "Handler", "Server"]
 
@@ -80,16 +68,8 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-def _response_frame(stream_id: int, body: bytes) -> bytes:
-    return encode_frame(stream_id, MessageType.RESPONSE, 0, body)
-
-
-def _status_frame(stream_id: int, status: Status) -> bytes:
-    return _response_frame(stream_id, encode_response(b"", status))
-
-
 class _Connection:
-    """One accepted connection: turn Requests into handler tasks and their results into Responses."""
+    """One accepted connection: carry out what its ServerConnection decides, running each call as a task."""
 
     def __init__(self, server: Server, channel: Channel | None = None) -> None:
         """A new connection, or one taking over the open ``channel`` of a rejection that found room."""
@@ -100,10 +80,11 @@ class _Connection:
         else:
             channel.rebind(self.on_event, self.on_close, backpressure=True)
         self.channel = channel
+        self.rules: ServerConnection[Handler] = ServerConnection(
+            server.services, max_in_flight=server.max_in_flight
+        )
         self.calls: dict[int, asyncio.Task[None]] = {}
         self.expired: set[int] = set()  # calls whose deadline timer cancelled them
-        self.last_stream_id = 0
-        self.draining = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.peer = Peer(address="")
         if channel.started:
@@ -113,98 +94,45 @@ class _Connection:
         self.peer = describe_peer(self.channel)
 
     def on_event(self, event: Event) -> None:
-        refusal = self.dispatch(event)
-        if refusal is not None:
-            self.channel.write(_status_frame(event.stream_id, refusal))
-
-    def dispatch(self, event: Event) -> Status | None:
-        """Start a call for a good Request; return the Status to send back for anything refused."""
-        if not isinstance(event, Frame):  # OversizedFrame: the decoder skips its body
-            return make_status(
-                Code.RESOURCE_EXHAUSTED,
-                f"message length {event.length} exceeds the maximum of {MAX_MESSAGE} bytes",
+        action = self.rules.receive(event, self.loop.time())
+        if isinstance(action, Reply):
+            self.channel.write(action.data)
+        elif action is not None:
+            stream_id = action.stream_id
+            context = CallContext(
+                action.service, action.method, stream_id, action.metadata, action.deadline, self.peer
             )
-        stream_id = event.stream_id
-        # Go's order: parity first (for every message type), then Data, then ignore non-Requests.
-        if stream_id % 2 != 1:
-            return make_status(Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams")
-        if event.mtype == MessageType.DATA:
-            if stream_id not in self.calls:
-                return make_status(Code.INVALID_ARGUMENT, "StreamID is no longer active")
-            return None  # unary calls carry their payload in the Request; extra data is ignored
-        if event.mtype != MessageType.REQUEST:
-            return None  # unknown or server-only types are ignored, as Go does
-        if stream_id <= self.last_stream_id:
-            return make_status(Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment")
-        self.last_stream_id = stream_id
-        if self.draining:
-            return make_status(Code.UNAVAILABLE, "ttrpc server is shutting down")
-        if len(self.calls) >= self.server.max_in_flight:
-            return make_status(
-                Code.RESOURCE_EXHAUSTED,
-                f"too many requests in flight on this connection (limit {self.server.max_in_flight})",
-            )
-        try:
-            request = decode_request(event.payload)
-        except ProtocolError as exc:
-            return make_status(Code.INVALID_ARGUMENT, str(exc))
-        methods = self.server.services.get(request.service)
-        if methods is None:
-            return make_status(Code.UNIMPLEMENTED, f"service {request.service}")
-        handler = methods.get(request.method)
-        if handler is None:
-            return make_status(Code.UNIMPLEMENTED, f"method {request.method}")
-        metadata: dict[str, list[str]] = {}
-        for pair in request.metadata:
-            metadata.setdefault(pair.key.lower(), []).append(pair.value)
-        timeout_nano = request.timeout_nano
-        deadline = self.loop.time() + timeout_nano / 1e9 if timeout_nano else None
-        context = CallContext(request.service, request.method, stream_id, metadata, deadline, self.peer)
-        task = self.loop.create_task(self.call(handler, request.payload, context))
-        self.calls[stream_id] = task
-        task.add_done_callback(lambda _: self.finished(stream_id))
-        return None
+            task = self.loop.create_task(self.call(action, context))
+            self.calls[stream_id] = task
+            task.add_done_callback(lambda _: self.finished(stream_id))
 
-    async def call(self, handler: Handler, payload: bytes, context: CallContext) -> None:
-        stream_id = context.stream_id
+    async def call(self, call: StartCall[Handler], context: CallContext) -> None:
+        stream_id = call.stream_id
+        early = self.rules.expired_at_start(call, self.loop.time())
+        if early is not None:
+            self.channel.write(early)
+            return
         timer = None
+        if call.deadline is not None:
+            # A timer that cancels this task: cheaper than a cancel scope, and we know who cancelled.
+            timer = self.loop.call_at(call.deadline, self.expire, stream_id)
         try:
-            if context.deadline is not None:
-                if context.deadline <= self.loop.time():
-                    raise TtrpcError(
-                        Code.DEADLINE_EXCEEDED, "the deadline had passed before the call started"
-                    )
-                # A timer that cancels this task: cheaper than a cancel scope, and we know who cancelled.
-                timer = self.loop.call_at(context.deadline, self.expire, stream_id)
             try:
-                result = await handler(payload, context)
+                frame = self.rules.answer(call, await call.handler(call.payload, context))
             except asyncio.CancelledError:
                 if stream_id not in self.expired or self.channel.closed:
                     raise  # the connection went away: nobody to answer
                 _uncancel()
-                raise TtrpcError(
-                    Code.DEADLINE_EXCEEDED,
-                    f"{context.service}/{context.method} did not finish before the deadline",
-                ) from None
-            body = encode_response(result)
-            if len(body) > MAX_MESSAGE:
-                body = encode_response(
-                    b"",
-                    make_status(
-                        Code.RESOURCE_EXHAUSTED,
-                        f"response of {len(body)} bytes exceeds the maximum of {MAX_MESSAGE} bytes",
-                    ),
-                )
-        except TtrpcError as exc:
-            body = encode_response(b"", exc.to_status())
+                frame = self.rules.answer_expired(call)
         except Exception as exc:
-            log.exception("ttrpc %s/%s from %s failed", context.service, context.method, self.peer.address)
-            body = encode_response(b"", make_status(Code.UNKNOWN, str(exc) or type(exc).__name__))
+            if not isinstance(exc, TtrpcError):
+                log.exception("ttrpc %s/%s from %s failed", call.service, call.method, self.peer.address)
+            frame = self.rules.answer_error(call, exc)
         finally:
             if timer is not None:
                 timer.cancel()
                 self.expired.discard(stream_id)
-        self.channel.write(_response_frame(stream_id, body))
+        self.channel.write(frame)
 
     def expire(self, stream_id: int) -> None:
         task = self.calls.get(stream_id)
@@ -214,11 +142,12 @@ class _Connection:
 
     def finished(self, stream_id: int) -> None:
         del self.calls[stream_id]
+        close_now = self.rules.call_ended(stream_id)
         if self.calls:
             return
         if self.channel.closed:
             self._set_done()
-        elif self.draining:
+        elif close_now:
             self.channel.close()
 
     def on_close(self, reason: BaseException | None) -> None:
@@ -238,8 +167,7 @@ class _Connection:
 
     def drain(self) -> None:
         """Graceful close: refuse new requests, hang up once the running ones have answered."""
-        self.draining = True
-        if not self.calls:
+        if self.rules.drain():
             self.channel.close()
 
 
@@ -267,7 +195,7 @@ class _Rejection:
         if not self.answered:
             self.answered = True
             status = make_status(Code.RESOURCE_EXHAUSTED, self.message)
-            self.channel.write(_status_frame(event.stream_id, status))
+            self.channel.write(status_frame(event.stream_id, status))
             self.channel.close()
 
     def on_close(self, reason: BaseException | None) -> None:
@@ -298,27 +226,20 @@ class Server:
             raise ValueError(f"ttrpc service {service} is already registered")
         self.services[service] = dict(methods)
 
-    async def start(
-        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
-    ) -> asyncio.Server:
-        """Listen on an address (unix sockets get ``mode``), adopt a listener made with
-        ``start_listener(addr, server.handle_connection)``, or serve a socket already bound and listening
+    async def start(self, listener: Address | str | socket.socket, *, mode: int = 0o600) -> asyncio.Server:
+        """Listen on an address (unix sockets get ``mode``), or serve a socket already bound and listening
         (one handed over by another process: the file stays the caller's to remove). Returns once
         accepting."""
         if self._closing:
             raise RuntimeError("ttrpc server is closed")
-        if isinstance(listener, asyncio.Server):
-            server = listener
-        elif isinstance(listener, socket.socket):
+        if isinstance(listener, socket.socket):
             server = await adopt_listener(listener, self._new_connection)
         else:
             server = await create_listener(listener, self._new_connection, mode=mode)
         self._listeners.append(server)
         return server
 
-    async def serve(
-        self, listener: Address | str | asyncio.Server | socket.socket, *, mode: int = 0o600
-    ) -> None:
+    async def serve(self, listener: Address | str | socket.socket, *, mode: int = 0o600) -> None:
         """``start``, then return once ``close`` has finished; cancelling it closes at once (no grace)."""
         await self.start(listener, mode=mode)
         try:
@@ -380,10 +301,6 @@ class Server:
             connection = by_fd[fd]
             self._forget(connection)
             connection.channel.close()  # on_close follows, as for an EOF read the usual way
-
-    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection given as an asyncio stream pair (the callback for ``start_listener``)."""
-        await self._new_connection().start_streams(reader, writer)
 
     @property
     def connection_count(self) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shimstats.exporter import CONTAINER_LABELS, SANDBOX_LABELS
 from tests.integration.exporter_helpers import ExporterProcess
 from tests.integration.harness import AgentProcess, end_process, free_port, short_tmp, skip_unless
 from tests.integration.live_workload import (  # noqa: F401 (fixtures used by name)
@@ -39,9 +40,12 @@ REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yaml"
 PROMETHEUS_RULE = REPO / "deploy" / "kubernetes" / "prometheusrule.yaml"
+SERVICE_MONITOR = REPO / "deploy" / "kubernetes" / "servicemonitor.yaml"
 JOB = "shimstats-exporter"
 READY_TIMEOUT = 30.0
 QUERY_TIMEOUT = 30.0
+LIMIT = 1 << 30
+"""memory.limit_in_bytes of the live cgroup: far above the page-cache workload, so nothing is reclaimed."""
 
 
 def tool(name: str) -> str:
@@ -113,13 +117,40 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+OPERATOR_TARGET_LABELS = {
+    "namespace": "shimstats",
+    "pod": "shimstats-exporter-x7k2p",
+    "container": "exporter",
+    "service": JOB,
+    "endpoint": "metrics",
+    "__meta_kubernetes_pod_node_name": "node-1",
+}
+"""The labels prometheus-operator gives a ServiceMonitor's target before the endpoint's own relabelings
+(prometheus-operator#3315: namespace, service, pod, container, endpoint), and the node name meta label the
+endpoint's instance relabelling reads; values as for the DaemonSet's pod on node-1."""
+
+
+def service_monitor_job(target: str) -> dict[str, Any]:
+    """A scrape job for ``target`` as prometheus-operator makes it from servicemonitor.yaml's endpoint: its
+    honorLabels and relabelings, applied to a target that carries the operator's own labels."""
+    (endpoint,) = yaml.safe_load(SERVICE_MONITOR.read_text())["spec"]["endpoints"]
+    snake = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    relabel = [{snake.get(k, k): v for k, v in rule.items()} for rule in endpoint["relabelings"]]
+    return {
+        "job_name": JOB,
+        "honor_labels": endpoint.get("honorLabels", False),
+        "static_configs": [{"targets": [target], "labels": OPERATOR_TARGET_LABELS}],
+        "relabel_configs": relabel,
+    }
+
+
 @contextlib.contextmanager
 def prometheus(directory: Path, target: str) -> Iterator[str]:
     """Debian's prometheus scraping ``target`` (host:port) every second with rules.yaml; yields its URL."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [service_monitor_job(target)],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{free_port()}"
@@ -177,6 +208,8 @@ def evaluated_rules(url: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_workload: str) -> None:  # noqa: F811
     name = page_cache_workload
     tool("prometheus")
+    # a limit well above the workload, so the ratio rules have a series to join on the exporter's real labels
+    (CGROUPFS / "memory" / name / "memory.limit_in_bytes").write_text(str(LIMIT))
     with short_tmp() as directory:
         agent_args = ["--cgroupfs-root", str(CGROUPFS), "--container", f"{name}=/{name}"]
         with (
@@ -193,6 +226,8 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_work
                 )
                 active = query(url, f'container_memory_total_active_file_bytes{{job="{JOB}"}}')
                 up = query(url, f'up{{job="{JOB}"}}')
+                (ratio,) = wait_for(url, f'shimstats:container_memory_working_set:ratio_limit{{job="{JOB}"}}')
+                (agent_up,) = wait_for(url, f'shimstats_agent_up{{job="{JOB}"}}')
                 rules = evaluated_rules(url)
                 alerts = get_json(f"{url}/api/v1/alerts")["data"]["alerts"]
             assert exporter.stop() == 0
@@ -208,6 +243,26 @@ def test_prometheus_scrapes_the_exporter_and_evaluates_the_rules(page_cache_work
     assert len(active) == 1
     assert 0 <= float(nonreclaimable["value"][1]) <= reported
     assert [float(u["value"][1]) for u in up] == [1.0]
+    # the rules join on the labels the exporter really serves (Prometheus drops the empty pod, namespace and
+    # image of --agent mode): the ratio series exists, with the sample's own labels, and is the working set
+    # over the cgroup's limit
+    scraped = {"instance", "job"}
+    assert (
+        {"id", "name", "sandbox"} <= set(sample["metric"]) - {"__name__"} <= set(CONTAINER_LABELS) | scraped
+    )
+    assert {k: v for k, v in ratio["metric"].items() if k != "__name__"} == {
+        k: v for k, v in sample["metric"].items() if k != "__name__"
+    }
+    assert low <= float(ratio["value"][1]) * LIMIT <= high
+    assert {"sandbox"} <= set(agent_up["metric"]) - {"__name__"} <= set(SANDBOX_LABELS) | scraped
+    assert float(agent_up["value"][1]) == 1.0
+    # scraped as the ServiceMonitor's endpoint makes prometheus-operator scrape it: the exporter pod's own
+    # pod, namespace and container never land on (or rename) the Kata containers' labels; instance = node
+    for series in (sample, agent_up):
+        assert not any(k.startswith("exported_") for k in series["metric"]), series["metric"]
+        for label in ("pod", "namespace", "container"):
+            assert series["metric"].get(label) != OPERATOR_TARGET_LABELS[label], series["metric"]
+        assert series["metric"]["instance"] == "node-1"
     # every rule loaded and evaluated without error; nothing fires for a small idle cgroup
     assert len(rules) == 15
     assert [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []

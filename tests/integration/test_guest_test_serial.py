@@ -2,21 +2,22 @@
 
 In the VM the device is a virtio-serial port and the host end a unix socket qemu makes. Here a pseudo-terminal
 in raw mode stands in for it: the listener serves the terminal's device file, the test plays the host on the
-master side. What a pty cannot show (the host end closing and coming back on the same device) is exercised
-in the VM by test_guest_test_run.py.
+master side, behind a unix socket as qemu's. What a pty cannot show (the host end closing and coming back on
+the same device) is exercised in the VM by test_guest_test_run.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import tty
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 
 import pytest
 
-from shimstats.ttrpc import Client, Server, TransportError, create_listener, open_connection
+from shimstats.ttrpc import Client, Server, TransportError, create_listener
 from shimstats.ttrpc.framing import MessageType, encode_frame, encode_request
 
 SERVICE = "test.v1.Serial"
@@ -42,22 +43,33 @@ def pty_pair() -> Iterator[tuple[int, str]]:
 
 @asynccontextmanager
 async def host_client(master: int) -> AsyncIterator[Client]:
-    """The host end: a ttrpc client on the pty master (read and write on duplicates of its descriptor)."""
+    """The host end as qemu makes it (``-chardev socket``): a unix socket whose bytes go to the port and
+    back, here the pty master; and a ttrpc client dialling that socket, as the host does."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    read_side, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(master), "rb", buffering=0)
-    )
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(master), "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    client = Client(reader, writer)
-    try:
-        yield client
-    finally:
-        read_side.close()  # two pipes, unlike a socket: closing the writer alone would leave reading open
-        await asyncio.wait_for(client.close(), 5)
+    relays: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relays.append(writer)
+        loop.add_reader(master, lambda: writer.write(os.read(master, 65536)))
+        try:
+            while data := await reader.read(65536):
+                os.write(master, data)
+        finally:
+            loop.remove_reader(master)
+            writer.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "port.sock")
+        listener = await asyncio.start_unix_server(relay, path=path)
+        client = await Client.connect(f"unix://{path}", timeout=5)
+        try:
+            yield client
+        finally:
+            await asyncio.wait_for(client.close(), 5)
+            listener.close()
+            for writer in relays:
+                writer.close()
+            await listener.wait_closed()
 
 
 def served() -> Server:
@@ -124,4 +136,4 @@ async def test_a_missing_device_fails_at_listen_naming_it() -> None:
 
 async def test_a_serial_port_cannot_be_dialled() -> None:
     with pytest.raises(TransportError, match="dial the VMM's unix socket"):
-        await open_connection("serial:///dev/vport0p1", timeout=1)
+        await Client.connect("serial:///dev/vport0p1", timeout=1)

@@ -22,8 +22,8 @@ import pytest
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.kata import health_pb2
 from shimstats.fake_containerd import stats_metadata
-from shimstats.ttrpc import SyncClient
-from shimstats.ttrpc.transport import listen_backlog
+from shimstats.ttrpc import CallContext, Client, Server, SyncClient
+from shimstats.ttrpc.listen import listen_backlog
 from shimstats.wire import HEALTH_SERVICE, TASK_SERVICE
 from tests.containerd_env import Container
 from tests.integration.harness import AgentProcess, ServeProcess, fixtures, short_tmp
@@ -71,6 +71,32 @@ def test_the_backlog_is_the_kernels_maximum(tmp_path: Path) -> None:
         (tmp_path / "somaxconn").write_text(unreadable)
         assert listen_backlog(tmp_path / "somaxconn") == socket.SOMAXCONN
     assert listen_backlog(tmp_path / "missing") == socket.SOMAXCONN
+
+
+async def test_a_storm_against_a_handed_over_socket() -> None:
+    """A socket bound and listening with a small queue elsewhere, then served by Server.start: the storm
+    runs with no await, so the server accepts nothing meanwhile and the kernel queue alone must hold it."""
+    server = Server()
+    server.register(HEALTH_SERVICE, {"Check": _serving})
+    with short_tmp() as directory:
+        path = directory / "handed.sock"
+        handed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        handed.bind(str(path))
+        handed.listen(1)
+        await server.start(handed)
+        try:
+            refused = _storm(path)
+            async with await Client.connect(f"unix://{path}", timeout=10.0) as client:
+                raw = await client.call(HEALTH_SERVICE, "Check", b"", timeout=10.0)
+        finally:
+            await server.close(grace=1)
+        assert path.exists()  # the file stays the caller's
+    assert refused == 0
+    assert health_pb2.HealthCheckResponse.FromString(raw).status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _serving(payload: bytes, context: CallContext) -> bytes:
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
 
 
 def test_a_storm_against_the_guest_agent() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -250,9 +251,11 @@ async def test_the_daemon_stops_when_the_inner_shim_goes_and_cleans_both_sockets
         inner_path, ours = directory / "inner.sock", directory / "ours.sock"
         inner_server = Server()
         inner_server.register(TASK_SERVICE, InnerShim().handlers())
-        # A plain asyncio listener: closing it leaves the socket file behind, as a Go shim that removed
-        # *our* socket (named in the bundle's address file) instead of its own does.
-        listener = await asyncio.start_unix_server(inner_server.handle_connection, path=str(inner_path))
+        # A listening socket made here: the server leaves its file behind when it closes, as a Go shim
+        # that removed *our* socket (named in the bundle's address file) instead of its own does.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(inner_path))
+        listener.listen()
         await inner_server.start(listener)
         settings = DaemonSettings(
             listen=f"unix://{ours}", inner_address=f"unix://{inner_path}", agent=agent.address

@@ -153,5 +153,6 @@ def test_live_v1_cgroup_removed_mid_wait_is_retried_then_could_not_check(contain
     assert not container.dirs["memory"].exists()
     assert f"NOT_FOUND: container {container.name!r}" in err
     attempts = int(err.split(" s and ")[1].split()[0])
-    assert "gave up after 1.5 s and" in err
+    waited = float(err.split("gave up after ")[1].split(" s and")[0])
+    assert waited >= 1.5  # the whole --wait (a loaded machine may overrun it by a tenth; not a timing test)
     assert attempts > 2  # not running, then not found, each retried with backoff

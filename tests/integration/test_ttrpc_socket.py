@@ -42,8 +42,6 @@ from shimstats.ttrpc import (
     TransportError,
     TtrpcError,
     encode_frame,
-    open_connection,
-    start_listener,
 )
 from shimstats.ttrpc.framing import decode_request, decode_response, encode_request
 from tests.kata_standins import HybridVsockMuxer
@@ -689,34 +687,7 @@ async def test_connections_whose_peer_already_hung_up_do_not_count_against_the_c
         await alive.close()
 
 
-# -- stream pairs, listeners ---------------------------------------------------------------------------------
-
-
-async def test_client_on_a_stream_pair(served: Served) -> None:
-    reader, writer = await open_connection(served.address, timeout=2.0)
-    async with Client(reader, writer) as c:
-        assert await c.call(SERVICE, "Echo", b"streams") == b"streams"
-        assert await within(asyncio.gather(*(c.call(SERVICE, "Shuffle", b"%d" % i) for i in range(50)))) == [
-            b"%d" % i for i in range(50)
-        ]
-
-
-async def test_server_adopts_a_stream_listener(sock_dir: Path) -> None:
-    handlers = Handlers()
-    server = Server()
-    server.register(SERVICE, handlers.methods())  # type: ignore[arg-type]
-    path = sock_dir / "adopted.sock"
-    listener = await start_listener(f"unix://{path}", server.handle_connection)
-    await server.start(listener)
-    try:
-        async with await Client.connect(f"unix://{path}") as c:
-            assert await c.call(SERVICE, "Echo", b"adopted") == b"adopted"
-            with pytest.raises(TtrpcError) as caught:
-                await c.call(SERVICE, "Nope", b"")
-            assert caught.value.code == Code.UNIMPLEMENTED
-    finally:
-        await within(server.close())
-    assert not path.exists()
+# -- listeners ----------------------------------------------------------------------------------------------
 
 
 async def test_socket_file_mode_and_parent_directory(sock_dir: Path) -> None:

@@ -18,6 +18,29 @@ def test_missing_files_read_as_none_and_are_not_kept(tmp_path):
     assert cache.read_bytes(str(tmp_path / "absent")) == b"1\n"
 
 
+def test_absent_files_are_remembered_for_absent_for_seconds_only(tmp_path, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("guest_agent.files.time.monotonic", lambda: now[0])
+    cache = FileCache(absent_for=1.0)
+    path = str(tmp_path / "absent")
+    assert cache.read_bytes(path) is None
+    (tmp_path / "absent").write_text("1\n")
+    assert cache.read_bytes(path) is None  # still taken as missing: no new open within the second
+    now[0] += 1.0
+    assert cache.read_bytes(path) == b"1\n"  # then found, and kept open like any other file
+    assert len(cache) == 1
+
+
+def test_forget_drops_remembered_absence(tmp_path, monkeypatch):
+    monkeypatch.setattr("guest_agent.files.time.monotonic", lambda: 100.0)
+    cache = FileCache(absent_for=1.0)
+    path = str(tmp_path / "absent")
+    assert cache.read_bytes(path) is None
+    (tmp_path / "absent").write_text("2\n")
+    cache.forget(str(tmp_path))  # what the reader does when a cgroup is found incomplete or gone
+    assert cache.read_bytes(path) == b"2\n"
+
+
 def test_reads_follow_in_place_rewrites(tmp_path):
     path = tmp_path / "memory.current"
     path.write_text("4096\n")

@@ -73,7 +73,7 @@ def v1_tree(root: Path, path: str = "/c1", *, memsw: bool = True) -> Layout:
 
 
 def test_v1_memory_is_read_as_the_kernel_counts_it(tmp_path):
-    record = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK).read("/c1")
+    record = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK).read("/c1", extras=True)
     mem = record.memory
     assert mem is not None
     assert mem.version == 1
@@ -85,6 +85,19 @@ def test_v1_memory_is_read_as_the_kernel_counts_it(tmp_path):
     assert mem.use_hierarchy is True
     assert dict(mem.stat) == V1_STAT
     assert mem.oom_control["oom_kill"] == 2
+
+
+def test_v1_answer_read_leaves_out_what_kata_cannot_carry(tmp_path):
+    """A stats answer (no extras) never opens memory.kmem.tcp.* or memory.oom_control."""
+    reader = CgroupReader(v1_tree(tmp_path), clk_tck=CLK_TCK)
+    mem = reader.read("/c1").memory
+    assert mem is not None
+    assert mem.kernel == V1_KMEM
+    assert mem.kernel_tcp is None
+    assert mem.oom_control == {}
+    opened = {os.path.basename(path) for path in reader.files._fds}
+    assert "memory.oom_control" not in opened
+    assert not {name for name in opened if name.startswith("memory.kmem.tcp.")}
 
 
 def test_v1_without_swap_accounting_has_no_swap_rather_than_zeros(tmp_path):

@@ -381,7 +381,7 @@ def test_containerd_memory_controller_stat(tmp_path):
             n += 1
     write(tmp_path / "memory" / "c1", files)
     reader = read(tmp_path)
-    memory = reader.read("/c1").memory
+    memory = reader.read("/c1", extras=True).memory
     assert memory is not None
     assert memory.usage == CgroupCounter(usage=0, max_usage=1, failcnt=2, limit=3)
     assert memory.swap == CgroupCounter(usage=4, max_usage=5, failcnt=6, limit=7)

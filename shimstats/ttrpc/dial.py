@@ -1,0 +1,118 @@
+"""Dialling a ttrpc address: a connected socket for unix, vsock and hybrid vsock (past its handshake)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import TypeVar
+
+from shimstats.ttrpc.address import Address
+from shimstats.ttrpc.hvsock import HandshakeError, HandshakeReply, connect_request
+from shimstats.ttrpc.transport import TransportError, as_address
+
+__all__ = ["create_connection", "vsock_socket"]
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+_VSOCK_ANY = -1
+
+
+def vsock_socket(addr: Address) -> socket.socket:
+    """A new AF_VSOCK stream socket, or TransportError naming ``addr`` when this host cannot make one."""
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise TransportError(f"{addr}: this Python build has no AF_VSOCK (vsock needs Linux)")
+    try:
+        return socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TransportError(
+            f"{addr}: the kernel refused an AF_VSOCK socket ({exc.strerror}); is the vsock module loaded?"
+        ) from exc
+
+
+async def _connect_vsock(loop: asyncio.AbstractEventLoop, addr: Address) -> socket.socket:
+    if addr.cid == _VSOCK_ANY:
+        raise TransportError(f"{addr}: CID -1 means any and can only be listened on; dial a real CID")
+    sock = vsock_socket(addr)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (addr.cid, addr.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _hybrid_handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: Address) -> None:
+    """Send CONNECT and read the reply one byte at a time, so no ttrpc byte after the newline is swallowed."""
+    await loop.sock_sendall(sock, connect_request(addr.port))
+    reply = HandshakeReply(addr.port)
+    try:
+        while True:
+            byte = await loop.sock_recv(sock, 1)
+            if not byte:
+                reply.eof()
+            if reply.feed(byte) is not None:
+                return
+    except HandshakeError as exc:
+        raise TransportError(f"{addr}: {addr.path} {exc}") from None
+
+
+async def _connect_unix(loop: asyncio.AbstractEventLoop, addr: Address) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, addr.path)
+        if addr.kind == "hvsock":
+            await _hybrid_handshake(loop, sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connected_socket(address: Address, timeout: float | None) -> socket.socket:
+    """A connected non-blocking socket (hvsock: past the handshake), or TransportError naming the address."""
+    if address.kind == "serial":
+        raise TransportError(
+            f"{address}: a serial port is served inside the guest; dial the VMM's unix socket for it instead"
+        )
+    loop = asyncio.get_running_loop()
+    dial = _connect_vsock(loop, address) if address.kind == "vsock" else _connect_unix(loop, address)
+    try:
+        return await asyncio.wait_for(dial, timeout)
+    except TransportError:
+        raise
+    except asyncio.TimeoutError:
+        raise TransportError(f"{address}: no connection within {timeout:g}s") from None
+    except OSError as exc:
+        raise TransportError(f"{address}: cannot connect: {_dial_failure(address, exc)}") from exc
+
+
+def _dial_failure(address: Address, exc: OSError) -> str:
+    """Why a dial failed, in words: connecting to a regular file reports ECONNREFUSED, but "refused"
+    would send the user looking for a dead server where there is none, only a file that is no socket."""
+    if address.kind != "vsock" and exc.errno == errno.ECONNREFUSED:
+        with contextlib.suppress(OSError):
+            mode = os.stat(address.path).st_mode
+            if not stat.S_ISSOCK(mode):
+                return f"{address.path} is not a socket"
+    return exc.strerror or str(exc)
+
+
+async def create_connection(
+    addr: Address | str, protocol_factory: Callable[[], P], timeout: float | None
+) -> tuple[asyncio.Transport, P]:
+    """Connect and drive the connection with an asyncio Protocol (the fast path the ttrpc client uses)."""
+    address = as_address(addr)
+    sock = await _connected_socket(address, timeout)
+    try:
+        transport, protocol = await asyncio.get_running_loop().create_connection(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, protocol
