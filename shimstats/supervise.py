@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 import shimstats
+from shimstats.ttrpc.probe import listening
 
 START_TIMEOUT = 15.0
 """Seconds a child process gets to start listening."""
@@ -162,15 +162,6 @@ def spawn(
     return child
 
 
-def _accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def wait_listening(children: Sequence[Child], timeout: float = START_TIMEOUT) -> None:
     """Block (bounded) until every child's socket accepts; StartError naming one that died or hung."""
     deadline = time.monotonic() + timeout
@@ -180,7 +171,7 @@ def wait_listening(children: Sequence[Child], timeout: float = START_TIMEOUT) ->
             assert child.socket is not None
             if child.process.poll() is not None:
                 raise StartError(f"{child.name} exited with {child.process.returncode}: {child.log_tail()}")
-            if _accepts(child.socket):
+            if listening(str(child.socket)):
                 waiting.remove(child)
         if waiting and time.monotonic() > deadline:
             raise StartError(f"{waiting[0].name} did not listen within {timeout:g}s: {waiting[0].log_tail()}")

@@ -18,6 +18,7 @@ import stat
 import time
 
 from shimstats.ttrpc import AddressError, parse_address
+from shimstats.ttrpc.probe import listening
 
 __all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "unix_path"]
 
@@ -45,16 +46,8 @@ def proxy_address(inner_address: str) -> str:
 
 
 def accepts(path: str, timeout: float = 0.5) -> bool:
-    """True when a server accepts connections on the unix socket ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    """True when a server listens on the unix socket ``path`` (one probe for all: shimstats.ttrpc.probe)."""
+    return listening(path, timeout)
 
 
 def listen_unix(path: str) -> socket.socket | None:

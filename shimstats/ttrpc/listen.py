@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.dial import vsock_socket
+from shimstats.ttrpc.probe import listening
 from shimstats.ttrpc.serial import SerialListener
 from shimstats.ttrpc.transport import TransportError, as_address
 
@@ -51,17 +52,9 @@ def _clear_stale_socket(addr: Address) -> None:
         raise TransportError(f"{addr}: {addr.path} exists and is not a socket; not replacing it")
     if st.st_uid != os.geteuid():
         raise TransportError(f"{addr}: {addr.path} belongs to uid {st.st_uid}; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(addr.path)
-    except ConnectionRefusedError:
+    if not listening(addr.path):
         os.unlink(addr.path)  # stale: the listener is gone
         return
-    except BlockingIOError:
-        pass  # the backlog is full: someone is listening
-    finally:
-        probe.close()
     raise TransportError(f"{addr}: another server is already listening there")
 
 

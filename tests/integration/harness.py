@@ -40,6 +40,7 @@ from shimstats.ttrpc.framing import (
     encode_frame,
     encode_request,
 )
+from shimstats.ttrpc.probe import listening
 from shimstats.ttrpc.server import Handler
 from shimstats.ttrpc.status import TtrpcError, error_from_status
 
@@ -95,14 +96,7 @@ def write_executable(path: Path, text: str) -> Path:
 
 
 def accepts(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    return listening(str(path))
 
 
 class AgentProcess:
