@@ -75,8 +75,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="ADDR",
         help="also ask this shim's Task/Stats (ours, runc, kata)",
     )
-    p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
-    p.add_argument("--cri", metavar="ADDR", help="also ask the CRI's ContainerStats (the kubelet's view)")
+    p.add_argument(
+        "--containerd",
+        type=_args.grpc_address,
+        metavar="ADDR",
+        help="also ask containerd's Tasks.Metrics (gRPC socket)",
+    )
+    p.add_argument(
+        "--cri",
+        type=_args.grpc_address,
+        metavar="ADDR",
+        help="also ask the CRI's ContainerStats (the kubelet's view)",
+    )
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )

@@ -105,6 +105,45 @@ def test_a_shim_address_naming_no_socket_says_so(
     assert f"{path} is not a socket" in capsys.readouterr().err
 
 
+GRPC_FLAGS = [("compare", "--containerd"), ("compare", "--cri"), ("discover", "--cri")]
+"""Flags naming a gRPC socket (containerd's, the CRI's): checked as the ttrpc ones are, before any call."""
+
+
+def grpc_argv(command: str, flag: str, value: str) -> list[str]:
+    base = (
+        ["compare", "--id", "c", *SAMPLE] if command == "compare" else ["discover", "--kata-root", "/nowhere"]
+    )
+    return [*base, flag, value]
+
+
+@pytest.mark.parametrize(("command", "flag"), GRPC_FLAGS)
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("tcp://127.0.0.1:1", "expected unix:///path"),
+        ("vsock://3:1", "expected unix:///path"),
+        ("unix://", "no socket path"),
+    ],
+)
+def test_a_malformed_grpc_address_is_a_usage_error(
+    command: str, flag: str, value: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(capsys, grpc_argv(command, flag, value))
+    assert f"argument {flag}: '{value}': {complaint}" in err
+
+
+@pytest.mark.parametrize(("command", "flag"), GRPC_FLAGS)
+def test_a_grpc_address_naming_no_socket_says_so(
+    command: str, flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "containerd.sock"
+    path.write_text("")
+    for value in (str(path), f"unix://{path}", str(tmp_path)):
+        err = usage_error(capsys, grpc_argv(command, flag, value))
+        assert "is not a socket" in err, err
+        assert "refused" not in err
+
+
 # --- durations ------------------------------------------------------------------------------------------
 
 TIMEOUT_COMMANDS = {
@@ -115,6 +154,7 @@ TIMEOUT_COMMANDS = {
     "check-resources": ["check-resources", "--agent", "unix:///nowhere.sock", "--id", "c"],
     "serve": ["serve", "--listen", "unix:///nowhere/a.sock", "--agent", "unix:///nowhere.sock"],
     "exporter": ["exporter", "--listen-http", "127.0.0.1:0", "--agent", "unix:///x.sock", "--id", "c"],
+    "discover": ["discover", "--kata-root", "/nowhere"],
 }
 
 
