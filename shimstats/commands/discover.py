@@ -201,10 +201,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNLISTED
-    try:
-        reports, names = asyncio.run(_survey(sandboxes, args.agent_port, args.timeout, args.cri))
-    except KeyboardInterrupt:
-        return 130
+    reports, names = asyncio.run(_survey(sandboxes, args.agent_port, args.timeout, args.cri))
     if args.json:
         print(json.dumps(_to_json(roots, args.agent_port, reports, names), indent=2))
     else:

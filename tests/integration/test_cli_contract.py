@@ -406,6 +406,43 @@ def test_ctrl_c_while_a_call_waits_exits_130() -> None:
     assert err == b"shimstats: interrupted\n"
 
 
+def test_ctrl_c_while_discover_waits_for_a_shim_exits_130() -> None:
+    """discover asks each sandbox's shim for its agent URL; SIGINT while a shim holds the question open
+    ends as every other command's Ctrl-C does (one line, 130), not silently."""
+
+    async def body() -> tuple[int, bytes]:
+        asked = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1024)  # GET /agent-url, never answered
+            asked.set()
+            await reader.read()
+
+        with short_tmp() as tmp:
+            sandbox = Path(tmp) / "sbs" / "sandbox-1"
+            sandbox.mkdir(parents=True)
+            server = await asyncio.start_unix_server(hold, path=str(sandbox / "shim-monitor.sock"))
+            argv = ["discover", "--kata-root", str(sandbox.parent), "--cri", f"{tmp}/no-cri.sock"]
+            proc = await asyncio.create_subprocess_exec(
+                *CONSOLE_SCRIPT, *argv, "--timeout", "1m", cwd=REPO, stderr=asyncio.subprocess.PIPE
+            )
+            try:
+                await asyncio.wait_for(asked.wait(), timeout=60)
+                proc.send_signal(signal.SIGINT)
+                _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                server.close()
+        assert proc.returncode is not None
+        return proc.returncode, err
+
+    code, err = asyncio.run(body())
+    assert code == _exit.INTERRUPTED, err
+    assert err == b"shimstats: interrupted\n"
+
+
 # --- the table ------------------------------------------------------------------------------------------
 
 
