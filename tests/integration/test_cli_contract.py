@@ -105,6 +105,18 @@ def test_a_shim_address_naming_no_socket_says_so(
     assert f"{path} is not a socket" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["explain", "compare"])
+def test_a_cgroup_naming_a_file_says_so(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "memory.stat"
+    path.write_text("")
+    assert cli.main([command, "--id", "c", "--cgroup", str(path)]) == _exit.CANNOT_CHECK
+    err = capsys.readouterr().err
+    one_clean_line(err)
+    assert f"{path} is not a directory" in err
+
+
 GRPC_FLAGS = [("compare", "--containerd"), ("compare", "--cri"), ("discover", "--cri")]
 """Flags naming a gRPC socket (containerd's, the CRI's): checked as the ttrpc ones are, before any call."""
 
