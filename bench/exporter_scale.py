@@ -9,8 +9,8 @@ mapped to the fixture's container). The exporter runs in a process of its own, e
 ``shimstats exporter --discover`` builds it (DiscoveredTargets, AgentPool, ContainerCollector, the HTTP
 server), except that pod and container names come from a fixed table instead of a CRI socket (no CRI runs
 here). Reported: the first scrape (asks every shim, dials every agent), then per scrape over ``--scrapes``:
-wall time (median, max), the exporter's CPU time (user + system of its process, from /proc), its RSS after;
-and what finding the sandboxes costs per scrape, re-listing the roots against an inotify watch.
+wall time (median, max), the exporter's CPU time (user + system of its process, from /proc), its RSS after.
+Re-listing the roots against an inotify watch is bench/sandbox_watch.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,7 +36,6 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import print_rows
 from shimstats.discovered_targets import DiscoveredTargets, PodNames
-from shimstats.discovery import list_sandboxes
 from shimstats.exporter import AgentPool, ContainerCollector, ContainerTarget
 from shimstats.exporter_http import MetricsServer
 from tests.kata_standins import HybridVsockMuxer, KataShimStandIn
@@ -152,32 +149,6 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-# -- finding sandboxes: re-list against inotify -----------------------------------------------------------
-
-IN_CREATE, IN_DELETE, IN_NONBLOCK = 0x100, 0x200, 0o4000
-
-
-def relist_vs_inotify(root: Path, rounds: int = 2000) -> dict[str, float]:
-    """µs per scrape: list_sandboxes(root) vs one non-blocking read of an inotify watch on it (the kernel's
-    own cost, through libc: what any inotify library adds its Python on top of)."""
-    started = time.perf_counter()
-    for _ in range(rounds):
-        list_sandboxes([str(root)])
-    relist = (time.perf_counter() - started) / rounds * 1e6
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(IN_NONBLOCK)
-    libc.inotify_add_watch(fd, str(root).encode(), IN_CREATE | IN_DELETE)
-    try:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            with contextlib.suppress(BlockingIOError):
-                os.read(fd, 65536)
-        idle = (time.perf_counter() - started) / rounds * 1e6
-    finally:
-        os.close(fd)
-    return {"relist_us": relist, "inotify_idle_us": idle}
-
-
 def run(sandboxes: int, per: int, agents: int, scrapes: int) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))
     try:
@@ -216,7 +187,6 @@ def run(sandboxes: int, per: int, agents: int, scrapes: int) -> dict[str, float]
                     walls.append(scrape(url)[0])
                 cpu2 = cpu_seconds(proc)
                 rss = proc.memory_info().rss / 2**20
-                found = relist_vs_inotify(root)
             finally:
                 exporter.stdin.close()
                 exporter.wait(30)
@@ -230,8 +200,6 @@ def run(sandboxes: int, per: int, agents: int, scrapes: int) -> dict[str, float]
             "scrape_wall_max_s": max(walls),
             "scrape_cpu_s": (cpu2 - cpu1) / scrapes,
             "rss_mib": rss,
-            "relist_us": found["relist_us"],
-            "inotify_idle_us": found["inotify_idle_us"],
         }
     finally:
         shutil.rmtree(directory, ignore_errors=True)

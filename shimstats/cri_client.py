@@ -9,7 +9,7 @@ so. Listings come back as plain frozen records (no protobuf types leak out), sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -70,6 +70,8 @@ class ContainerRecord:
     state: str
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    created_at_ns: int = 0
+    """When the runtime created it, in nanoseconds since the epoch (the CRI's ``created_at``)."""
 
 
 @dataclass(frozen=True)
@@ -223,17 +225,22 @@ class CriClient:
         return [_sandbox_record(item) for item in response.items]
 
     def list_containers(
-        self, *, sandbox_id: str = "", label_selector: Mapping[str, str] | None = None
+        self,
+        *,
+        sandbox_id: str = "",
+        label_selector: Mapping[str, str] | None = None,
+        pods: Sequence[PodSandboxRecord] | None = None,
     ) -> list[ContainerRecord]:
-        """ListContainers, each joined with its pod's name and namespace from ListPodSandbox."""
+        """ListContainers, each joined with its pod's name and namespace from ``pods`` (a ListPodSandbox the
+        caller already made) or from a ListPodSandbox of its own."""
         request = api_pb2.ListContainersRequest(
             filter=api_pb2.ContainerFilter(pod_sandbox_id=sandbox_id, label_selector=label_selector)
         )
         response = self.call(self.runtime.ListContainers, request, name="ListContainers")
-        pods = {pod.id: pod for pod in self.list_pod_sandboxes()}
+        by_id = {pod.id: pod for pod in (self.list_pod_sandboxes() if pods is None else pods)}
         records = []
         for item in response.containers:
-            pod = pods.get(item.pod_sandbox_id)
+            pod = by_id.get(item.pod_sandbox_id)
             records.append(
                 ContainerRecord(
                     id=item.id,
@@ -246,6 +253,7 @@ class CriClient:
                     state=api_pb2.ContainerState.Name(item.state).removeprefix("CONTAINER_"),
                     labels=dict(item.labels),
                     annotations=dict(item.annotations),
+                    created_at_ns=item.created_at,
                 )
             )
         return records

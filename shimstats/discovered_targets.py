@@ -4,16 +4,18 @@ At every scrape (the exporter's TargetSource):
 
 1. the sandboxes: the directories under the Kata roots that hold a shim's ``shim-monitor.sock``
    (shimstats.discovery.list_sandboxes). The roots are listed again at each scrape rather than watched with
-   inotify: listing 200 sandbox directories took 3.6 ms, about 1 % of that node's scrape
-   (docs/benchmarks.md, ``python -m bench.exporter_scale``), with nothing to keep in step and nothing missed
-   while a watcher restarts;
+   inotify: listing 110 sandbox directories took 1.7 ms against 6 µs for an asyncinotify watch, about 1 % of
+   that node's scrape (docs/benchmarks.md, ``python -m bench.sandbox_watch``), with nothing to keep in step,
+   no socket that appears before its directory's watch, and nothing missed while a watcher restarts;
 2. each sandbox's agent address, asked once from its shim (``GET /agent-url``) and kept while the shim's
    socket is the same file (same inode): the CID or hybrid-vsock path of a VM does not change during its
    life, and a new sandbox under a reused id has a new socket;
 3. the containers and their Kubernetes names from the CRI (``ListPodSandbox`` and ``ListContainers`` of the
    running containers; labels ``io.kubernetes.*`` become container, pod, namespace; the image as the CRI
-   reports it; ``created_at`` for container_start_time_seconds). With a CRI, only sandboxes it lists as
-   READY are exported: a stopped pod's VM is going away, and reading it would raise a false "agent down".
+   reports it; ``created_at`` for container_start_time_seconds: the records of shimstats.kube_names that
+   ``shimstats discover`` shows too). With a CRI,
+   only sandboxes it lists as READY are exported: a stopped pod's VM is going away, and reading it would
+   raise a false "agent down".
    When the CRI does not answer, containerd's containers API on the same socket names them
    (shimstats.kube_names.from_containerd: no start times, no readiness). Without either (``--cri none``, or
    neither ever answered), each sandbox is exported as itself: one "container" whose id is the sandbox id,
@@ -35,7 +37,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shimstats._proto.cri.runtime.v1 import api_pb2
 from shimstats.containerd_grpc import ContainerdError
 from shimstats.cri_client import CriClient, CriError
 from shimstats.discovery import (
@@ -49,9 +50,9 @@ from shimstats.discovery import (
     resolve_agent,
 )
 from shimstats.exporter import AgentTarget, ContainerTarget
-from shimstats.kube_names import CONTAINER_NAME_LABEL, POD_NAME_LABEL, POD_NAMESPACE_LABEL, from_containerd
+from shimstats.kube_names import Names, PodName, cri_names, from_containerd
 
-__all__ = ["CriNames", "DiscoveredTargets", "PodNameSource", "PodNames"]
+__all__ = ["CriNames", "DiscoveredTargets", "PodNameSource", "PodNames", "pod_names"]
 
 log = logging.getLogger("shimstats.exporter")
 
@@ -81,9 +82,9 @@ class PodNameSource(Protocol):
 
 
 class CriNames:
-    """Kubernetes names from the CRI at ``address`` (one ListPodSandbox and one ListContainers per call),
-    else from containerd's containers API on the same socket (shimstats.kube_names.from_containerd: names,
-    no start times, every pod taken as ready)."""
+    """Kubernetes names from the CRI at ``address`` (shimstats.kube_names.cri_names: one ListPodSandbox and
+    one ListContainers per call, on a channel kept open), else from containerd's containers API on the same
+    socket (shimstats.kube_names.from_containerd: names, no start times, every pod taken as ready)."""
 
     def __init__(self, address: str, timeout: float) -> None:
         self.address = address
@@ -93,59 +94,46 @@ class CriNames:
     def list(self) -> dict[str, PodNames]:
         """Pod sandbox id → names and running containers; CriError naming both sources if neither answers."""
         try:
-            return self._from_cri()
+            names = cri_names(self._client)
         except CriError as cri_error:
             try:
-                return self._from_containerd()
+                names = from_containerd(self.address, timeout=self.timeout)
             except ContainerdError as containerd_error:
                 raise CriError(f"{cri_error}; and {containerd_error}") from None
-
-    def _from_cri(self) -> dict[str, PodNames]:
-        sandboxes = self._client.list_pod_sandboxes()
-        running = api_pb2.ContainerFilter(state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_RUNNING))
-        listed = self._client.call(
-            self._client.runtime.ListContainers,
-            api_pb2.ListContainersRequest(filter=running),
-            name="ListContainers",
-        )
-        containers: dict[str, list[ContainerTarget]] = {}
-        pods = {s.id: s for s in sandboxes}
-        for c in listed.containers:
-            pod = pods.get(c.pod_sandbox_id)
-            containers.setdefault(c.pod_sandbox_id, []).append(
-                ContainerTarget(
-                    c.id,
-                    container=c.labels.get(CONTAINER_NAME_LABEL, c.metadata.name),
-                    pod=c.labels.get(POD_NAME_LABEL, pod.name if pod else ""),
-                    namespace=c.labels.get(POD_NAMESPACE_LABEL, pod.namespace if pod else ""),
-                    image=c.image.image,
-                    created=c.created_at / NS_PER_S if c.created_at else None,
-                )
-            )
-        return {
-            s.id: PodNames(
-                s.labels.get(POD_NAME_LABEL, s.name),
-                s.labels.get(POD_NAMESPACE_LABEL, s.namespace),
-                s.ready,
-                tuple(sorted(containers.get(s.id, ()), key=lambda t: t.id)),
-            )
-            for s in sandboxes
-        }
-
-    def _from_containerd(self) -> dict[str, PodNames]:
-        names = from_containerd(self.address, timeout=self.timeout)
-        pods = names.pods()
-        found: dict[str, PodNames] = {}
-        for sandbox_id, group in names.by_sandbox().items():
-            pod = pods.get(sandbox_id)
-            targets = tuple(ContainerTarget(c.id, c.container, c.pod, c.namespace, c.image) for c in group)
-            found[sandbox_id] = PodNames(pod.pod if pod else "", pod.namespace if pod else "", True, targets)
-        for sandbox_id, pod in pods.items():
-            found.setdefault(sandbox_id, PodNames(pod.pod, pod.namespace, True))
-        return found
+        return pod_names(names)
 
     def close(self) -> None:
         self._client.close()
+
+
+EXPORTED_STATES = ("RUNNING", "")
+"""Containers the exporter reads: the CRI's running ones, and every one a source that has no state names."""
+
+
+def pod_names(names: Names) -> dict[str, PodNames]:
+    """Pod sandbox id → its names and the containers to read, from either source of shimstats.kube_names."""
+    pods = names.pods()
+    groups = names.by_sandbox()
+    found: dict[str, PodNames] = {}
+    for sandbox_id in pods.keys() | groups.keys():
+        pod = pods.get(sandbox_id) or PodName(sandbox_id, "", "")
+        targets = sorted(
+            (
+                ContainerTarget(
+                    c.id,
+                    c.container,
+                    c.pod,
+                    c.namespace,
+                    c.image,
+                    created=c.created_at_ns / NS_PER_S if c.created_at_ns else None,
+                )
+                for c in groups.get(sandbox_id, ())
+                if c.state in EXPORTED_STATES
+            ),
+            key=lambda t: t.id,
+        )
+        found[sandbox_id] = PodNames(pod.pod, pod.namespace, pod.ready, tuple(targets))
+    return found
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ __all__ = [
     "Names",
     "PodName",
     "containerd_record",
+    "cri_names",
     "from_containerd",
     "from_cri",
     "list_names",
@@ -68,6 +69,10 @@ class NamedContainer:
     namespace: str = ""
     container: str = ""
     image: str = ""
+    state: str = ""
+    """The CRI's state: CREATED, RUNNING or UNKNOWN; "" where the source does not say (containerd)."""
+    created_at_ns: int = 0
+    """When the runtime created it (the CRI's ``created_at``, ns since the epoch); 0 where not known."""
 
     def to_json(self) -> dict[str, str]:
         return {
@@ -86,6 +91,8 @@ class PodName:
     sandbox_id: str
     pod: str
     namespace: str
+    ready: bool = True
+    """Whether the CRI lists the pod as SANDBOX_READY; True where the source cannot say (containerd)."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,14 @@ class Names:
 def from_cri(address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT) -> Names:
     """Every pod and live container the CRI at ``address`` lists, named; CriError when it cannot be asked."""
     with CriClient(address, timeout=timeout) as client:
-        pods = client.list_pod_sandboxes()
-        records = client.list_containers()
+        return cri_names(client)
+
+
+def cri_names(client: CriClient) -> Names:
+    """``from_cri`` on a client the caller keeps open (the exporter asks at every scrape): one
+    ListPodSandbox and one ListContainers."""
+    pods = client.list_pod_sandboxes()
+    records = client.list_containers(pods=pods)
     containers = [
         NamedContainer(
             id=r.id,
@@ -128,11 +141,14 @@ def from_cri(address: str = DEFAULT_ADDRESS, *, timeout: float = DEFAULT_TIMEOUT
             namespace=r.pod_namespace or r.labels.get(POD_NAMESPACE_LABEL, ""),
             container=r.name or r.labels.get(CONTAINER_NAME_LABEL, ""),
             image=r.image,
+            state=r.state,
+            created_at_ns=r.created_at_ns,
         )
         for r in records
         if r.state in _LIVE_STATES
     ]
-    return Names("cri", tuple(containers), tuple(PodName(p.id, p.name, p.namespace) for p in pods))
+    named_pods = (PodName(p.id, p.name, p.namespace, p.ready) for p in pods)
+    return Names("cri", tuple(containers), tuple(named_pods))
 
 
 def _spec_annotations(spec: bytes) -> Mapping[str, str]:

@@ -73,7 +73,10 @@ its shim socket vanished, the CRI no longer lists it) just leaves the output: no
 Set --timeout below Prometheus' scrape_timeout (10 s by default).
 
 shimstats_working_set_correction_bytes = the Kata Go shim's working set minus ours for the same guest reply;
-the Go shim chooses its output by the host's cgroup mode (--kata-host-cgroup, default: this host's)."""
+the Go shim chooses its output by the host's cgroup mode (--kata-host-cgroup, default: this host's).
+
+exit codes: 0 stopped by SIGTERM or SIGINT; 1 cannot serve /metrics (the address is taken or not ours);
+2 bad arguments or a refused --config (the message names the file and the entry)."""
 
 
 class ConfigError(ValueError):

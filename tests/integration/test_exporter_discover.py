@@ -18,7 +18,11 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from tests.containerd_env import Containerd
 from tests.integration.harness import AgentProcess, Fixture, short_tmp
+from tests.integration.test_discover_cli import NS, _delete, _pod_container
 from tests.integration.test_exporter import (
     CONTAINER_FIXTURES,
     ExporterProcess,
@@ -35,8 +39,8 @@ KATA_AGENT_PORT = 1024
 class FakeSandbox:
     """One Kata sandbox as the host sees it: shim socket under ``root``, VMM socket, guest agent inside."""
 
-    def __init__(self, root: Path, directory: Path, fx: Fixture) -> None:
-        self.id = fx.request_id
+    def __init__(self, root: Path, directory: Path, fx: Fixture, sandbox_id: str = "") -> None:
+        self.id = sandbox_id or fx.request_id
         self.fx = fx
         directory.mkdir()
         self.parts = contextlib.ExitStack()
@@ -105,6 +109,8 @@ def test_sandboxes_come_and_go_quietly_and_a_paused_one_is_named_once() -> None:
     assert up(grown) == {a.id: 1.0, b.id: 1.0, c.id: 1.0}
     assert value(grown, "container_memory_working_set_bytes", sandbox=c.id) == ws[c.id]
     # the deleted pod leaves every series at the next scrape: no agent_up 0, no error counted
+    about_b = [line["msg"] for line in quiet_lines if line.get("sandbox") == b.id]
+    assert about_b == [f"exporting container {b.id}"]  # and no line about it at any of three scrapes
     for series in shrunk:
         assert up(series) == {a.id: 1.0, c.id: 1.0}
         assert ids(series, "container_memory_working_set_bytes") == {a.id, c.id}
@@ -127,3 +133,53 @@ def test_sandboxes_come_and_go_quietly_and_a_paused_one_is_named_once() -> None:
     # each container announced once, at the info level the shipped unit logs at
     announced = [line["msg"] for line in lines if line["msg"].startswith("exporting container")]
     assert sorted(announced) == sorted(f"exporting container {s.id}" for s in (a, b, c))
+
+
+@pytest.mark.containerd
+def test_names_from_containerds_containers_api_when_no_cri_answers(containerd: Containerd) -> None:
+    """The exporter's fallback: the test containerd has no CRI plugin, so the pod and container names come
+    from the labels and the sandbox-id annotation containerd's CRI plugin writes on its container records;
+    the pod's deletion (its records gone) takes its series out at the next scrape, quietly."""
+    fx = {f.request_id: f for f in CONTAINER_FIXTURES}["shimstats-fx-inactive-file"]
+    with short_tmp() as directory:
+        root = directory / "sbs"
+        root.mkdir()
+        made = [FakeSandbox(root, directory / "vm", fx, sandbox_id="sbx-fallback")]
+        pod = _pod_container(containerd, directory, "sbx-fallback", "web-0", kind="sandbox")
+        app = _pod_container(
+            containerd, directory, fx.request_id, "web-0", kind="container", name="nginx", sandbox=pod
+        )
+        try:
+            args = ("--discover", "--kata-root", str(root), "--cri", f"unix://{containerd.address}")
+            with ExporterProcess(directory, *args) as exporter:
+                named, _ = exporter.scrape()
+                _delete(containerd, app)
+                _delete(containerd, pod)
+                deleted = [exporter.scrape()[0] for _ in range(2)]
+                assert exporter.stop() == 0
+                lines = exporter.log_lines()
+        finally:
+            listed = containerd.ctr("containers", "list", "-q", namespace=NS).stdout.split()
+            for cid in {app, pod} & set(listed):
+                _delete(containerd, cid)
+            for s in made:
+                s.remove()
+
+    [(labels, working_set)] = named["container_memory_working_set_bytes"]
+    assert {k: labels[k] for k in ("name", "container", "pod", "namespace", "sandbox")} == {
+        "name": fx.request_id,
+        "container": "nginx",
+        "pod": "web-0",
+        "namespace": "shop",
+        "sandbox": "sbx-fallback",
+    }
+    assert working_set == truth(fx)["container_memory_working_set_bytes"]
+    assert value(named, "shimstats_agent_up", sandbox="sbx-fallback", pod="web-0", namespace="shop") == 1.0
+    for series in deleted:  # the records are gone, the VM still runs: nothing of it is exported
+        assert "container_memory_working_set_bytes" not in series
+        assert up(series) == {}
+        assert "shimstats_agent_errors_total" not in series
+    # the CRI's absence is said once, not per scrape
+    cri_lines = [line for line in lines if "CRI" in line["msg"]]
+    assert len(cri_lines) <= 1, cri_lines
+    assert [line for line in lines if line["level"] == "error"] == []

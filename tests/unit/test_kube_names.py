@@ -31,6 +31,13 @@ from shimstats.kube_names import (
     list_names,
 )
 
+NGINX = "docker.io/library/nginx:1.25"
+CREATED_AT = {
+    "c-old": 1_700_000_000_000_000_000,
+    "c-new": 1_700_000_100_000_000_000,
+    "c-side": 1_700_000_100_500_000_000,
+}
+
 
 class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
     def ListPodSandbox(
@@ -42,7 +49,9 @@ class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
                     id="sb1", metadata=api_pb2.PodSandboxMetadata(name="web-0", namespace="shop")
                 ),
                 api_pb2.PodSandbox(
-                    id="sb2", metadata=api_pb2.PodSandboxMetadata(name="idle", namespace="ops")
+                    id="sb2",
+                    metadata=api_pb2.PodSandboxMetadata(name="idle", namespace="ops"),
+                    state=api_pb2.SANDBOX_NOTREADY,
                 ),
             ]
         )
@@ -53,9 +62,10 @@ class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
         def container(cid: str, name: str, state: int) -> api_pb2.Container:
             return api_pb2.Container(
                 id=cid,
+                created_at=CREATED_AT[cid],
                 pod_sandbox_id="sb1",
                 metadata=api_pb2.ContainerMetadata(name=name),
-                image=api_pb2.ImageSpec(image="docker.io/library/nginx:1.25"),
+                image=api_pb2.ImageSpec(image=NGINX),
                 state=state,  # type: ignore[arg-type]
             )
 
@@ -87,11 +97,13 @@ def test_names_from_the_cri_leave_exited_containers_out(cri: str) -> None:
     assert names.notes == ()
     assert names.by_sandbox() == {
         "sb1": [
-            NamedContainer("c-side", "sb1", "web-0", "shop", "envoy", "docker.io/library/nginx:1.25"),
-            NamedContainer("c-new", "sb1", "web-0", "shop", "nginx", "docker.io/library/nginx:1.25"),
+            NamedContainer("c-side", "sb1", "web-0", "shop", "envoy", NGINX, "CREATED", CREATED_AT["c-side"]),
+            NamedContainer("c-new", "sb1", "web-0", "shop", "nginx", NGINX, "RUNNING", CREATED_AT["c-new"]),
         ]
     }
-    assert names.pods()["sb2"] == PodName("sb2", "idle", "ops")  # a pod with no container is still named
+    assert names.pods()["sb1"] == PodName("sb1", "web-0", "shop", ready=True)
+    # a pod with no container is still named, and its CRI state kept (the exporter skips a stopped pod)
+    assert names.pods()["sb2"] == PodName("sb2", "idle", "ops", ready=False)
 
 
 def test_no_cri_and_no_containerd_is_names_none_with_both_reasons(tmp_path: Path) -> None:
