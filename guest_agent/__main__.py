@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LayoutError as exc:
         log.error("%s", exc)
         return 1
+    except (OSError, UnicodeDecodeError) as exc:  # a cgroup.controllers that cannot be read as text
+        log.error("cannot read the cgroup hierarchies under %s: %s", args.cgroupfs_root, exc)
+        return 1
     log.info("cgroup layout detected", extra={"layout": layout.describe()})
     reader = CgroupReader(layout, meminfo=args.meminfo)
     service = AgentService(reader, ContainerLocator(layout, explicit, args.sandbox))

@@ -80,11 +80,12 @@ class Layout:
 
 
 def _v2_controllers(mount: str) -> set[str] | None:
-    """The names in ``mount/cgroup.controllers``, or None when mount is not a cgroup2 root."""
+    """The names in ``mount/cgroup.controllers``, or None when mount is not a cgroup2 root (no such file,
+    or ``mount`` is not a directory at all: a --cgroupfs-root naming a file)."""
     try:
         with open(os.path.join(mount, "cgroup.controllers"), encoding="ascii") as f:
             return set(f.read().split())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

@@ -49,7 +49,6 @@ from guest_agent.layout import Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
-    BlkioLine,
     CgroupFormatError,
     hugetlb_size_bytes,
     parse_blkio,
@@ -77,20 +76,23 @@ from guest_agent.record import (
 BlkioGroup = tuple[tuple[str, str], ...]
 
 
-def _cfq_like(prefix: str) -> BlkioGroup:
-    """The eight recursive stat files CFQ (``blkio.``) and debug BFQ (``blkio.bfq.``) write, by kata field."""
-    fields = ("io_serviced_recursive", "io_service_bytes_recursive", "sectors_recursive")
-    rest = (
+def _cfq_like(prefix: str, probe: str) -> BlkioGroup:
+    """The eight recursive stat files CFQ (``blkio.``) and debug BFQ (``blkio.bfq.``) write, by kata field,
+    the ``probe`` field's file first."""
+    fields = (
+        "io_serviced_recursive",
+        "io_service_bytes_recursive",
+        "sectors_recursive",
         "io_service_time_recursive",
         "io_wait_time_recursive",
         "io_merged_recursive",
         "io_queued_recursive",
     )
-    return (
+    files = (
         *((f, f"{prefix}{f}") for f in fields),
-        *((f, f"{prefix}{f}") for f in rest),
         ("io_time_recursive", f"{prefix}time_recursive"),  # the kernel's name has no io_
     )
+    return tuple(sorted(files, key=lambda pair: pair[0] != probe))
 
 
 def _two(prefix: str, suffix: str) -> BlkioGroup:
@@ -101,15 +103,17 @@ def _two(prefix: str, suffix: str) -> BlkioGroup:
 
 
 BLKIO_GROUPS: tuple[BlkioGroup, ...] = (
-    _cfq_like("blkio.bfq."),  # BFQ built with CONFIG_BFQ_CGROUP_DEBUG
+    # BFQ built with CONFIG_BFQ_CGROUP_DEBUG, told by a file only that build has (runc's first file here):
+    # probed by io_serviced_recursive, every plain BFQ kernel would count six debug files as missing.
+    _cfq_like("blkio.bfq.", "sectors_recursive"),
     _two("blkio.bfq.", "_recursive"),  # BFQ
-    _cfq_like("blkio."),  # CFQ (kernels before 5.0)
+    _cfq_like("blkio.", "io_serviced_recursive"),  # CFQ (kernels before 5.0)
     _two("blkio.throttle.", "_recursive"),  # blk-throttle, kernel 5.x+
     _two("blkio.throttle.", ""),  # blk-throttle, older kernels: this cgroup only
 )
 """(kata field, kernel file) per I/O policy, in runc's order of preference (fs/blkio.go GetStats): the first
-group whose first file has a device line is read; the first file is io_serviced_recursive's in every group,
-as kata-agent probes it."""
+group whose first file has a device line is read. The first file is io_serviced_recursive's, as kata-agent
+probes it, in every group but debug BFQ's, which needs a file plain BFQ does not have."""
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
@@ -494,12 +498,9 @@ class CgroupReader:
     @staticmethod
     def _blkio_v1(d: _Dir) -> CgroupBlkio | None:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
-        probed: dict[str, list[BlkioLine] | None] = {}  # BFQ's two groups share their first file
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
-            if first_name not in probed:
-                probed[first_name] = d.optional(first_name, d.lenient(parse_blkio))
-            first = probed[first_name]
+            first = d.optional(first_name, d.lenient(parse_blkio))
             if not first:
                 continue
             files = {field: tuple(first)}

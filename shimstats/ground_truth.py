@@ -163,7 +163,8 @@ def locate(directory: str) -> tuple[str, str]:
     """
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
-        raise NoGroundTruth(f"cgroup directory {directory} does not exist")
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise NoGroundTruth(f"cgroup directory {directory} {what}")
     if os.path.exists(os.path.join(path, "memory.usage_in_bytes")):
         top = path
         while os.path.exists(os.path.join(os.path.dirname(top), "memory.usage_in_bytes")):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 
 from guest_agent.parse import U64_MAX
+from shimstats.containerd_grpc import ContainerdError, grpc_target
 from shimstats.ground_truth import NoGroundTruth, SampleSource, Source, open_source
 from shimstats.resources import byte_value, parse_quantity
 from shimstats.ttrpc import AddressError, parse_address
@@ -20,6 +23,31 @@ def address(text: str) -> str:
         parse_address(text)
     except AddressError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def grpc_address(text: str) -> str:
+    """argparse type: a gRPC unix socket (containerd, the CRI): ``unix:///path`` or an absolute path.
+
+    Refused now, as a usage error: any other scheme, and a path that exists but is not a socket (gRPC would
+    only say "Connection refused" later, as a failed live source). A path that does not exist yet passes.
+    """
+    try:
+        target = grpc_target(text)
+    except ContainerdError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected unix:///path or an absolute socket path"
+        ) from None
+    path = target.removeprefix("unix:")
+    path = "/" + path.lstrip("/") if path.startswith("//") else path
+    if not path.strip("/"):
+        raise argparse.ArgumentTypeError(f"{text!r}: no socket path (expected unix:///path)")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return text
+    if not stat.S_ISSOCK(mode):
+        raise argparse.ArgumentTypeError(f"{text!r}: {path} is not a socket")
     return text
 
 

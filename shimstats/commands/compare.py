@@ -68,14 +68,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         agent_help="the guest agent (ours or kata-agent)",
         cgroup_help="or a cgroup directory on this machine, read directly",
     )
-    p.add_argument(
-        "--shim",
-        type=_args.address,
-        metavar="ADDR",
-        help="also ask this shim's Task/Stats (ours, runc, kata)",
-    )
-    p.add_argument("--containerd", metavar="ADDR", help="also ask containerd's Tasks.Metrics (gRPC socket)")
-    p.add_argument("--cri", metavar="ADDR", help="also ask the CRI's ContainerStats (the kubelet's view)")
+    for flag, check, what in (
+        ("--shim", _args.address, "this shim's Task/Stats (ours, runc, kata)"),
+        ("--containerd", _args.grpc_address, "containerd's Tasks.Metrics (gRPC socket)"),
+        ("--cri", _args.grpc_address, "the CRI's ContainerStats (the kubelet's view)"),
+    ):
+        p.add_argument(flag, type=check, metavar="ADDR", help=f"also ask {what}")
     p.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="containerd namespace for --shim and --containerd"
     )

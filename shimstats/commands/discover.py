@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shimstats.agent_client import AgentClient
-from shimstats.commands._args import add_timeout
-from shimstats.containerd_grpc import ContainerdError, grpc_target
+from shimstats.commands._args import add_timeout, grpc_address
 from shimstats.discovery import (
     DEFAULT_ROOTS,
     DEFAULT_TIMEOUT,
@@ -59,16 +58,6 @@ def _agent_port(text: str) -> AgentPort:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _cri_address(text: str) -> str:
-    try:
-        grpc_target(text)
-    except ContainerdError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected unix:///path or an absolute socket path"
-        ) from None
-    return text
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "discover",
@@ -85,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--cri",
-        type=_cri_address,
+        type=grpc_address,
         default=DEFAULT_ADDRESS,
         metavar="ADDR",
         help="the CRI socket for pod and container names (default: %(default)s; containerd's containers "
@@ -212,10 +201,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNLISTED
-    try:
-        reports, names = asyncio.run(_survey(sandboxes, args.agent_port, args.timeout, args.cri))
-    except KeyboardInterrupt:
-        return 130
+    reports, names = asyncio.run(_survey(sandboxes, args.agent_port, args.timeout, args.cri))
     if args.json:
         print(json.dumps(_to_json(roots, args.agent_port, reports, names), indent=2))
     else:

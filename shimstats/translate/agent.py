@@ -103,8 +103,10 @@ KERNEL_OPS: Mapping[str, str] = {
 _V2_ONLY_OPS = frozenset(("rios", "wios", "dbytes", "dios"))
 _NETWORK_FIELDS = tuple(f.name for f in agent_pb2.NetworkStats.DESCRIPTOR.fields)
 
-V2_MARKERS = ("anon", "file")
-"""memory.stat keys only v2 kernels write."""
+V2_MARKERS = ("anon", "file", "kernel_stack", "sock", "file_mapped", "file_dirty", "file_writeback")
+"""memory.stat keys only v2 kernels write, every one since 4.5 (mm/memcontrol.c memory_stats). More than
+anon and file: our agent leaves out a malformed line (a negative anon, a missing file line: issue 15), and
+a v2 map that lost both must still be read as v2, not as "unknown" with the whole usage as working set."""
 V1_MARKERS = ("cache", "rss", "total_cache", "total_rss", "total_inactive_file")
 """memory.stat keys only v1 kernels write (every v1 kernel writes all of them; any one is enough)."""
 

@@ -105,6 +105,57 @@ def test_a_shim_address_naming_no_socket_says_so(
     assert f"{path} is not a socket" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["explain", "compare"])
+def test_a_cgroup_naming_a_file_says_so(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "memory.stat"
+    path.write_text("")
+    assert cli.main([command, "--id", "c", "--cgroup", str(path)]) == _exit.CANNOT_CHECK
+    err = capsys.readouterr().err
+    one_clean_line(err)
+    assert f"{path} is not a directory" in err
+
+
+GRPC_FLAGS = [("compare", "--containerd"), ("compare", "--cri"), ("discover", "--cri")]
+"""Flags naming a gRPC socket (containerd's, the CRI's): checked as the ttrpc ones are, before any call."""
+
+
+def grpc_argv(command: str, flag: str, value: str) -> list[str]:
+    base = (
+        ["compare", "--id", "c", *SAMPLE] if command == "compare" else ["discover", "--kata-root", "/nowhere"]
+    )
+    return [*base, flag, value]
+
+
+@pytest.mark.parametrize(("command", "flag"), GRPC_FLAGS)
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("tcp://127.0.0.1:1", "expected unix:///path"),
+        ("vsock://3:1", "expected unix:///path"),
+        ("unix://", "no socket path"),
+    ],
+)
+def test_a_malformed_grpc_address_is_a_usage_error(
+    command: str, flag: str, value: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(capsys, grpc_argv(command, flag, value))
+    assert f"argument {flag}: '{value}': {complaint}" in err
+
+
+@pytest.mark.parametrize(("command", "flag"), GRPC_FLAGS)
+def test_a_grpc_address_naming_no_socket_says_so(
+    command: str, flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "containerd.sock"
+    path.write_text("")
+    for value in (str(path), f"unix://{path}", str(tmp_path)):
+        err = usage_error(capsys, grpc_argv(command, flag, value))
+        assert "is not a socket" in err, err
+        assert "refused" not in err
+
+
 # --- durations ------------------------------------------------------------------------------------------
 
 TIMEOUT_COMMANDS = {
@@ -115,6 +166,7 @@ TIMEOUT_COMMANDS = {
     "check-resources": ["check-resources", "--agent", "unix:///nowhere.sock", "--id", "c"],
     "serve": ["serve", "--listen", "unix:///nowhere/a.sock", "--agent", "unix:///nowhere.sock"],
     "exporter": ["exporter", "--listen-http", "127.0.0.1:0", "--agent", "unix:///x.sock", "--id", "c"],
+    "discover": ["discover", "--kata-root", "/nowhere"],
 }
 
 
@@ -358,6 +410,43 @@ def test_ctrl_c_while_a_call_waits_exits_130() -> None:
                     await asyncio.sleep(0.02)
                 proc.send_signal(signal.SIGINT)
                 _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode is not None
+        return proc.returncode, err
+
+    code, err = asyncio.run(body())
+    assert code == _exit.INTERRUPTED, err
+    assert err == b"shimstats: interrupted\n"
+
+
+def test_ctrl_c_while_discover_waits_for_a_shim_exits_130() -> None:
+    """discover asks each sandbox's shim for its agent URL; SIGINT while a shim holds the question open
+    ends as every other command's Ctrl-C does (one line, 130), not silently."""
+
+    async def body() -> tuple[int, bytes]:
+        asked = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1024)  # GET /agent-url, never answered
+            asked.set()
+            await reader.read()
+
+        with short_tmp() as tmp:
+            sandbox = Path(tmp) / "sbs" / "sandbox-1"
+            sandbox.mkdir(parents=True)
+            server = await asyncio.start_unix_server(hold, path=str(sandbox / "shim-monitor.sock"))
+            argv = ["discover", "--kata-root", str(sandbox.parent), "--cri", f"{tmp}/no-cri.sock"]
+            proc = await asyncio.create_subprocess_exec(
+                *CONSOLE_SCRIPT, *argv, "--timeout", "1m", cwd=REPO, stderr=asyncio.subprocess.PIPE
+            )
+            try:
+                await asyncio.wait_for(asked.wait(), timeout=60)
+                proc.send_signal(signal.SIGINT)
+                _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                server.close()
         assert proc.returncode is not None
         return proc.returncode, err
 

@@ -123,6 +123,28 @@ def test_a_root_without_cgroups_exits_1_naming_it(tmp_path):
     assert str(tmp_path) in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["file", "controllers-dir", "controllers-binary", "controllers-unreadable"])
+def test_a_cgroupfs_root_that_is_no_cgroup_tree_is_one_line_naming_it(tmp_path, kind):
+    # A new user's slips: --cgroupfs-root naming a file, or a capture whose cgroup.controllers is not text.
+    root = tmp_path / "root"
+    if kind == "file":
+        root.write_text("")
+    else:
+        root.mkdir()
+        controllers = root / "cgroup.controllers"
+        if kind == "controllers-dir":
+            controllers.mkdir()
+        elif kind == "controllers-binary":
+            controllers.write_bytes(bytes(range(128, 256)))
+        else:
+            controllers.symlink_to(controllers)  # ELOOP, whoever runs the test
+    result = run_agent("--listen", f"unix://{tmp_path}/a.sock", "--cgroupfs-root", str(root))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(root) in result.stderr
+
+
 def test_serves_a_fixture_logs_json_and_stops_cleanly_on_sigterm(agent, container_fixture):
     address, proc = agent
     fixture, meta = container_fixture

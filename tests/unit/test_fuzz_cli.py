@@ -5,8 +5,10 @@ fuzzed too), each with a value from a hostile list (malformed addresses, numbers
 nan, paths that are directories, binaries or missing, non-UTF-8 text) or free text where free text cannot
 reach anything real. The CLI runs in-process through cli.main(argv), which is fast enough for hundreds of
 examples. Everything network-facing points where nothing listens: sockets in a directory that does not
-exist, a regular file, a TCP port this test holds without accepting, names that do not resolve. So no
-example can start a server that stays up or reach a real agent or containerd.
+exist, a regular file, a TCP port this test holds without accepting, names that do not resolve, Kata
+sandbox directories of the test's own whose shims cannot answer. Flags whose default would reach this
+machine's own sandboxes or CRI (discover's) are always given (PINNED). So no example can start a server
+that stays up or reach a real agent, shim or containerd.
 
 Asserted for every example: the exit code is 0, 1 or 2 (argparse's own errors included), stderr has no
 traceback, and no error reached main()'s last-resort guard ("internal error"), which would mean a case
@@ -95,6 +97,14 @@ CLIENT_ADDRESSES = (
 )
 """Where a command dials (well-formed, malformed): never a socket that exists. No well-formed vsock address:
 this machine has vsock, and a dial to a CID that does not answer would cost the whole --timeout."""
+GRPC_ADDRESSES = (
+    [f"unix://{NOWHERE}/cri.sock", f"{NOWHERE}/cri.sock", "none"],
+    ["tcp://127.0.0.1:1", "vsock://3:1", "unix://", "relative.sock", "/dev/null", "/", ""],
+)
+"""Where a command dials gRPC (containerd's CRI): never a socket that exists ("none": exporter's no-CRI)."""
+PINNED = {"discover": {"--kata-root": "kata_root", "--cri": None}}
+"""Flags whose default reaches this machine's real Kata sandboxes or CRI: when an example does not choose
+them, they are added pointing at the test's own sandboxes (a files entry) or NOWHERE (None)."""
 LISTEN_ADDRESSES = (
     ["unix:///dev/null/listen.sock"],
     [f"unix://{NOWHERE}/{'x' * 120}.sock", "relative.sock", "tcp://0.0.0.0:1", "vsock://x:1", ""],
@@ -128,7 +138,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     (base / "empty.toml").write_text("")
     paths = [str(base / name) for name in ("binary.stat", "garbled.stat", "bad.toml", "empty.toml")]
     real_stat = str(SAMPLE / "shimstats-fx-inactive-file" / "memory.stat")
-    return {"paths": [*paths, real_stat, str(SAMPLE), str(base)], "real_stat": [real_stat]}
+    kata_root = base / "sbs"  # sandboxes whose shim cannot answer: no socket, a regular file, a stale socket
+    for sandbox in ("no-socket", "file", "stale"):
+        (kata_root / sandbox).mkdir(parents=True)
+    (kata_root / "file" / "shim-monitor.sock").write_text("")
+    with socket.socket(socket.AF_UNIX) as stale:  # bound, then closed: connecting is refused
+        stale.bind(str(kata_root / "stale" / "shim-monitor.sock"))
+    return {
+        "paths": [*paths, real_stat, str(SAMPLE), str(base)],
+        "real_stat": [real_stat],
+        "kata_root": [str(kata_root), f"{NOWHERE}/sbs"],
+    }
 
 
 PLAUSIBLE = {
@@ -165,6 +185,9 @@ def value_choices(
         "wait": DURATIONS,
         "kernel": ([f"{NOWHERE}/vmlinuz", f"{NOWHERE}.deb"], ["", "debian:"]),
         "fixtures": ([f"{NOWHERE}/fixtures"], ["/dev/null"]),
+        "cri": GRPC_ADDRESSES,
+        "kata_root": (files["kata_root"], ["/dev/null", "", "relative", "/bin/sh"]),
+        "agent_port": (["2048", "1024", "kata-agent"], ["0", "-1", "4294967296", "kata", ""]),
     }
     if dest in pairs:
         plausible, malformed = pairs[dest]
@@ -208,6 +231,9 @@ def argvs(draw: st.DrawFn, files: dict[str, list[str]], port: int) -> list[str]:
         else:
             plausible, hostile = value_choices(action, files, port)
             argv += [flag, draw(hostile if draw(st.integers(0, HOSTILE_ODDS - 1)) == 0 else plausible)]
+    for flag, where in PINNED.get(command, {}).items():
+        if flag not in argv:
+            argv += [flag, draw(st.sampled_from(files[where])) if where else f"{NOWHERE}/pinned.sock"]
     if command in CONTAINED:
         # Something that ends it before it starts: an argparse error, --help, or a missing kernel.
         argv += draw(st.sampled_from([["--no-such-flag"], ["--help"], ["--kernel", f"{NOWHERE}/vmlinuz"]]))
@@ -260,7 +286,8 @@ def run_in_process(argv: list[str]) -> tuple[int, str]:
 
 def test_every_command_is_fuzzed() -> None:
     """New subcommands join the fuzzing by themselves; only the machine-starting ones are held back."""
-    assert {"stats", "verify", "compare", "explain", "check-resources", "serve", "exporter"} <= set(COMMANDS)
+    served = {"stats", "verify", "compare", "explain", "check-resources", "serve", "exporter", "discover"}
+    assert served <= set(COMMANDS)
     assert set(COMMANDS) >= CONTAINED
 
 

@@ -271,9 +271,10 @@ def test_each_kernel_blkio_file_is_read_into_its_kata_field(tmp_path, file, fiel
     c1.mkdir(parents=True)
     (tmp_path / "memory" / "c1").mkdir(parents=True)
     # The policy's probe file (its io_serviced one) lists a device, as it does once a disk was used; debug
-    # BFQ comes with plain BFQ's files, and the throttle pairs stand alone.
+    # BFQ comes with plain BFQ's files and is told by its own sectors_recursive (runc's probe for it),
+    # and the throttle pairs stand alone.
     policy = _policy_of(file)
-    names = {file, *(BFQ if policy is BFQ_DEBUG else ())}
+    names = {file, *((*BFQ, "blkio.bfq.sectors_recursive") if policy is BFQ_DEBUG else ())}
     if policy is THROTTLE:
         names.add("blkio.throttle.io_serviced" + ("_recursive" if file.endswith("_recursive") else ""))
     else:

@@ -183,6 +183,21 @@ def test_v1_blkio_reads_bfq_before_throttle(tmp_path):
     }
 
 
+def test_v1_blkio_of_plain_bfq_counts_no_read_errors(tmp_path):
+    # A kernel without CONFIG_BFQ_CGROUP_DEBUG (Debian's, the 6.18 fixture's) has only the two BFQ files;
+    # the debug files are not missing figures, they do not exist in that build (block/bfq-cgroup.c).
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    (blkio / "blkio.bfq.io_service_bytes_recursive").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.bfq.io_serviced_recursive").write_text(blkio_text(SERVICED))
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    for _ in range(2):
+        record = reader.read("/c1")
+    assert record.blkio is not None
+    assert set(record.blkio.files) == {"io_service_bytes_recursive", "io_serviced_recursive"}  # type: ignore[union-attr]
+    assert not any(name.startswith("blkio.") for name in reader.errors.snapshot()), reader.errors.snapshot()
+
+
 CFQ_FILES = {  # kata field → the file block/cfq-iosched.c names (cfq_blkcg_legacy_files), "blkio." added
     "io_service_bytes_recursive": "blkio.io_service_bytes_recursive",
     "io_serviced_recursive": "blkio.io_serviced_recursive",

@@ -75,6 +75,7 @@ def _response(stats: dict[str, int], usage: int = 100 * PAGE) -> agent_pb2.Stats
         ({"total_inactive_file": 1}, "v1"),
         ({"anon": 1, "file": 2, "inactive_file": 3}, "v2"),
         ({"file": 2}, "v2"),
+        ({"inactive_file": 3, "kernel_stack": 4, "sock": 0, "file_mapped": 0}, "v2"),  # anon, file left out
         ({}, "unknown"),
         ({"inactive_file": 3, "active_file": 4}, "unknown"),  # keys both versions have
         ({"anon": 1, "cache": 1}, "unknown"),  # markers of both versions
