@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
@@ -52,6 +53,8 @@ KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container
 """kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
 
 log = logging.getLogger("shimstats.agent")
+AnswerT = TypeVar("AnswerT", bound=Message)
+"""The protobuf message type a call answers with."""
 
 
 @dataclass(frozen=True)
@@ -169,37 +172,52 @@ class AgentClient:
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
         """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the
         agent answered, or UNAVAILABLE / DEADLINE_EXCEEDED when it did not."""
-        request = resources_pb2.GetRequest(container_id=container_id).SerializeToString()
-        raw = await wait_until(
-            self._call(RESOURCES_SERVICE, "Get", request, deadline),
+        return await self._ask(
+            RESOURCES_SERVICE,
+            "Get",
+            resources_pb2.GetRequest(container_id=container_id),
+            resources_pb2.GetResponse,
             deadline,
-            "Resources/Get did not finish before the caller's deadline",
+            late="Resources/Get did not finish before the caller's deadline",
+            undecodable=f"the guest agent at {self.address} sent a GetResponse that does not decode",
         )
-        try:
-            return resources_pb2.GetResponse.FromString(raw)
-        except DecodeError as exc:
-            raise TtrpcError(
-                Code.INTERNAL,
-                f"the guest agent at {self.address} sent a GetResponse that does not decode: {exc}",
-            ) from None
 
     async def check(self, timeout: float) -> bool:
         """grpc.Health/Check: True when the agent says SERVING; TtrpcError when it cannot be asked."""
         deadline = asyncio.get_running_loop().time() + timeout
-        request = health_pb2.CheckRequest(service="").SerializeToString()
-        raw = await wait_until(
-            self._call(HEALTH_SERVICE, "Check", request, deadline),
+        answer = await self._ask(
+            HEALTH_SERVICE,
+            "Check",
+            health_pb2.CheckRequest(service=""),
+            health_pb2.HealthCheckResponse,
             deadline,
-            f"Health/Check: no answer from the guest agent at {self.address} within {timeout:g}s",
+            late=f"Health/Check: no answer from the guest agent at {self.address} within {timeout:g}s",
+            undecodable=(
+                f"Health/Check: the guest agent at {self.address} sent an answer that does not decode"
+            ),
+        )
+        return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def _ask(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        answer: type[AnswerT],
+        deadline: float,
+        *,
+        late: str,
+        undecodable: str,
+    ) -> AnswerT:
+        """One unary call bounded by ``deadline`` (``late`` is the DEADLINE_EXCEEDED message), its answer
+        decoded as ``answer``; an answer that does not decode is INTERNAL, ``undecodable`` plus the reason."""
+        raw = await wait_until(
+            self._call(service, method, request.SerializeToString(), deadline), deadline, late
         )
         try:
-            answer = health_pb2.HealthCheckResponse.FromString(raw)
+            return answer.FromString(raw)
         except DecodeError as exc:
-            raise TtrpcError(
-                Code.INTERNAL,
-                f"Health/Check: the guest agent at {self.address} sent an answer that does not decode: {exc}",
-            ) from exc
-        return answer.status == health_pb2.HealthCheckResponse.SERVING
+            raise TtrpcError(Code.INTERNAL, f"{undecodable}: {exc}") from None
 
     async def _call(self, service: str, method: str, payload: bytes, deadline: float) -> bytes:
         """One call on the shared connection, redialled once if it turns out to be dead."""
@@ -289,16 +307,13 @@ class AgentClient:
 
         TtrpcError when the agent cannot say (kata-agent serves no such method): no counts, never zeros.
         """
-        request = diagnostics_pb2.ReadErrorsRequest().SerializeToString()
-        raw = await wait_until(
-            self._call(DIAGNOSTICS_SERVICE, "ReadErrors", request, deadline),
+        answer = await self._ask(
+            DIAGNOSTICS_SERVICE,
+            "ReadErrors",
+            diagnostics_pb2.ReadErrorsRequest(),
+            diagnostics_pb2.ReadErrorsResponse,
             deadline,
-            f"Diagnostics/ReadErrors: no answer from the guest agent at {self.address} in time",
+            late=f"Diagnostics/ReadErrors: no answer from the guest agent at {self.address} in time",
+            undecodable=f"ReadErrorsResponse from {self.address} does not decode",
         )
-        try:
-            answer = diagnostics_pb2.ReadErrorsResponse.FromString(raw)
-        except DecodeError as exc:
-            raise TtrpcError(
-                Code.INTERNAL, f"ReadErrorsResponse from {self.address} does not decode: {exc}"
-            ) from None
         return {entry.file: entry.count for entry in answer.files}

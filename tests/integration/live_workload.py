@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shimstats.demo import remove_cgroup
 from tests.integration.harness import short_tmp
 
 CGROUPFS = Path("/sys/fs/cgroup")
@@ -51,22 +51,7 @@ def live_cgroup() -> Iterator[str]:
         yield name
     finally:
         for directory in made:
-            _rmdir(directory)
-
-
-def _rmdir(directory: Path) -> None:
-    """rmdir a cgroup, retrying while its last process is still being torn down."""
-    deadline = time.monotonic() + RMDIR_TIMEOUT
-    while True:
-        try:
-            directory.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            remove_cgroup(directory, timeout=RMDIR_TIMEOUT)
 
 
 @pytest.fixture

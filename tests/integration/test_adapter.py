@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +28,9 @@ from shimstats.translate import OutputFormat
 from shimstats.ttrpc import CallContext, Client, Code, Frame, Server, TtrpcError
 from shimstats.ttrpc.framing import FrameDecoder, MessageType, encode_frame, encode_response
 from shimstats.wire import TASK_SERVICE
+from tests.integration.harness import short_tmp
 
 Answer = Callable[[str, CallContext], Awaitable[bytes]]
-
-
-@contextlib.contextmanager
-def short_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def v2_guest_reply(usage: int, inactive_file: int, anon: int) -> agent_pb2.StatsContainerResponse:

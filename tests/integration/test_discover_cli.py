@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,10 @@ from shimstats.kube_names import (
     list_names,
 )
 from tests.containerd_env import Containerd, busybox_rootfs
-from tests.integration.harness import CLI, REPO, short_tmp
+from tests.integration.harness import CLI, REPO
 from tests.kata_standins import KATA_PORT, HybridVsockMuxer, KataShimStandIn, container_fixtures, guest
 
 NS = "k8s.io"
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 async def discover(*args: str) -> tuple[int, str, str]:
@@ -46,12 +39,12 @@ async def discover(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_every_sandbox_its_address_and_health(tmp: Path) -> None:
-    go_root, rs_root = tmp / "sbs", tmp / "kata"
-    mux_path = tmp / "clh.sock"
+async def test_every_sandbox_its_address_and_health(sock_dir: Path) -> None:
+    go_root, rs_root = sock_dir / "sbs", sock_dir / "kata"
+    mux_path = sock_dir / "clh.sock"
     url_a = f"hvsock://{mux_path}:{KATA_PORT}"
-    no_cri = f"unix://{tmp}/no-cri.sock"
-    async with guest(container_fixtures()[0], tmp) as agents, HybridVsockMuxer(mux_path, agents):
+    no_cri = f"unix://{sock_dir}/no-cri.sock"
+    async with guest(container_fixtures()[0], sock_dir) as agents, HybridVsockMuxer(mux_path, agents):
         with (
             KataShimStandIn(go_root, "pod-a", url_a),
             KataShimStandIn(rs_root, "pod-b", "hvsock:///nonexistent/clh.sock:1024", flavor="rs"),
@@ -94,23 +87,23 @@ async def test_every_sandbox_its_address_and_health(tmp: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(tmp: Path) -> None:
-    mux_path = tmp / "clh.sock"
-    no_cri = f"unix://{tmp}/no-cri.sock"
-    async with guest(container_fixtures()[0], tmp) as agents, HybridVsockMuxer(mux_path, agents):
-        with KataShimStandIn(tmp / "sbs", "pod-a", f"hvsock://{mux_path}:{KATA_PORT}"):
-            code, out, err = await discover("--kata-root", str(tmp / "sbs"), "--cri", no_cri)
+async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(sock_dir: Path) -> None:
+    mux_path = sock_dir / "clh.sock"
+    no_cri = f"unix://{sock_dir}/no-cri.sock"
+    async with guest(container_fixtures()[0], sock_dir) as agents, HybridVsockMuxer(mux_path, agents):
+        with KataShimStandIn(sock_dir / "sbs", "pod-a", f"hvsock://{mux_path}:{KATA_PORT}"):
+            code, out, err = await discover("--kata-root", str(sock_dir / "sbs"), "--cri", no_cri)
     assert code == 0, err
     assert "pod-a" in out
-    code, out, err = await discover("--kata-root", str(tmp / "nothing-here"), "--cri", no_cri)
+    code, out, err = await discover("--kata-root", str(sock_dir / "nothing-here"), "--cri", no_cri)
     assert code == 2
-    assert f"{tmp}/nothing-here" in err
+    assert f"{sock_dir}/nothing-here" in err
     assert "Traceback" not in err
-    code, out, err = await discover("--kata-root", str(tmp), "--cri", no_cri, "--json")
+    code, out, err = await discover("--kata-root", str(sock_dir), "--cri", no_cri, "--json")
     assert code == 0  # a root without sandboxes: nothing is unhealthy
     assert json.loads(out)["sandboxes"] == []
     for bad in (("--cri", "tcp://10.0.0.1:10010"), ("--agent-port", "0"), ("--agent-port", "kata")):
-        code, out, err = await discover("--kata-root", str(tmp), *bad)
+        code, out, err = await discover("--kata-root", str(sock_dir), *bad)
         assert code == 2
         assert f"argument {bad[0]}" in err
         assert "Traceback" not in err
@@ -157,9 +150,13 @@ def _names(containerd: Containerd) -> dict[str, Any]:
 
 
 @pytest.mark.containerd
-def test_names_follow_containers_through_restart_and_pod_deletion(containerd: Containerd, tmp: Path) -> None:
-    sandbox = _pod_container(containerd, tmp, "sbx-web", "web-0", kind="sandbox")
-    app = _pod_container(containerd, tmp, "app-1", "web-0", kind="container", name="nginx", sandbox=sandbox)
+def test_names_follow_containers_through_restart_and_pod_deletion(
+    containerd: Containerd, sock_dir: Path
+) -> None:
+    sandbox = _pod_container(containerd, sock_dir, "sbx-web", "web-0", kind="sandbox")
+    app = _pod_container(
+        containerd, sock_dir, "app-1", "web-0", kind="container", name="nginx", sandbox=sandbox
+    )
     try:
         first = _names(containerd)
         assert first["source"] == "containerd"
@@ -169,9 +166,11 @@ def test_names_follow_containers_through_restart_and_pod_deletion(containerd: Co
             "app-1": ("sbx-web", "web-0", "shop", "nginx")
         }  # the pause one is the pod
 
-        with KataShimStandIn(tmp / "sbs", "sbx-web", "hvsock:///nonexistent/clh.sock:1024"):
+        with KataShimStandIn(sock_dir / "sbs", "sbx-web", "hvsock:///nonexistent/clh.sock:1024"):
             code, out, _ = asyncio.run(
-                discover("--kata-root", str(tmp / "sbs"), "--cri", f"unix://{containerd.address}", "--json")
+                discover(
+                    "--kata-root", str(sock_dir / "sbs"), "--cri", f"unix://{containerd.address}", "--json"
+                )
             )
         assert code == 1  # no agent behind the stand-in
         [row] = json.loads(out)["sandboxes"]
@@ -182,7 +181,7 @@ def test_names_follow_containers_through_restart_and_pod_deletion(containerd: Co
 
         _delete(containerd, app)  # the kubelet restarts a container: a new id in the same pod
         app = _pod_container(
-            containerd, tmp, "app-2", "web-0", kind="container", name="nginx", sandbox=sandbox
+            containerd, sock_dir, "app-2", "web-0", kind="container", name="nginx", sandbox=sandbox
         )
         assert _names(containerd)["containers"] == {"app-2": ("sbx-web", "web-0", "shop", "nginx")}
 

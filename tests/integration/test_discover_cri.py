@@ -28,7 +28,7 @@ from tests.cri_env import (
     remove_container,
     start_sleeping_container,
 )
-from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp
+from tests.integration.harness import CLI, REPO, AgentProcess
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
@@ -40,12 +40,6 @@ KATA_URL_PORT = 1024
 def cri(containerd_available: None) -> Iterator[CriContainerd]:
     with CriContainerd() as containerd:
         yield containerd
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
 
 
 def _discover(root: Path, cri: CriContainerd) -> tuple[int, dict[str, Any]]:
@@ -70,24 +64,24 @@ async def _agent_working_set(root: Path, sandbox_id: str, container_id: str) -> 
     return max(0, stats.usage.usage - stats.stats["total_inactive_file"])
 
 
-def test_discover_follows_pods_through_restart_and_deletion(cri: CriContainerd, tmp: Path) -> None:
-    root = tmp / "sbs"
+def test_discover_follows_pods_through_restart_and_deletion(cri: CriContainerd, sock_dir: Path) -> None:
+    root = sock_dir / "sbs"
     pod = cri.run_pod(f"web-{time.monotonic_ns() % 10**6}", "runc")
     try:
         app = start_sleeping_container(cri, pod, "app")
-        agent_dir = tmp / "agent"
+        agent_dir = sock_dir / "agent"
         agent_dir.mkdir()
         agent = AgentProcess(agent_dir, ["--container", f"{app.id}={app.cgroup}"])
         with (
             agent,
-            muxer_in_thread(tmp / "clh.sock", {2048: agent.socket}),
-            KataShimStandIn(root, pod.id, f"hvsock://{tmp}/clh.sock:{KATA_URL_PORT}"),
+            muxer_in_thread(sock_dir / "clh.sock", {2048: agent.socket}),
+            KataShimStandIn(root, pod.id, f"hvsock://{sock_dir}/clh.sock:{KATA_URL_PORT}"),
         ):
             code, found = _discover(root, cri)
             assert code == 0, found
             [sandbox] = found["sandboxes"]
             assert (sandbox["id"], sandbox["pod"], sandbox["namespace"]) == (pod.id, pod.name, POD_NAMESPACE)
-            assert sandbox["address"] == f"hvsock://{tmp}/clh.sock:2048"
+            assert sandbox["address"] == f"hvsock://{sock_dir}/clh.sock:2048"
             assert sandbox["containers"] == [
                 {
                     "id": app.id,

@@ -8,7 +8,6 @@ mapping is unit-tested in tests/unit/test_discovery.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from shimstats.discovery import (
     resolve_agent,
 )
 from shimstats.ttrpc import Address, Code, Server, TtrpcError
-from tests.integration.harness import Fixture, fake_stats, short_tmp
+from tests.integration.harness import Fixture, fake_stats
 from tests.kata_standins import (
     KATA_PORT,
     OUR_PORT,
@@ -41,12 +40,6 @@ from tests.kata_standins import (
 SANDBOX = "5f2c0a9d1b7e4c3a"
 
 
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmp() as path:
-        yield path
-
-
 URLS = {
     "qemu": "vsock://2867405393:1024",
     "clh": "hvsock:///run/vc/vm/{sandbox}/clh.sock:1024",
@@ -56,10 +49,10 @@ URLS = {
 
 @pytest.mark.parametrize("flavor", ["go", "rs"])
 @pytest.mark.parametrize("form", sorted(URLS))
-async def test_each_runtime_reports_each_url_form(tmp: Path, flavor: str, form: str) -> None:
+async def test_each_runtime_reports_each_url_form(sock_dir: Path, flavor: str, form: str) -> None:
     url = URLS[form].format(sandbox=SANDBOX)
-    with KataShimStandIn(tmp, SANDBOX, url, flavor=flavor) as shim:  # type: ignore[arg-type]
-        sandbox = find_sandbox(SANDBOX, [str(tmp)])
+    with KataShimStandIn(sock_dir, SANDBOX, url, flavor=flavor) as shim:  # type: ignore[arg-type]
+        sandbox = find_sandbox(SANDBOX, [str(sock_dir)])
         assert sandbox.socket == str(shim.socket)
         assert await read_agent_url(sandbox.socket) == url
         ours = await resolve_agent(sandbox)
@@ -70,8 +63,8 @@ async def test_each_runtime_reports_each_url_form(tmp: Path, flavor: str, form: 
     assert str(ours.address) == url.replace(":1024", ":2048")
 
 
-async def test_list_sandboxes_sees_shims_come_and_go(tmp: Path) -> None:
-    go_root, rs_root = tmp / "sbs", tmp / "kata"
+async def test_list_sandboxes_sees_shims_come_and_go(sock_dir: Path) -> None:
+    go_root, rs_root = sock_dir / "sbs", sock_dir / "kata"
     with KataShimStandIn(go_root, "aaa", "vsock://3:1024"), KataShimStandIn(rs_root, "bbb", flavor="rs"):
         assert [s.id for s in list_sandboxes([str(go_root), str(rs_root)])] == ["aaa", "bbb"]
     assert list_sandboxes([str(go_root), str(rs_root)]) == []
@@ -90,8 +83,8 @@ async def test_list_sandboxes_sees_shims_come_and_go(tmp: Path) -> None:
         ("slow", "no answer to GET /agent-url within 0.3s"),
     ],
 )
-async def test_failures_are_errors_naming_the_socket(tmp: Path, setup: str, complaint: str) -> None:
-    shim = KataShimStandIn(tmp, SANDBOX, "hvsock:///run/vc/vm/x/clh.sock:1024", flavor="go")
+async def test_failures_are_errors_naming_the_socket(sock_dir: Path, setup: str, complaint: str) -> None:
+    shim = KataShimStandIn(sock_dir, SANDBOX, "hvsock:///run/vc/vm/x/clh.sock:1024", flavor="go")
     if setup == "go-500":
         shim.error = "sandbox has no agent yet: not ready"
     elif setup == "rs-empty":
@@ -110,7 +103,7 @@ async def test_failures_are_errors_naming_the_socket(tmp: Path, setup: str, comp
     if setup == "stale":
         shim.stop(remove_socket=False)  # a killed shim leaves its socket file behind
     try:
-        sandbox = find_sandbox(SANDBOX, [str(tmp)])
+        sandbox = find_sandbox(SANDBOX, [str(sock_dir)])
         with pytest.raises(DiscoveryError) as caught:
             await resolve_agent(sandbox, timeout=0.3)
     finally:
@@ -120,11 +113,11 @@ async def test_failures_are_errors_naming_the_socket(tmp: Path, setup: str, comp
     assert caught.value.socket == str(shim.socket)
 
 
-async def test_a_gone_shim_names_both_places_looked(tmp: Path) -> None:
+async def test_a_gone_shim_names_both_places_looked(sock_dir: Path) -> None:
     with pytest.raises(DiscoveryError) as caught:
-        find_sandbox(SANDBOX, [str(tmp / "sbs"), str(tmp / "kata")])
-    assert f"{tmp}/sbs/{SANDBOX}/shim-monitor.sock" in str(caught.value)
-    assert f"{tmp}/kata/{SANDBOX}/shim-monitor.sock" in str(caught.value)
+        find_sandbox(SANDBOX, [str(sock_dir / "sbs"), str(sock_dir / "kata")])
+    assert f"{sock_dir}/sbs/{SANDBOX}/shim-monitor.sock" in str(caught.value)
+    assert f"{sock_dir}/kata/{SANDBOX}/shim-monitor.sock" in str(caught.value)
 
 
 # -- end to end: shim → hybrid vsock → agent → Stats ---------------------------------------------------------
@@ -143,19 +136,19 @@ def working_set(fx: Fixture) -> int:
 @pytest.mark.parametrize("port", [OUR_PORT, KATA_AGENT])
 @pytest.mark.parametrize("output", ["v1", "v2"])
 async def test_discovery_dial_stats_end_to_end(
-    tmp: Path, fx: Fixture, flavor: str, port: int | str, output: str
+    sock_dir: Path, fx: Fixture, flavor: str, port: int | str, output: str
 ) -> None:
     """What the proxy does with ``agent = "kata"``: the adapter's agent is found through the shim."""
-    root = tmp / "sbs"
-    mux_path = tmp / "clh.sock"
-    async with guest(fx, tmp) as agents, HybridVsockMuxer(mux_path, agents) as mux:
+    root = sock_dir / "sbs"
+    mux_path = sock_dir / "clh.sock"
+    async with guest(fx, sock_dir) as agents, HybridVsockMuxer(mux_path, agents) as mux:
         with KataShimStandIn(root, SANDBOX, f"hvsock://{mux_path}:{KATA_PORT}", flavor=flavor):  # type: ignore[arg-type]
-            spec = kata_spec(SANDBOX, port, [str(tmp / "missing"), str(root)])  # type: ignore[arg-type]
+            spec = kata_spec(SANDBOX, port, [str(sock_dir / "missing"), str(root)])  # type: ignore[arg-type]
             agent = agent_client(spec)
             assert isinstance(agent, KataAgentClient)
             server = Server()
             TaskService(StatsHandler(agent, output)).register(server)  # type: ignore[arg-type]
-            address = f"unix://{tmp}/adapter.sock"
+            address = f"unix://{sock_dir}/adapter.sock"
             await server.start(address)
             try:
                 result = await fake_stats(address, fx.request_id)
@@ -173,13 +166,13 @@ async def test_discovery_dial_stats_end_to_end(
         assert answer.memory.working_set_bytes == working_set(fx)
 
 
-async def test_no_shim_yet_is_unavailable_then_found(tmp: Path) -> None:
+async def test_no_shim_yet_is_unavailable_then_found(sock_dir: Path) -> None:
     """The proxy starts before Kata serves /agent-url: the first Stats fails UNAVAILABLE naming the sandbox,
     a later one (after the backoff) finds the agent."""
     fx = container_fixtures()[-1]
-    root = tmp / "sbs"
-    mux_path = tmp / "clh.sock"
-    async with guest(fx, tmp) as agents, HybridVsockMuxer(mux_path, agents):
+    root = sock_dir / "sbs"
+    mux_path = sock_dir / "clh.sock"
+    async with guest(fx, sock_dir) as agents, HybridVsockMuxer(mux_path, agents):
         agent = KataAgentClient(KataSpec(SANDBOX, OUR_PORT, (str(root),)), backoff=Backoff(initial=0.0))
         try:
             with pytest.raises(TtrpcError) as caught:
