@@ -43,7 +43,7 @@ from shimstats.ttrpc import (
     TtrpcError,
     encode_frame,
 )
-from shimstats.ttrpc.framing import decode_request, decode_response, encode_request
+from shimstats.ttrpc.framing import decode_request, decode_response, encode_request, encode_response
 from tests.kata_standins import HybridVsockMuxer
 
 SERVICE = "test.v1.Probe"
@@ -916,3 +916,46 @@ def test_sync_client(sock_dir: Path) -> None:
         c.close()  # idempotent
         with pytest.raises(TransportError):
             SyncClient(f"unix://{sock_dir}/absent.sock", timeout=0.5)
+
+
+def test_sync_client_drops_a_late_answer_and_fails_when_the_server_hangs_up(sock_dir: Path) -> None:
+    """The blocking client keeps Client's rules: an expired call's late answer is stray, a hang-up inside a
+    frame fails the call (and every later one) with UNAVAILABLE."""
+    path = sock_dir / "scripted.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def scripted_server() -> None:
+        conn, _ = listener.accept()
+        decoder = FrameDecoder()
+        frames: list[object] = []
+        while len(frames) < 2:
+            frames += decoder.feed(conn.recv(65536))
+        late = encode_frame(1, MessageType.RESPONSE, 0, encode_response(b"late"))
+        conn.sendall(late + encode_frame(3, MessageType.RESPONSE, 0, encode_response(b"second")))
+        while len(frames) < 3:
+            frames += decoder.feed(conn.recv(65536))
+        conn.sendall(encode_frame(5, MessageType.RESPONSE, 0, encode_response(b"cut short"))[:12])
+        conn.close()
+
+    thread = threading.Thread(target=scripted_server, daemon=True)
+    thread.start()
+    try:
+        with SyncClient(f"unix://{path}", timeout=5.0) as c:
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"first", timeout=0.1)
+            assert caught.value.code == Code.DEADLINE_EXCEEDED
+            assert not c.closed
+            assert c.call(SERVICE, "Echo", b"second") == b"second"
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"third")
+            assert caught.value.code == Code.UNAVAILABLE
+            assert "truncated frame" in caught.value.message
+            assert c.closed
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"fourth")
+            assert caught.value.code == Code.UNAVAILABLE
+    finally:
+        thread.join(5)
+        listener.close()
