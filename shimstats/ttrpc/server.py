@@ -20,12 +20,14 @@ Where we differ from Go on purpose:
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import select
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.channel import Channel
@@ -66,6 +68,18 @@ Handler = Callable[[bytes, CallContext], Union[Awaitable[bytes], bytes]]
 can interrupt it); a coroutine function runs as a task that the call's deadline cancels."""
 
 
+class _Method(NamedTuple):
+    """A registered handler and how it runs: ``waits`` (a coroutine function) gets a task per call."""
+
+    handler: Handler
+    waits: bool
+
+
+def _method(handler: Handler) -> _Method:
+    call = type(handler).__call__  # an object whose __call__ is a coroutine function waits too
+    return _Method(handler, inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call))
+
+
 def _uncancel() -> None:
     """Undo the cancel request our deadline timer made, so the task can go on to send the answer."""
     task = asyncio.current_task()
@@ -85,7 +99,7 @@ class _Connection:
         else:
             channel.rebind(self.on_event, self.on_close, backpressure=True)
         self.channel = channel
-        self.rules: ServerConnection[Handler] = ServerConnection(
+        self.rules: ServerConnection[_Method] = ServerConnection(
             server.services, max_in_flight=server.max_in_flight
         )
         self.calls: dict[int, asyncio.Task[None]] = {}
@@ -115,27 +129,31 @@ class _Connection:
         context = CallContext(
             action.service, action.method, stream_id, action.metadata, action.deadline, self.peer
         )
+        handler, waits = action.handler
+        if waits:  # a coroutine may wait, so it gets a task, and a deadline that cancels it
+            self.calls[stream_id] = self.loop.create_task(self.call(action, context))
+            return
         try:
-            result = action.handler(action.payload, context)
+            result = handler(action.payload, context)
         except Exception as exc:
             frame = self.failed(action, exc)
         else:
-            if not isinstance(result, bytes):  # a coroutine: it may wait, so it gets a task and a deadline
-                task = self.loop.create_task(self.call(action, result))
-                self.calls[stream_id] = task
-                task.add_done_callback(lambda _: self.finished(stream_id))
+            if not isinstance(result, bytes):  # a plain function that handed back an awaitable
+                self.calls[stream_id] = self.loop.create_task(self.call(action, context, result))
                 return
             frame = self.rules.answer(action, result)
         self.channel.write(frame)
         self.ended(stream_id)
 
-    def failed(self, call: StartCall[Handler], exc: Exception) -> bytes:
+    def failed(self, call: StartCall[_Method], exc: Exception) -> bytes:
         """The answer for a handler that raised; anything but a TtrpcError is a bug worth a traceback."""
         if not isinstance(exc, TtrpcError):
             log.exception("ttrpc %s/%s from %s failed", call.service, call.method, self.peer.address)
         return self.rules.answer_error(call, exc)
 
-    async def call(self, call: StartCall[Handler], running: Awaitable[bytes]) -> None:
+    async def call(
+        self, call: StartCall[_Method], context: CallContext, running: Awaitable[bytes] | None = None
+    ) -> None:
         stream_id = call.stream_id
         timer = None
         if call.deadline is not None:
@@ -143,19 +161,23 @@ class _Connection:
             timer = self.loop.call_at(call.deadline, self.expire, stream_id)
         try:
             try:
-                frame = self.rules.answer(call, await running)
-            except asyncio.CancelledError:
-                if stream_id not in self.expired or self.channel.closed:
-                    raise  # the connection went away: nobody to answer
-                _uncancel()
-                frame = self.rules.answer_expired(call)
-        except Exception as exc:
-            frame = self.failed(call, exc)
+                try:
+                    answer = running if running is not None else call.handler.handler(call.payload, context)
+                    frame = self.rules.answer(call, answer if isinstance(answer, bytes) else await answer)
+                except asyncio.CancelledError:
+                    if stream_id not in self.expired or self.channel.closed:
+                        raise  # the connection went away: nobody to answer
+                    _uncancel()
+                    frame = self.rules.answer_expired(call)
+            except Exception as exc:
+                frame = self.failed(call, exc)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    self.expired.discard(stream_id)
+            self.channel.write(frame)
         finally:
-            if timer is not None:
-                timer.cancel()
-                self.expired.discard(stream_id)
-        self.channel.write(frame)
+            self.finished(stream_id)  # here rather than a done callback: that would cost a loop turn per call
 
     def expire(self, stream_id: int) -> None:
         task = self.calls.get(stream_id)
@@ -164,9 +186,12 @@ class _Connection:
             task.cancel()
 
     def finished(self, stream_id: int) -> None:
-        """A call's task is done (answered, failed or cancelled)."""
-        del self.calls[stream_id]
-        self.ended(stream_id)
+        """A call's task is done (answered, failed or cancelled); once per call, whoever reports it first."""
+        if self.calls.pop(stream_id, None) is not None:
+            self.ended(stream_id)
+
+    def task_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        self.finished(stream_id)
 
     def ended(self, stream_id: int) -> None:
         close_now = self.rules.call_ended(stream_id)
@@ -185,8 +210,11 @@ class _Connection:
         self.server._forget(self)
         if not self.calls:
             self._set_done()
-        for task in self.calls.values():
-            task.cancel()  # nobody is left to answer; done is set when the last one has unwound
+        for stream_id, task in list(self.calls.items()):
+            # Nobody is left to answer; done is set when the last one has unwound. A task cancelled before
+            # its first step never runs its body (nor the finished() in it), so the task reports its end.
+            task.add_done_callback(functools.partial(self.task_done, stream_id))
+            task.cancel()
 
     def _set_done(self) -> None:
         if not self.done.done():
@@ -239,7 +267,7 @@ class Server:
             raise ValueError("max_connections and max_in_flight must be at least 1")
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
-        self.services: dict[str, Mapping[str, Handler]] = {}
+        self.services: dict[str, Mapping[str, _Method]] = {}
         self._listeners: list[asyncio.Server] = []
         self._connections: set[_Connection] = set()
         self._rejecting = 0
@@ -251,7 +279,7 @@ class Server:
         """Serve ``methods`` (name → handler) under a full service name, e.g. ``containerd.task.v2.Task``."""
         if service in self.services:
             raise ValueError(f"ttrpc service {service} is already registered")
-        self.services[service] = dict(methods)
+        self.services[service] = {name: _method(handler) for name, handler in methods.items()}
 
     async def start(self, listener: Address | str | socket.socket, *, mode: int = 0o600) -> asyncio.Server:
         """Listen on an address (unix sockets get ``mode``), or serve a socket already bound and listening
