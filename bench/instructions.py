@@ -30,7 +30,7 @@ from shimstats.ttrpc import Client, SyncClient
 from tests.integration.harness import CLI
 
 WARM_UP = 5
-CALLGRIND = ["valgrind", "--tool=callgrind"]
+CALLGRIND = ["valgrind", "--tool=callgrind", "-q"]
 
 
 def _total(out: Path) -> int:
