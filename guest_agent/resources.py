@@ -226,7 +226,7 @@ class ResourcesService:
         """Register the Resources service on ``server``."""
         server.register(RESOURCES_SERVICE, {"Get": self.get})
 
-    async def get(self, payload: bytes, ctx: CallContext) -> bytes:
+    def get(self, payload: bytes, ctx: CallContext) -> bytes:
         """shimstats.agent.v1.Resources/Get."""
         try:
             request = resources_pb2.GetRequest.FromString(payload)

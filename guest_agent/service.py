@@ -13,7 +13,9 @@ registered.
 
 The cgroup files are read right in the event loop: a whole answer costs some 100-200 µs (guest_agent.bench)
 of reads of pseudo-files that never wait for a disk. Handing it to a thread would add about as much again
-(an executor round trip measured ~110 µs here) and buy no parallelism, since parsing holds the GIL.
+(an executor round trip measured ~110 µs here) and buy no parallelism, since parsing holds the GIL. The
+handlers are plain functions, so the ttrpc server answers in the callback that decoded the request, without
+a task per call (no deadline can interrupt them anyway: nothing in them waits).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class AgentService:
         server.register(DIAGNOSTICS_SERVICE, {"ReadErrors": self.read_errors})
         ResourcesService(self.reader, self.locator).register(server)
 
-    async def stats_container(self, payload: bytes, ctx: CallContext) -> bytes:
+    def stats_container(self, payload: bytes, ctx: CallContext) -> bytes:
         """grpc.AgentService/StatsContainer."""
         try:
             request = agent_pb2.StatsContainerRequest.FromString(payload)
@@ -61,18 +63,18 @@ class AgentService:
         with ContainerCall("StatsContainer", self.locator, container_id) as call:
             return to_response(self.reader.read(call.resolve()))
 
-    async def check(self, payload: bytes, ctx: CallContext) -> bytes:
+    def check(self, payload: bytes, ctx: CallContext) -> bytes:
         """grpc.Health/Check: serving whenever the process answers."""
         status = health_pb2.HealthCheckResponse.SERVING
         return health_pb2.HealthCheckResponse(status=status).SerializeToString()
 
-    async def version(self, payload: bytes, ctx: CallContext) -> bytes:
+    def version(self, payload: bytes, ctx: CallContext) -> bytes:
         """grpc.Health/Version."""
         return health_pb2.VersionCheckResponse(
             grpc_version="ttrpc", agent_version=AGENT_VERSION
         ).SerializeToString()
 
-    async def read_errors(self, payload: bytes, ctx: CallContext) -> bytes:
+    def read_errors(self, payload: bytes, ctx: CallContext) -> bytes:
         """shimstats.agent.v1.Diagnostics/ReadErrors: the reader's counts per kernel file name."""
         counts = self.reader.errors.snapshot()
         files = [diagnostics_pb2.FileReadErrors(file=name, count=counts[name]) for name in sorted(counts)]

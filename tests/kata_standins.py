@@ -265,7 +265,7 @@ class KataAgentService(AgentService):
         ours = super().stats(container_id)
         return kata_agent_v2(ours) if self.reader.layout.primary.version == 2 else ours
 
-    async def version(self, payload: bytes, ctx: CallContext) -> bytes:
+    def version(self, payload: bytes, ctx: CallContext) -> bytes:
         return health_pb2.VersionCheckResponse(
             grpc_version="ttrpc", agent_version=KATA_AGENT_VERSION
         ).SerializeToString()

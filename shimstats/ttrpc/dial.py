@@ -15,7 +15,7 @@ from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.hvsock import HandshakeError, HandshakeReply, connect_request
 from shimstats.ttrpc.transport import TransportError, as_address
 
-__all__ = ["create_connection", "vsock_socket"]
+__all__ = ["connected_socket", "create_connection", "vsock_socket"]
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 _VSOCK_ANY = -1
@@ -75,7 +75,7 @@ async def _connect_unix(loop: asyncio.AbstractEventLoop, addr: Address) -> socke
     return sock
 
 
-async def _connected_socket(address: Address, timeout: float | None) -> socket.socket:
+async def connected_socket(address: Address, timeout: float | None) -> socket.socket:
     """A connected non-blocking socket (hvsock: past the handshake), or TransportError naming the address."""
     if address.kind == "serial":
         raise TransportError(
@@ -109,7 +109,7 @@ async def create_connection(
 ) -> tuple[asyncio.Transport, P]:
     """Connect and drive the connection with an asyncio Protocol (the fast path the ttrpc client uses)."""
     address = as_address(addr)
-    sock = await _connected_socket(address, timeout)
+    sock = await connected_socket(address, timeout)
     try:
         transport, protocol = await asyncio.get_running_loop().create_connection(protocol_factory, sock=sock)
     except BaseException:

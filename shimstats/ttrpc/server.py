@@ -1,10 +1,12 @@
 """asyncio ttrpc server for unary calls, answering errors the way containerd's Go server does.
 
 Each connection is a Channel (bytes → frames) and a ServerConnection (``connection.py``: the rules, which
-decide what each frame means); each call it starts runs as its own task, so many calls on one
-connection proceed at once. Every response frame goes out in one write, so frames never interleave.
-Handlers get raw payload bytes and return raw bytes; decoding the method's messages is the service
-layer's job.
+decide what each frame means). Handlers get raw payload bytes and return raw bytes; decoding the
+method's messages is the service layer's job. A handler is either a plain function, called at once in the
+callback that decoded its request (no task, no extra turn of the event loop: the cheapest path, for
+handlers that never wait), or a coroutine function, whose call runs as its own task, so many calls on one
+connection proceed at once and a deadline can cancel it. Every response frame goes out in one write, so
+frames never interleave.
 
 Where we differ from Go on purpose:
 * a response over 4 MiB is answered with RESOURCE_EXHAUSTED on its stream (Go drops the whole connection);
@@ -18,11 +20,14 @@ Where we differ from Go on purpose:
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import select
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple, Union
 
 from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.channel import Channel
@@ -58,7 +63,21 @@ class CallContext:
     peer: Peer = field(default_factory=lambda: Peer(address=""))
 
 
-Handler = Callable[[bytes, CallContext], Awaitable[bytes]]
+Handler = Callable[[bytes, CallContext], Union[Awaitable[bytes], bytes]]
+"""A plain function returning bytes runs inline (it must not block: it holds the event loop, and no deadline
+can interrupt it); a coroutine function runs as a task that the call's deadline cancels."""
+
+
+class _Method(NamedTuple):
+    """A registered handler and how it runs: ``waits`` (a coroutine function) gets a task per call."""
+
+    handler: Handler
+    waits: bool
+
+
+def _method(handler: Handler) -> _Method:
+    call = type(handler).__call__  # an object whose __call__ is a coroutine function waits too
+    return _Method(handler, inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call))
 
 
 def _uncancel() -> None:
@@ -80,7 +99,7 @@ class _Connection:
         else:
             channel.rebind(self.on_event, self.on_close, backpressure=True)
         self.channel = channel
-        self.rules: ServerConnection[Handler] = ServerConnection(
+        self.rules: ServerConnection[_Method] = ServerConnection(
             server.services, max_in_flight=server.max_in_flight
         )
         self.calls: dict[int, asyncio.Task[None]] = {}
@@ -95,44 +114,70 @@ class _Connection:
 
     def on_event(self, event: Event) -> None:
         action = self.rules.receive(event, self.loop.time())
+        if action is None:
+            return
         if isinstance(action, Reply):
             self.channel.write(action.data)
-        elif action is not None:
-            stream_id = action.stream_id
-            context = CallContext(
-                action.service, action.method, stream_id, action.metadata, action.deadline, self.peer
-            )
-            task = self.loop.create_task(self.call(action, context))
-            self.calls[stream_id] = task
-            task.add_done_callback(lambda _: self.finished(stream_id))
-
-    async def call(self, call: StartCall[Handler], context: CallContext) -> None:
-        stream_id = call.stream_id
-        early = self.rules.expired_at_start(call, self.loop.time())
-        if early is not None:
-            self.channel.write(early)
             return
+        stream_id = action.stream_id
+        if action.deadline is not None:
+            early = self.rules.expired_at_start(action, self.loop.time())
+            if early is not None:
+                self.channel.write(early)
+                self.ended(stream_id)
+                return
+        context = CallContext(
+            action.service, action.method, stream_id, action.metadata, action.deadline, self.peer
+        )
+        handler, waits = action.handler
+        if waits:  # a coroutine may wait, so it gets a task, and a deadline that cancels it
+            self.calls[stream_id] = self.loop.create_task(self.call(action, context))
+            return
+        try:
+            result = handler(action.payload, context)
+        except Exception as exc:
+            frame = self.failed(action, exc)
+        else:
+            if not isinstance(result, bytes):  # a plain function that handed back an awaitable
+                self.calls[stream_id] = self.loop.create_task(self.call(action, context, result))
+                return
+            frame = self.rules.answer(action, result)
+        self.channel.write(frame)
+        self.ended(stream_id)
+
+    def failed(self, call: StartCall[_Method], exc: Exception) -> bytes:
+        """The answer for a handler that raised; anything but a TtrpcError is a bug worth a traceback."""
+        if not isinstance(exc, TtrpcError):
+            log.exception("ttrpc %s/%s from %s failed", call.service, call.method, self.peer.address)
+        return self.rules.answer_error(call, exc)
+
+    async def call(
+        self, call: StartCall[_Method], context: CallContext, running: Awaitable[bytes] | None = None
+    ) -> None:
+        stream_id = call.stream_id
         timer = None
         if call.deadline is not None:
             # A timer that cancels this task: cheaper than a cancel scope, and we know who cancelled.
             timer = self.loop.call_at(call.deadline, self.expire, stream_id)
         try:
             try:
-                frame = self.rules.answer(call, await call.handler(call.payload, context))
-            except asyncio.CancelledError:
-                if stream_id not in self.expired or self.channel.closed:
-                    raise  # the connection went away: nobody to answer
-                _uncancel()
-                frame = self.rules.answer_expired(call)
-        except Exception as exc:
-            if not isinstance(exc, TtrpcError):
-                log.exception("ttrpc %s/%s from %s failed", call.service, call.method, self.peer.address)
-            frame = self.rules.answer_error(call, exc)
+                try:
+                    answer = running if running is not None else call.handler.handler(call.payload, context)
+                    frame = self.rules.answer(call, answer if isinstance(answer, bytes) else await answer)
+                except asyncio.CancelledError:
+                    if stream_id not in self.expired or self.channel.closed:
+                        raise  # the connection went away: nobody to answer
+                    _uncancel()
+                    frame = self.rules.answer_expired(call)
+            except Exception as exc:
+                frame = self.failed(call, exc)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    self.expired.discard(stream_id)
+            self.channel.write(frame)
         finally:
-            if timer is not None:
-                timer.cancel()
-                self.expired.discard(stream_id)
-        self.channel.write(frame)
+            self.finished(stream_id)  # here rather than a done callback: that would cost a loop turn per call
 
     def expire(self, stream_id: int) -> None:
         task = self.calls.get(stream_id)
@@ -141,7 +186,14 @@ class _Connection:
             task.cancel()
 
     def finished(self, stream_id: int) -> None:
-        del self.calls[stream_id]
+        """A call's task is done (answered, failed or cancelled); once per call, whoever reports it first."""
+        if self.calls.pop(stream_id, None) is not None:
+            self.ended(stream_id)
+
+    def task_done(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        self.finished(stream_id)
+
+    def ended(self, stream_id: int) -> None:
         close_now = self.rules.call_ended(stream_id)
         if self.calls:
             return
@@ -158,8 +210,11 @@ class _Connection:
         self.server._forget(self)
         if not self.calls:
             self._set_done()
-        for task in self.calls.values():
-            task.cancel()  # nobody is left to answer; done is set when the last one has unwound
+        for stream_id, task in list(self.calls.items()):
+            # Nobody is left to answer; done is set when the last one has unwound. A task cancelled before
+            # its first step never runs its body (nor the finished() in it), so the task reports its end.
+            task.add_done_callback(functools.partial(self.task_done, stream_id))
+            task.cancel()
 
     def _set_done(self) -> None:
         if not self.done.done():
@@ -212,7 +267,7 @@ class Server:
             raise ValueError("max_connections and max_in_flight must be at least 1")
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
-        self.services: dict[str, Mapping[str, Handler]] = {}
+        self.services: dict[str, Mapping[str, _Method]] = {}
         self._listeners: list[asyncio.Server] = []
         self._connections: set[_Connection] = set()
         self._rejecting = 0
@@ -224,7 +279,7 @@ class Server:
         """Serve ``methods`` (name → handler) under a full service name, e.g. ``containerd.task.v2.Task``."""
         if service in self.services:
             raise ValueError(f"ttrpc service {service} is already registered")
-        self.services[service] = dict(methods)
+        self.services[service] = {name: _method(handler) for name, handler in methods.items()}
 
     async def start(self, listener: Address | str | socket.socket, *, mode: int = 0o600) -> asyncio.Server:
         """Listen on an address (unix sockets get ``mode``), or serve a socket already bound and listening

@@ -43,7 +43,7 @@ from shimstats.ttrpc import (
     TtrpcError,
     encode_frame,
 )
-from shimstats.ttrpc.framing import decode_request, decode_response, encode_request
+from shimstats.ttrpc.framing import decode_request, decode_response, encode_request, encode_response
 from tests.kata_standins import HybridVsockMuxer
 
 SERVICE = "test.v1.Probe"
@@ -99,6 +99,10 @@ class Handlers:
             "Fail": self.fail,
             "Status": self.status,
             "Big": self.big,
+            "PlainEcho": self.plain_echo,
+            "PlainMetadata": self.plain_metadata,
+            "PlainFail": self.plain_fail,
+            "PlainStatus": self.plain_status,
         }
 
     async def echo(self, payload: bytes, ctx: CallContext) -> bytes:
@@ -150,6 +154,20 @@ class Handlers:
 
     async def big(self, payload: bytes, ctx: CallContext) -> bytes:
         return b"x" * int(payload)
+
+    # Plain functions: the server calls them inline, without a task (the guest agent's handlers are these).
+
+    def plain_echo(self, payload: bytes, ctx: CallContext) -> bytes:
+        return payload
+
+    def plain_metadata(self, payload: bytes, ctx: CallContext) -> bytes:
+        return json.dumps([ctx.method, ctx.stream_id, ctx.metadata], sort_keys=True).encode()
+
+    def plain_fail(self, payload: bytes, ctx: CallContext) -> bytes:
+        raise ValueError(f"plain boom: {payload.decode()}")
+
+    def plain_status(self, payload: bytes, ctx: CallContext) -> bytes:
+        raise TtrpcError(Code.NOT_FOUND, f"no plain {payload.decode()}")
 
 
 @dataclass
@@ -433,6 +451,53 @@ async def test_raised_ttrpc_error_is_sent_as_its_status(client: Client) -> None:
     assert caught.value.message == "no thing"
     assert [(d.type_url, d.value) for d in caught.value.details] == [("t/x", b"thing")]
     assert str(caught.value) == "NOT_FOUND: no thing"
+
+
+async def test_plain_function_handlers_answer_like_coroutines(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await client.call(SERVICE, "PlainEcho", b"now") == b"now"
+    answer = await client.call(SERVICE, "PlainMetadata", b"", metadata={"Key": ["a", "b"]}, timeout=5.0)
+    method, stream_id, metadata = json.loads(answer)
+    assert (method, metadata) == ("PlainMetadata", {"key": ["a", "b"]})
+    assert stream_id % 2 == 1
+    with pytest.raises(TtrpcError) as caught:
+        await client.call(SERVICE, "PlainStatus", b"thing")
+    assert (caught.value.code, caught.value.message) == (Code.NOT_FOUND, "no plain thing")
+    with caplog.at_level(logging.ERROR, logger="shimstats.ttrpc"), pytest.raises(TtrpcError) as caught:
+        await client.call(SERVICE, "PlainFail", b"x2")
+    assert (caught.value.code, caught.value.message) == (Code.UNKNOWN, "plain boom: x2")
+    assert any("PlainFail" in r.getMessage() and r.exc_info for r in caplog.records)
+    payloads = [str(i).encode() for i in range(200)]
+    answers = await asyncio.gather(*(client.call(SERVICE, "PlainEcho", p) for p in payloads))
+    assert answers == payloads
+
+
+async def test_plain_handler_past_its_deadline_is_not_run(served: Served, raw: RawConn) -> None:
+    raw.request(1, "PlainStatus", b"never", timeout_nano=-1)
+    stream_id, response = await raw.response()
+    assert (stream_id, response.status.code) == (1, Code.DEADLINE_EXCEEDED)
+    raw.request(3, "PlainEcho", b"in time", timeout_nano=10**9)
+    assert await raw.response() == (3, Response(payload=b"in time"))
+
+
+async def test_draining_connection_closes_after_its_last_plain_call(sock_dir: Path) -> None:
+    async with serving(sock_dir) as s:
+        raw = await RawConn.open(s.path)
+        try:
+            raw.request(1, "Block", b"held")
+            assert await within(s.handlers.entered.get()) == "held"
+            closing = asyncio.create_task(s.server.close(grace=5.0))
+            await asyncio.sleep(0.05)
+            raw.request(3, "PlainEcho", b"refused")
+            stream_id, response = await raw.response()
+            assert (stream_id, response.status.code) == (3, Code.UNAVAILABLE)
+            s.handlers.release.set()
+            assert await raw.response() == (1, Response(payload=b"held"))
+            await within(closing)
+            assert await raw.closed_by_peer()
+        finally:
+            await raw.close()
 
 
 async def test_stream_id_rules_answer_like_go(raw: RawConn) -> None:
@@ -851,3 +916,46 @@ def test_sync_client(sock_dir: Path) -> None:
         c.close()  # idempotent
         with pytest.raises(TransportError):
             SyncClient(f"unix://{sock_dir}/absent.sock", timeout=0.5)
+
+
+def test_sync_client_drops_a_late_answer_and_fails_when_the_server_hangs_up(sock_dir: Path) -> None:
+    """The blocking client keeps Client's rules: an expired call's late answer is stray, a hang-up inside a
+    frame fails the call (and every later one) with UNAVAILABLE."""
+    path = sock_dir / "scripted.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def scripted_server() -> None:
+        conn, _ = listener.accept()
+        decoder = FrameDecoder()
+        frames: list[object] = []
+        while len(frames) < 2:
+            frames += decoder.feed(conn.recv(65536))
+        late = encode_frame(1, MessageType.RESPONSE, 0, encode_response(b"late"))
+        conn.sendall(late + encode_frame(3, MessageType.RESPONSE, 0, encode_response(b"second")))
+        while len(frames) < 3:
+            frames += decoder.feed(conn.recv(65536))
+        conn.sendall(encode_frame(5, MessageType.RESPONSE, 0, encode_response(b"cut short"))[:12])
+        conn.close()
+
+    thread = threading.Thread(target=scripted_server, daemon=True)
+    thread.start()
+    try:
+        with SyncClient(f"unix://{path}", timeout=5.0) as c:
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"first", timeout=0.1)
+            assert caught.value.code == Code.DEADLINE_EXCEEDED
+            assert not c.closed
+            assert c.call(SERVICE, "Echo", b"second") == b"second"
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"third")
+            assert caught.value.code == Code.UNAVAILABLE
+            assert "truncated frame" in caught.value.message
+            assert c.closed
+            with pytest.raises(TtrpcError) as caught:
+                c.call(SERVICE, "Echo", b"fourth")
+            assert caught.value.code == Code.UNAVAILABLE
+    finally:
+        thread.join(5)
+        listener.close()
