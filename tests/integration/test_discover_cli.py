@@ -16,18 +16,14 @@ from typing import Any
 import pytest
 
 from shimstats.kube_names import (
-    CONTAINER_NAME_LABEL,
-    KIND_LABEL,
-    POD_NAME_LABEL,
-    POD_NAMESPACE_LABEL,
-    SANDBOX_ID_ANNOTATION,
     list_names,
 )
-from tests.containerd_env import Containerd, busybox_rootfs
+from tests.containerd_env import Containerd
+from tests.integration.cri_records import NS
+from tests.integration.cri_records import delete_record as _delete
+from tests.integration.cri_records import pod_record as _pod_container
 from tests.integration.harness import CLI, REPO
 from tests.kata_standins import KATA_PORT, HybridVsockMuxer, KataShimStandIn, container_fixtures, guest
-
-NS = "k8s.io"
 
 
 async def discover(*args: str) -> tuple[int, str, str]:
@@ -110,33 +106,6 @@ async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(sock_dir: Pa
 
 
 # -- names from containerd (the CRI plugin's labels and annotation; the containers API fallback) --------
-
-
-def _pod_container(
-    containerd: Containerd,
-    directory: Path,
-    cid: str,
-    pod: str,
-    *,
-    kind: str,
-    name: str = "",
-    sandbox: str = "",
-) -> str:
-    """A container record as containerd's CRI plugin writes it (labels, sandbox annotation); no task is
-    started: the names come from the containers' metadata alone."""
-    labels = {KIND_LABEL: kind, POD_NAME_LABEL: pod, POD_NAMESPACE_LABEL: "shop"}
-    if name:
-        labels[CONTAINER_NAME_LABEL] = name
-    flags = [flag for key, value in labels.items() for flag in ("--label", f"{key}={value}")]
-    if sandbox:
-        flags += ["--annotation", f"{SANDBOX_ID_ANNOTATION}={sandbox}"]
-    rootfs = busybox_rootfs(directory / cid)
-    containerd.ctr("containers", "create", *flags, "--rootfs", str(rootfs), cid, "sleep", "1", namespace=NS)
-    return cid
-
-
-def _delete(containerd: Containerd, cid: str) -> None:
-    containerd.ctr("containers", "delete", cid, namespace=NS)
 
 
 def _names(containerd: Containerd) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.containerd_env import Containerd
+from tests.integration.cri_records import NS
+from tests.integration.cri_records import delete_record as _delete
+from tests.integration.cri_records import pod_record as _pod_container
 from tests.integration.exporter_helpers import (
     CONTAINER_FIXTURES,
     ExporterProcess,
@@ -30,7 +33,6 @@ from tests.integration.exporter_helpers import (
     value,
 )
 from tests.integration.harness import AgentProcess, Fixture, short_tmp
-from tests.integration.test_discover_cli import NS, _delete, _pod_container
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 KATA_AGENT_PORT = 1024

@@ -27,7 +27,7 @@ from shimstats.ttrpc.listen import listen_backlog
 from shimstats.wire import HEALTH_SERVICE, TASK_SERVICE
 from tests.containerd_env import Container
 from tests.integration.harness import AgentProcess, ServeProcess, fixtures, short_tmp
-from tests.integration.test_proxy_cli import _serve as serve_proxy
+from tests.integration.proxy_process import serve_proxy
 
 STORM = 300
 

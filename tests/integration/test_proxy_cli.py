@@ -12,7 +12,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,17 +22,13 @@ from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
 from shimstats.wire import TASK_SERVICE
-from tests.integration.harness import REPO, ServeProcess, short_tmp
+from tests.integration.harness import ServeProcess, short_tmp
+from tests.integration.proxy_process import ARGS, PROXY
+from tests.integration.proxy_process import proxy_argv as _proxy
+from tests.integration.proxy_process import proxy_env as _env
+from tests.integration.proxy_process import serve_proxy as _serve
 
-PROXY = [sys.executable, "-m", "shimstats.proxy"]
-ARGS = ShimArgs("k8s.io", "c1", "/run/containerd/containerd.sock", "/usr/bin/containerd")
 TIMEOUT = 30
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != CONFIG_ENV}
-    env["PYTHONPATH"] = str(REPO)
-    return {**env, **extra}
 
 
 def _fake_shim(directory: Path, body: str) -> Path:
@@ -56,10 +51,6 @@ def _run(argv: list[str], bundle: Path, env: dict[str, str]) -> subprocess.Compl
     return subprocess.run(
         argv, cwd=bundle, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT, check=False
     )
-
-
-def _proxy(action: str, args: ShimArgs = ARGS) -> list[str]:
-    return [*PROXY, *args.argv("", action)[1:]]
 
 
 def test_start_without_a_config_says_where_to_put_one() -> None:
@@ -124,29 +115,6 @@ def test_delete_hands_the_inner_shims_answer_through(status: int) -> None:
 
 def _wait_gone(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     return process.wait(timeout=timeout)
-
-
-def _serve(directory: Path, inner: ServeProcess) -> tuple[subprocess.Popen[bytes], Path]:
-    ours = directory / "proxy.sock"
-    argv = [
-        *_proxy("serve")[:-1],
-        "--listen", f"unix://{ours}",
-        "--inner", inner.address,
-        "--agent", f"unix://{directory}/agent.sock",
-        "serve",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline() == b"ready\n"
-    assert process.stdout.read() == b""  # and the pipe is closed right after: start's read ends
-    return process, ours
 
 
 def test_serve_forwards_to_its_inner_shim_and_stops_on_sigterm() -> None:
