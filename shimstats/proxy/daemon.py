@@ -27,7 +27,7 @@ from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import remove_if_stale, unix_path
 from shimstats.ttrpc import Client, Server, TransportError
 
-__all__ = ["DaemonSettings", "serve"]  # DaemonSettings lives in shimstats.proxy.settings; kept here too
+__all__ = ["serve"]
 
 log = logging.getLogger("shimstats.proxy")
 

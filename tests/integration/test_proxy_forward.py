@@ -24,9 +24,10 @@ from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_METHODS, StatsHandler
 from shimstats.agent_client import AgentClient
 from shimstats.proxy.config import Fallback
-from shimstats.proxy.daemon import DaemonSettings, serve
+from shimstats.proxy.daemon import serve
 from shimstats.proxy.forward import ProxyService
 from shimstats.proxy.options import config_path_of, runtime_options
+from shimstats.proxy.settings import DaemonSettings
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
 from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 from tests.integration.harness import AgentProcess, fixtures, short_tmp

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from shimstats.proxy.cli import build_parser
-from shimstats.proxy.daemon import DaemonSettings
 from shimstats.proxy.launch import (
     TASK_V3_SERVICE,
     ShimArgs,
@@ -20,6 +19,7 @@ from shimstats.proxy.launch import (
     parse_start_output,
     sandbox_id,
 )
+from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
 from shimstats.wire import TASK_SERVICE
