@@ -27,6 +27,7 @@ from pathlib import Path
 from shimstats._proto.kata import agent_pb2
 from shimstats.fake_containerd import call_stats
 from shimstats.ttrpc import Client, SyncClient
+from shimstats.ttrpc.probe import listening
 from tests.integration.harness import CLI
 
 WARM_UP = 5
@@ -57,7 +58,9 @@ def _agent_argv(address: str, path: str) -> list[str]:
 
 
 def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> None:
-    while not path.exists():
+    """Until ``process`` listens on ``path`` (the file appears at bind, before listen: a connect then is
+    refused, which under valgrind's slow start is a window of seconds)."""
+    while not listening(str(path)):
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         time.sleep(0.05)

@@ -78,7 +78,7 @@ V1_KEYS: Mapping[str, str] = {
 }
 """MemoryStat field → v1 memory.stat key (local; the hierarchical key is ``total_`` + it)."""
 
-V2_KEYS: tuple[str, ...] = tuple(MemoryStat.__dataclass_fields__)
+V2_KEYS: tuple[str, ...] = MemoryStat._fields
 """v2 memory.stat keys: every MemoryStat field, under its own name."""
 
 V2_IO_OPS: Mapping[str, str] = {
