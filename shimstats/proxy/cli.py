@@ -19,7 +19,7 @@ from shimstats import __version__
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy import logs as proxy_logs
 from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
-from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
+from shimstats.proxy.launch import PYTHON_COMMAND, ShimArgs, StartError, run_delete, run_start
 from shimstats.proxy.serving import run_server
 from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
 from shimstats.ttrpc import AddressError
@@ -93,7 +93,7 @@ def _log_fields(shim: ShimArgs) -> dict[str, str]:
     return {"id": shim.id, "namespace": shim.namespace, "pid": str(os.getpid())}
 
 
-def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
+def _start(shim: ShimArgs, args: argparse.Namespace, command: Sequence[str]) -> int:
     fd = proxy_logs.open_log_fifo(shim.bundle)
     if fd is not None:  # stdout and stderr are the address containerd reads: logs go to the fifo only
         proxy_logs.configure(os.fdopen(fd, "w", buffering=1), _level(args), _log_fields(shim))
@@ -101,7 +101,7 @@ def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
         logging.getLogger().addHandler(logging.NullHandler())
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
-        address = run_start(shim, stdin, os.environ, args.stats_fallback)
+        address = run_start(shim, stdin, os.environ, args.stats_fallback, command=command)
     except (ConfigError, StartError, AddressError, OSError) as exc:
         log.error("start failed: %s", exc)
         return _fail(str(exc))
@@ -158,7 +158,9 @@ def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
     return run_server(settings, debug=args.debug, fields=_log_fields(shim), ready=ready, failed=failed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, command: Sequence[str] = PYTHON_COMMAND) -> int:
+    """Run one action; ``command`` runs this program again (``start`` launches the serving process
+    with it)."""
     args = build_parser().parse_args(argv)
     if args.version:
         print(f"{BINARY}:\n  Version:  shimstats {__version__}\n  Python:   {sys.version.split()[0]}")
@@ -169,20 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("an action is required: start or delete")
     shim = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug)
     if args.action == "start":
-        return _start(shim, args)
+        return _start(shim, args, command)
     if args.action == "delete":
         return _delete(shim, args)
     return _serve(shim, args)
 
 
-def run() -> NoReturn:
-    """The console script's entry: ``main``, then leave without the interpreter's teardown.
+def run(launcher: str | None = None) -> NoReturn:
+    """The entry of pip's console script and of the fast launcher (``launcher``: its path, which then
+    also runs the serving process): ``main``, then leave without the interpreter's teardown.
 
     containerd waits for ``start`` and ``delete`` to exit; tearing down every module took longer than
     the action's own work (about 90 ms measured under strace, docs/benchmarks.md). Output and logs are
     flushed first; the proxy registers no other exit handlers.
     """
-    status = main()
+    status = main(command=[os.path.abspath(launcher)] if launcher else PYTHON_COMMAND)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

@@ -63,6 +63,9 @@ INNER_START_TIMEOUT = 60.0
 INNER_DELETE_TIMEOUT = 60.0
 SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
 _HANDOVER_TIMEOUT = 5.0
+PYTHON_COMMAND = (sys.executable, "-m", "shimstats.proxy")
+"""How the serving process runs when ``start`` did not come from the fast launcher (shimstats.proxy.launcher,
+which passes its own path instead)."""
 _RELEASED_SOCKET_WAIT = 0.5
 """How long ``delete`` waits for the socket of an inner shim it just told to shut down."""
 
@@ -179,10 +182,13 @@ def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
     return load_config(path)
 
 
-def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.executable) -> list[str]:
-    """The serving process's command line (visible in ps: every setting is a flag)."""
+def daemon_argv(
+    args: ShimArgs, settings: DaemonSettings, command: Sequence[str] = PYTHON_COMMAND
+) -> list[str]:
+    """The serving process's command line: ``command`` (what runs this program), containerd's flags, then
+    every setting as a flag (visible in ps)."""
     argv = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug).argv(
-        python, "serve"
+        "", "serve"
     )
     flags = [
         "--listen", settings.listen,
@@ -197,7 +203,7 @@ def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.exec
         flags += ["--own-config", settings.own_config, "--inner-config-path", settings.inner_config_path]
     if settings.listen_fd >= 0:
         flags += ["--listen-fd", str(settings.listen_fd)]
-    return [python, "-m", "shimstats.proxy", *argv[1:-1], *flags, "serve"]
+    return [*command, *argv[1:-1], *flags, "serve"]
 
 
 def _spawn(argv: Sequence[str], listener: socket.socket, bundle: str, environ: Mapping[str, str]) -> None:
@@ -258,9 +264,15 @@ def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]
 
 
 def run_start(
-    args: ShimArgs, stdin: bytes, environ: Mapping[str, str], fallback: Fallback | None = None
+    args: ShimArgs,
+    stdin: bytes,
+    environ: Mapping[str, str],
+    fallback: Fallback | None = None,
+    *,
+    command: Sequence[str] = PYTHON_COMMAND,
 ) -> str:
-    """The ``start`` action; returns the address to print. ConfigError / StartError say why not."""
+    """The ``start`` action; returns the address to print. ConfigError / StartError say why not.
+    ``command`` runs this program again, as the serving process."""
     inner_options, options_path = _options(stdin)
     config = _find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
@@ -285,7 +297,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle, environ)
+        _serve_at(args, settings, bundle, environ, command)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -297,7 +309,9 @@ def run_start(
     return address
 
 
-def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str]) -> None:
+def _serve_at(
+    args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str], command: Sequence[str]
+) -> None:
     """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
     path = unix_path(settings.listen)
     if accepts(path):
@@ -307,7 +321,7 @@ def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Ma
         return  # a concurrent start for the same inner shim bound it first
     with listener:
         settings = DaemonSettings(**{**asdict(settings), "listen_fd": listener.fileno()})
-        _spawn(daemon_argv(args, settings), listener, bundle, environ)
+        _spawn(daemon_argv(args, settings, command), listener, bundle, environ)
 
 
 def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:
