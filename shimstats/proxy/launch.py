@@ -33,14 +33,18 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from shimstats.proxy import CONFIG_ENV
-from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
 from shimstats.proxy.logs import open_log_fifo
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
-from shimstats.ttrpc import AddressError
+from shimstats.ttrpc.address import AddressError
+
+if (
+    TYPE_CHECKING
+):  # the config module (the TOML parser) is loaded by start, by delete only without a state file
+    from shimstats.proxy.config import Fallback, ProxyConfig
 
 __all__ = [
     "STATE_FILE",
@@ -74,8 +78,7 @@ class StartError(RuntimeError):
     """``start`` or ``delete`` cannot go on; the message is what containerd should show."""
 
 
-@dataclass(frozen=True)
-class ShimArgs:
+class ShimArgs(NamedTuple):
     """The flags containerd passes to a shim binary (the Go shims' flag names)."""
 
     namespace: str
@@ -102,23 +105,22 @@ class ShimArgs:
         return [*argv, action]
 
 
-@dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):
     inner_shim: str
     inner_address: str
     address: str
     inner_service: str = TASK_V2_SERVICE
 
     def save(self, bundle: str) -> None:
-        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(asdict(self)))
+        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(self._asdict()))
 
-    @classmethod
-    def load(cls, bundle: str) -> _State | None:
+    @staticmethod
+    def load(bundle: str) -> _State | None:
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)
             service = str(data.get("inner_service", TASK_V2_SERVICE))
-            return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
+            return _State(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -173,6 +175,8 @@ def sandbox_id(bundle: str, container_id: str) -> str:
 
 
 def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
+    from shimstats.proxy.config import ConfigError, load_config
+
     path = options_path or environ.get(CONFIG_ENV, "")
     if not path:
         raise ConfigError(
@@ -269,10 +273,12 @@ def run_start(
     environ: Mapping[str, str],
     fallback: Fallback | None = None,
     *,
-    command: Sequence[str] = PYTHON_COMMAND,
+    command: Sequence[str] | None = None,
 ) -> str:
     """The ``start`` action; returns the address to print. ConfigError / StartError say why not.
-    ``command`` runs this program again, as the serving process."""
+    ``command`` runs this program again, as the serving process (default: PYTHON_COMMAND)."""
+    from shimstats.proxy.config import resolve_inner_shim
+
     inner_options, options_path = _options(stdin)
     config = _find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
@@ -297,7 +303,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle, environ, command)
+        _serve_at(args, settings, bundle, environ, command or PYTHON_COMMAND)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -320,7 +326,7 @@ def _serve_at(
     if listener is None:
         return  # a concurrent start for the same inner shim bound it first
     with listener:
-        settings = DaemonSettings(**{**asdict(settings), "listen_fd": listener.fileno()})
+        settings = settings._replace(listen_fd=listener.fileno())
         _spawn(daemon_argv(args, settings, command), listener, bundle, environ)
 
 
@@ -376,6 +382,8 @@ def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, 
     if state is not None:
         inner_shim = state.inner_shim
     else:
+        from shimstats.proxy.config import resolve_inner_shim
+
         inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
     done = _run_inner(args.argv(inner_shim, "delete"), "delete", environ, INNER_DELETE_TIMEOUT, stdin=None)
     if state is not None and not accepts(unix_path(state.address)):
