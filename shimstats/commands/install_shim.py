@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     except LauncherError as exc:
         print(f"shimstats install-shim: {exc}", file=sys.stderr)
         return EXIT_CANNOT_WRITE
-    except OSError as exc:
-        print(f"shimstats install-shim: cannot write into {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a path the file system encoding cannot hold
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"shimstats install-shim: cannot write into {args.dir!r}: {reason}", file=sys.stderr)
         return EXIT_CANNOT_WRITE
     if args.json:
         print(json.dumps({"path": path, "python": args.python, "sys_path": search_path()}))

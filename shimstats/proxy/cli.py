@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
+from shimstats.proxy.settings import FALLBACKS, FORMATS, TASK_V2_SERVICE
 
 if TYPE_CHECKING:  # start and delete import only what they use: containerd waits for them on every container
     import argparse
@@ -30,7 +31,7 @@ actions:
   start    start the inner shim and our server in front of it; print our address
   delete   clean up after a shim that went away (the inner shim's delete; DeleteResponse on stdout)"""
 
-GO_FLAGS = {
+GO_FLAGS: dict[str, tuple[str, Any, str]] = {
     "namespace": ("namespace", "", "namespace that owns the shim"),
     "id": ("id", "", "id of the task"),
     "address": ("address", "", "grpc address back to containerd"),
@@ -40,43 +41,64 @@ GO_FLAGS = {
     "debug": ("debug", False, "debug logs"),
     "v": ("version", False, "print the version and exit"),
 }
-"""The flags containerd passes to every shim (name: destination, default, help); False marks a switch."""
+"""The flags containerd passes to every shim (name: destination, default, help); False marks a switch.
+Written ``-name`` (as containerd does) or ``--name``."""
+OUR_FLAGS: dict[str, tuple[str, Any, Callable[[str], Any], tuple[str, ...]]] = {
+    "stats-fallback": ("stats_fallback", None, str, FALLBACKS),
+    "listen": ("listen", "", str, ()),
+    "inner": ("inner", "", str, ()),
+    "inner-service": ("inner_service", TASK_V2_SERVICE, str, ()),
+    "agent": ("agent", "", str, ()),
+    "metrics-format": ("metrics_format", "auto", str, FORMATS),
+    "stats-timeout": ("stats_timeout", 10.0, float, ()),
+    "own-config": ("own_config", "", str, ()),
+    "inner-config-path": ("inner_config_path", "", str, ()),
+    "listen-fd": ("listen_fd", -1, int, ()),
+}
+"""``--stats-fallback`` and the serving process's flags (destination, default, type, choices), ``--name``."""
+ACTIONS = ("start", "delete", "serve")
 
 
-def _go_flags(argv: Sequence[str]) -> argparse.Namespace | None:
-    """containerd's own command lines (``-flag value`` ... ``start|delete``, or ``-v``), read without
-    argparse (whose import costs every container start and delete ~10 ms); None for anything else (help,
-    ``serve``, ``--stats-fallback``, a mistake), which the full parser then reads and explains."""
+def _fast_flags(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The command lines containerd and ``start`` write, read without argparse (whose import and help
+    formatter cost every container start and delete ~10 ms, and the serving process ~1 MB); None for
+    anything else (help, a mistake, an unusual spelling), which the full parser then reads and explains."""
     from types import SimpleNamespace
 
     values: dict[str, Any] = {dest: default for dest, default, _ in GO_FLAGS.values()}
-    values.update(action=None, stats_fallback=None)
+    values.update({dest: default for dest, default, _, _ in OUR_FLAGS.values()}, action=None)
     index = 0
     while index < len(argv):
         token = argv[index]
-        flag = GO_FLAGS.get(token[2:] if token.startswith("--") else token[1:]) if token[:1] == "-" else None
-        if flag is None:
-            if token in ("start", "delete") and index == len(argv) - 1:
-                values["action"] = token
-                break
-            return None
-        dest, default, _ = flag
-        if default is False:
-            values[dest] = True
+        if token in ACTIONS and index == len(argv) - 1:
+            values["action"] = token
+            break
+        name = token[2:] if token.startswith("--") else token[1:] if token.startswith("-") else ""
+        if name in GO_FLAGS and GO_FLAGS[name][1] is False:
+            values[GO_FLAGS[name][0]] = True
             index += 1
             continue
         if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
             return None
-        values[dest] = argv[index + 1]
+        value = argv[index + 1]
+        if name in GO_FLAGS:
+            values[GO_FLAGS[name][0]] = value
+        elif token.startswith("--") and name in OUR_FLAGS:
+            dest, _, kind, choices = OUR_FLAGS[name]
+            try:
+                values[dest] = kind(value)
+            except ValueError:
+                return None
+            if choices and value not in choices:
+                return None
+        else:
+            return None
         index += 2
-    return SimpleNamespace(**values)  # type: ignore[return-value]  # the attributes the parser would set
+    return SimpleNamespace(**values)  # type: ignore[return-value]  # the attributes the parser sets
 
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
-
-    from shimstats.proxy.config import FALLBACKS, FORMATS
-    from shimstats.proxy.settings import TASK_V2_SERVICE
 
     parser = argparse.ArgumentParser(
         prog=BINARY,
@@ -214,7 +236,7 @@ def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, command: Sequence[str] | None = None) -> int:
     """Run one action; ``command`` runs this program again (``start`` launches the serving process with
     it; default ``python -m shimstats.proxy``)."""
-    args = _go_flags(sys.argv[1:] if argv is None else argv)
+    args = _fast_flags(sys.argv[1:] if argv is None else argv)
     if args is None:
         args = build_parser().parse_args(argv)
     if args.version:

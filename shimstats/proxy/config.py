@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from shimstats.identifiers import identifier_problem
 from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
+from shimstats.proxy.settings import FALLBACKS, FORMATS, Fallback
 from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.ttrpc import AddressError, parse_address
 
@@ -47,9 +48,6 @@ __all__ = [
     "resolve_inner_shim",
 ]
 
-Fallback = Literal["inner", "error"]
-FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
-FORMATS = ("auto", "v1", "v2")
 _PLACEHOLDERS = ("id", "sandbox", "namespace")
 _REQUIRED = ("inner_shim", "agent")
 _OPTIONAL = (

@@ -44,7 +44,8 @@ from shimstats.ttrpc.address import AddressError
 if (
     TYPE_CHECKING
 ):  # the config module (the TOML parser) is loaded by start, by delete only without a state file
-    from shimstats.proxy.config import Fallback, ProxyConfig
+    from shimstats.proxy.config import ProxyConfig
+    from shimstats.proxy.settings import Fallback
 
 __all__ = [
     "STATE_FILE",

@@ -6,15 +6,18 @@ not import the server (asyncio, protobuf, the adapter) to do so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Literal, NamedTuple
 
 from shimstats.wire import TASK_SERVICE as TASK_V2_SERVICE
 from shimstats.wire import TASK_V3_SERVICE
 
-if TYPE_CHECKING:
-    from shimstats.proxy.config import Fallback
+__all__ = ["FALLBACKS", "FORMATS", "TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings", "Fallback"]
 
-__all__ = ["TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings"]
+Fallback = Literal["inner", "error"]
+FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
+"""What Stats does when the guest agent is unreachable (config ``stats_fallback``, ``--stats-fallback``)."""
+FORMATS = ("auto", "v1", "v2")
+"""The Metrics message Stats answers with (config ``metrics_format``, ``--metrics-format``)."""
 
 
 class DaemonSettings(NamedTuple):
