@@ -40,6 +40,7 @@ from pathlib import Path
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from tests.containerd_env import Containerd, busybox_rootfs
 from tests.integration.harness import REPO, AgentProcess, short_tmp
+from tests.integration.proxy_process import is_proxy_server
 
 __all__ = ["main"]
 
@@ -90,7 +91,7 @@ def _serving_pid(container_id: str, side: str) -> int:
     """The process that serves ``container_id``'s task API on ``side`` (0 when none is found).
 
     runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the ``serve`` process
-    ``start`` ran (``python -m shimstats.proxy ... serve``).
+    ``start`` ran (the launcher again, or ``python -m shimstats.proxy`` for pip's script).
     """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -100,7 +101,7 @@ def _serving_pid(container_id: str, side: str) -> int:
             continue
         if side == "runc" and argv and argv[0].endswith(RUNC_SHIM) and "start" not in argv:
             return int(entry)
-        if side != "runc" and argv[1:3] == ["-m", "shimstats.proxy"] and argv[-1] == "serve":
+        if side != "runc" and is_proxy_server(argv):
             return int(entry)
     return 0
 
@@ -302,6 +303,20 @@ class Proxy:
     runtime: str
 
 
+def _launcher(directory: Path, name: str, source: Path) -> str:
+    """What a user installs: ``shimstats install-shim`` of the checkout at ``source`` (run by the same
+    interpreter), written as ``directory/name``; a checkout without that command gets pip's console script."""
+    if (source / "shimstats" / "proxy" / "launcher.py").exists():
+        done = subprocess.run(
+            [sys.executable, "-c", "from shimstats.proxy.launcher import write_launcher as w; import sys; "
+             "print(w(sys.argv[1], name=sys.argv[2]))", str(directory), name],
+            env={**os.environ, "PYTHONPATH": str(source)}, cwd="/", capture_output=True, text=True,
+            check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+    return _console_script(directory / name, source)
+
+
 def _console_script(path: Path, source: Path) -> str:
     """As pip installs it: a script importing shimstats.proxy.cli, here from ``source`` first (also for a
     serving process that start runs as ``python -m``)."""
@@ -315,15 +330,24 @@ def _console_script(path: Path, source: Path) -> str:
     return str(path)
 
 
+def _compile(source: Path) -> None:
+    """Byte-compile the checkout, as pip does at install: a shim run with PYTHONDONTWRITEBYTECODE set (as
+    on this machine) would otherwise compile every module of ours again on each start and delete."""
+    trees = [str(source / package) for package in ("shimstats", "guest_agent")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j0", *trees], check=True, cwd="/")
+
+
 @contextlib.contextmanager
 def environment(before: Path | None = None) -> Iterator[tuple[Containerd, Path, dict[str, Proxy]]]:
     """A private containerd whose PATH finds our shim (and the ``before`` one); one proxy config."""
+    for source in (REPO, before) if before is not None else (REPO,):
+        _compile(source)
     with short_tmp() as directory:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
-        proxies = {"proxy": Proxy(_console_script(bin_dir / BINARY, REPO), RUNTIME_TYPE)}
+        proxies = {"proxy": Proxy(_launcher(bin_dir, BINARY, REPO), RUNTIME_TYPE)}
         if before is not None:  # containerd finds io.containerd.<name>.v2 as containerd-shim-<name>-v2
-            script = _console_script(bin_dir / "containerd-shim-kata-statsbefore-v2", before)
+            script = _launcher(bin_dir, "containerd-shim-kata-statsbefore-v2", before)
             proxies["before"] = Proxy(script, "io.containerd.kata-statsbefore.v2")
         agent = f"unix://{directory}/a/{{id}}/agent.sock"
         config = directory / "proxy.toml"

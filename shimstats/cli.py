@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain,
         exporter,
         guest_test,
+        install_shim,
         serve,
         stats,
         verify,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         exporter,
         check_resources,
         guest_test,
+        install_shim,
     ):
         command.add_parser(sub)
     for subparser in sub.choices.values():

@@ -7,10 +7,8 @@ start-up cost is paid per container), so they live apart from the discovery that
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 __all__ = [
     "DEFAULT_ROOTS",
@@ -51,15 +49,18 @@ def parse_agent_port(value: object) -> AgentPort:
 # -- the proxy's agent spec: one string from ``start`` to the serving process ------------------------------
 
 
-@dataclass(frozen=True)
-class KataSpec:
-    """ "Ask the Kata shim of this sandbox": what the proxy's ``agent = "kata"`` becomes for one shim."""
+class KataSpec(NamedTuple):
+    """ "Ask the Kata shim of this sandbox": what the proxy's ``agent = "kata"`` becomes for one shim.
+
+    A NamedTuple, and urllib.parse imported where used: the proxy's ``start`` loads this module."""
 
     sandbox_id: str
     port: AgentPort = SHIMSTATS_AGENT_PORT
     roots: tuple[str, ...] = DEFAULT_ROOTS
 
     def __str__(self) -> str:
+        import urllib.parse
+
         query = urllib.parse.urlencode([("port", str(self.port)), *(("root", r) for r in self.roots)])
         return f"{KATA_SPEC_SCHEME}://{self.sandbox_id}?{query}"
 
@@ -76,6 +77,8 @@ def parse_kata_spec(text: str) -> KataSpec | None:
     prefix = f"{KATA_SPEC_SCHEME}://"
     if not text.startswith(prefix):
         return None
+    import urllib.parse
+
     sandbox_id, _, query = text[len(prefix) :].partition("?")
     fields = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     unknown = set(fields) - {"port", "root"}

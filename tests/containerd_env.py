@@ -615,10 +615,11 @@ def _alive(pid: int) -> bool:
 
 
 def _is_shim_of(pid: int, address: str) -> bool:
-    """A shim of the containerd at ``address``: a containerd-shim-* program (argv[0], or argv[1] when an
-    interpreter runs the script) or ``python -m shimstats.proxy``, with ``-address <address>``."""
+    """A shim of the containerd at ``address``: a containerd-shim-* program (argv[0], or argv[1] or [2]
+    when an interpreter runs the script, with ``-S`` for the proxy's launcher) or ``python -m
+    shimstats.proxy``, with ``-address <address>``."""
     argv = _cmdline(pid)
-    programs = [os.path.basename(arg) for arg in argv[:2]]
+    programs = [os.path.basename(arg) for arg in argv[:3]]
     is_shim = any(p.startswith("containerd-shim") for p in programs) or argv[1:3] == ["-m", "shimstats.proxy"]
     if not is_shim:
         return False

@@ -7,26 +7,21 @@ success; on failure 1 and one line on stderr, which containerd shows in its erro
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from shimstats import __version__
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
-from shimstats.proxy import logs as proxy_logs
-from shimstats.proxy.config import FALLBACKS, FORMATS, ConfigError
-from shimstats.proxy.launch import ShimArgs, StartError, run_delete, run_start
-from shimstats.proxy.serving import run_server
-from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
-from shimstats.ttrpc import AddressError
+from shimstats.proxy.settings import FALLBACKS, FORMATS, TASK_V2_SERVICE
+
+if TYPE_CHECKING:  # start and delete import only what they use: containerd waits for them on every container
+    import argparse
+
+    from shimstats.proxy.launch import ShimArgs
 
 __all__ = ["build_parser", "main"]
-
-log = logging.getLogger("shimstats.proxy")
 
 EPILOG = f"""\
 containerd runs this binary for the runtime {RUNTIME_TYPE}; people rarely do.
@@ -36,13 +31,75 @@ actions:
   start    start the inner shim and our server in front of it; print our address
   delete   clean up after a shim that went away (the inner shim's delete; DeleteResponse on stdout)"""
 
+GO_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "namespace": ("namespace", "", "namespace that owns the shim"),
+    "id": ("id", "", "id of the task"),
+    "address": ("address", "", "grpc address back to containerd"),
+    "publish-binary": ("publish_binary", "containerd", "containerd binary"),
+    "bundle": ("bundle", "", "bundle path (default: the working directory)"),
+    "socket": ("socket", "", "accepted and ignored (Go shims' flag)"),
+    "debug": ("debug", False, "debug logs"),
+    "v": ("version", False, "print the version and exit"),
+}
+"""The flags containerd passes to every shim (name: destination, default, help); False marks a switch.
+Written ``-name`` (as containerd does) or ``--name``."""
+OUR_FLAGS: dict[str, tuple[str, Any, Callable[[str], Any], tuple[str, ...]]] = {
+    "stats-fallback": ("stats_fallback", None, str, FALLBACKS),
+    "listen": ("listen", "", str, ()),
+    "inner": ("inner", "", str, ()),
+    "inner-service": ("inner_service", TASK_V2_SERVICE, str, ()),
+    "agent": ("agent", "", str, ()),
+    "metrics-format": ("metrics_format", "auto", str, FORMATS),
+    "stats-timeout": ("stats_timeout", 10.0, float, ()),
+    "own-config": ("own_config", "", str, ()),
+    "inner-config-path": ("inner_config_path", "", str, ()),
+    "listen-fd": ("listen_fd", -1, int, ()),
+}
+"""``--stats-fallback`` and the serving process's flags (destination, default, type, choices), ``--name``."""
+ACTIONS = ("start", "delete", "serve")
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
-    """A Go-style flag: ``-name`` (as containerd writes it) and ``--name``."""
-    parser.add_argument(f"-{name}", f"--{name}", **kwargs)
+
+def _fast_flags(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The command lines containerd and ``start`` write, read without argparse (whose import and help
+    formatter cost every container start and delete ~10 ms, and the serving process ~1 MB); None for
+    anything else (help, a mistake, an unusual spelling), which the full parser then reads and explains."""
+    from types import SimpleNamespace
+
+    values: dict[str, Any] = {dest: default for dest, default, _ in GO_FLAGS.values()}
+    values.update({dest: default for dest, default, _, _ in OUR_FLAGS.values()}, action=None)
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token in ACTIONS and index == len(argv) - 1:
+            values["action"] = token
+            break
+        name = token[2:] if token.startswith("--") else token[1:] if token.startswith("-") else ""
+        if name in GO_FLAGS and GO_FLAGS[name][1] is False:
+            values[GO_FLAGS[name][0]] = True
+            index += 1
+            continue
+        if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
+            return None
+        value = argv[index + 1]
+        if name in GO_FLAGS:
+            values[GO_FLAGS[name][0]] = value
+        elif token.startswith("--") and name in OUR_FLAGS:
+            dest, _, kind, choices = OUR_FLAGS[name]
+            try:
+                values[dest] = kind(value)
+            except ValueError:
+                return None
+            if choices and value not in choices:
+                return None
+        else:
+            return None
+        index += 2
+    return SimpleNamespace(**values)  # type: ignore[return-value]  # the attributes the parser sets
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog=BINARY,
         description="containerd shim v2 that forwards every task call to the real shim (Kata) and answers "
@@ -51,14 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    _flag(parser, "namespace", default="", help="namespace that owns the shim")
-    _flag(parser, "id", default="", help="id of the task")
-    _flag(parser, "address", default="", help="grpc address back to containerd")
-    _flag(parser, "publish-binary", default="containerd", dest="publish_binary", help="containerd binary")
-    _flag(parser, "bundle", default="", help="bundle path (default: the working directory)")
-    _flag(parser, "socket", default="", help="accepted and ignored (Go shims' flag)")
-    _flag(parser, "debug", action="store_true", help="debug logs")
-    _flag(parser, "v", action="store_true", dest="version", help="print the version and exit")
+    for name, (dest, default, text) in GO_FLAGS.items():  # -name as containerd writes it, and --name
+        if default is False:
+            parser.add_argument(f"-{name}", f"--{name}", dest=dest, action="store_true", help=text)
+        else:
+            parser.add_argument(f"-{name}", f"--{name}", dest=dest, default=default, help=text)
     parser.add_argument(
         "--stats-fallback",
         choices=FALLBACKS,
@@ -86,6 +140,8 @@ def _fail(message: str) -> int:
 
 
 def _level(args: argparse.Namespace) -> int:
+    import logging
+
     return logging.DEBUG if args.debug else logging.INFO
 
 
@@ -93,7 +149,14 @@ def _log_fields(shim: ShimArgs) -> dict[str, str]:
     return {"id": shim.id, "namespace": shim.namespace, "pid": str(os.getpid())}
 
 
-def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
+def _start(shim: ShimArgs, args: argparse.Namespace, command: Sequence[str] | None) -> int:
+    import logging
+
+    from shimstats.proxy import logs as proxy_logs
+    from shimstats.proxy.config import ConfigError
+    from shimstats.proxy.launch import StartError, run_start
+    from shimstats.ttrpc.address import AddressError
+
     fd = proxy_logs.open_log_fifo(shim.bundle)
     if fd is not None:  # stdout and stderr are the address containerd reads: logs go to the fifo only
         proxy_logs.configure(os.fdopen(fd, "w", buffering=1), _level(args), _log_fields(shim))
@@ -101,9 +164,9 @@ def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
         logging.getLogger().addHandler(logging.NullHandler())
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
-        address = run_start(shim, stdin, os.environ, args.stats_fallback)
+        address = run_start(shim, stdin, os.environ, args.stats_fallback, command=command)
     except (ConfigError, StartError, AddressError, OSError) as exc:
-        log.error("start failed: %s", exc)
+        logging.getLogger("shimstats.proxy").error("start failed: %s", exc)
         return _fail(str(exc))
     sys.stdout.write(address)
     sys.stdout.flush()
@@ -111,11 +174,20 @@ def _start(shim: ShimArgs, args: argparse.Namespace) -> int:
 
 
 def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
+    import logging
+
+    from shimstats.proxy import logs as proxy_logs
+    from shimstats.proxy.launch import StartError, run_delete
+
     # containerd logs this stderr as "cleanup warnings": warnings and worse only, unless -debug.
     proxy_logs.configure(sys.stderr, logging.DEBUG if args.debug else logging.WARNING, _log_fields(shim))
     try:
         status, out, err = run_delete(shim, os.environ)
-    except (ConfigError, StartError, OSError) as exc:
+    except (
+        StartError,
+        OSError,
+        ValueError,
+    ) as exc:  # ValueError: ConfigError, read only without a state file
         return _fail(str(exc))
     sys.stderr.buffer.write(err)
     sys.stderr.flush()
@@ -126,6 +198,9 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
 
 def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
     """``serve`` run directly (by hand, by tests): fd 1 gets "ready" once we accept calls, then closes."""
+    from shimstats.proxy.serving import run_server
+    from shimstats.proxy.settings import DaemonSettings
+
     if not (args.listen and args.inner and args.agent):
         return _fail("serve needs --listen, --inner and --agent (start passes them, and --listen-fd)")
     settings = DaemonSettings(
@@ -158,35 +233,46 @@ def _serve(shim: ShimArgs, args: argparse.Namespace) -> int:
     return run_server(settings, debug=args.debug, fields=_log_fields(shim), ready=ready, failed=failed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, command: Sequence[str] | None = None) -> int:
+    """Run one action; ``command`` runs this program again (``start`` launches the serving process with
+    it; default ``python -m shimstats.proxy``)."""
+    args = _fast_flags(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     if args.version:
+        from shimstats import __version__
+
         print(f"{BINARY}:\n  Version:  shimstats {__version__}\n  Python:   {sys.version.split()[0]}")
         return 0
     if not args.namespace:
         return _fail("shim namespace cannot be empty")
     if not args.action:
         return _fail("an action is required: start or delete")
+    from shimstats.proxy.launch import ShimArgs
+
     shim = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug)
     if args.action == "start":
-        return _start(shim, args)
+        return _start(shim, args, command)
     if args.action == "delete":
         return _delete(shim, args)
     return _serve(shim, args)
 
 
-def run() -> NoReturn:
-    """The console script's entry: ``main``, then leave without the interpreter's teardown.
+def run(launcher: str | None = None) -> NoReturn:
+    """The entry of pip's console script and of the fast launcher (``launcher``: its path, which then
+    also runs the serving process): ``main``, then leave without the interpreter's teardown.
 
     containerd waits for ``start`` and ``delete`` to exit; tearing down every module took longer than
     the action's own work (about 90 ms measured under strace, docs/benchmarks.md). Output and logs are
     flushed first; the proxy registers no other exit handlers.
     """
-    status = main()
+    status = main(command=[os.path.abspath(launcher)] if launcher else None)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    logging.shutdown()
+    logging = sys.modules.get("logging")
+    if logging is not None:  # loaded by every action but -v
+        logging.shutdown()
     os._exit(status)
 
 

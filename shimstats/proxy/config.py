@@ -25,14 +25,13 @@ pass silently), a placeholder other than the three, a template that does not exp
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, NamedTuple, cast
 
 from shimstats.identifiers import identifier_problem
 from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
+from shimstats.proxy.settings import FALLBACKS, FORMATS, Fallback
 from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.ttrpc import AddressError, parse_address
 
@@ -49,9 +48,6 @@ __all__ = [
     "resolve_inner_shim",
 ]
 
-Fallback = Literal["inner", "error"]
-FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
-FORMATS = ("auto", "v1", "v2")
 _PLACEHOLDERS = ("id", "sandbox", "namespace")
 _REQUIRED = ("inner_shim", "agent")
 _OPTIONAL = (
@@ -70,9 +66,10 @@ class ConfigError(ValueError):
     """The proxy's configuration is missing or wrong; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class ProxyConfig:
-    """One proxy runtime's settings (see the module doc for the file they come from)."""
+class ProxyConfig(NamedTuple):
+    """One proxy runtime's settings (see the module doc for the file they come from).
+
+    NamedTuples here and in the modules ``start`` and ``delete`` load: dataclasses costs them ~9 ms."""
 
     inner_shim: str
     agent: str
@@ -223,6 +220,8 @@ def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
         if not (os.path.isfile(name) and os.access(name, os.X_OK)):
             raise ConfigError(f"inner_shim {name}: not an executable file")
         return name
+    import shutil  # here: start resolves a name on PATH, delete finds the path in the bundle
+
     found = shutil.which(name, path=search_path if search_path is not None else os.environ.get("PATH"))
     if found is None:
         raise ConfigError(

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 from google.protobuf.message import DecodeError
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.proxy.config import Fallback
-from shimstats.proxy.settings import TASK_V2_SERVICE
+from shimstats.proxy.settings import TASK_V2_SERVICE, Fallback
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
 
 if TYPE_CHECKING:

@@ -33,14 +33,19 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from shimstats.proxy import CONFIG_ENV
-from shimstats.proxy.config import ConfigError, Fallback, ProxyConfig, load_config, resolve_inner_shim
 from shimstats.proxy.logs import open_log_fifo
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
-from shimstats.ttrpc import AddressError
+from shimstats.ttrpc.address import AddressError
+
+if (
+    TYPE_CHECKING
+):  # the config module (the TOML parser) is loaded by start, by delete only without a state file
+    from shimstats.proxy.config import ProxyConfig
+    from shimstats.proxy.settings import Fallback
 
 __all__ = [
     "STATE_FILE",
@@ -63,6 +68,9 @@ INNER_START_TIMEOUT = 60.0
 INNER_DELETE_TIMEOUT = 60.0
 SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
 _HANDOVER_TIMEOUT = 5.0
+PYTHON_COMMAND = (sys.executable, "-m", "shimstats.proxy")
+"""How the serving process runs when ``start`` did not come from the fast launcher (shimstats.proxy.launcher,
+which passes its own path instead)."""
 _RELEASED_SOCKET_WAIT = 0.5
 """How long ``delete`` waits for the socket of an inner shim it just told to shut down."""
 
@@ -71,8 +79,7 @@ class StartError(RuntimeError):
     """``start`` or ``delete`` cannot go on; the message is what containerd should show."""
 
 
-@dataclass(frozen=True)
-class ShimArgs:
+class ShimArgs(NamedTuple):
     """The flags containerd passes to a shim binary (the Go shims' flag names)."""
 
     namespace: str
@@ -99,23 +106,22 @@ class ShimArgs:
         return [*argv, action]
 
 
-@dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):
     inner_shim: str
     inner_address: str
     address: str
     inner_service: str = TASK_V2_SERVICE
 
     def save(self, bundle: str) -> None:
-        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(asdict(self)))
+        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(self._asdict()))
 
-    @classmethod
-    def load(cls, bundle: str) -> _State | None:
+    @staticmethod
+    def load(bundle: str) -> _State | None:
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)
             service = str(data.get("inner_service", TASK_V2_SERVICE))
-            return cls(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
+            return _State(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -170,6 +176,8 @@ def sandbox_id(bundle: str, container_id: str) -> str:
 
 
 def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
+    from shimstats.proxy.config import ConfigError, load_config
+
     path = options_path or environ.get(CONFIG_ENV, "")
     if not path:
         raise ConfigError(
@@ -179,10 +187,13 @@ def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
     return load_config(path)
 
 
-def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.executable) -> list[str]:
-    """The serving process's command line (visible in ps: every setting is a flag)."""
+def daemon_argv(
+    args: ShimArgs, settings: DaemonSettings, command: Sequence[str] = PYTHON_COMMAND
+) -> list[str]:
+    """The serving process's command line: ``command`` (what runs this program), containerd's flags, then
+    every setting as a flag (visible in ps)."""
     argv = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug).argv(
-        python, "serve"
+        "", "serve"
     )
     flags = [
         "--listen", settings.listen,
@@ -197,7 +208,7 @@ def daemon_argv(args: ShimArgs, settings: DaemonSettings, python: str = sys.exec
         flags += ["--own-config", settings.own_config, "--inner-config-path", settings.inner_config_path]
     if settings.listen_fd >= 0:
         flags += ["--listen-fd", str(settings.listen_fd)]
-    return [python, "-m", "shimstats.proxy", *argv[1:-1], *flags, "serve"]
+    return [*command, *argv[1:-1], *flags, "serve"]
 
 
 def _spawn(argv: Sequence[str], listener: socket.socket, bundle: str, environ: Mapping[str, str]) -> None:
@@ -258,9 +269,17 @@ def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]
 
 
 def run_start(
-    args: ShimArgs, stdin: bytes, environ: Mapping[str, str], fallback: Fallback | None = None
+    args: ShimArgs,
+    stdin: bytes,
+    environ: Mapping[str, str],
+    fallback: Fallback | None = None,
+    *,
+    command: Sequence[str] | None = None,
 ) -> str:
-    """The ``start`` action; returns the address to print. ConfigError / StartError say why not."""
+    """The ``start`` action; returns the address to print. ConfigError / StartError say why not.
+    ``command`` runs this program again, as the serving process (default: PYTHON_COMMAND)."""
+    from shimstats.proxy.config import resolve_inner_shim
+
     inner_options, options_path = _options(stdin)
     config = _find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
@@ -285,7 +304,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle, environ)
+        _serve_at(args, settings, bundle, environ, command or PYTHON_COMMAND)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -297,7 +316,9 @@ def run_start(
     return address
 
 
-def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str]) -> None:
+def _serve_at(
+    args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str], command: Sequence[str]
+) -> None:
     """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
     path = unix_path(settings.listen)
     if accepts(path):
@@ -306,8 +327,8 @@ def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Ma
     if listener is None:
         return  # a concurrent start for the same inner shim bound it first
     with listener:
-        settings = DaemonSettings(**{**asdict(settings), "listen_fd": listener.fileno()})
-        _spawn(daemon_argv(args, settings), listener, bundle, environ)
+        settings = settings._replace(listen_fd=listener.fileno())
+        _spawn(daemon_argv(args, settings, command), listener, bundle, environ)
 
 
 def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:
@@ -362,6 +383,8 @@ def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, 
     if state is not None:
         inner_shim = state.inner_shim
     else:
+        from shimstats.proxy.config import resolve_inner_shim
+
         inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
     done = _run_inner(args.argv(inner_shim, "delete"), "delete", environ, INNER_DELETE_TIMEOUT, stdin=None)
     if state is not None and not accepts(unix_path(state.address)):

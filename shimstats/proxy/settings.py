@@ -1,22 +1,26 @@
 """What ``start`` hands the serving process: its settings and the Task service names it forwards.
 
-A plain dataclass in a module of its own: ``start`` builds the serving process's command line from it and
-must not import the server (asyncio, protobuf, the adapter) to do so.
+A NamedTuple in a module of its own: ``start`` builds the serving process's command line from it and must
+not import the server (asyncio, protobuf, the adapter) to do so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
-from shimstats.proxy.config import Fallback
 from shimstats.wire import TASK_SERVICE as TASK_V2_SERVICE
 from shimstats.wire import TASK_V3_SERVICE
 
-__all__ = ["TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings"]
+__all__ = ["FALLBACKS", "FORMATS", "TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings", "Fallback"]
+
+Fallback = Literal["inner", "error"]
+FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
+"""What Stats does when the guest agent is unreachable (config ``stats_fallback``, ``--stats-fallback``)."""
+FORMATS = ("auto", "v1", "v2")
+"""The Metrics message Stats answers with (config ``metrics_format``, ``--metrics-format``)."""
 
 
-@dataclass(frozen=True)
-class DaemonSettings:
+class DaemonSettings(NamedTuple):
     """Everything the serving process needs; ``start`` resolves it and passes it on the command line."""
 
     listen: str

@@ -15,7 +15,6 @@ import contextlib
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from tests.integration.harness import (
     fixtures,
     short_tmp,
 )
+from tests.integration.proxy_process import PROXY
 
 FIXTURE: Fixture = next(fx for fx in fixtures() if fx.name == "v2-6.1.0-56-amd64-container-inactive-file")
 DEADLINE = 1.0
@@ -99,7 +99,7 @@ class ProxyProcess:
 
     def __init__(self, directory: Path, inner_address: str, agent_address: str) -> None:
         self.socket = directory / "proxy.sock"
-        argv = [sys.executable, "-m", "shimstats.proxy", "-namespace", "k8s.io", "-id", "hostile"]
+        argv = [*PROXY, "-namespace", "k8s.io", "-id", "hostile"]
         argv += ["--listen", f"unix://{self.socket}", "--inner", inner_address, "--agent", agent_address]
         argv += ["--metrics-format", "v2", "serve"]
         self.process = subprocess.Popen(

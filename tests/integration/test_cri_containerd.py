@@ -6,10 +6,11 @@ three runtime handlers:
 
 * ``runc``: the reference, containerd's own runc shim;
 * ``kata-stats-v1`` and ``kata-stats-v2``: our proxy shim (``containerd-shim-kata-stats-v2`` on containerd's
-  PATH, its file given as the handler's ``options.ConfigPath``) with containerd-shim-runc-v2 as the inner
-  shim and v1 or v2 Metrics output. The guest agent runs on this host reading the runc container's own
-  cgroup, standing in for the agent inside a Kata VM; ``stats_fallback = "error"``, so every figure CRI
-  shows for these handlers came from our agent (runc's own answer is never passed through).
+  PATH, as `shimstats install-shim` writes it; its file given as the handler's ``options.ConfigPath``) with
+  containerd-shim-runc-v2 as the inner shim and v1 or v2 Metrics output. The guest agent runs on this host
+  reading the runc container's own cgroup, standing in for the agent inside a Kata VM;
+  ``stats_fallback = "error"``, so every figure CRI shows for these handlers came from our agent (runc's own
+  answer is never passed through).
 
 Every pod is driven through the generated CRI client (RunPodSandbox, CreateContainer, StartContainer, the
 three stats calls, StopPodSandbox, RemovePodSandbox). The workload writes a file once (inactive file cache)
@@ -25,7 +26,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,6 +56,7 @@ from tests.cri_env import (
     cpuacct_dir,
 )
 from tests.integration.harness import CLI, REPO, AgentProcess, short_tmp, write_executable
+from tests.integration.proxy_process import install_proxy
 
 pytestmark = [pytest.mark.containerd, pytest.mark.cri]
 
@@ -87,15 +88,15 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
         bin_dir = directory / "bin"
         bin_dir.mkdir()
 
-        def proxy(path: Path, mark: bool = False) -> Path:
-            """A wrapper running the proxy from this checkout; with ``mark``, it touches <path>.ran first."""
+        launcher = install_proxy(directory / "launcher")  # `shimstats install-shim`, from this checkout
+
+        def proxy(path: Path) -> Path:
+            """A wrapper that touches <path>.ran, then runs the launcher: which binary containerd ran."""
             path.parent.mkdir(parents=True, exist_ok=True)
-            touch = f"touch {path}.ran\n" if mark else ""
-            run = f'PYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n'
-            return write_executable(path, f"#!/bin/sh\n{touch}{run}")
+            return write_executable(path, f'#!/bin/sh\ntouch {path}.ran\nexec {launcher} "$@"\n')
 
         # containerd 1.6.20 ignores runtime_path (containerd#8207): the proxy must be on its PATH.
-        proxy(bin_dir / BINARY)
+        install_proxy(bin_dir)
         runtimes = {}
         for version in ("v1", "v2"):
             config = directory / f"kata-stats-{version}.toml"
@@ -108,10 +109,10 @@ def cri_env(containerd_available: None) -> Iterator[CriEnv]:
             runtimes[f"kata-stats-{version}"] = Runtime(RUNTIME_TYPE, config)
         # Any containerd 1.6/1.7 also takes an absolute path as runtime_type (resolveRuntimePath): a
         # second wrapper, off containerd's PATH, that leaves a mark when containerd runs it.
-        off_path = proxy(directory / "opt" / "shimstats-proxy", mark=True)
+        off_path = proxy(directory / "opt" / "shimstats-proxy")
         runtimes["kata-stats-abs"] = Runtime(str(off_path), directory / "kata-stats-v2.toml")
         # runtime_path naming another off-PATH wrapper (same binary name as the one on the PATH).
-        by_path = proxy(directory / "opt" / "by-runtime-path" / BINARY, mark=True)
+        by_path = proxy(directory / "opt" / "by-runtime-path" / BINARY)
         runtimes["kata-stats-path"] = Runtime(RUNTIME_TYPE, directory / "kata-stats-v2.toml", by_path)
         env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
         with CriContainerd(runtimes, env=env) as containerd:

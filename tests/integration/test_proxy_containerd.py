@@ -1,7 +1,7 @@
 """The proxy shim under Debian's real containerd 1.6: ``ctr run --runtime io.containerd.kata-stats.v2``.
 
-containerd resolves the runtime to ``containerd-shim-kata-stats-v2`` on its PATH (here a wrapper running
-``python -m shimstats.proxy`` from this checkout), and the proxy's config comes from SHIMSTATS_CONFIG in
+containerd resolves the runtime to ``containerd-shim-kata-stats-v2`` on its PATH (here the launcher
+`shimstats install-shim` writes, running this checkout), and the proxy's config comes from SHIMSTATS_CONFIG in
 containerd's environment or from ``--runtime-config-path`` (the runtime options). The inner shim is
 containerd-shim-runc-v2; the guest agent runs on this host reading the runc container's own cgroup (v1
 memory hierarchy, ``/<namespace>/<id>``), standing in for the agent inside a VM.
@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
+from shimstats.proxy import CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.launch import STATE_FILE
 from tests.containerd_env import (
     READ_MIB,
@@ -41,7 +40,8 @@ from tests.containerd_env import (
     _cmdline,
 )
 from tests.integration.conftest import unique_container_id
-from tests.integration.harness import REPO, AgentProcess, short_tmp, write_executable
+from tests.integration.harness import AgentProcess, short_tmp, write_executable
+from tests.integration.proxy_process import install_proxy, is_proxy_server
 from tests.kata_standins import KataShimStandIn, muxer_in_thread
 
 pytestmark = pytest.mark.containerd
@@ -78,10 +78,7 @@ def proxy_env(containerd_available: None) -> Iterator[ProxyEnv]:
         bin_dir, recordings = directory / "bin", directory / "rec"
         bin_dir.mkdir()
         recordings.mkdir()
-        write_executable(
-            bin_dir / BINARY,
-            f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m shimstats.proxy "$@"\n',
-        )
+        install_proxy(bin_dir)
         recorder = write_executable(
             bin_dir / "recording-runc-shim",
             "#!/bin/sh\n# keeps what start got on stdin, then is containerd-shim-runc-v2 with it\n"
@@ -319,7 +316,7 @@ def _proxy_pid(env: ProxyEnv, container: Container) -> int:
     [pid] = [
         pid
         for pid in env.containerd.shim_pids()
-        if _cmdline(pid)[1:3] == ["-m", "shimstats.proxy"] and container.id in _cmdline(pid)
+        if is_proxy_server(_cmdline(pid)) and container.id in _cmdline(pid)
     ]
     return pid
 

@@ -205,8 +205,9 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 COMMANDS = subparsers()
-CONTAINED = {"demo", "guest-test"}
-"""Commands that would start real machinery: fuzzed only with flags that stop them first."""
+CONTAINED = {"demo", "guest-test", "install-shim"}
+"""Commands that would start real machinery, or write a file wherever a drawn path points (install-shim,
+given "." or "/"): fuzzed only with flags that stop them first."""
 
 
 @st.composite

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,11 @@ def test_the_serving_process_gets_every_setting_back() -> None:
         inner_config_path="/opt/kata/configuration.toml",
         listen_fd=7,
     )
-    argv = daemon_argv(args, settings, python="/usr/bin/python3")
-    assert argv[:3] == ["/usr/bin/python3", "-m", "shimstats.proxy"]
-    parsed = build_parser().parse_args(argv[3:])
+    launcher = "/usr/local/bin/containerd-shim-kata-stats-v2"  # the fast launcher runs itself again
+    argv = daemon_argv(args, settings, [launcher])
+    assert argv[0] == launcher
+    assert daemon_argv(args, settings)[:3] == [sys.executable, "-m", "shimstats.proxy"]  # pip's script
+    parsed = build_parser().parse_args(argv[1:])
     assert parsed.action == "serve"
     assert (parsed.namespace, parsed.id, parsed.address, parsed.bundle, parsed.debug) == (
         "k8s.io", "c1", "/run/containerd/containerd.sock", "/b", True,
