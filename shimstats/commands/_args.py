@@ -51,6 +51,15 @@ def grpc_address(text: str) -> str:
     return text
 
 
+NO_CRI = "none"
+"""``--cri none``: ask no CRI (nor containerd) for names; sandboxes are shown and exported by id alone."""
+
+
+def cri_address(text: str) -> str:
+    """argparse type of ``--cri``: ``none``, or a gRPC unix socket as ``grpc_address`` takes it."""
+    return NO_CRI if text == NO_CRI else grpc_address(text)
+
+
 MAX_DURATION = 24 * 3600.0
 """The longest --timeout or --wait: a day, far inside what the wire (int64 nanoseconds) and the clock take."""
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shimstats.agent_client import AgentClient
-from shimstats.commands._args import add_timeout, grpc_address
+from shimstats.commands._args import NO_CRI, add_timeout, cri_address
 from shimstats.discovery import (
     DEFAULT_ROOTS,
     DEFAULT_TIMEOUT,
@@ -74,11 +74,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--cri",
-        type=grpc_address,
+        type=cri_address,
         default=DEFAULT_ADDRESS,
-        metavar="ADDR",
+        metavar="ADDR|none",
         help="the CRI socket for pod and container names (default: %(default)s; containerd's containers "
-        "API on the same socket when no CRI answers)",
+        "API on the same socket when no CRI answers); 'none' asks neither and lists sandboxes by id",
     )
     p.add_argument(
         "--agent-port",
@@ -163,6 +163,9 @@ async def _probe(sandbox: Sandbox, port: AgentPort, timeout: float) -> SandboxRe
 async def _survey(
     sandboxes: list[Sandbox], port: AgentPort, timeout: float, cri: str
 ) -> tuple[list[SandboxReport], Names]:
+    if cri == NO_CRI:
+        reports = await asyncio.gather(*(_probe(s, port, timeout) for s in sandboxes))
+        return list(reports), Names("none", notes=("--cri none: no names asked for",))
     names_job = asyncio.get_running_loop().run_in_executor(None, lambda: list_names(cri, timeout=timeout))
     reports = await asyncio.gather(*(_probe(s, port, timeout) for s in sandboxes))
     names = await names_job

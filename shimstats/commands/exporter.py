@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from guest_agent import logs
-from shimstats.commands._args import add_timeout, address
+from shimstats.commands._args import NO_CRI, add_timeout, address, cri_address
 from shimstats.cri_client import DEFAULT_ADDRESS as CRI_DEFAULT
 from shimstats.cri_client import CriError
 from shimstats.discovered_targets import CriNames, DiscoveredTargets
@@ -120,8 +120,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--cri",
+        type=cri_address,
         default=CRI_DEFAULT,
-        metavar="ADDR",
+        metavar="ADDR|none",
         help="with --discover: the CRI socket naming pods and containers (default: %(default)s); 'none' "
         "exports each sandbox by its id alone",
     )
@@ -210,7 +211,7 @@ def _source(args: argparse.Namespace) -> StaticTargets | DiscoveredTargets:
         return StaticTargets(targets(args.agent, args.container, args.config))
     if args.container:
         raise ConfigError("--container goes with --agent; --discover finds the containers itself")
-    names = None if args.cri == "none" else CriNames(args.cri, timeout=args.timeout)
+    names = None if args.cri == NO_CRI else CriNames(args.cri, timeout=args.timeout)
     roots = args.kata_root or DEFAULT_ROOTS
     return DiscoveredTargets(roots, port=args.agent_port, names=names, timeout=args.timeout)
 

@@ -89,8 +89,19 @@ async def test_all_agents_answering_is_exit_0_and_no_root_is_exit_2(sock_dir: Pa
     async with guest(container_fixtures()[0], sock_dir) as agents, HybridVsockMuxer(mux_path, agents):
         with KataShimStandIn(sock_dir / "sbs", "pod-a", f"hvsock://{mux_path}:{KATA_PORT}"):
             code, out, err = await discover("--kata-root", str(sock_dir / "sbs"), "--cri", no_cri)
+            none_code, none_out, none_err = await discover(
+                "--kata-root", str(sock_dir / "sbs"), "--cri", "none", "--json"
+            )
     assert code == 0, err
     assert "pod-a" in out
+    # --cri none, as the exporter takes it: no names asked for, the sandbox by its id alone
+    assert none_code == 0, none_err
+    none_answer = json.loads(none_out)
+    assert [s["id"] for s in none_answer["sandboxes"]] == ["pod-a"]
+    assert (none_answer["names_from"], none_answer["names_notes"]) == (
+        "none",
+        ["--cri none: no names asked for"],
+    )
     code, out, err = await discover("--kata-root", str(sock_dir / "nothing-here"), "--cri", no_cri)
     assert code == 2
     assert f"{sock_dir}/nothing-here" in err
