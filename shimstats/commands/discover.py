@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -204,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNLISTED
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Each sandbox's report says why its agent did not answer; the agent client's own warning would say
+        # it a second time, on stderr.
+        logging.getLogger("shimstats.agent").setLevel(logging.ERROR)
     reports, names = asyncio.run(_survey(sandboxes, args.agent_port, args.timeout, args.cri))
     if args.json:
         print(json.dumps(_to_json(roots, args.agent_port, reports, names), indent=2))
