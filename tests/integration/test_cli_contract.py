@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
@@ -376,7 +377,15 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(delay: float) -> Non
             pass
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        # stdin stays open until the process ends: communicate() would close it at once, and an EOF coming
+        # with the signal could end the read first (the command would then answer "no memory.stat").
+        killer = threading.Timer(30, proc.kill)  # a process that ignored the signal fails, never hangs
+        killer.start()
+        try:
+            err = proc.stderr.read()
+            proc.wait()
+        finally:
+            killer.cancel()
     finally:
         if proc.poll() is None:
             proc.kill()
