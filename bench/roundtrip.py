@@ -4,23 +4,31 @@
 
 The fake containerd client (shimstats.fake_containerd.call_stats, as bench.e2e calls both shims) asks a
 ttrpc server whose Stats handler returns a StatsResponse built before the run, so a call costs only the
-client, the sockets, the event loops and the framing. Two servers, alternated in rounds: one in the
-caller's own process (one event loop, no process switch) and one in a process of its own (``python -m
-bench.roundtrip --serve``, as the adapter and the agent each run). Our Stats path has two such hops in
-series (caller → adapter → agent) before any cgroup file is read: this is what they cost at the least.
+client, the sockets, the event loops and the framing. Three sides, alternated in rounds: that server in
+the caller's own process (one event loop, no process switch); the same in a process of its own (``python
+-m bench.roundtrip --serve``, as the adapter and the agent each run); and ``shimstats serve`` (the adapter,
+as bench.e2e runs it) in front of that process answering StatsContainer with a kata answer read once from
+a captured cgroup v1 tree: the adapter's whole cost (its hop, the agent hop, decode, translate) with an
+agent that does no work. Our Stats path has two hops in series (caller → adapter → agent) before any
+cgroup file is read: this is what they cost at the least.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import Summary, alternate, print_rows
+from bench.common import PAGECACHE_V1, Summary, adapter_process, alternate, print_rows
+from guest_agent.kata import to_response
+from guest_agent.layout import detect_layout
+from guest_agent.reader import CgroupReader
+from guest_agent.wire import AGENT_SERVICE
 from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2
 from shimstats._proto.containerd.task.v2 import shim_pb2
@@ -41,14 +49,28 @@ def _canned() -> bytes:
     return shim_pb2.StatsResponse(stats=cri.encode_metrics(metrics)).SerializeToString()
 
 
-def _server() -> Server:
-    answer = _canned()
+def _kata_answer() -> bytes:
+    """A StatsContainerResponse for the captured page-cache container (the tree bench.throughput copies)."""
+    meta = json.loads((PAGECACHE_V1 / "meta.json").read_text())
+    reader = CgroupReader(detect_layout(str(PAGECACHE_V1 / "cgroup")), meminfo=str(PAGECACHE_V1 / "meminfo"))
+    try:
+        return to_response(reader.read(meta["container_path"])).SerializeToString()
+    finally:
+        reader.close()
 
-    def stats(payload: bytes, ctx: CallContext) -> bytes:
+
+def _ready(answer: bytes) -> Callable[[bytes, CallContext], bytes]:
+    def handler(payload: bytes, ctx: CallContext) -> bytes:
         return answer
 
+    return handler
+
+
+def _server() -> Server:
+    """Task/Stats and the agent's StatsContainer, each answering its ready bytes."""
     server = Server()
-    server.register(TASK_SERVICE, {"Stats": stats})
+    server.register(TASK_SERVICE, {"Stats": _ready(_canned())})
+    server.register(AGENT_SERVICE, {"StatsContainer": _ready(_kata_answer())})
     return server
 
 
@@ -71,13 +93,13 @@ class _Side:
         return samples
 
 
-async def measure(directory: Path, other_process: str, args: argparse.Namespace) -> None:
+async def measure(directory: Path, other_process: str, adapter: str, args: argparse.Namespace) -> None:
     here = f"unix://{directory}/here.sock"
     server = _server()
     await server.start(here)
     sides: list[_Side] = []
     try:
-        for address in (here, other_process):
+        for address in (here, other_process, adapter):
             side = _Side(await Client.connect(address))
             await side(args.calls // 10)  # warm up
             sides.append(side)
@@ -87,7 +109,8 @@ async def measure(directory: Path, other_process: str, args: argparse.Namespace)
             await side.client.close()
         await server.close(grace=0)
     rows = []
-    for name, samples in zip(("same process", "other process"), pooled):
+    names = ("same process", "other process", "adapter → ready agent")
+    for name, samples in zip(names, pooled):
         s = Summary.of(samples)
         rows.append([name, s.count, s.median_us, s.p99_us, s.mean_us])
     print_rows(
@@ -115,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if process.poll() is not None:
                     raise RuntimeError(f"{' '.join(argv_)} exited with {process.returncode}")
                 time.sleep(0.02)
-            asyncio.run(measure(directory, f"unix://{path}", args))
+            with adapter_process(directory, f"unix://{path}") as adapter:
+                asyncio.run(measure(directory, f"unix://{path}", adapter, args))
         finally:
             process.terminate()
             process.wait(timeout=10)
