@@ -183,11 +183,7 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
     proxy_logs.configure(sys.stderr, logging.DEBUG if args.debug else logging.WARNING, _log_fields(shim))
     try:
         status, out, err = run_delete(shim, os.environ)
-    except (
-        StartError,
-        OSError,
-        ValueError,
-    ) as exc:  # ValueError: ConfigError, read only without a state file
+    except (StartError, OSError, ValueError) as exc:  # ValueError: ConfigError, without importing config
         return _fail(str(exc))
     sys.stderr.buffer.write(err)
     sys.stderr.flush()
