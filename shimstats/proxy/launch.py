@@ -41,9 +41,8 @@ from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSet
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc.address import AddressError
 
-if (
-    TYPE_CHECKING
-):  # the config module (the TOML parser) is loaded by start, by delete only without a state file
+# The config module (the TOML parser) is loaded by start, and by delete only without a state file.
+if TYPE_CHECKING:
     from shimstats.proxy.config import ProxyConfig
     from shimstats.proxy.settings import Fallback
 
