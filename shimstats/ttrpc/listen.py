@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 
 from shimstats.ttrpc.address import Address
-from shimstats.ttrpc.dial import vsock_socket
+from shimstats.ttrpc.blocking_dial import vsock_socket
 from shimstats.ttrpc.probe import listening
 from shimstats.ttrpc.serial import SerialListener
 from shimstats.ttrpc.transport import TransportError, as_address
