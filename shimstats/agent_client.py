@@ -39,6 +39,7 @@ from shimstats.agent_errors import (
     DialHealth,
     map_agent_error,
     service_unsupported,
+    undecodable_stats,
 )
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 from shimstats.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE, RESOURCES_SERVICE
@@ -112,11 +113,7 @@ class AgentClient:
         try:
             return agent_pb2.StatsContainerResponse.FromString(raw)
         except DecodeError as exc:
-            raise TtrpcError(
-                Code.INTERNAL,
-                f"container {container_id!r}: the guest agent at {self.address} sent a "
-                f"StatsContainerResponse that does not decode: {exc}",
-            ) from None
+            raise undecodable_stats(container_id, str(self.address), exc) from None
 
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
         """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from shimstats.ttrpc.status import Code, TtrpcError
 
-__all__ = ["KATA_UNKNOWN_CONTAINER", "Backoff", "DialHealth", "map_agent_error", "service_unsupported"]
+__all__ = [
+    "KATA_UNKNOWN_CONTAINER",
+    "Backoff",
+    "DialHealth",
+    "map_agent_error",
+    "service_unsupported",
+    "undecodable_stats",
+]
 
 log = logging.getLogger("shimstats.agent")
 
@@ -67,6 +74,15 @@ def map_agent_error(error: TtrpcError, container_id: str, address: str) -> Ttrpc
     else:
         message = f"container {container_id!r}: {who}: {error.message}"
     return TtrpcError(error.code, message, error.details)
+
+
+def undecodable_stats(container_id: str, address: str, exc: Exception) -> TtrpcError:
+    """INTERNAL for a StatsContainerResponse that does not decode."""
+    return TtrpcError(
+        Code.INTERNAL,
+        f"container {container_id!r}: the guest agent at {address} sent a "
+        f"StatsContainerResponse that does not decode: {exc}",
+    )
 
 
 class DialHealth:

@@ -33,7 +33,6 @@ API (what the proxy, ``shimstats discover`` and the exporter build on):
 from __future__ import annotations
 
 import asyncio
-import os
 
 from shimstats.agent_client import AgentClient, Backoff
 from shimstats.kata_spec import (
@@ -60,10 +59,12 @@ from shimstats.sandboxes import (
     broken_answer,
     dial_address,
     find_sandbox,
+    first_shim_socket,
     list_sandboxes,
+    lookup_failed,
     unreachable_shim,
 )
-from shimstats.ttrpc import Address, TransportError
+from shimstats.ttrpc import Address
 
 __all__ = [
     "AGENT_URL_PATH",
@@ -148,9 +149,8 @@ class KataAgentClient(AgentClient):
         default_timeout: float = 10.0,
         backoff: Backoff | None = None,
     ) -> None:
-        first = os.path.join(spec.roots[0], spec.sandbox_id, MONITOR_SOCKET) if spec.roots else "/"
         super().__init__(
-            Address("unix", path=first),
+            Address("unix", path=first_shim_socket(spec)),
             connect_timeout=connect_timeout,
             default_timeout=default_timeout,
             backoff=backoff,
@@ -164,9 +164,7 @@ class KataAgentClient(AgentClient):
             sandbox = find_sandbox(self.spec.sandbox_id, self.spec.roots)
             self.target = await resolve_agent(sandbox, self.spec.port, self.connect_timeout)
         except DiscoveryError as exc:
-            raise TransportError(
-                f"cannot find the guest agent of sandbox {self.spec.sandbox_id}: {exc}"
-            ) from None
+            raise lookup_failed(self.spec.sandbox_id, exc) from None
         return self.target.address
 
 

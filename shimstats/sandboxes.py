@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from shimstats.kata_spec import DEFAULT_ROOTS, KATA_AGENT, SHIMSTATS_AGENT_PORT, AgentPort
+from shimstats.kata_spec import DEFAULT_ROOTS, KATA_AGENT, SHIMSTATS_AGENT_PORT, AgentPort, KataSpec
 from shimstats.ttrpc.address import Address, AddressError, parse_address
+from shimstats.ttrpc.transport import TransportError
 
 __all__ = [
     "AGENT_URL_PATH",
@@ -29,7 +30,9 @@ __all__ = [
     "broken_answer",
     "dial_address",
     "find_sandbox",
+    "first_shim_socket",
     "list_sandboxes",
+    "lookup_failed",
     "read_agent_url_blocking",
     "unreachable_shim",
 ]
@@ -228,3 +231,13 @@ def read_agent_url_blocking(socket: str, timeout: float = DEFAULT_TIMEOUT) -> st
     finally:
         sock.close()
     return agent_url_answer(raw, socket)
+
+
+def first_shim_socket(spec: KataSpec) -> str:
+    """The shim socket a ``kata://`` client names before its first lookup."""
+    return os.path.join(spec.roots[0], spec.sandbox_id, MONITOR_SOCKET) if spec.roots else "/"
+
+
+def lookup_failed(sandbox_id: str, exc: DiscoveryError) -> TransportError:
+    """A failed agent lookup, as the dial failure it is."""
+    return TransportError(f"cannot find the guest agent of sandbox {sandbox_id}: {exc}")

@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
 
 from shimstats.proxy.forward import ProxyService, agent_stats
 from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
-from shimstats.proxy.sockets import remove_if_stale, unix_path
+from shimstats.proxy.sockets import remove_if_stale, remover, unix_path
 from shimstats.ttrpc import Client, Server, TransportError
 
 __all__ = ["serve"]
@@ -45,32 +44,18 @@ async def _closed(client: Client) -> None:
         await asyncio.sleep(INNER_POLL)
 
 
-def _inode(path: str) -> int | None:
-    try:
-        return os.lstat(path).st_ino
-    except OSError:
-        return None
-
-
 async def _listen(server: Server, settings: DaemonSettings) -> Callable[[], None]:
     """Serve the socket start handed us (or bind ``listen``); returns what removes our socket file."""
     if settings.listen_fd < 0:
         await server.start(settings.listen)
         return lambda: None  # the server made the file and removes it when it closes
     listener = socket.socket(fileno=settings.listen_fd)
-    path = unix_path(settings.listen)
-    inode = _inode(path)
+    remove = remover(unix_path(settings.listen))  # the file start bound, not a successor's
     try:
         await server.start(listener)
     except BaseException:
         listener.close()
         raise
-
-    def remove() -> None:
-        if inode is not None and _inode(path) == inode:  # still the file start bound, not a successor's
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
     return remove
 
 

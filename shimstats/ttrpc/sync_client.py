@@ -103,6 +103,19 @@ class SyncClient:
         assert error is not None  # lost() always records why
         raise TtrpcError(error.code, error.message)
 
+    def wait_closed(self) -> None:
+        """Block until the server hangs up (for a connection kept open only to notice that), then count
+        the connection as lost. Make no calls on it meanwhile."""
+        self._sock.settimeout(None)
+        try:
+            while self._sock.recv(READ_CHUNK):
+                pass  # a server does not talk unasked; whatever comes is dropped
+        except OSError as exc:
+            self._rules.lost(exc)
+        else:
+            self._rules.lost(None)
+        self._sock.close()
+
     @property
     def closed(self) -> bool:
         """True once the connection is gone (closed here or lost)."""
