@@ -27,10 +27,10 @@ from google.protobuf.message import DecodeError
 from shimstats import __version__
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
-from shimstats.stats_answer import TASK_METHODS, stats_response, validate_id
+from shimstats.stats_answer import stats_response, validate_id
 from shimstats.translate import OutputFormat
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
-from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
+from shimstats.wire import NAMESPACE_KEY, TASK_METHODS, TASK_SERVICE
 
 __all__ = [
     "ANSWER_MARGIN",

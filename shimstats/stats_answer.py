@@ -10,12 +10,7 @@ from shimstats.identifiers import identifier_problem
 from shimstats.translate import OutputFormat, translate
 from shimstats.ttrpc.status import Code, TtrpcError
 
-__all__ = ["TASK_METHODS", "stats_response", "validate_id"]
-
-TASK_METHODS: tuple[str, ...] = tuple(
-    method.name for method in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods
-)
-"""Every method of containerd.task.v2.Task, from the generated descriptor."""
+__all__ = ["stats_response", "validate_id"]
 
 
 def validate_id(container_id: str) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import logging
 
-from google.protobuf.message import DecodeError
-
-from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.proxy.settings import Fallback
 from shimstats.ttrpc.status import Code, TtrpcError
 
@@ -19,6 +16,10 @@ log = logging.getLogger("shimstats.proxy")
 
 def stats_request_id(payload: bytes) -> str:
     """The container id of a StatsRequest; INVALID_ARGUMENT when it does not decode."""
+    from google.protobuf.message import DecodeError
+
+    from shimstats._proto.containerd.task.v2 import shim_pb2  # the Task messages: on the first Stats
+
     try:
         return shim_pb2.StatsRequest.FromString(payload).id
     except DecodeError as exc:

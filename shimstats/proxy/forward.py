@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 from shimstats.proxy.fallback import StatsFallback, stats_request_id
 from shimstats.proxy.settings import TASK_V2_SERVICE, Fallback
-from shimstats.stats_answer import TASK_METHODS
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
+from shimstats.wire import TASK_METHODS
 
 if TYPE_CHECKING:
     from shimstats.adapter import StatsHandler

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, NamedTuple
 from shimstats.proxy.fallback import StatsFallback, stats_request_id
 from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import remove_if_stale, remover, unix_path
-from shimstats.stats_answer import TASK_METHODS
 from shimstats.ttrpc.pool import ClientPool
 from shimstats.ttrpc.server_common import CallContext
 from shimstats.ttrpc.status import Code, TtrpcError
 from shimstats.ttrpc.sync_client import SyncClient
 from shimstats.ttrpc.threads import SyncHandler, ThreadServer
 from shimstats.ttrpc.transport import TransportError
+from shimstats.wire import TASK_METHODS
 
 if TYPE_CHECKING:
     from shimstats.agent_blocking import BlockingAgentClient
@@ -186,7 +186,13 @@ def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) ->
         watch.wait_closed()
         stop.set()
 
-    relay = Relay(_inner_pool(settings.inner_address), settings)
+    inner = _inner_pool(settings.inner_address)
+    try:
+        inner.prime()  # containerd's first call (Create) then finds a connection ready
+    except TtrpcError as exc:
+        watch.close()
+        raise TransportError(exc.message) from None
+    relay = Relay(inner, settings)
     server = ThreadServer()
     server.register(TASK_V2_SERVICE, relay.handlers())
     previous = {

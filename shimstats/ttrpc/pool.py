@@ -53,6 +53,10 @@ class ClientPool:
         finally:
             self._give_back(client)
 
+    def prime(self) -> None:
+        """Dial one connection ahead of the first call (raising what ``dial`` raises)."""
+        self._give_back(self._dial())
+
     def _take(self) -> tuple[SyncClient, bool]:
         with self._lock:
             if self._closed:
