@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from shimstats.agent_blocking import BlockingAgentClient
     from shimstats.translate import OutputFormat
 
-__all__ = ["CONNECT_TIMEOUT", "INNER_SOCKET_WAIT", "SHUTDOWN_GRACE", "Relay", "serve"]
+__all__ = ["CONNECT_TIMEOUT", "INNER_SOCKET_WAIT", "SHUTDOWN_GRACE", "Relay", "inner_pool", "serve"]
 
 log = logging.getLogger("shimstats.proxy")
 
@@ -55,6 +55,7 @@ CONNECT_TIMEOUT = 5.0
 SHUTDOWN_GRACE = 2.0
 INNER_SOCKET_WAIT = 2.0
 """How long the inner shim's socket may keep answering after its connection closed before we leave it."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 INNER_IDLE = 8
 """Idle connections to the inner shim kept for the next calls."""
 
@@ -147,7 +148,9 @@ class Relay:
             self._stats.agent.close()
 
 
-def _inner_pool(address: str) -> ClientPool:
+def inner_pool(address: str) -> ClientPool:
+    """Connections to the inner shim; a failed dial is UNAVAILABLE (the inner shim is gone)."""
+
     def dial() -> SyncClient:
         try:
             return SyncClient(address, timeout=None, connect_timeout=CONNECT_TIMEOUT)
@@ -175,7 +178,7 @@ def _listen(server: ThreadServer, settings: DaemonSettings) -> Callable[[], None
 def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) -> None:
     """Serve until the inner shim goes or a signal comes; ``ready`` is called once we accept calls.
 
-    Run it on the main thread (it sets the SIGTERM and SIGINT handlers)."""
+    On the main thread it handles SIGTERM and SIGINT (stop); elsewhere (tests) only the inner shim ends it."""
     try:
         watch = SyncClient(settings.inner_address, timeout=None, connect_timeout=CONNECT_TIMEOUT)
     except TransportError as exc:
@@ -186,7 +189,7 @@ def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) ->
         watch.wait_closed()
         stop.set()
 
-    inner = _inner_pool(settings.inner_address)
+    inner = inner_pool(settings.inner_address)
     try:
         inner.prime()  # containerd's first call (Create) then finds a connection ready
     except TtrpcError as exc:
@@ -195,9 +198,9 @@ def serve(settings: DaemonSettings, ready: Callable[[], None] = lambda: None) ->
     relay = Relay(inner, settings)
     server = ThreadServer()
     server.register(TASK_V2_SERVICE, relay.handlers())
-    previous = {
-        signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in STOP_SIGNALS}
     remove_socket: Callable[[], None] = lambda: None  # noqa: E731
     try:
         threading.Thread(target=watch_inner, daemon=True, name="inner-watch").start()
