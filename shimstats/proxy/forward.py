@@ -1,4 +1,6 @@
-"""The proxy's ``containerd.task.v2.Task``: every call forwarded to the inner shim, Stats from the agent.
+"""The proxy's ``containerd.task.v2.Task`` in asyncio: every call forwarded to the inner shim, Stats from the
+agent. The serving process runs the threaded form (shimstats.proxy.relay); both share their rules
+(shimstats.proxy.fallback, shimstats.proxy.options, shimstats.stats_answer).
 
 Forwarding keeps the call as containerd made it: the payload bytes go through untouched, the metadata
 (containerd's namespace among it) travels along, the time left before the caller's deadline becomes the
