@@ -374,7 +374,7 @@ IMPORT_STAGES = (
     ),
     ("  + serving on threads: proxy.relay", ["-c", "import shimstats.proxy.cli, shimstats.proxy.relay"]),
     (
-        "  + relay's first Stats: agent, translate",
+        "  + relay, first Stats: agent, translate",
         [
             "-c",
             "import shimstats.proxy.cli, shimstats.proxy.relay, shimstats.agent_blocking, "
