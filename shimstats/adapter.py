@@ -24,13 +24,13 @@ import time
 
 from google.protobuf.message import DecodeError
 
-from shimstats import __version__, cri
+from shimstats import __version__
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.agent_client import AgentClient
-from shimstats.identifiers import identifier_problem
-from shimstats.translate import OutputFormat, translate
+from shimstats.stats_answer import stats_response, validate_id
+from shimstats.translate import OutputFormat
 from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
-from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
+from shimstats.wire import NAMESPACE_KEY, TASK_METHODS, TASK_SERVICE
 
 __all__ = [
     "ANSWER_MARGIN",
@@ -42,24 +42,12 @@ __all__ = [
     "validate_id",
 ]
 
-TASK_METHODS: tuple[str, ...] = tuple(
-    method.name for method in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods
-)
-"""Every method of containerd.task.v2.Task, from the generated descriptor (the ones we do not serve answer
-UNIMPLEMENTED)."""
 VERSION = f"shimstats {__version__}"
 
 ANSWER_MARGIN = 0.1
 """Seconds of the caller's deadline kept back to send our answer (at most a fifth of what the caller gave)."""
 
 log = logging.getLogger("shimstats.adapter")
-
-
-def validate_id(container_id: str) -> None:
-    """INVALID_ARGUMENT unless ``container_id`` is a containerd identifier (never empty, '/' or '..')."""
-    problem = identifier_problem(container_id)
-    if problem is not None:
-        raise TtrpcError(Code.INVALID_ARGUMENT, problem)
 
 
 def _namespace(ctx: CallContext, default: str) -> str:
@@ -159,13 +147,7 @@ class StatsHandler:
         """The StatsResponse for one container; TtrpcError with the status containerd should see."""
         validate_id(container_id)
         agent_stats = await self.agent.stats_container(container_id, deadline=deadline)
-        try:
-            metrics = translate(agent_stats, self.output)
-        except ValueError as exc:
-            raise TtrpcError(
-                Code.INTERNAL, f"container {container_id!r}: cannot translate the agent's stats: {exc}"
-            ) from None
-        return shim_pb2.StatsResponse(stats=cri.encode_metrics(metrics))
+        return stats_response(container_id, agent_stats, self.output)
 
 
 class TaskService:

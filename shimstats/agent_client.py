@@ -27,13 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from shimstats._proto.kata import agent_pb2, health_pb2
 from shimstats._proto.shimstats.agent.v1 import diagnostics_pb2, resources_pb2
+from shimstats.agent_errors import (
+    KATA_UNKNOWN_CONTAINER,
+    Backoff,
+    DialHealth,
+    map_agent_error,
+    service_unsupported,
+    undecodable_stats,
+)
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 from shimstats.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE, RESOURCES_SERVICE
 
@@ -49,64 +56,9 @@ __all__ = [
     "service_unsupported",
 ]
 
-KATA_UNKNOWN_CONTAINER = frozenset({'"invalid container id"', "invalid container id"})
-"""kata-agent's INVALID_ARGUMENT messages for an id it does not know: 2.4+ (quoted), 2.0-2.3 (bare)."""
-
 log = logging.getLogger("shimstats.agent")
 AnswerT = TypeVar("AnswerT", bound=Message)
 """The protobuf message type a call answers with."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Wait ``initial * factor**(n-1)`` seconds, at most ``maximum``, after the n-th failed dial in a row."""
-
-    initial: float = 0.05
-    maximum: float = 2.0
-    factor: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.initial < 0 or self.maximum < self.initial or self.factor < 1:
-            raise ValueError("backoff needs 0 <= initial <= maximum and factor >= 1")
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` consecutive failed dials (0 for none)."""
-        if failures <= 0:
-            return 0.0
-        return min(self.maximum, self.initial * self.factor ** min(failures - 1, 64))
-
-
-def service_unsupported(error: TtrpcError, service: str, method: str) -> bool:
-    """Whether ``error`` says the agent does not serve ``service`` (our Resources or Diagnostics asked of
-    kata-agent): a Go or our own ttrpc server answers UNIMPLEMENTED; ttrpc-rust answers INVALID_ARGUMENT,
-    "{service} service does not exist" from its async server since 0.7 (src/asynchronous/server.rs
-    handle_request), "/{service}/{method} does not exist" from the async server up to 0.6 and the sync server
-    in every version (kata-agent 2.0-2.3 use ttrpc-rust 0.5). Only those exact texts: the agent's other
-    INVALID_ARGUMENT answers are about the request."""
-    if error.code == Code.UNIMPLEMENTED:
-        return True
-    missing = (f"{service} service does not exist", f"/{service}/{method} does not exist")
-    return error.code == Code.INVALID_ARGUMENT and error.message in missing
-
-
-def map_agent_error(error: TtrpcError, container_id: str, address: str) -> TtrpcError:
-    """The status to give containerd for an agent's failure of StatsContainer(``container_id``)."""
-    who = f"guest agent at {address}"
-    if error.code == Code.INVALID_ARGUMENT and error.message in KATA_UNKNOWN_CONTAINER:
-        return TtrpcError(
-            Code.NOT_FOUND,
-            f"container {container_id!r}: unknown to the {who} ({error.message})",
-            error.details,
-        )
-    if error.code == Code.NOT_FOUND:
-        message = f"container {container_id!r}: not found by the {who}: {error.message}"
-    elif error.code == Code.DEADLINE_EXCEEDED:
-        message = f"container {container_id!r}: no answer in time from the {who}: {error.message}"
-    elif error.code == Code.UNAVAILABLE:
-        message = f"container {container_id!r}: {who} unavailable: {error.message}"
-    else:
-        message = f"container {container_id!r}: {who}: {error.message}"
-    return TtrpcError(error.code, message, error.details)
 
 
 class AgentClient:
@@ -131,9 +83,7 @@ class AgentClient:
         """Successful dials so far: 1 while the first connection lives (for logs and tests)."""
         self._client: Client | None = None
         self._lock: asyncio.Lock | None = None  # made in the loop that uses it (Python 3.9 binds at creation)
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error = ""
+        self._health = DialHealth(self.backoff)
         self._closed = False
 
     @property
@@ -163,11 +113,7 @@ class AgentClient:
         try:
             return agent_pb2.StatsContainerResponse.FromString(raw)
         except DecodeError as exc:
-            raise TtrpcError(
-                Code.INTERNAL,
-                f"container {container_id!r}: the guest agent at {self.address} sent a "
-                f"StatsContainerResponse that does not decode: {exc}",
-            ) from None
+            raise undecodable_stats(container_id, str(self.address), exc) from None
 
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
         """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the
@@ -265,31 +211,13 @@ class AgentClient:
 
     async def _dial(self) -> Client:
         loop = asyncio.get_running_loop()
-        wait = self._retry_at - loop.time()
-        if wait > 0:
-            raise TtrpcError(
-                Code.UNAVAILABLE,
-                f"{self._last_error} (after {self._failures} failed dials; next attempt in {wait:.2f}s)",
-            )
+        self._health.check(loop.time())
         try:
             self.address = await self._target_address()
             client = await Client.connect(self.address, timeout=self.connect_timeout)
         except OSError as exc:  # TransportError is a ConnectionError; its message names the address
-            self._failures += 1
-            self._retry_at = loop.time() + self.backoff.delay(self._failures)
-            self._last_error = f"cannot dial: {exc}"
-            # once per streak of failures: a dead agent must not log at every call (or every scrape)
-            log.log(
-                logging.WARNING if self._failures == 1 else logging.DEBUG,
-                "guest agent unreachable: %s",
-                exc,
-                extra={"address": str(self.address)},
-            )
-            raise TtrpcError(Code.UNAVAILABLE, self._last_error) from None
-        if self._failures:
-            log.info("guest agent reachable again", extra={"address": str(self.address)})
-        self._failures = 0
-        self._retry_at = 0.0
+            raise self._health.failed(exc, loop.time(), str(self.address)) from None
+        self._health.succeeded(str(self.address))
         self.dials += 1
         self._client = client
         return client

@@ -12,8 +12,10 @@ Modules, one job each:
 * ``logs``: logfmt lines on the bundle's ``log`` fifo, as containerd copies shim logs;
 * ``sockets``: socket naming and stale-socket cleanup;
 * ``launch``: the ``start`` and ``delete`` actions (processes, bundle files);
-* ``forward``: the Task service that forwards calls and answers Stats;
-* ``daemon``: the serving process (lifetime tied to the inner shim's);
+* ``relay``: the serving process (lifetime tied to the inner shim's) and its Task service, which forwards
+  calls and answers Stats, on threads: it never imports asyncio (memory per pod, start-up before Create);
+* ``fallback``: the Stats rules relay and forward share (request id, fallback policy, warn once);
+* ``forward`` and ``daemon``: the same service and lifetime in asyncio, for callers inside an event loop;
 * ``cli``: the command line containerd calls.
 """
 

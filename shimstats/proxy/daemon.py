@@ -1,4 +1,8 @@
-"""The proxy's serving process: our Task server in front of one inner shim, for as long as that shim lives.
+"""The proxy's serving process in asyncio: our Task server in front of one inner shim, while that shim lives.
+
+The serving process ``start`` launches runs the threaded form, shimstats.proxy.relay (no asyncio: some 6 MB
+less per pod and a quicker start); this one, on an event loop, shares its constants and rules and serves
+callers that already run a loop. What follows holds for both.
 
 Started by ``start`` (shimstats.proxy.launch) with our socket already bound and listening (an inherited
 fd), it dials the inner shim, serves that socket, says "ready" (on stdout, for a caller that runs it
@@ -17,26 +21,22 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
 
 from shimstats.proxy.forward import ProxyService, agent_stats
+from shimstats.proxy.relay import CONNECT_TIMEOUT, INNER_SOCKET_WAIT, SHUTDOWN_GRACE
 from shimstats.proxy.settings import TASK_V2_SERVICE, DaemonSettings
-from shimstats.proxy.sockets import remove_if_stale, unix_path
+from shimstats.proxy.sockets import remove_if_stale, remover, unix_path
 from shimstats.ttrpc import Client, Server, TransportError
 
 __all__ = ["serve"]
 
 log = logging.getLogger("shimstats.proxy")
 
-CONNECT_TIMEOUT = 5.0
-SHUTDOWN_GRACE = 2.0
 INNER_POLL = 0.1
 """Seconds between looks at the inner connection (a closed flag; no I/O)."""
-INNER_SOCKET_WAIT = 2.0
-"""How long the inner shim's socket may keep answering after its connection closed before we leave it."""
 
 
 async def _closed(client: Client) -> None:
@@ -45,32 +45,18 @@ async def _closed(client: Client) -> None:
         await asyncio.sleep(INNER_POLL)
 
 
-def _inode(path: str) -> int | None:
-    try:
-        return os.lstat(path).st_ino
-    except OSError:
-        return None
-
-
 async def _listen(server: Server, settings: DaemonSettings) -> Callable[[], None]:
     """Serve the socket start handed us (or bind ``listen``); returns what removes our socket file."""
     if settings.listen_fd < 0:
         await server.start(settings.listen)
         return lambda: None  # the server made the file and removes it when it closes
     listener = socket.socket(fileno=settings.listen_fd)
-    path = unix_path(settings.listen)
-    inode = _inode(path)
+    remove = remover(unix_path(settings.listen))  # the file start bound, not a successor's
     try:
         await server.start(listener)
     except BaseException:
         listener.close()
         raise
-
-    def remove() -> None:
-        if inode is not None and _inode(path) == inode:  # still the file start bound, not a successor's
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
     return remove
 
 

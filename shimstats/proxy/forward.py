@@ -1,4 +1,6 @@
-"""The proxy's ``containerd.task.v2.Task``: every call forwarded to the inner shim, Stats from the agent.
+"""The proxy's ``containerd.task.v2.Task`` in asyncio: every call forwarded to the inner shim, Stats from the
+agent. The serving process runs the threaded form (shimstats.proxy.relay); both share their rules
+(shimstats.proxy.fallback, shimstats.proxy.options, shimstats.stats_answer).
 
 Forwarding keeps the call as containerd made it: the payload bytes go through untouched, the metadata
 (containerd's namespace among it) travels along, the time left before the caller's deadline becomes the
@@ -23,11 +25,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
-
-from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats.proxy.fallback import StatsFallback, stats_request_id
 from shimstats.proxy.settings import TASK_V2_SERVICE, Fallback
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
+from shimstats.wire import TASK_METHODS
 
 if TYPE_CHECKING:
     from shimstats.adapter import StatsHandler
@@ -37,10 +38,6 @@ __all__ = ["TASK_METHODS", "ProxyService"]
 log = logging.getLogger("shimstats.proxy")
 
 TASK_SERVICE = TASK_V2_SERVICE
-TASK_METHODS: tuple[str, ...] = tuple(
-    method.name for method in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods
-)
-"""Every method of containerd.task.v2.Task, from the generated descriptor (what we forward)."""
 
 
 def agent_stats(agent: str, metrics_format: str, *, timeout: float, namespace: str) -> StatsHandler:
@@ -74,11 +71,10 @@ class ProxyService:
         self._stats = stats
         self._make_stats = make_stats
         self.fallback = fallback
+        self._fallback = StatsFallback(fallback)
         self.inner_service = inner_service
         self.own_config = own_config
         self.inner_config_path = inner_config_path
-        self._warned: set[str] = set()
-        """Containers whose Stats fell back since the agent last answered for them."""
 
     @property
     def stats_handler(self) -> StatsHandler:
@@ -125,64 +121,21 @@ class ProxyService:
     async def create(self, payload: bytes, ctx: CallContext) -> bytes:
         """Create, with the proxy's own runtime options replaced by the inner shim's (see module doc)."""
         if self.own_config:
-            payload = self._inner_create(payload)
+            from shimstats.proxy.options import (
+                inner_create,  # protobuf descriptors: only when options are ours
+            )
+
+            payload = inner_create(payload, self.own_config, self.inner_config_path)
         return await self.forward("Create", payload, ctx)
-
-    def _inner_create(self, payload: bytes) -> bytes:
-        from shimstats.proxy.options import for_inner  # protobuf descriptors: only when options are ours
-
-        try:
-            request = shim_pb2.CreateTaskRequest.FromString(payload)
-        except DecodeError:
-            return payload  # not ours to judge: the inner shim answers it
-        if not request.HasField("options"):
-            return payload
-        options = for_inner(request.options, self.own_config, self.inner_config_path)
-        if options is request.options:
-            return payload
-        if options is None:
-            request.ClearField("options")
-        else:
-            request.options.CopyFrom(options)
-        return request.SerializeToString()
 
     async def stats(self, payload: bytes, ctx: CallContext) -> bytes:
         """Stats from the guest agent; on UNAVAILABLE, the fallback policy (module doc)."""
-        try:
-            container_id = shim_pb2.StatsRequest.FromString(payload).id
-        except DecodeError as exc:
-            raise TtrpcError(Code.INVALID_ARGUMENT, f"StatsRequest does not decode: {exc}") from None
+        container_id = stats_request_id(payload)
         try:
             response = await self.stats_handler.stats(container_id, deadline=ctx.deadline)
         except TtrpcError as exc:
-            if exc.code != Code.UNAVAILABLE:
-                level = logging.DEBUG if exc.code == Code.NOT_FOUND else logging.WARNING
-                log.log(
-                    level, "Stats failed: %s", exc.message, extra={"id": container_id, "code": exc.code.name}
-                )
-                raise
-            self._warn_once(container_id, exc)
-            if self.fallback == "error":
+            if not self._fallback.forward_instead(container_id, exc):
                 raise
             return await self.forward("Stats", payload, ctx)
-        if container_id in self._warned:
-            self._warned.discard(container_id)
-            log.info("guest agent answers Stats again", extra={"id": container_id})
-        log.debug("Stats answered from the guest agent", extra={"id": container_id})
+        self._fallback.answered(container_id)
         return response.SerializeToString()
-
-    def _warn_once(self, container_id: str, exc: TtrpcError) -> None:
-        """One warning per container and outage: scrapes every few seconds must not flood the log."""
-        if container_id in self._warned:
-            return
-        self._warned.add(container_id)
-        then = (
-            "passing the inner shim's Stats through" if self.fallback == "inner" else "answering UNAVAILABLE"
-        )
-        log.warning(
-            "guest agent unreachable; %s until it answers (stats_fallback = %s): %s",
-            then,
-            self.fallback,
-            exc.message,
-            extra={"id": container_id},
-        )

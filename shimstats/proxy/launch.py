@@ -20,7 +20,7 @@ options or the inner shim must be released): containerd waits for them on every 
 ``delete`` (``... -id ID -bundle DIR delete``, after a shim went away) runs the inner shim's ``delete``,
 whose stdout is the DeleteResponse containerd reads, tells a still-running inner shim to let go of the task,
 and removes socket files nobody serves any more. It waits for nothing else: a serving process still up
-removes both sockets itself on its way out (shimstats.proxy.daemon).
+removes both sockets itself on its way out (shimstats.proxy.relay).
 """
 
 from __future__ import annotations

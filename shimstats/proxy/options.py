@@ -22,6 +22,7 @@ __all__ = [
     "config_path_of",
     "decode_any",
     "for_inner",
+    "inner_create",
     "runtime_options",
 ]
 
@@ -108,3 +109,25 @@ def for_inner(options: any_pb2.Any | None, own_config: str, inner_config_path: s
     if not inner_config_path:
         return None
     return runtime_options(inner_config_path, options.type_url)
+
+
+def inner_create(payload: bytes, own_config: str, inner_config_path: str) -> bytes:
+    """A CreateTaskRequest as the inner shim must get it: options naming ``own_config`` swapped (see
+    ``for_inner``), everything else byte for byte; a payload that does not decode is passed on as it came
+    (not ours to judge: the inner shim answers it)."""
+    from shimstats._proto.containerd.task.v2 import shim_pb2
+
+    try:
+        request = shim_pb2.CreateTaskRequest.FromString(payload)
+    except DecodeError:
+        return payload
+    if not request.HasField("options"):
+        return payload
+    options = for_inner(request.options, own_config, inner_config_path)
+    if options is request.options:
+        return payload
+    if options is None:
+        request.ClearField("options")
+    else:
+        request.options.CopyFrom(options)
+    return request.SerializeToString()

@@ -1,9 +1,9 @@
-"""The serving process's entry: logging, asyncio without ssl, then the daemon until it ends.
+"""The serving process's entry: logging, then the threaded relay until it ends.
 
 ``start`` runs the ``serve`` action with the socket it bound as an inherited fd (``--listen-fd``); tests
-and people run ``serve`` with ``--listen``. Heavy imports happen only here: asyncio (without ssl: the
-proxy never speaks TLS, and OpenSSL would cost every pod megabytes), the ttrpc server and client; the
-adapter and the translation core wait for the first Stats (shimstats.proxy.forward).
+and people run ``serve`` with ``--listen``. Heavy imports happen only here: the ttrpc server and client on
+threads (no asyncio: it would cost every pod some 6 MB); the agent client and the translation core wait
+for the first Stats (shimstats.proxy.relay).
 """
 
 from __future__ import annotations
@@ -30,18 +30,16 @@ def run_server(
 ) -> int:
     """Serve ``settings`` with logs on stderr; 0 when it ended normally, 1 (logged, and told to
     ``failed``) when it could not serve."""
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # asyncio then runs without TLS support
-    import asyncio
-
-    from shimstats.proxy.daemon import serve
-    from shimstats.ttrpc import AddressError, TransportError
+    from shimstats.proxy.relay import serve
+    from shimstats.ttrpc.address import AddressError
+    from shimstats.ttrpc.transport import TransportError
 
     proxy_logs.configure(sys.stderr, logging.DEBUG if debug else logging.INFO, fields)
     if not debug:
         # The agent client warns at every failed dial; our once-per-container warning says it instead.
         logging.getLogger("shimstats.agent").setLevel(logging.ERROR)
     try:
-        asyncio.run(serve(settings, ready))
+        serve(settings, ready)
     except (TransportError, AddressError, OSError, ValueError) as exc:
         log.error("serving failed: %s", exc)
         failed(str(exc))

@@ -16,11 +16,12 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 
 from shimstats.ttrpc import AddressError, parse_address
 from shimstats.ttrpc.probe import listening
 
-__all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "unix_path"]
+__all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "remover", "unix_path"]
 
 LISTEN_BACKLOG = socket.SOMAXCONN
 """Connections the kernel queues before the serving process accepts (containerd's come while it starts)."""
@@ -99,3 +100,22 @@ def remove_if_stale(path: str, wait: float = 0.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return None
+
+
+def remover(path: str) -> Callable[[], None]:
+    """What removes the socket file at ``path`` later: only the file there now, never a successor's."""
+    inode = _inode(path)
+
+    def remove() -> None:
+        if inode is not None and _inode(path) == inode:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    return remove

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shimstats.ttrpc._deadline import wait_until
     from shimstats.ttrpc.address import Address, AddressError, parse_address
-    from shimstats.ttrpc.client import Client, SyncClient
+    from shimstats.ttrpc.client import Client
     from shimstats.ttrpc.dial import create_connection
     from shimstats.ttrpc.framing import (
         FLAG_NO_DATA,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from shimstats.ttrpc.peer import Peer
     from shimstats.ttrpc.server import CallContext, Handler, Server
     from shimstats.ttrpc.status import Code, TtrpcError, error_from_status, make_status
+    from shimstats.ttrpc.sync_client import SyncClient
     from shimstats.ttrpc.transport import TransportError
 
 __all__ = [
@@ -74,7 +75,7 @@ __all__ = [
 _WHERE = {
     "wait_until": "shimstats.ttrpc._deadline",
     "Client": "shimstats.ttrpc.client",
-    "SyncClient": "shimstats.ttrpc.client",
+    "SyncClient": "shimstats.ttrpc.sync_client",
     "FLAG_NO_DATA": "shimstats.ttrpc.framing",
     "FLAG_REMOTE_CLOSED": "shimstats.ttrpc.framing",
     "FLAG_REMOTE_OPEN": "shimstats.ttrpc.framing",

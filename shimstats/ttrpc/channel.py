@@ -15,13 +15,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, Optional, cast
 
-from shimstats.ttrpc.framing import Event, FrameDecoder, ProtocolError
+from shimstats.ttrpc.framing import READ_CHUNK, Event, FrameDecoder, ProtocolError
 
 __all__ = ["READ_CHUNK", "Channel"]
 
 log = logging.getLogger("shimstats.ttrpc")
 
-READ_CHUNK = 64 * 1024  # bytes per read: the size of the reused receive buffer
 
 OnEvent = Callable[[Event], None]
 OnClose = Callable[[Optional[BaseException]], None]

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from types import TracebackType
-from typing import NoReturn
 
 from shimstats.ttrpc._deadline import wait_until
 from shimstats.ttrpc.address import Address, parse_address
-from shimstats.ttrpc.channel import READ_CHUNK, Channel
+from shimstats.ttrpc.channel import Channel
 from shimstats.ttrpc.connection import STALLED, Answered, ClientConnection, Failed
-from shimstats.ttrpc.dial import connected_socket, create_connection
-from shimstats.ttrpc.framing import Event, FrameDecoder, Metadata, ProtocolError, metadata_pairs
+from shimstats.ttrpc.dial import create_connection
+from shimstats.ttrpc.framing import Event, Metadata, metadata_pairs
 from shimstats.ttrpc.status import Code, TtrpcError
+from shimstats.ttrpc.sync_client import SyncClient
 
-__all__ = ["Client", "SyncClient"]
+__all__ = ["Client", "SyncClient"]  # SyncClient lives in sync_client (no asyncio); kept importable here
 
 log = logging.getLogger("shimstats.ttrpc")
 
@@ -173,100 +172,3 @@ class Client:
 def _answered(future: asyncio.Future[bytes]) -> bool:
     """True when the peer's response reached this call (a result, not an expiry or a lost connection)."""
     return future.done() and not future.cancelled() and future.exception() is None
-
-
-class SyncClient:
-    """A blocking client for scripts, the CLI and benchmarks: one call at a time on a plain blocking socket.
-
-    It dials with the same code as Client (every address kind, the same errors), then drives the same rules
-    (``ClientConnection``, ``FrameDecoder``) with ``send`` and ``recv`` only: no event loop per call, which
-    saves the few loop turns and the task ``run_until_complete`` costs on every call. Deadlines work as in
-    Client: an expired call gives up its own stream (a late answer is dropped as stray) and the connection
-    stays, unless the byte stream has been stuck inside one frame for the call's whole life. Not for use from
-    inside a running event loop (use Client there).
-    """
-
-    def __init__(self, address: Address | str, timeout: float = 5.0) -> None:
-        self.timeout = timeout
-        addr = address if isinstance(address, Address) else parse_address(address)
-        self.address = str(addr)
-        self._sock = asyncio.run(connected_socket(addr, timeout))
-        self._sock.setblocking(True)
-        self._rules = ClientConnection(self.address)
-        self._decoder = FrameDecoder()
-
-    def call(
-        self,
-        service: str,
-        method: str,
-        payload: bytes,
-        *,
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-    ) -> bytes:
-        """Blocking ``Client.call``; ``timeout`` defaults to the one given at construction."""
-        if timeout is None:
-            timeout = self.timeout
-        rules = self._rules
-        request = rules.encode(service, method, payload, timeout=timeout, metadata=metadata_pairs(metadata))
-        deadline = time.monotonic() + timeout
-        outgoing = rules.send(request)
-        stream_id = outgoing.stream_id
-        frames_at_send = rules.frames
-        try:
-            self._sock.settimeout(timeout)
-            self._sock.sendall(outgoing.data)
-        except OSError as exc:  # TimeoutError too: a frame cut short leaves a byte stream nobody can read
-            self._lost(exc)
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                self._sock.settimeout(remaining)
-                data = self._sock.recv(READ_CHUNK)
-                if not data:
-                    self._decoder.eof()  # ProtocolError when the server hung up inside a frame
-                    self._lost(None)
-                for event in self._decoder.feed(data):
-                    outcome = rules.receive(event)
-                    if outcome is not None and outcome.stream_id == stream_id:
-                        if isinstance(outcome, Failed):
-                            raise outcome.error
-                        return rules.result(service, method, outcome.payload)
-        except TimeoutError:
-            rules.give_up(stream_id)
-            if rules.stalled(frames_at_send, mid_frame=self._decoder.pending > 0):
-                log.warning(
-                    "ttrpc connection to %s %s (%s/%s); closing it", self.address, STALLED, service, method
-                )
-                self._sock.close()
-            raise TtrpcError(Code.DEADLINE_EXCEEDED, rules.expired_text(service, method, timeout)) from None
-        except (OSError, ProtocolError) as exc:
-            self._lost(exc)
-
-    def _lost(self, reason: BaseException | None) -> NoReturn:
-        """The connection is gone: close it and fail the call (and every later one) with UNAVAILABLE."""
-        self._sock.close()
-        self._rules.lost(reason)
-        error = self._rules.error
-        assert error is not None  # lost() always records why
-        raise TtrpcError(error.code, error.message)
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection is gone (closed here or lost)."""
-        return self._rules.error is not None
-
-    def close(self) -> None:
-        """Close the connection (idempotent); later calls fail with UNAVAILABLE."""
-        self._rules.close()
-        self._sock.close()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import os
 import socket
-import stat
 from collections.abc import Callable
 from typing import TypeVar
 
 from shimstats.ttrpc.address import Address
+from shimstats.ttrpc.blocking_dial import dial_failure, not_dialable, vsock_socket
 from shimstats.ttrpc.hvsock import HandshakeError, HandshakeReply, connect_request
 from shimstats.ttrpc.transport import TransportError, as_address
 
 __all__ = ["connected_socket", "create_connection", "vsock_socket"]
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
-_VSOCK_ANY = -1
-
-
-def vsock_socket(addr: Address) -> socket.socket:
-    """A new AF_VSOCK stream socket, or TransportError naming ``addr`` when this host cannot make one."""
-    family = getattr(socket, "AF_VSOCK", None)
-    if family is None:
-        raise TransportError(f"{addr}: this Python build has no AF_VSOCK (vsock needs Linux)")
-    try:
-        return socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TransportError(
-            f"{addr}: the kernel refused an AF_VSOCK socket ({exc.strerror}); is the vsock module loaded?"
-        ) from exc
 
 
 async def _connect_vsock(loop: asyncio.AbstractEventLoop, addr: Address) -> socket.socket:
-    if addr.cid == _VSOCK_ANY:
-        raise TransportError(f"{addr}: CID -1 means any and can only be listened on; dial a real CID")
     sock = vsock_socket(addr)
     try:
         sock.setblocking(False)
@@ -77,10 +58,9 @@ async def _connect_unix(loop: asyncio.AbstractEventLoop, addr: Address) -> socke
 
 async def connected_socket(address: Address, timeout: float | None) -> socket.socket:
     """A connected non-blocking socket (hvsock: past the handshake), or TransportError naming the address."""
-    if address.kind == "serial":
-        raise TransportError(
-            f"{address}: a serial port is served inside the guest; dial the VMM's unix socket for it instead"
-        )
+    refusal = not_dialable(address)
+    if refusal is not None:
+        raise refusal
     loop = asyncio.get_running_loop()
     dial = _connect_vsock(loop, address) if address.kind == "vsock" else _connect_unix(loop, address)
     try:
@@ -90,18 +70,7 @@ async def connected_socket(address: Address, timeout: float | None) -> socket.so
     except asyncio.TimeoutError:
         raise TransportError(f"{address}: no connection within {timeout:g}s") from None
     except OSError as exc:
-        raise TransportError(f"{address}: cannot connect: {_dial_failure(address, exc)}") from exc
-
-
-def _dial_failure(address: Address, exc: OSError) -> str:
-    """Why a dial failed, in words: connecting to a regular file reports ECONNREFUSED, but "refused"
-    would send the user looking for a dead server where there is none, only a file that is no socket."""
-    if address.kind != "vsock" and exc.errno == errno.ECONNREFUSED:
-        with contextlib.suppress(OSError):
-            mode = os.stat(address.path).st_mode
-            if not stat.S_ISSOCK(mode):
-                return f"{address.path} is not a socket"
-    return exc.strerror or str(exc)
+        raise TransportError(f"{address}: cannot connect: {dial_failure(address, exc)}") from exc
 
 
 async def create_connection(

@@ -30,6 +30,7 @@ __all__ = [
     "HEADER_LEN",
     "MAX_MESSAGE",
     "MAX_STREAM_ID",
+    "READ_CHUNK",
     "Event",
     "Frame",
     "FrameDecoder",
@@ -47,6 +48,7 @@ __all__ = [
 
 HEADER_LEN = 10
 MAX_MESSAGE = 4 << 20  # payload bytes; exactly 4 MiB is still allowed
+READ_CHUNK = 64 * 1024  # bytes asked of the socket per read, by every transport
 MAX_STREAM_ID = 0xFFFFFFFF
 
 FLAG_REMOTE_CLOSED = 0x1  # Request: no more data from the client. Data: last data from this side.

@@ -23,10 +23,8 @@ import asyncio
 import functools
 import inspect
 import logging
-import select
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 from shimstats.ttrpc.address import Address
@@ -35,33 +33,19 @@ from shimstats.ttrpc.connection import Reply, ServerConnection, StartCall, statu
 from shimstats.ttrpc.framing import Event, ProtocolError
 from shimstats.ttrpc.listen import adopt_listener, create_listener, stop_listener
 from shimstats.ttrpc.peer import Peer, describe_peer
+from shimstats.ttrpc.server_common import (
+    HUNG_UP_QUIET,
+    REJECT_WINDOW,
+    SHUTTING_DOWN,
+    CallContext,
+    hung_up,
+    too_many_connections,
+)
 from shimstats.ttrpc.status import Code, TtrpcError, make_status
 
 __all__ = ["CallContext", "Handler", "Server"]
 
 log = logging.getLogger("shimstats.ttrpc")
-
-# Over-cap connections get this long to send a first request (answered RESOURCE_EXHAUSTED); then we hang up.
-_REJECT_WINDOW = 1.0
-# poll() events meaning the peer has closed (its side, or all of it): POLLRDHUP is Linux's "peer shut down
-# writing", which a connect-and-close leaves set before we read the EOF.
-_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
-# A look for hung-up connections that found none is not repeated for this long: each look polls every served
-# connection, and a flood of live connections over the cap would otherwise pay it once per refused connect.
-_HUNG_UP_QUIET = 0.05
-
-
-@dataclass
-class CallContext:
-    """What a handler knows about its call. ``deadline`` is in ``loop.time()`` units, None when unbounded."""
-
-    service: str
-    method: str
-    stream_id: int
-    metadata: dict[str, list[str]] = field(default_factory=dict)
-    deadline: float | None = None
-    peer: Peer = field(default_factory=lambda: Peer(address=""))
-
 
 Handler = Callable[[bytes, CallContext], Union[Awaitable[bytes], bytes]]
 """A plain function returning bytes runs inline (it must not block: it holds the event loop, and no deadline
@@ -244,7 +228,7 @@ class _Rejection:
         if self.server._rejecting > self.server.max_connections:
             self.channel.close()  # even rejections are capped: no status, just a closed socket
         else:
-            self.timer = asyncio.get_running_loop().call_later(_REJECT_WINDOW, self.channel.close)
+            self.timer = asyncio.get_running_loop().call_later(REJECT_WINDOW, self.channel.close)
 
     def on_event(self, event: Event) -> None:
         if not self.answered:
@@ -311,10 +295,9 @@ class Server:
     def _new_connection(self) -> Channel:
         """Protocol factory for listeners: a served connection, or a rejection when over a cap."""
         if self._closing:
-            return _Rejection(self, "ttrpc server is shutting down").channel
+            return _Rejection(self, SHUTTING_DOWN).channel
         if len(self._connections) >= self.max_connections:
-            limit = self.max_connections
-            return _Rejection(self, f"too many connections to this ttrpc server (limit {limit})").channel
+            return _Rejection(self, too_many_connections(self.max_connections)).channel
         connection = _Connection(self)
         self._connections.add(connection)
         return connection.channel
@@ -342,17 +325,15 @@ class Server:
         now = asyncio.get_running_loop().time()
         if now < self._no_hung_up_until:
             return
-        poller = select.poll()
         by_fd: dict[int, _Connection] = {}
         for connection in self._connections:
             sock = connection.channel.get_extra_info("socket")
             if sock is not None:
                 by_fd[sock.fileno()] = connection
-                poller.register(sock.fileno(), _HUNG_UP)
-        hung_up = poller.poll(0)
-        if not hung_up:
-            self._no_hung_up_until = now + _HUNG_UP_QUIET
-        for fd, _ in hung_up:
+        gone = hung_up(by_fd)
+        if not gone:
+            self._no_hung_up_until = now + HUNG_UP_QUIET
+        for fd in gone:
             connection = by_fd[fd]
             self._forget(connection)
             connection.channel.close()  # on_close follows, as for an EOF read the usual way

@@ -542,6 +542,8 @@ def test_every_service_name_in_wire_is_the_one_its_proto_file_declares() -> None
     for name, service in declared.items():
         assert name == service.full_name
     assert wire.TASK_SERVICE.replace(".v2.", ".v3.") == wire.TASK_V3_SERVICE
+    task = shim_pb2.DESCRIPTOR.services_by_name["Task"]
+    assert tuple(method.name for method in task.methods) == wire.TASK_METHODS
     assert wire.NAMESPACE_KEY == "containerd-namespace-ttrpc"  # containerd's pkg/namespaces/ttrpc.go
 
 
