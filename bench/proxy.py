@@ -365,11 +365,11 @@ IMPORT_STAGES = (
     ("  + asyncio without ssl", ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import asyncio"]),
     ("  + asyncio with ssl", ["-c", "import shimstats.proxy.cli, asyncio"]),
     (
-        "  + serving: shimstats.proxy.daemon",
+        "  + serving on asyncio (older trees): proxy.daemon",
         ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import shimstats.proxy.daemon"],
     ),
     (
-        "  + first Stats: adapter, translate",
+        "  + its first Stats (older trees): adapter",
         ["-c", "import shimstats.proxy.cli; " + _NO_SSL + "import shimstats.proxy.daemon, shimstats.adapter"],
     ),
     ("  + serving on threads: proxy.relay", ["-c", "import shimstats.proxy.cli, shimstats.proxy.relay"]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -222,6 +223,15 @@ class _SocketInfo:
         return self.sock if name == "socket" else default
 
 
+def _request_waiting(sock: socket.socket) -> bool:
+    """Whether the peer sent something (or hung up) within the reject window."""
+    try:
+        readable, _, _ = select.select([sock], [], [], REJECT_WINDOW)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
 def _reject(sock: socket.socket, message: str) -> None:
     """Answer the first request of a connection we will not serve with RESOURCE_EXHAUSTED, then hang up."""
     decoder = FrameDecoder()
@@ -327,10 +337,29 @@ class ThreadServer:
 
     def _rejected(self, sock: socket.socket, message: str) -> None:
         try:
-            _reject(sock, message)
+            if message == SHUTTING_DOWN or not _request_waiting(sock) or not self._admit_late(sock):
+                _reject(sock, message)
         finally:
             with self._lock:
                 self._rejecting -= 1
+
+    def _admit_late(self, sock: socket.socket) -> bool:
+        """Serve a connection refused at accept time after all, once its first request is here, if there
+        is room now: the connections of a connect-and-close burst accepted just before it have been let go
+        by their readers, or are seen hung up now (the quiet pause after an empty look does not apply: this
+        runs once per refused connection that asks something, not per connect)."""
+        with self._lock:
+            if self._closing:
+                return False
+            if len(self._connections) >= self.max_connections:
+                self._no_hung_up_until = 0.0
+                self._let_go_of_hung_up()
+            if len(self._connections) >= self.max_connections:
+                return False
+            served = _Served(self, sock)
+            self._connections[sock.fileno()] = served
+            served.start()
+            return True
 
     def _let_go_of_hung_up(self) -> None:
         """With ``_lock`` held: stop counting connections whose peer hung up (their reader sees the EOF)."""

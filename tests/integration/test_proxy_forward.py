@@ -1,4 +1,5 @@
-"""The proxy's Task service over real unix sockets: containerd's client → ProxyService → an inner shim.
+"""The proxy's Task service over real unix sockets: containerd's client → the serving process's Relay on a
+ThreadServer (shimstats.proxy.relay) → an inner shim.
 
 The inner shim here is a ttrpc server that records what reaches it and answers every method with bytes
 derived from the request (``<method>:`` + payload), so a test can tell exactly what was forwarded and what
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,12 @@ from google.protobuf import any_pb2
 
 from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.adapter import TASK_METHODS, StatsHandler
-from shimstats.agent_client import AgentClient
-from shimstats.proxy.config import Fallback
-from shimstats.proxy.daemon import serve
-from shimstats.proxy.forward import ProxyService
+from shimstats.adapter import TASK_METHODS
+from shimstats.proxy import relay
 from shimstats.proxy.options import config_path_of, runtime_options
-from shimstats.proxy.settings import DaemonSettings
+from shimstats.proxy.settings import DaemonSettings, Fallback
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
+from shimstats.ttrpc.threads import ThreadServer
 from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 from tests.integration.harness import AgentProcess, fixtures, short_tmp
 
@@ -84,31 +83,34 @@ def agent() -> Iterator[AgentProcess]:
 async def rig(
     agent_address: str, *, fallback: Fallback = "inner", own_config: str = "", inner_config_path: str = ""
 ) -> AsyncIterator[Rig]:
-    """inner shim ← ProxyService ← a client, each on its own unix socket in a fresh short directory."""
+    """inner shim ← Relay on a ThreadServer ← a client, each on its own unix socket in a fresh short
+    directory."""
     with short_tmp() as directory:
         inner = InnerShim()
         inner_server = Server()
         inner_server.register(TASK_SERVICE, inner.handlers())
         await inner_server.start(f"unix://{directory}/inner.sock")
-        inner_client = await Client.connect(f"unix://{directory}/inner.sock")
-        agent_client = AgentClient(agent_address)
-        proxy = Server()
-        ProxyService(
-            inner_client,
-            StatsHandler(agent_client, "v2"),
-            fallback=fallback,
+        settings = DaemonSettings(
+            listen=f"unix://{directory}/proxy.sock",
+            inner_address=f"unix://{directory}/inner.sock",
+            agent=agent_address,
+            metrics_format="v2",
+            stats_fallback=fallback,
             own_config=own_config,
             inner_config_path=inner_config_path,
-        ).register(proxy)
-        await proxy.start(f"unix://{directory}/proxy.sock")
-        caller = await Client.connect(f"unix://{directory}/proxy.sock")
+        )
+        service = relay.Relay(relay.inner_pool(settings.inner_address), settings)
+        proxy = ThreadServer()
+        proxy.register(TASK_SERVICE, service.handlers())
+        proxy.start(settings.listen)
+        caller = await Client.connect(settings.listen)
         try:
             yield Rig(caller, inner, directory)
         finally:
             await caller.close()
-            await proxy.close(grace=1.0)
-            await inner_client.close()
-            await agent_client.close()
+            await asyncio.to_thread(proxy.close, 1.0)  # calls in flight may still need this loop
+            service.inner.close()
+            service.close()
             await inner_server.close(grace=1.0)
 
 
@@ -247,7 +249,9 @@ async def test_create_with_other_options_is_passed_byte_for_byte(
     assert r.inner.seen[0].payload == payload
 
 
-async def test_the_daemon_stops_when_the_inner_shim_goes_and_cleans_both_sockets(agent: AgentProcess) -> None:
+async def test_the_serving_process_stops_when_the_inner_shim_goes_and_cleans_both_sockets(
+    agent: AgentProcess,
+) -> None:
     with short_tmp() as directory:
         inner_path, ours = directory / "inner.sock", directory / "ours.sock"
         inner_server = Server()
@@ -261,15 +265,13 @@ async def test_the_daemon_stops_when_the_inner_shim_goes_and_cleans_both_sockets
         settings = DaemonSettings(
             listen=f"unix://{ours}", inner_address=f"unix://{inner_path}", agent=agent.address
         )
-        ready = asyncio.Event()
-        daemon = asyncio.create_task(serve(settings, ready.set))
-        await asyncio.wait_for(ready.wait(), 10)
+        ready = threading.Event()
+        serving = asyncio.create_task(asyncio.to_thread(relay.serve, settings, ready.set))
+        assert await asyncio.to_thread(ready.wait, 10)
         async with await Client.connect(f"unix://{ours}") as caller:
             state = shim_pb2.StateRequest(id="c1").SerializeToString()
             assert await caller.call(TASK_SERVICE, "State", state, timeout=5) == b"State:" + state
         await inner_server.close(grace=0.5)  # the inner shim exits
-        if sys.version_info < (3, 13):  # 3.13's asyncio removes a unix server's socket file itself
-            assert inner_path.exists()
-        await asyncio.wait_for(daemon, 10)
+        await asyncio.wait_for(serving, 10)
         assert not ours.exists()
         assert not inner_path.exists()
