@@ -14,8 +14,7 @@ Modules, one job each:
 * ``launch``: the ``start`` and ``delete`` actions (processes, bundle files);
 * ``relay``: the serving process (lifetime tied to the inner shim's) and its Task service, which forwards
   calls and answers Stats, on threads: it never imports asyncio (memory per pod, start-up before Create);
-* ``fallback``: the Stats rules relay and forward share (request id, fallback policy, warn once);
-* ``forward`` and ``daemon``: the same service and lifetime in asyncio, for callers inside an event loop;
+* ``fallback``: the relay's Stats rules (request id, fallback policy, warn once);
 * ``cli``: the command line containerd calls.
 """
 

@@ -1,6 +1,6 @@
-"""The proxy's Stats rules, shared by its Task services (threaded ``relay``, asyncio ``forward``): the
-request's container id, and what an agent failure means (the fallback policy, one warning per container
-and outage). Decisions only: the caller forwards, raises or answers."""
+"""The proxy's Stats rules, apart from the relay that applies them: the request's container id, and what
+an agent failure means (the fallback policy, one warning per container and outage). Decisions only: the
+caller forwards, raises or answers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What ``start`` hands the serving process: its settings and the Task service names it forwards.
 
 A NamedTuple in a module of its own: ``start`` builds the serving process's command line from it and must
-not import the server (asyncio, protobuf, the adapter) to do so.
+not import the server (its threads, protobuf, the agent client) to do so.
 """
 
 from __future__ import annotations
