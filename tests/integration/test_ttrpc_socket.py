@@ -12,12 +12,10 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import stat
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -69,15 +67,6 @@ def _time_limit() -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ttrpc-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @dataclass

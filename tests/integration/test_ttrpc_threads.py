@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,15 +38,6 @@ from shimstats.ttrpc.threads import ThreadServer
 
 SERVICE = "test.v1.Probe"
 WAIT = 5.0
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ttrpc-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @dataclass
