@@ -164,12 +164,12 @@ async def _probe(sandbox: Sandbox, port: AgentPort, timeout: float) -> SandboxRe
 async def _survey(
     sandboxes: list[Sandbox], port: AgentPort, timeout: float, cri: str
 ) -> tuple[list[SandboxReport], Names]:
-    if cri == NO_CRI:
-        reports = await asyncio.gather(*(_probe(s, port, timeout) for s in sandboxes))
-        return list(reports), Names("none", notes=("--cri none: no names asked for",))
-    names_job = asyncio.get_running_loop().run_in_executor(None, lambda: list_names(cri, timeout=timeout))
+    names_job = None
+    if cri != NO_CRI:
+        loop = asyncio.get_running_loop()
+        names_job = loop.run_in_executor(None, lambda: list_names(cri, timeout=timeout))
     reports = await asyncio.gather(*(_probe(s, port, timeout) for s in sandboxes))
-    names = await names_job
+    names = Names("none", notes=("--cri none: no names asked for",)) if names_job is None else await names_job
     by_sandbox, pods = names.by_sandbox(), names.pods()
     for report in reports:
         report.containers = by_sandbox.get(report.sandbox.id, [])
