@@ -6,7 +6,9 @@ Each round runs, alternating runc (A) then the proxy (B, containerd-shim-kata-st
 containerd-shim-runc-v2):
 - start: the shim binary's ``start`` action alone, as containerd runs it (flags, bundle directory as
   working directory, containerd's environment), timed from exec to exit: containerd reads the address when
-  the process exits. The shim is then told to Shutdown and its files are removed (not timed);
+  the process exits; then "start + first answer" adds the time a Task/Connect on that address takes to be
+  answered (containerd's Create waits that long for a serving process still starting up). The shim is then
+  told to Shutdown and its files are removed (not timed);
 - run: ``ctr run -d`` of a busybox ``sleep`` with ``--runtime io.containerd.runc.v2`` or ours;
 - RSS: the shim's serving process (runc: the ``containerd-shim-runc-v2`` serving the task; ours: the
   ``serve`` process ``start`` ran) from /proc/PID/status, right after the run and again after one
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
+from shimstats.ttrpc import SyncClient
+from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 from tests.containerd_env import Containerd, busybox_rootfs
 from tests.integration.harness import REPO, AgentProcess, short_tmp
 from tests.integration.proxy_process import is_proxy_server
@@ -82,7 +86,7 @@ def _status_kb(pid: int) -> dict[str, int]:
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+            return f.read().decode(errors="replace").replace("\0", " ").split()  # a process title too
     except OSError:
         return []
 
@@ -90,8 +94,8 @@ def _cmdline(pid: int) -> list[str]:
 def _serving_pid(container_id: str, side: str) -> int:
     """The process that serves ``container_id``'s task API on ``side`` (0 when none is found).
 
-    runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the ``serve`` process
-    ``start`` ran (the launcher again, or ``python -m shimstats.proxy`` for pip's script).
+    runc: the ``containerd-shim-runc-v2`` child (its argv has no action). Ours: the process ``start``
+    forked, whose title is the ``serve`` command line that would run it by hand.
     """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -161,6 +165,7 @@ class Bench:
             raise RuntimeError(f"{side} start failed ({done.returncode}): {done.stdout!r} {done.stderr!r}")
         self.add(side, "start ms", _ms(seconds))
         self.add(side, "start CPU ms", _ms(cpu))
+        self.add(side, "start + first answer ms", _ms(seconds + self._first_answer(address)))
         self._shutdown(address, container_id)
         # The delete action alone, as containerd runs it after a shim went away (here: after Shutdown).
         cpu = _children_cpu()
@@ -170,6 +175,16 @@ class Bench:
             raise RuntimeError(f"{side} delete failed ({done.returncode}): {done.stderr!r}")
         self.add(side, "delete action ms", _ms(seconds))
         self.add(side, "delete action CPU ms", _ms(cpu))
+
+    def _first_answer(self, address: str) -> float:
+        """Seconds from connecting to ``address`` until Task/Connect is answered, right after start exited:
+        what containerd's first call (Create) waits for beyond the start action (our serving process's
+        own start-up). Dialled through /proc/PID/root, the socket being in containerd's mount namespace."""
+        path = f"/proc/{self.containerd.pid}/root{address.removeprefix('unix://')}"
+        began = time.perf_counter()
+        with SyncClient(f"unix://{path}", timeout=10.0) as client:
+            client.call(TASK_SERVICE, "Connect", b"", metadata={NAMESPACE_KEY: NAMESPACE})
+        return time.perf_counter() - began
 
     def _shutdown(self, address: str, container_id: str) -> None:
         """Shutdown over the printed address (in containerd's namespace), then wait for the socket to go."""

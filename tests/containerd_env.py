@@ -597,9 +597,12 @@ def _pids() -> Iterator[int]:
 
 
 def _cmdline(pid: int) -> list[str]:
+    """The words of a process's command line: NUL-separated arguments, or a title set with setproctitle
+    (one string; the proxy's forked serving process), split at spaces either way (no argument here has
+    one)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
+            return f.read().decode(errors="replace").replace("\0", " ").split()
     except OSError:
         return []
 

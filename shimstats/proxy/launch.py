@@ -7,9 +7,9 @@ takes everything the process prints (stdout and stderr together) as the address 
 2. runs the inner shim's ``start`` with the same flags, environment and directory, giving it the options
    meant for it, and reads its address (plain = task v2 over ttrpc; the JSON form of newer shims too);
 3. binds and listens on a socket named after that address (shimstats.proxy.sockets), unless one already
-   answers there (the inner shim groups containers: one proxy per inner shim), and starts our serving
-   process with that socket as an inherited fd, as containerd's own shims hand theirs to the serving child
-   they re-execute: containerd may connect at once, and the kernel queues the connection until the server
+   answers there (the inner shim groups containers: one proxy per inner shim), and forks our serving
+   process, which keeps that socket, as containerd's own shims hand theirs to the serving child they
+   re-execute: containerd may connect at once, and the kernel queues the connection until the server
    accepts it;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
@@ -29,11 +29,10 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.logs import open_log_fifo
@@ -210,29 +209,55 @@ def daemon_argv(
     return [*command, *argv[1:-1], *flags, "serve"]
 
 
-def _spawn(argv: Sequence[str], listener: socket.socket, bundle: str, environ: Mapping[str, str]) -> None:
-    """Start the serving process detached, with ``listener`` inherited at the same fd number.
+def _fork_server(title: str, settings: DaemonSettings, args: ShimArgs, bundle: str) -> None:
+    """Start the serving process as a fork of this one, detached, serving ``settings.listen_fd``.
 
-    Not waited for: containerd's first call waits in the listen queue until the server accepts it. Should
-    the server fail, containerd sees the connection close, as with a shim that died, and runs ``delete``.
+    A fork rather than a fresh interpreter: the child has the interpreter up and what ``start`` imported
+    already, so it accepts containerd's first call (Create, which waits in the listen queue meanwhile) some
+    30 ms sooner (docs/benchmarks.md). Safe here: ``start`` runs no thread of its own, and the child never
+    returns into this code. It shows ``title`` in ps (the command line that would run it by hand) and logs
+    to the bundle's log fifo. Not waited for: should it fail, containerd sees the connection close, as with
+    a shim that died, and runs ``delete``.
     """
     log_fd = open_log_fifo(bundle)
     try:
-        subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
-            cwd="/",  # never hold the bundle directory, which containerd removes
-            env=dict(environ),
-            start_new_session=True,
-            pass_fds=(listener.fileno(),),
-        )
+        pid = os.fork()  # the project's one fork (tests/integration/test_hostile_security.py)
     except OSError as exc:
+        _close(log_fd)
         raise StartError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
+    if pid == 0:
+        _serve_in_child(title, settings, args, log_fd)
+    _close(log_fd)
+
+
+def _serve_in_child(title: str, settings: DaemonSettings, args: ShimArgs, log_fd: int | None) -> NoReturn:
+    """The forked serving process: detach, take stdio off containerd's pipe, serve, exit."""
+    status = 1
+    try:
+        os.setsid()  # out of containerd's process group and session, as its own shims
+        os.chdir("/")  # never hold the bundle directory, which containerd removes
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)  # containerd reads start's output until no process holds the pipe
+        os.dup2(null if log_fd is None else log_fd, 2)
+        for fd in {null, log_fd} - {None, 0, 1, 2}:
+            os.close(fd)  # type: ignore[arg-type]
+        from setproctitle import setproctitle
+
+        setproctitle(title)
+        from shimstats.proxy.serving import run_server
+
+        fields = {"id": args.id, "namespace": args.namespace, "pid": str(os.getpid())}
+        status = run_server(settings, debug=args.debug, fields=fields, ready=lambda: None)
+    except BaseException:  # nothing may return into start's code
+        log.exception("the serving process failed")
     finally:
-        if log_fd is not None:
-            os.close(log_fd)
+        os._exit(status)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _run_inner(
@@ -303,7 +328,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle, environ, command or PYTHON_COMMAND)
+        _serve_at(args, settings, bundle, command or PYTHON_COMMAND)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -315,9 +340,7 @@ def run_start(
     return address
 
 
-def _serve_at(
-    args: ShimArgs, settings: DaemonSettings, bundle: str, environ: Mapping[str, str], command: Sequence[str]
-) -> None:
+def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, command: Sequence[str]) -> None:
     """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
     path = unix_path(settings.listen)
     if accepts(path):
@@ -327,7 +350,7 @@ def _serve_at(
         return  # a concurrent start for the same inner shim bound it first
     with listener:
         settings = settings._replace(listen_fd=listener.fileno())
-        _spawn(daemon_argv(args, settings, command), listener, bundle, environ)
+        _fork_server(" ".join(daemon_argv(args, settings, command)), settings, args, bundle)
 
 
 def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:

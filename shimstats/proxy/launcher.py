@@ -6,8 +6,8 @@ interpreter runs ``site`` first: every ``.pth`` file of the environment, the edi
 whatever those import (about 30 ms of CPU and 5 MB per process, measured in docs/benchmarks.md). The script
 written here starts the interpreter with ``-S`` and puts exactly the directories that hold shimstats and
 its dependencies at the front of ``sys.path`` (found at install time from where they are imported from, so
-a venv and an editable checkout work alike). The serving process ``start`` launches is this same script (as
-containerd's own shims re-execute themselves), so it needs no ``site`` either.
+a venv and an editable checkout work alike). The serving process is a fork of ``start``
+(shimstats.proxy.launch), so it needs no ``site`` either.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from shimstats.proxy import BINARY
 
 __all__ = ["LAUNCHED_PACKAGES", "LauncherError", "launcher_text", "search_path", "write_launcher"]
 
-LAUNCHED_PACKAGES = ("shimstats", "guest_agent", "google.protobuf", "google.rpc")
+LAUNCHED_PACKAGES = ("shimstats", "guest_agent", "google.protobuf", "google.rpc", "setproctitle")
 """What the proxy imports from outside the standard library, in every action (the serving process's
-Stats path included): our two packages, protobuf and googleapis-common-protos."""
+Stats path included): our two packages, protobuf, googleapis-common-protos and setproctitle."""
 _SHEBANG_MAX = 255
 """Linux reads at most this many bytes of a ``#!`` line (BINPRM_BUF_SIZE 256, since Linux 5.1)."""
 

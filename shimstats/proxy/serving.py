@@ -1,7 +1,7 @@
 """The serving process's entry: logging, then the threaded relay until it ends.
 
-``start`` runs the ``serve`` action with the socket it bound as an inherited fd (``--listen-fd``); tests
-and people run ``serve`` with ``--listen``. Heavy imports happen only here: the ttrpc server and client on
+``start`` forks a process that calls ``run_server`` with the socket it bound (``listen_fd``); tests and
+people run the ``serve`` action with ``--listen``. Heavy imports happen only here: the ttrpc server and client on
 threads (no asyncio: it would cost every pod some 6 MB); the agent client and the translation core wait
 for the first Stats (shimstats.proxy.relay).
 """

@@ -48,10 +48,9 @@ PROXY = [str(_session_launcher())]
 def is_proxy_server(argv: Sequence[str]) -> bool:
     """The command line of a proxy's serving process: a launcher (run by its interpreter, so argv[2]; the
     bench names a second one containerd-shim-kata-statsbefore-v2) or ``python -m shimstats.proxy`` (pip's
-    console script, an older checkout), ending in ``serve``."""
-    argv = list(argv)
-    while argv and not argv[-1]:  # /proc/PID/cmdline split at NULs ends in ""
-        argv.pop()
+    console script, an older checkout), ending in ``serve``. ``start``'s forked server sets that command
+    line as its process title: one string, words separated by spaces."""
+    argv = " ".join(argv).split()  # /proc/PID/cmdline split at NULs: a title is one element (and "" ones)
     launched = any(os.path.basename(arg).startswith("containerd-shim-kata-stats") for arg in argv[:3])
     return bool(argv) and argv[-1] == "serve" and (launched or argv[1:3] == ["-m", "shimstats.proxy"])
 

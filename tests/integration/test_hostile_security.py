@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import re
 import shutil
 import socket
 import stat
@@ -363,11 +364,19 @@ def _problems(path: Path, base: Path = REPO) -> list[str]:
     return found
 
 
+ALLOWED = {"shimstats/proxy/launch.py: os.fork()"}
+"""The one exception, once: ``start`` forks the proxy's serving process instead of starting a second
+interpreter (a container starts some 30 ms sooner, docs/benchmarks.md). The child runs no other program and
+leaves with ``os._exit``; a second fork anywhere is a new decision and fails here."""
+
+
 def test_no_shell_no_eval_no_pickle_anywhere() -> None:
     sources = list(_sources())
     assert len(sources) > 40, "the scan must see the packages"
     problems = [problem for path in sources for problem in _problems(path)]
-    assert problems == []
+    allowed = [problem for problem in problems if re.sub(r":\d+:", ":", problem) in ALLOWED]
+    assert [problem for problem in problems if problem not in allowed] == []
+    assert len(allowed) == len(ALLOWED), f"each allowed call is made exactly once: {allowed}"
 
 
 def test_the_scan_catches_what_it_looks_for(tmp_path: Path) -> None:

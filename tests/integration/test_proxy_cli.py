@@ -195,7 +195,7 @@ def _pids_serving(address: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").split()  # a title too
         except OSError:
             continue
         if b"serve" in argv and address.encode() in argv and b"--listen-fd" in argv:
