@@ -28,8 +28,7 @@ call's whole life.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar, Union
+from typing import Generic, NamedTuple, TypeVar, Union
 
 from shimstats._proto.ttrpc.request_pb2 import KeyValue
 from shimstats.ttrpc.framing import (
@@ -79,24 +78,36 @@ def status_frame(stream_id: int, status: Status) -> bytes:
 # -- server -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """Send ``data`` (one whole frame) back; nothing else happens."""
 
     data: bytes
 
 
-@dataclass(frozen=True)
 class StartCall(Generic[H]):
-    """Run ``handler`` for a Request that passed every rule; its stream stays active until ``call_ended``."""
+    """Run ``handler`` for a Request that passed every rule; its stream stays active until ``call_ended``.
 
-    stream_id: int
-    service: str
-    method: str
-    handler: H
-    payload: bytes
-    metadata: dict[str, list[str]] = field(default_factory=dict)
-    deadline: float | None = None  # in the clock the caller passed as ``now``
+    A plain class with slots: a generic named tuple needs Python 3.11, and a dataclass costs its import."""
+
+    __slots__ = ("deadline", "handler", "metadata", "method", "payload", "service", "stream_id")
+
+    def __init__(
+        self,
+        stream_id: int,
+        service: str,
+        method: str,
+        handler: H,
+        payload: bytes,
+        metadata: dict[str, list[str]] | None = None,
+        deadline: float | None = None,  # in the clock the caller passed as ``now``
+    ) -> None:
+        self.stream_id = stream_id
+        self.service = service
+        self.method = method
+        self.handler = handler
+        self.payload = payload
+        self.metadata: dict[str, list[str]] = {} if metadata is None else metadata
+        self.deadline = deadline
 
 
 class ServerConnection(Generic[H]):
@@ -213,24 +224,21 @@ class ServerConnection(Generic[H]):
 # -- client -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """A Request ready to send: ``data`` is the whole frame for ``stream_id``."""
 
     stream_id: int
     data: bytes
 
 
-@dataclass(frozen=True)
-class Answered:
+class Answered(NamedTuple):
     """The Response payload (an encoded envelope) for a pending call; ``result`` decodes it."""
 
     stream_id: int
     payload: bytes
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(NamedTuple):
     """A pending call that can get no answer."""
 
     stream_id: int

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Peer", "describe_peer"]
 
 
-@dataclass(frozen=True)
-class Peer:
+class Peer(NamedTuple):
     """Who is on the other end of a server connection.
 
     For unix sockets ``pid``/``uid``/``gid`` are the kernel's SO_PEERCRED values (containerd checks the uid

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from shimstats.ttrpc.peer import Peer
 
@@ -32,17 +31,27 @@ SHUTTING_DOWN = "ttrpc server is shutting down"
 _HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
-@dataclass
 class CallContext:
     """What a handler knows about its call. ``deadline`` is in ``time.monotonic()`` units (asyncio's
-    ``loop.time()``), None when unbounded."""
+    ``loop.time()``), None when unbounded. (A class with slots, made once per call: no dataclass.)"""
 
-    service: str
-    method: str
-    stream_id: int
-    metadata: dict[str, list[str]] = field(default_factory=dict)
-    deadline: float | None = None
-    peer: Peer = field(default_factory=lambda: Peer(address=""))
+    __slots__ = ("deadline", "metadata", "method", "peer", "service", "stream_id")
+
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        stream_id: int,
+        metadata: dict[str, list[str]] | None = None,
+        deadline: float | None = None,
+        peer: Peer | None = None,
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.stream_id = stream_id
+        self.metadata: dict[str, list[str]] = {} if metadata is None else metadata
+        self.deadline = deadline
+        self.peer = Peer(address="") if peer is None else peer
 
 
 def too_many_connections(limit: int) -> str:
