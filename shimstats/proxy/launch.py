@@ -7,10 +7,10 @@ takes everything the process prints (stdout and stderr together) as the address 
 2. runs the inner shim's ``start`` with the same flags, environment and directory, giving it the options
    meant for it, and reads its address (plain = task v2 over ttrpc; the JSON form of newer shims too);
 3. binds and listens on a socket named after that address (shimstats.proxy.sockets), unless one already
-   answers there (the inner shim groups containers: one proxy per inner shim), and forks our serving
-   process, which keeps that socket, as containerd's own shims hand theirs to the serving child they
-   re-execute: containerd may connect at once, and the kernel queues the connection until the server
-   accepts it;
+   answers there (the inner shim groups containers: one proxy per inner shim), and hands it to our serving
+   process (shimstats.proxy.fork: forked before step 1, so that it imports while we work), as containerd's
+   own shims hand theirs to the serving child they re-execute: containerd may connect at once, and the
+   kernel queues the connection until the server accepts it;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
@@ -32,10 +32,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple
 
 from shimstats.proxy import CONFIG_ENV
-from shimstats.proxy.logs import open_log_fifo
+from shimstats.proxy.fork import ServerChild
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc.address import AddressError
@@ -209,57 +209,6 @@ def daemon_argv(
     return [*command, *argv[1:-1], *flags, "serve"]
 
 
-def _fork_server(title: str, settings: DaemonSettings, args: ShimArgs, bundle: str) -> None:
-    """Start the serving process as a fork of this one, detached, serving ``settings.listen_fd``.
-
-    A fork rather than a fresh interpreter: the child has the interpreter up and what ``start`` imported
-    already, so it accepts containerd's first call (Create, which waits in the listen queue meanwhile) some
-    30 ms sooner (docs/benchmarks.md). Safe here: ``start`` runs no thread of its own, and the child never
-    returns into this code. It shows ``title`` in ps (the command line that would run it by hand) and logs
-    to the bundle's log fifo. Not waited for: should it fail, containerd sees the connection close, as with
-    a shim that died, and runs ``delete``.
-    """
-    log_fd = open_log_fifo(bundle)
-    try:
-        pid = os.fork()  # the project's one fork (tests/integration/test_hostile_security.py)
-    except OSError as exc:
-        _close(log_fd)
-        raise StartError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
-    if pid == 0:
-        _serve_in_child(title, settings, args, log_fd)
-    _close(log_fd)
-
-
-def _serve_in_child(title: str, settings: DaemonSettings, args: ShimArgs, log_fd: int | None) -> NoReturn:
-    """The forked serving process: detach, take stdio off containerd's pipe, serve, exit."""
-    status = 1
-    try:
-        os.setsid()  # out of containerd's process group and session, as its own shims
-        os.chdir("/")  # never hold the bundle directory, which containerd removes
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)  # containerd reads start's output until no process holds the pipe
-        os.dup2(null if log_fd is None else log_fd, 2)
-        for fd in {null, log_fd} - {None, 0, 1, 2}:
-            os.close(fd)  # type: ignore[arg-type]
-        from setproctitle import setproctitle
-
-        setproctitle(title)
-        from shimstats.proxy.serving import run_server
-
-        fields = {"id": args.id, "namespace": args.namespace, "pid": str(os.getpid())}
-        status = run_server(settings, debug=args.debug, fields=fields, ready=lambda: None)
-    except BaseException:  # nothing may return into start's code
-        log.exception("the serving process failed")
-    finally:
-        os._exit(status)
-
-
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
-
-
 def _run_inner(
     argv: Sequence[str], action: str, environ: Mapping[str, str], timeout: float, *, stdin: bytes | None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -302,15 +251,34 @@ def run_start(
 ) -> str:
     """The ``start`` action; returns the address to print. ConfigError / StartError say why not.
     ``command`` runs this program again, as the serving process (default: PYTHON_COMMAND)."""
+    bundle = args.bundle
+    sandbox = sandbox_id(bundle, args.id)
+    # A container of its own group (a pod's sandbox, a plain ctr run) gets a new inner shim, so a new
+    # server of ours: fork it now, to import while we work. Other containers join their sandbox's.
+    early = ServerChild(bundle, _log_fields(args), debug=args.debug) if sandbox == args.id else None
+    try:
+        return _start(args, stdin, environ, fallback, command or PYTHON_COMMAND, sandbox, early)
+    finally:
+        if early is not None:
+            early.cancel()
+
+
+def _start(
+    args: ShimArgs,
+    stdin: bytes,
+    environ: Mapping[str, str],
+    fallback: Fallback | None,
+    command: Sequence[str],
+    sandbox: str,
+    early: ServerChild | None,
+) -> str:
     from shimstats.proxy.config import resolve_inner_shim
 
+    bundle = args.bundle
     inner_options, options_path = _options(stdin)
     config = _find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
-    bundle = args.bundle
-    agent = config.agent_address(
-        container_id=args.id, sandbox=sandbox_id(bundle, args.id), namespace=args.namespace
-    )
+    agent = config.agent_address(container_id=args.id, sandbox=sandbox, namespace=args.namespace)
     output = _inner_start(args.argv(inner_shim, "start"), inner_options(config.inner_config_path), environ)
     inner_address, inner_service = parse_start_output(output)
     address = proxy_address(inner_address)
@@ -328,7 +296,7 @@ def run_start(
     )
     _State(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
-        _serve_at(args, settings, bundle, command or PYTHON_COMMAND)
+        _serve_at(args, settings, command, early)
     except (StartError, OSError):
         _release_inner(args, inner_address, inner_service)
         raise
@@ -340,8 +308,11 @@ def run_start(
     return address
 
 
-def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, command: Sequence[str]) -> None:
-    """Bind our socket and start the serving process on it, unless a server of ours already listens there."""
+def _serve_at(
+    args: ShimArgs, settings: DaemonSettings, command: Sequence[str], early: ServerChild | None
+) -> None:
+    """Bind our socket and hand it to a serving process (the early one, else one forked now), unless a
+    server of ours already listens there."""
     path = unix_path(settings.listen)
     if accepts(path):
         return  # the inner shim groups containers, and our server for it is up
@@ -350,7 +321,14 @@ def _serve_at(args: ShimArgs, settings: DaemonSettings, bundle: str, command: Se
         return  # a concurrent start for the same inner shim bound it first
     with listener:
         settings = settings._replace(listen_fd=listener.fileno())
-        _fork_server(" ".join(daemon_argv(args, settings, command)), settings, args, bundle)
+        title = " ".join(daemon_argv(args, settings, command))  # what ps shows: serve, run by hand
+        child = early or ServerChild(args.bundle, _log_fields(args), debug=args.debug)
+        if not child.hand_over(title, settings):
+            raise StartError("the proxy's server exited before it could take its socket (see its log)")
+
+
+def _log_fields(args: ShimArgs) -> dict[str, str]:
+    return {"id": args.id, "namespace": args.namespace}
 
 
 def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:

@@ -1,7 +1,8 @@
 """The proxy's serving process on threads: our Task server before one inner shim, for as long as it lives.
 
-Forked by ``start`` (shimstats.proxy.launch) with our socket already bound and listening, it dials the inner shim, serves that socket with a ThreadServer, says "ready" (on stdout, for a caller
-that runs it directly; start does not wait for it), and serves until one of:
+Forked by ``start`` (shimstats.proxy.fork) and handed our socket already bound and listening, it dials the
+inner shim, serves that socket with a ThreadServer, says "ready" (on stdout, for a caller that runs it
+directly; start does not wait for it), and serves until one of:
 * the inner shim's connection closes: the inner shim exited (after containerd's Shutdown, or it died).
   Without it there is nothing to forward to, so we stop too; containerd then sees our connection close,
   exactly as it would have seen the inner shim's. One connection is kept open only to notice that;

@@ -1,9 +1,9 @@
 """The serving process's entry: logging, then the threaded relay until it ends.
 
-``start`` forks a process that calls ``run_server`` with the socket it bound (``listen_fd``); tests and
-people run the ``serve`` action with ``--listen``. Heavy imports happen only here: the ttrpc server and client on
-threads (no asyncio: it would cost every pod some 6 MB); the agent client and the translation core wait
-for the first Stats (shimstats.proxy.relay).
+``start``'s forked child (shimstats.proxy.fork) calls ``run_server`` with the socket start bound
+(``listen_fd``); tests and people run the ``serve`` action with ``--listen``. Heavy imports happen only
+here: the ttrpc server and client on threads (no asyncio: it would cost every pod some 6 MB); the agent
+client and the translation core wait for the first Stats (shimstats.proxy.relay).
 """
 
 from __future__ import annotations

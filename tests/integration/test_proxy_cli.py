@@ -201,3 +201,48 @@ def _pids_serving(address: str) -> list[int]:
         if b"serve" in argv and address.encode() in argv and b"--listen-fd" in argv:
             found.append(int(entry))
     return found
+
+
+def _processes_of(namespace: str) -> list[str]:
+    """Command lines of live processes started with ``-namespace namespace`` (start and what it forked)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            words = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and namespace in words and "-namespace" in words:
+            found.append(f"pid {entry}: {' '.join(words)}")
+    return found
+
+
+def _wait_none_of(namespace: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while left := _processes_of(namespace):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.05)
+
+
+def test_a_start_with_no_server_to_run_leaves_no_process_behind() -> None:
+    """start forks its serving process before it knows whether one is needed (shimstats.proxy.fork). When
+    none is (the inner shim groups this container with one our server already fronts, or the inner shim
+    failed to start), the fork must go: no process of that start may stay."""
+    with (
+        short_tmp() as directory,
+        ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
+    ):
+        shim = _fake_shim(directory, f'echo "{inner.address}"')
+        env = _env(**{CONFIG_ENV: str(_config(directory, shim))})
+        first = _run(_proxy("start"), directory, env)
+        assert first.returncode == 0, first.stderr
+        grouped = ARGS._replace(namespace=f"grouped-{os.getpid()}")
+        again = _run(_proxy("start", grouped), directory, env)
+        assert (again.returncode, again.stdout.decode()) == (0, first.stdout.decode())
+        _wait_none_of(grouped.namespace)
+        failing = ARGS._replace(namespace=f"failing-{os.getpid()}")
+        broken = _config(directory, _fake_shim(directory, "echo no; exit 3"))
+        done = _run(_proxy("start", failing), directory, _env(**{CONFIG_ENV: str(broken)}))
+        assert done.returncode == 1
+        _wait_none_of(failing.namespace)
+        inner.stop()

@@ -1,0 +1,137 @@
+"""The proxy's serving process as a fork of ``start``, begun before start knows what it will serve.
+
+containerd's first call to a new shim (Create) waits until the serving process accepts it, and that process's
+imports (the threaded ttrpc server, protobuf) were the longest part of a container start through the proxy.
+So ``start`` forks as soon as it has read its flags: the child detaches and imports the server while the
+parent runs the inner shim's ``start`` and binds our socket; then the parent hands the child that socket
+and the settings over a socket pair (the fd as SCM_RIGHTS, the rest as JSON). A start that ends with no
+server to run (the inner shim grouped this container with a running one, or start failed) closes the pair,
+and the child leaves quietly.
+
+Forking is safe here: ``start`` runs no thread of its own, and the child never returns into start's code (it
+leaves with ``os._exit``). The child takes its stdio off containerd's pipes at once (containerd reads start's
+output until no process holds them), logs to the bundle's log fifo, and shows as its process title the
+``serve`` command line that would run it by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from typing import NoReturn
+
+from shimstats.proxy.logs import open_log_fifo
+from shimstats.proxy.settings import DaemonSettings
+
+__all__ = ["ForkError", "ServerChild"]
+
+log = logging.getLogger("shimstats.proxy")
+
+HANDOVER_MAX = 64 * 1024
+"""Bytes of settings a child accepts (a few hundred in practice: addresses and paths)."""
+
+
+class ForkError(OSError):
+    """The serving process cannot be started; the message is what containerd should show."""
+
+
+class ServerChild:
+    """A forked serving process, importing its server, until ``hand_over`` or ``cancel``.
+
+    ``fields`` are the log fields of every line it writes (the container id and namespace); its own pid is
+    added. ``debug`` is containerd's ``-debug``.
+    """
+
+    def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # a message stays whole
+        log_fd = open_log_fifo(bundle)
+        try:
+            pid = os.fork()  # the project's one fork (tests/integration/test_hostile_security.py)
+        except OSError as exc:
+            for sock in (ours, theirs):
+                sock.close()
+            _close(log_fd)
+            raise ForkError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
+        if pid == 0:
+            ours.close()
+            _child(theirs, log_fd, fields, debug)
+        theirs.close()
+        _close(log_fd)
+        self.pid = pid
+        self._channel = ours
+
+    def hand_over(self, title: str, settings: DaemonSettings) -> bool:
+        """Send the child its listening socket (``settings.listen_fd``), settings and process title; False
+        when the child is gone (it failed before it could take them)."""
+        message = json.dumps({"title": title, "settings": settings._asdict()}).encode()
+        try:
+            socket.send_fds(self._channel, [message], [settings.listen_fd])
+        except OSError:
+            return False
+        finally:
+            self._channel.close()
+        return True
+
+    def cancel(self) -> None:
+        """No server to run after all: the child sees the pair close and exits 0. Idempotent, and a no-op
+        after ``hand_over``."""
+        self._channel.close()
+
+
+def _child(channel: socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool) -> NoReturn:
+    """The serving process: detach, import the server, wait for the hand-over, serve, exit."""
+    status = 0
+    try:
+        _detach(log_fd)
+        from setproctitle import setproctitle
+
+        from shimstats.proxy.serving import run_server  # the imports start no longer waits for
+
+        handed = _receive(channel)
+        if handed is not None:
+            title, settings = handed
+            setproctitle(title)
+            fields = {**fields, "pid": str(os.getpid())}
+            status = run_server(settings, debug=debug, fields=fields, ready=lambda: None)
+    except BaseException:  # nothing may return into start's code
+        status = 1
+        log.exception("the serving process failed")
+    finally:
+        os._exit(status)
+
+
+def _detach(log_fd: int | None) -> None:
+    """A session of its own (out of containerd's process group, as its own shims), stdio off containerd's
+    pipes (stderr to the bundle's log fifo, when containerd reads one), and never the bundle as cwd (which
+    containerd removes)."""
+    os.setsid()
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(null if log_fd is None else log_fd, 2)
+    for fd in (null, log_fd):
+        if fd is not None and fd > 2:
+            os.close(fd)
+
+
+def _receive(channel: socket.socket) -> tuple[str, DaemonSettings] | None:
+    """The title and settings the parent sent, with the socket it bound; None when it closed the pair."""
+    try:
+        message, fds, _, _ = socket.recv_fds(channel, HANDOVER_MAX, 1)
+    finally:
+        channel.close()
+    if not message or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    data = json.loads(message)
+    settings = DaemonSettings(**data["settings"])._replace(listen_fd=fds[0])
+    return str(data["title"]), settings
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
