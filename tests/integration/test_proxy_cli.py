@@ -8,11 +8,13 @@ server in another process), and stops on SIGTERM or when the inner shim goes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,11 +160,10 @@ def test_serve_ends_when_its_inner_shim_ends() -> None:
         assert not ours.exists()
 
 
-def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> None:
-    """start binds our socket, passes it to the serving process (serve --listen-fd) and returns without
-    waiting for it; a call made right away is queued until the server answers it from the inner shim. A
-    second start for the same inner shim reuses that server; when the inner shim goes, so do the server
-    and its socket file."""
+@contextlib.contextmanager
+def _started() -> Iterator[tuple[Path, ServeProcess, dict[str, str], str]]:
+    """An inner shim (``shimstats serve``, printed by a fake start) and one proxy ``start`` in front of it:
+    (bundle directory, inner, start's environment, the address start printed)."""
     with (
         short_tmp() as directory,
         ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
@@ -171,7 +172,15 @@ def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> 
         env = _env(**{CONFIG_ENV: str(_config(directory, shim))})
         done = _run(_proxy("start"), directory, env)
         assert done.returncode == 0, done.stderr
-        address = done.stdout.decode()
+        yield directory, inner, env, done.stdout.decode()
+
+
+def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> None:
+    """start binds our socket, passes it to the serving process (serve --listen-fd) and returns without
+    waiting for it; a call made right away is queued until the server answers it from the inner shim. A
+    second start for the same inner shim reuses that server; when the inner shim goes, so do the server
+    and its socket file."""
+    with _started() as (directory, inner, env, address):
         ours = Path(address.removeprefix("unix://"))
         assert ours.parent == inner.socket.parent
         assert ours != inner.socket
@@ -228,17 +237,10 @@ def test_a_start_with_no_server_to_run_leaves_no_process_behind() -> None:
     """start forks its serving process before it knows whether one is needed (shimstats.proxy.fork). When
     none is (the inner shim groups this container with one our server already fronts, or the inner shim
     failed to start), the fork must go: no process of that start may stay."""
-    with (
-        short_tmp() as directory,
-        ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
-    ):
-        shim = _fake_shim(directory, f'echo "{inner.address}"')
-        env = _env(**{CONFIG_ENV: str(_config(directory, shim))})
-        first = _run(_proxy("start"), directory, env)
-        assert first.returncode == 0, first.stderr
+    with _started() as (directory, inner, env, address):
         grouped = ARGS._replace(namespace=f"grouped-{os.getpid()}")
         again = _run(_proxy("start", grouped), directory, env)
-        assert (again.returncode, again.stdout.decode()) == (0, first.stdout.decode())
+        assert (again.returncode, again.stdout.decode()) == (0, address)
         _wait_none_of(grouped.namespace)
         failing = ARGS._replace(namespace=f"failing-{os.getpid()}")
         broken = _config(directory, _fake_shim(directory, "echo no; exit 3"))
