@@ -7,10 +7,13 @@ are the same; only the I/O differs:
 * one accept thread; per connection one thread at a time holds the reader role: it reads, decodes frames
   and applies the rules. Calls run concurrently on threads of a pool that grows when all are busy and
   shrinks when idle, so a call that blocks for long (Task/Wait) holds up nobody else;
-* leader/followers: the thread that read a request hands the reader role on to an idle thread (or a new
-  one) and then runs the call itself. Handing the call to a worker instead would put a thread wake-up
-  (some 100 µs on a small VM) between the request and its answer; handing on the reader role puts that
-  wake-up beside the call. More requests from the same read each go to a thread of their own;
+* the thread that read a request runs it itself, and hands the reader role on to an idle thread (or a new
+  one) only if a frame or the end of the stream arrives meanwhile: a watcher thread waits in epoll on the
+  connections whose reader runs a call (armed and disarmed by that reader, one epoll_ctl each). Handing
+  every call to a worker would put a thread wake-up (tens of µs, 100 on a busy VM) and a GIL hand-over
+  between the request and its answer; handing on the reader role at every request (plain leader/followers)
+  puts it beside the call, but it still costs CPU and context switches. More requests from the same read
+  each go to a thread of their own. docs/benchmarks.md ("Fourth pass") has the measurements;
 * a frame goes out in one ``sendall`` under the connection's write lock, so frames never interleave. The
   reader takes that lock before each read: a peer that does not read our answers is not read either
   (bounded buffers), and one that does not read them for WRITE_STALL seconds is hung up on;
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import queue
 import select
 import socket
@@ -120,6 +124,7 @@ class _Served:
         self.write_lock = threading.Lock()
         self.peer = Peer(address="")
         self.reading = True  # the reader role has not ended
+        self.watched = False  # the role's holder runs a call; the watcher may hand the role on
         self.released = False  # the socket is closed
         self.done = threading.Event()  # no reader and no call left
 
@@ -131,17 +136,44 @@ class _Served:
         self.lead()
 
     def lead(self) -> None:
-        """The reader role: read until a request is to run, hand the role on to another thread, run the
-        request here (more requests from the same read each on a thread of its own), then return (the
-        thread goes back to the pool)."""
-        calls, reading_on = self._read_calls()
+        """The reader role: read until a request is to run and run it here, handing the role on to another
+        thread only if something arrives meanwhile (more requests from the same read each go to a thread
+        of their own). Returns when the role went elsewhere or ended (the thread goes back to the pool)."""
         threads = self.server._threads
-        if reading_on:
-            threads.submit(self.lead)  # an idle thread wakes to read while this one runs the call
-        for call in calls[1:]:
-            threads.submit(functools.partial(self.run, call))
-        if calls:
-            self.run(calls[0])
+        while True:
+            calls, reading_on = self._read_calls()
+            for call in calls[1:]:
+                threads.submit(functools.partial(self.run, call))
+            if not reading_on:
+                if calls:
+                    self.run(calls[0])
+                return
+            if not self._run_watched(calls[0]):
+                return
+
+    def _run_watched(self, call: StartCall[SyncHandler]) -> bool:
+        """Run ``call`` while the watcher hands the reader role on if a frame or the end arrives; True when
+        this thread still holds the role afterwards."""
+        with self.lock:
+            self.watched = True
+        watcher = self.server._watcher
+        watcher.watch(self)
+        frame = self.answer(call)
+        with self.lock:
+            kept, self.watched = self.watched, False
+        if kept:
+            watcher.unwatch(self)  # before the answer goes out: the peer's next request is ours to read
+        self.write(frame)
+        self.ended(call.stream_id)
+        return kept
+
+    def hand_on(self) -> None:
+        """From the watcher: something arrived while the role's holder runs a call; another thread reads."""
+        with self.lock:
+            if not self.watched:
+                return
+            self.watched = False
+        self.server._threads.submit(self.lead)
 
     def _read_calls(self) -> tuple[list[StartCall[SyncHandler]], bool]:
         """Read and apply the rules until some call is to run: (the calls, whether reading goes on). The
@@ -195,6 +227,11 @@ class _Served:
         return False
 
     def run(self, call: StartCall[SyncHandler]) -> None:
+        self.write(self.answer(call))
+        self.ended(call.stream_id)
+
+    def answer(self, call: StartCall[SyncHandler]) -> bytes:
+        """Run the handler; the frame to send (its result, its error's status, or DEADLINE_EXCEEDED)."""
         context = CallContext(
             call.service, call.method, call.stream_id, call.metadata, call.deadline, self.peer
         )
@@ -209,8 +246,7 @@ class _Served:
                 frame = self.rules.answer_expired(call)
             else:
                 frame = self.rules.answer(call, result)
-        self.write(frame)
-        self.ended(call.stream_id)
+        return frame
 
     def write(self, frame: bytes) -> None:
         """Send one whole frame; a peer that is gone or stopped reading loses its connection."""
@@ -235,6 +271,7 @@ class _Served:
         if self.reading or self.rules.active or self.released:
             return
         self.released = True
+        self.server._watcher.forget(self)
         self.sock.close()
         self.done.set()
 
@@ -248,6 +285,78 @@ class _Served:
         with self.lock:
             if self.rules.drain():
                 self.hang_up()
+
+
+class _Watcher:
+    """One thread in epoll_wait over the connections whose reader runs a call: a frame or the end arriving
+    on one hands its reader role on. Arming and disarming are one epoll_ctl each from the reader's thread
+    (an epoll set can change under a thread waiting on it), so a lone caller never wakes this thread."""
+
+    _ARMED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll: select.epoll | None = None
+        self._wake_fd = -1  # written to by close
+        self._served: dict[int, _Served] = {}  # by fd
+
+    def watch(self, served: _Served) -> None:
+        fd = served.sock.fileno()
+        with self._lock:
+            if self._epoll is None:
+                self._start()
+            assert self._epoll is not None
+            known = self._served.get(fd) is served
+            self._served[fd] = served
+        if known:
+            self._epoll.modify(fd, self._ARMED)
+        else:
+            self._epoll.register(fd, self._ARMED)
+
+    def unwatch(self, served: _Served) -> None:
+        if self._epoll is not None:
+            self._epoll.modify(served.sock.fileno(), select.EPOLLONESHOT)  # registered, reporting nothing
+
+    def forget(self, served: _Served) -> None:
+        """Before ``served``'s socket closes (its fd number may be reused)."""
+        fd = served.sock.fileno()
+        with self._lock:
+            if self._served.get(fd) is not served:
+                return
+            del self._served[fd]
+            assert self._epoll is not None
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _start(self) -> None:
+        """With ``_lock`` held: the epoll set and its thread, made on first use."""
+        self._epoll = select.epoll()
+        read_fd, self._wake_fd = os.pipe()
+        self._epoll.register(read_fd, select.EPOLLIN)
+        thread = threading.Thread(target=self._run, args=(self._epoll, read_fd), daemon=True)
+        thread.name = "ttrpc-watch"
+        thread.start()
+
+    def _run(self, epoll: select.epoll, wake_fd: int) -> None:
+        try:
+            while True:
+                for fd, _ in epoll.poll():
+                    if fd == wake_fd:
+                        return
+                    served = self._served.get(fd)
+                    if served is not None:
+                        served.hand_on()
+        finally:
+            epoll.close()
+            os.close(wake_fd)
+
+    def close(self) -> None:
+        """End the watching thread (the server closes)."""
+        with self._lock:
+            if self._wake_fd >= 0:
+                os.write(self._wake_fd, b"x")
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
 
 class _SocketInfo:
@@ -301,6 +410,7 @@ class ThreadServer:
         self.max_in_flight = max_in_flight
         self.services: dict[str, Mapping[str, SyncHandler]] = {}
         self._threads = _Threads(thread_idle)
+        self._watcher = _Watcher()
         self._lock = threading.Lock()
         self._connections: dict[int, _Served] = {}  # by fd
         self._rejecting = 0
@@ -447,3 +557,4 @@ class ThreadServer:
             served.done.wait(max(0.0, deadline - time.monotonic()))
         for served in connections:
             served.hang_up()
+        self._watcher.close()
