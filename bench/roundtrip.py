@@ -1,30 +1,36 @@
 """The floor of one Python ttrpc hop: Task/Stats answered with bytes ready in advance, no work in between.
 
-``python -m bench.roundtrip [--calls N] [--rounds R]``
+``python -m bench.roundtrip [--calls N] [--rounds R] [--callers N]``
 
 The fake containerd client (shimstats.fake_containerd.call_stats, as bench.e2e calls both shims) asks a
 ttrpc server whose Stats handler returns a StatsResponse built before the run, so a call costs only the
-client, the sockets, the event loops and the framing. Three sides, alternated in rounds: that server in
+client, the sockets, the event loops and the framing. Four sides, alternated in rounds: that server in
 the caller's own process (one event loop, no process switch); the same in a process of its own (``python
--m bench.roundtrip --serve``, as the adapter and the agent each run); and ``shimstats serve`` (the adapter,
+-m bench.roundtrip --serve``, as the adapter and the agent each run); ``shimstats serve`` (the adapter,
 as bench.e2e runs it) in front of that process answering StatsContainer with a kata answer read once from
 a captured cgroup v1 tree: the adapter's whole cost (its hop, the agent hop, decode, translate) with an
-agent that does no work. Our Stats path has two hops in series (caller → adapter → agent) before any
-cgroup file is read: this is what they cost at the least.
+agent that does no work; and the same adapter on threads (ThreadServer, BlockingAgentClient and
+stats_response, as the proxy's serving process answers Stats; ``--serve-threaded``). Our Stats path has
+two hops in series (caller → adapter → agent) before any cgroup file is read: this is what they cost at
+the least. ``--callers N`` makes N concurrent calls on each connection instead (bench.load, rates too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bench.common import PAGECACHE_V1, Summary, adapter_process, alternate, print_rows
+from bench.load import LoadSide
 from guest_agent.kata import to_response
 from guest_agent.layout import detect_layout
 from guest_agent.reader import CgroupReader
@@ -32,9 +38,14 @@ from guest_agent.wire import AGENT_SERVICE
 from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2
 from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats.agent_blocking import BlockingAgentClient
 from shimstats.fake_containerd import call_stats
+from shimstats.stats_answer import stats_response, validate_id
+from shimstats.translate import resolve_format
 from shimstats.ttrpc import CallContext, Client, Server
+from shimstats.ttrpc.address import parse_address
 from shimstats.ttrpc.probe import listening
+from shimstats.ttrpc.threads import ThreadServer
 from shimstats.wire import TASK_SERVICE
 from tests.integration.harness import REPO, short_tmp
 
@@ -78,6 +89,39 @@ async def _serve(address: str) -> None:
     await _server().serve(address)
 
 
+def _serve_threaded(address: str, agent_address: str) -> None:
+    """The adapter on threads: Stats asks the agent on a blocking connection and translates (v1 Metrics)."""
+    agent = BlockingAgentClient(parse_address(agent_address))
+    output = resolve_format("v1")
+
+    def stats(payload: bytes, ctx: CallContext) -> bytes:
+        container_id = shim_pb2.StatsRequest.FromString(payload).id
+        validate_id(container_id)
+        answer = agent.stats_container(container_id, deadline=ctx.deadline)
+        return stats_response(container_id, answer, output).SerializeToString()
+
+    server = ThreadServer()
+    server.register(TASK_SERVICE, {"Stats": stats})
+    server.start(address)
+    threading.Event().wait()  # until SIGTERM ends the process
+
+
+@contextlib.contextmanager
+def _process(path: Path, *args: str) -> Iterator[str]:
+    """``python -m bench.roundtrip ARGS`` serving at ``path``; yields its address once it listens."""
+    argv = [sys.executable, "-m", "bench.roundtrip", *args]
+    process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL)
+    try:
+        while not listening(str(path)):
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}")
+            time.sleep(0.02)
+        yield f"unix://{path}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 class _Side:
     """One caller timing ``call_stats`` over one kept connection."""
 
@@ -93,29 +137,33 @@ class _Side:
         return samples
 
 
-async def measure(directory: Path, other_process: str, adapter: str, args: argparse.Namespace) -> None:
+async def measure(directory: Path, others: Sequence[str], args: argparse.Namespace) -> None:
     here = f"unix://{directory}/here.sock"
     server = _server()
     await server.start(here)
-    sides: list[_Side] = []
+    clients: list[Client] = []
+    sides: list[_Side | LoadSide] = []
     try:
-        for address in (here, other_process, adapter):
-            side = _Side(await Client.connect(address))
+        for address in (here, *others):
+            clients.append(await Client.connect(address))
+            side = _Side(clients[-1]) if args.callers == 1 else LoadSide(clients[-1], ["c"], args.callers)
             await side(args.calls // 10)  # warm up
             sides.append(side)
         pooled = await alternate(sides, args.rounds, args.calls // args.rounds)
     finally:
-        for side in sides:
-            await side.client.close()
+        for client in clients:
+            await client.close()
         await server.close(grace=0)
     rows = []
-    names = ("same process", "other process", "adapter → ready agent")
-    for name, samples in zip(names, pooled):
+    names = ("same process", "other process", "adapter → ready agent", "threaded adapter → ready agent")
+    for name, side, samples in zip(names, sides, pooled):
         s = Summary.of(samples)
-        rows.append([name, s.count, s.median_us, s.p99_us, s.mean_us])
+        rate = statistics.median(side.rates[1:]) if isinstance(side, LoadSide) else 1e6 / s.mean_us
+        rows.append([name, s.count, s.median_us, s.p99_us, s.mean_us, rate])
     print_rows(
-        f"One ttrpc hop with a ready answer, one caller, {args.rounds} rounds alternating (µs)",
-        ["server", "calls", "p50", "p99", "mean"],
+        f"One ttrpc hop with a ready answer, {args.callers} caller(s) on one connection, {args.rounds} "
+        "rounds alternating (µs; calls/s: the median round's)",
+        ["server", "calls", "p50", "p99", "mean", "calls/s"],
         rows,
     )
 
@@ -124,25 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.roundtrip", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=10_000, help="calls per server, over all rounds")
+    parser.add_argument("--callers", type=int, default=1, help="concurrent calls per connection")
     parser.add_argument("--serve", metavar="ADDR", help=argparse.SUPPRESS)  # the other process's role
+    parser.add_argument("--serve-threaded", nargs=2, metavar=("ADDR", "AGENT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         asyncio.run(_serve(args.serve))
         return 0
-    with short_tmp() as directory:
-        path = directory / "other.sock"
-        argv_ = [sys.executable, "-m", "bench.roundtrip", "--serve", f"unix://{path}"]
-        process = subprocess.Popen(argv_, cwd=REPO, stdin=subprocess.DEVNULL)
-        try:
-            while not listening(str(path)):
-                if process.poll() is not None:
-                    raise RuntimeError(f"{' '.join(argv_)} exited with {process.returncode}")
-                time.sleep(0.02)
-            with adapter_process(directory, f"unix://{path}") as adapter:
-                asyncio.run(measure(directory, f"unix://{path}", adapter, args))
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    if args.serve_threaded:
+        _serve_threaded(*args.serve_threaded)
+        return 0
+    with short_tmp() as directory, contextlib.ExitStack() as stack:
+        other = stack.enter_context(
+            _process(directory / "other.sock", "--serve", f"unix://{directory}/other.sock")
+        )
+        adapter = stack.enter_context(adapter_process(directory, other))
+        threaded_path = directory / "threaded.sock"
+        threaded = stack.enter_context(
+            _process(threaded_path, "--serve-threaded", f"unix://{threaded_path}", other)
+        )
+        asyncio.run(measure(directory, (other, adapter, threaded), args))
     return 0
 
 

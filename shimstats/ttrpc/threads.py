@@ -4,9 +4,16 @@ The proxy shim's serving process runs one per pod, so its memory counts: asyncio
 The rules are the same ServerConnection (``connection.py``) the asyncio server carries out, so the statuses
 are the same; only the I/O differs:
 
-* one accept thread; per connection a reader thread that decodes frames and applies the rules;
-* every call runs on a worker thread (a pool that grows when all are busy and shrinks when idle), so a
-  call that blocks for long (Task/Wait) holds up nobody else;
+* one accept thread; per connection one thread at a time holds the reader role: it reads, decodes frames
+  and applies the rules. Calls run concurrently on threads of a pool that grows when all are busy and
+  shrinks when idle, so a call that blocks for long (Task/Wait) holds up nobody else;
+* the thread that read a request runs it itself, and hands the reader role on to an idle thread (or a new
+  one) only if a frame or the end of the stream arrives meanwhile: a watcher thread waits in epoll on the
+  connections whose reader runs a call (armed and disarmed by that reader, one epoll_ctl each). Handing
+  every call to a worker would put a thread wake-up (tens of µs, 100 on a busy VM) and a GIL hand-over
+  between the request and its answer; handing on the reader role at every request (plain leader/followers)
+  puts it beside the call, but it still costs CPU and context switches. More requests from the same read
+  each go to a thread of their own. docs/benchmarks.md ("Fourth pass") has the measurements;
 * a frame goes out in one ``sendall`` under the connection's write lock, so frames never interleave. The
   reader takes that lock before each read: a peer that does not read our answers is not read either
   (bounded buffers), and one that does not read them for WRITE_STALL seconds is hung up on;
@@ -20,7 +27,9 @@ are the same; only the I/O differs:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import queue
 import select
 import socket
@@ -53,17 +62,20 @@ SyncHandler = Callable[[bytes, CallContext], bytes]
 
 WRITE_STALL = 10.0
 """Seconds a write may wait for a peer that does not read before the connection is closed."""
-WORKER_IDLE = 30.0
-"""Seconds an idle worker thread waits for a call before it ends."""
+THREAD_IDLE = 30.0
+"""Seconds an idle thread waits for a job before it ends."""
 
 
-class _Workers:
-    """Threads that run calls: one is started whenever none is idle; idle ones end after WORKER_IDLE."""
+class _Threads:
+    """The server's threads. A job goes to an idle thread, or to a new one when none is idle; a thread that
+    had no job for ``idle`` seconds ends. Jobs are connections' reader roles and calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self.count = 0  # threads alive, busy or idle
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -71,28 +83,34 @@ class _Workers:
             if self._idle:
                 self._idle -= 1
                 return
-        threading.Thread(target=self._work, daemon=True, name="ttrpc-call").start()
+            self.count += 1
+        threading.Thread(target=self._work, daemon=True, name="ttrpc").start()
 
     def _work(self) -> None:
         while True:  # the job that made this thread is in the queue like any other
             try:
-                job = self._jobs.get(timeout=WORKER_IDLE)
+                job = self._jobs.get(timeout=self.idle)
             except queue.Empty:
                 with self._lock:
                     if self._jobs.empty():
                         self._idle -= 1
+                        self.count -= 1
                         return
                 continue
             try:
                 job()
             except Exception:  # a job reports its own failures; this is a last resort
-                log.exception("ttrpc: a call's thread failed")
+                log.exception("ttrpc: a server thread's job failed")
             with self._lock:
                 self._idle += 1
 
 
 class _Served:
-    """One accepted connection: a reader thread applying its ServerConnection, calls on worker threads."""
+    """One accepted connection: its reader role passes from thread to thread (module doc: leader/followers).
+
+    Exactly one thread holds the role at a time (it is handed on through the thread pool's queue), so the
+    decoder needs no lock of its own; the rules and the closed flags are under ``lock``.
+    """
 
     def __init__(self, server: ThreadServer, sock: socket.socket) -> None:
         self.server = server
@@ -101,19 +119,66 @@ class _Served:
         self.rules: ServerConnection[SyncHandler] = ServerConnection(
             server.services, max_in_flight=server.max_in_flight
         )
+        self.decoder = FrameDecoder()
         self.lock = threading.Lock()  # the rules and the closed flags
         self.write_lock = threading.Lock()
         self.peer = Peer(address="")
-        self.reading = True  # the reader thread has not ended
+        self.reading = True  # the reader role has not ended
+        self.watched = False  # the role's holder runs a call; the watcher may hand the role on
         self.released = False  # the socket is closed
         self.done = threading.Event()  # no reader and no call left
 
     def start(self) -> None:
-        threading.Thread(target=self.read, daemon=True, name="ttrpc-conn").start()
+        self.server._threads.submit(self._first_read)
 
-    def read(self) -> None:
+    def _first_read(self) -> None:
         self.peer = describe_peer(_SocketInfo(self.sock))
-        decoder = FrameDecoder()
+        self.lead()
+
+    def lead(self) -> None:
+        """The reader role: read until a request is to run and run it here, handing the role on to another
+        thread only if something arrives meanwhile (more requests from the same read each go to a thread
+        of their own). Returns when the role went elsewhere or ended (the thread goes back to the pool)."""
+        threads = self.server._threads
+        while True:
+            calls, reading_on = self._read_calls()
+            for call in calls[1:]:
+                threads.submit(functools.partial(self.run, call))
+            if not reading_on:
+                if calls:
+                    self.run(calls[0])
+                return
+            if not self._run_watched(calls[0]):
+                return
+
+    def _run_watched(self, call: StartCall[SyncHandler]) -> bool:
+        """Run ``call`` while the watcher hands the reader role on if a frame or the end arrives; True when
+        this thread still holds the role afterwards."""
+        with self.lock:
+            self.watched = True
+        watcher = self.server._watcher
+        watcher.watch(self)
+        frame = self.answer(call)
+        with self.lock:
+            kept, self.watched = self.watched, False
+        if kept:
+            watcher.unwatch(self)  # before the answer goes out: the peer's next request is ours to read
+        self.write(frame)
+        self.ended(call.stream_id)
+        return kept
+
+    def hand_on(self) -> None:
+        """From the watcher: something arrived while the role's holder runs a call; another thread reads."""
+        with self.lock:
+            if not self.watched:
+                return
+            self.watched = False
+        self.server._threads.submit(self.lead)
+
+    def _read_calls(self) -> tuple[list[StartCall[SyncHandler]], bool]:
+        """Read and apply the rules until some call is to run: (the calls, whether reading goes on). The
+        end of the stream (EOF, an error) ends the reader role here, after the calls read before it."""
+        calls: list[StartCall[SyncHandler]] = []
         reason: BaseException | None = None
         try:
             while True:
@@ -124,17 +189,19 @@ class _Served:
                 except TimeoutError:
                     continue  # an idle peer: the timeout is for writes
                 if not data:
-                    decoder.eof()
+                    self.decoder.eof()
                     break
-                for event in decoder.feed(data):
+                for event in self.decoder.feed(data):
                     with self.lock:
                         action = self.rules.receive(event, time.monotonic())
                     if action is None:
                         continue
                     if isinstance(action, Reply):
                         self.write(action.data)
-                    else:
-                        self.begin(action)
+                    elif self._may_start(action):
+                        calls.append(action)
+                if calls:
+                    return calls, True
         except (OSError, ProtocolError) as exc:
             reason = exc
         except Exception as exc:  # a bug above us must not leave the connection half-alive
@@ -148,19 +215,26 @@ class _Served:
         with self.lock:
             self.reading = False
             self._release_if_idle()
+        return calls, False
 
-    def begin(self, call: StartCall[SyncHandler]) -> None:
+    def _may_start(self, call: StartCall[SyncHandler]) -> bool:
+        """False (and answered) when the call's deadline passed before it could start."""
         early = self.rules.expired_at_start(call, time.monotonic())
-        if early is not None:
-            self.write(early)
-            self.ended(call.stream_id)
-            return
+        if early is None:
+            return True
+        self.write(early)
+        self.ended(call.stream_id)
+        return False
+
+    def run(self, call: StartCall[SyncHandler]) -> None:
+        self.write(self.answer(call))
+        self.ended(call.stream_id)
+
+    def answer(self, call: StartCall[SyncHandler]) -> bytes:
+        """Run the handler; the frame to send (its result, its error's status, or DEADLINE_EXCEEDED)."""
         context = CallContext(
             call.service, call.method, call.stream_id, call.metadata, call.deadline, self.peer
         )
-        self.server._workers.submit(lambda: self.run(call, context))
-
-    def run(self, call: StartCall[SyncHandler], context: CallContext) -> None:
         try:
             result = call.handler(call.payload, context)
         except Exception as exc:
@@ -172,8 +246,7 @@ class _Served:
                 frame = self.rules.answer_expired(call)
             else:
                 frame = self.rules.answer(call, result)
-        self.write(frame)
-        self.ended(call.stream_id)
+        return frame
 
     def write(self, frame: bytes) -> None:
         """Send one whole frame; a peer that is gone or stopped reading loses its connection."""
@@ -198,6 +271,7 @@ class _Served:
         if self.reading or self.rules.active or self.released:
             return
         self.released = True
+        self.server._watcher.forget(self)
         self.sock.close()
         self.done.set()
 
@@ -211,6 +285,78 @@ class _Served:
         with self.lock:
             if self.rules.drain():
                 self.hang_up()
+
+
+class _Watcher:
+    """One thread in epoll_wait over the connections whose reader runs a call: a frame or the end arriving
+    on one hands its reader role on. Arming and disarming are one epoll_ctl each from the reader's thread
+    (an epoll set can change under a thread waiting on it), so a lone caller never wakes this thread."""
+
+    _ARMED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._epoll: select.epoll | None = None
+        self._wake_fd = -1  # written to by close
+        self._served: dict[int, _Served] = {}  # by fd
+
+    def watch(self, served: _Served) -> None:
+        fd = served.sock.fileno()
+        with self._lock:
+            if self._epoll is None:
+                self._start()
+            assert self._epoll is not None
+            known = self._served.get(fd) is served
+            self._served[fd] = served
+        if known:
+            self._epoll.modify(fd, self._ARMED)
+        else:
+            self._epoll.register(fd, self._ARMED)
+
+    def unwatch(self, served: _Served) -> None:
+        if self._epoll is not None:
+            self._epoll.modify(served.sock.fileno(), select.EPOLLONESHOT)  # registered, reporting nothing
+
+    def forget(self, served: _Served) -> None:
+        """Before ``served``'s socket closes (its fd number may be reused)."""
+        fd = served.sock.fileno()
+        with self._lock:
+            if self._served.get(fd) is not served:
+                return
+            del self._served[fd]
+            assert self._epoll is not None
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _start(self) -> None:
+        """With ``_lock`` held: the epoll set and its thread, made on first use."""
+        self._epoll = select.epoll()
+        read_fd, self._wake_fd = os.pipe()
+        self._epoll.register(read_fd, select.EPOLLIN)
+        thread = threading.Thread(target=self._run, args=(self._epoll, read_fd), daemon=True)
+        thread.name = "ttrpc-watch"
+        thread.start()
+
+    def _run(self, epoll: select.epoll, wake_fd: int) -> None:
+        try:
+            while True:
+                for fd, _ in epoll.poll():
+                    if fd == wake_fd:
+                        return
+                    served = self._served.get(fd)
+                    if served is not None:
+                        served.hand_on()
+        finally:
+            epoll.close()
+            os.close(wake_fd)
+
+    def close(self) -> None:
+        """End the watching thread (the server closes)."""
+        with self._lock:
+            if self._wake_fd >= 0:
+                os.write(self._wake_fd, b"x")
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
 
 class _SocketInfo:
@@ -255,13 +401,16 @@ def _reject(sock: socket.socket, message: str) -> None:
 class ThreadServer:
     """A ttrpc server on threads: ``register`` services, ``start`` (returns once accepting), ``close``."""
 
-    def __init__(self, *, max_connections: int = 256, max_in_flight: int = 1024) -> None:
+    def __init__(
+        self, *, max_connections: int = 256, max_in_flight: int = 1024, thread_idle: float = THREAD_IDLE
+    ) -> None:
         if max_connections < 1 or max_in_flight < 1:
             raise ValueError("max_connections and max_in_flight must be at least 1")
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.services: dict[str, Mapping[str, SyncHandler]] = {}
-        self._workers = _Workers()
+        self._threads = _Threads(thread_idle)
+        self._watcher = _Watcher()
         self._lock = threading.Lock()
         self._connections: dict[int, _Served] = {}  # by fd
         self._rejecting = 0
@@ -383,6 +532,11 @@ class ThreadServer:
         """Connections being served now (rejected ones excluded)."""
         return len(self._connections)
 
+    @property
+    def thread_count(self) -> int:
+        """Threads that read connections and run calls, busy or idle (accept threads excluded)."""
+        return self._threads.count
+
     def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let running calls answer for up to ``grace`` seconds, then hang up on everyone."""
         with self._lock:
@@ -403,3 +557,4 @@ class ThreadServer:
             served.done.wait(max(0.0, deadline - time.monotonic()))
         for served in connections:
             served.hang_up()
+        self._watcher.close()

@@ -352,3 +352,99 @@ def test_socket_file_mode_and_a_handed_over_socket(sock_dir: Path) -> None:
     finally:
         server.close(grace=1.0)
     assert path.exists()  # the file stays the caller's
+
+
+# -- leader/followers: the thread that read a request runs it and hands the reader role on ----------------
+
+
+def _send_together(raw: Raw, *requests: tuple[int, str, bytes]) -> None:
+    """Several requests in one write, so that the server reads them in one go."""
+    frames = [
+        encode_frame(stream_id, MessageType.REQUEST, 0, encode_request(SERVICE, method, payload))
+        for stream_id, method, payload in requests
+    ]
+    raw.sock.sendall(b"".join(frames))
+
+
+def test_the_thread_running_a_call_has_handed_the_reading_on(served: Served) -> None:
+    """A Block read alone runs on the thread that read it: the next request is still read and answered."""
+    raw = Raw(served.path)
+    try:
+        raw.request(1, "Block", b"first")
+        assert served.handlers.entered.acquire(timeout=WAIT)
+        raw.request(3, "Block", b"second")  # read by the thread the role was handed to; it blocks too
+        assert served.handlers.entered.acquire(timeout=WAIT)
+        raw.request(5, "Echo", b"third")  # and still someone reads
+        assert raw.response() == (5, Response(payload=b"third"))
+        served.handlers.release.set()
+        assert sorted(raw.response()[0] for _ in range(2)) == [1, 3]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("block_first", [True, False])
+def test_requests_read_together_run_concurrently(served: Served, block_first: bool) -> None:
+    """Requests that arrive in one read: each runs on a thread of its own, whichever the reader ran."""
+    raw = Raw(served.path)
+    try:
+        block, echo = (1, 3) if block_first else (3, 1)
+        _send_together(raw, *sorted([(block, "Block", b"blocked"), (echo, "Echo", b"echo")]))
+        assert served.handlers.entered.acquire(timeout=WAIT)
+        assert raw.response() == (echo, Response(payload=b"echo"))
+        raw.request(5, "Echo", b"later")
+        assert raw.response() == (5, Response(payload=b"later"))
+        served.handlers.release.set()
+        assert raw.response() == (block, Response(payload=b"blocked"))
+    finally:
+        raw.close()
+
+
+def test_many_calls_on_one_connection_all_run_at_once_and_answer(served: Served) -> None:
+    """32 Blocks pipelined on one connection (some read together, some apart) are all running before any
+    is released; then every one answers, and so do Echos sent meanwhile."""
+    raw = Raw(served.path)
+    try:
+        streams = list(range(1, 65, 2))
+        _send_together(raw, *((s, "Block", b"%d" % s) for s in streams[:16]))
+        for stream_id in streams[16:]:
+            raw.request(stream_id, "Block", b"%d" % stream_id)
+        for _ in streams:
+            assert served.handlers.entered.acquire(timeout=WAIT)
+        raw.request(101, "Echo", b"meanwhile")
+        assert raw.response() == (101, Response(payload=b"meanwhile"))
+        served.handlers.release.set()
+        answers = dict(raw.response() for _ in streams)
+        assert answers == {s: Response(payload=b"%d" % s) for s in streams}
+    finally:
+        raw.close()
+
+
+def test_threads_return_to_idle_bounds(sock_dir: Path) -> None:
+    """A burst of 16 blocked calls takes 16 threads (the last one's also holds the reader role); once they
+    answered and stayed idle past thread_idle, only the readers of open connections remain (one each), and
+    a new call is served."""
+    handlers = Handlers()
+    server = ThreadServer(thread_idle=0.2)
+    server.register(SERVICE, handlers.methods())  # type: ignore[arg-type]
+    path = sock_dir / "ttrpc.sock"
+    server.start(f"unix://{path}")
+    raw = Raw(path)
+    try:
+        for stream_id in range(1, 33, 2):
+            raw.request(stream_id, "Block", b"")
+        for _ in range(16):
+            assert handlers.entered.acquire(timeout=WAIT)
+        assert server.thread_count >= 16  # every blocked call on a thread of its own
+        handlers.release.set()
+        for _ in range(16):
+            raw.response()
+        deadline = time.monotonic() + WAIT
+        while server.thread_count > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.thread_count == 1  # this connection's reader
+        raw.request(33, "Echo", b"after")
+        assert raw.response() == (33, Response(payload=b"after"))
+    finally:
+        handlers.release.set()
+        raw.close()
+        server.close(grace=2.0)
