@@ -14,6 +14,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,31 @@ def adapter_process(directory: Path, agent_address: str, metrics_format: str = "
     )
     try:
         _wait_accepting(path, process)
+        yield f"unix://{path}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def proxy_process(directory: Path, inner_address: str, agent_address: str, namespace: str) -> Iterator[str]:
+    """The proxy shim's serving process (``shimstats.proxy`` ``serve``: the relay, as ``start`` forks it) in
+    front of ``inner_address`` (a real runc shim), Stats from the agent as v1; yields its address."""
+    path = directory / "proxy.sock"
+    argv = [sys.executable, "-m", "shimstats.proxy", "-namespace", namespace, "-id", "bench"]
+    argv += ["--listen", f"unix://{path}", "--inner", inner_address, "--agent", agent_address]
+    argv += ["--metrics-format", "v1", "--stats-fallback", "error", "serve"]
+    process = subprocess.Popen(
+        argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"{' '.join(argv)} did not start (exit status {process.wait()})")
         yield f"unix://{path}"
     finally:
         process.terminate()

@@ -5,9 +5,11 @@
 A = the runc shim's own Task/Stats for a busybox container (50 MiB of page cache written and read back).
 B = the same request to ``shimstats serve``, which asks a guest agent (``python -m guest_agent``) reading
 that container's live cgroup v1 under /sys/fs/cgroup, translates, and answers.
+C = the same request to the proxy shim's serving process (the relay ``start`` forks, on threads), in front of
+that container's runc shim as in a deployment, answering Stats from the same agent.
 Both are called by the fake containerd client (shimstats.fake_containerd.call_stats: namespace metadata, a
 deadline, the Any decoded by its type URL and CRI's figures derived), one call at a time, each over one
-kept connection as containerd keeps it, alternating A B A B in rounds. Prints median, p99 and ours/runc.
+kept connection as containerd keeps it, alternating A B C in rounds. Prints median, p99 and each/runc.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench.common import Summary, adapter_process, alternate, print_rows, ratio, runc_container
+from bench.common import Summary, adapter_process, alternate, print_rows, proxy_process, ratio, runc_container
 from shimstats.fake_containerd import StatsResult, call_stats
 from shimstats.ttrpc import Client
 from tests.containerd_env import Container
@@ -53,32 +55,30 @@ def _row(name: str, summary: Summary) -> list[object]:
     return [name, summary.count, summary.median_us, summary.p99_us, summary.mean_us]
 
 
-async def measure(
-    runc_address: str, ours_address: str, container: Container, args: argparse.Namespace
-) -> None:
-    runc = FakeContainerdSide(await Client.connect(runc_address), container)
-    ours = FakeContainerdSide(await Client.connect(ours_address), container)
+async def measure(addresses: Sequence[str], container: Container, args: argparse.Namespace) -> None:
+    sides = [FakeContainerdSide(await Client.connect(address), container) for address in addresses]
     try:
-        a, b = await runc.once(), await ours.once()
-        print(
-            f"CRI working set: runc shim {a.memory.working_set_bytes if a.memory else None}, "
-            f"ours {b.memory.working_set_bytes if b.memory else None}; types {a.type_url} / {b.type_url}"
-        )
-        await runc(args.calls // 10)  # warm both
-        await ours(args.calls // 10)
-        pooled = await alternate([runc, ours], args.rounds, args.calls // args.rounds)
+        results = [await side.once() for side in sides]
+        sets = [r.memory.working_set_bytes if r.memory else None for r in results]
+        print(f"CRI working set: runc shim, serve, proxy: {sets}; types {[r.type_url for r in results]}")
+        for side in sides:
+            await side(args.calls // 10)  # warm every side
+        pooled = await alternate(sides, args.rounds, args.calls // args.rounds)
     finally:
-        await runc.client.close()
-        await ours.client.close()
-    theirs_summary, ours_summary = Summary.of(pooled[0]), Summary.of(pooled[1])
-    ratios = [
-        f"{ratio(getattr(ours_summary, key), getattr(theirs_summary, key)):.2f}"
-        for key in ("median_us", "p99_us", "mean_us")
-    ]
+        for side in sides:
+            await side.client.close()
+    theirs = Summary.of(pooled[0])
+    rows = [_row("runc shim (A)", theirs)]
+    for name, samples in zip(("serve (B)", "proxy (C)"), pooled[1:]):
+        ours = Summary.of(samples)
+        rows.append(_row(name, ours))
+        keys = ("median_us", "p99_us", "mean_us")
+        ratios = [f"{ratio(getattr(ours, key), getattr(theirs, key)):.2f}" for key in keys]
+        rows.append([f"{name[:-4]}/runc", "", *ratios])
     print_rows(
-        f"End-to-end Stats, one caller, {args.rounds} rounds alternating A B (µs; the last row unitless)",
+        f"End-to-end Stats, one caller, {args.rounds} rounds alternating A B C (µs; ratio rows unitless)",
         ["side", "calls", "p50", "p99", "mean"],
-        [_row("runc shim (A)", theirs_summary), _row("ours (B)", ours_summary), ["ours/runc", "", *ratios]],
+        rows,
     )
 
 
@@ -90,8 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with runc_container() as container, short_tmp() as directory:
         cgroup = f"/{container.namespace}/{container.id}"
         agent_args = ["--container", f"{container.id}={cgroup}", "--log-level", "warning"]
-        with AgentProcess(directory, agent_args) as agent, adapter_process(directory, agent.address) as ours:
-            asyncio.run(measure(f"unix://{container.shim_socket}", ours, container, args))
+        runc = f"unix://{container.shim_socket}"
+        with (
+            AgentProcess(directory, agent_args) as agent,
+            adapter_process(directory, agent.address) as serve,
+            proxy_process(directory, runc, agent.address, container.namespace) as proxy,
+        ):
+            asyncio.run(measure([runc, serve, proxy], container, args))
     return 0
 
 
