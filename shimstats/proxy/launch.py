@@ -255,7 +255,9 @@ def run_start(
     sandbox = sandbox_id(bundle, args.id)
     # A container of its own group (a pod's sandbox, a plain ctr run) gets a new inner shim, so a new
     # server of ours: fork it now, to import while we work. Other containers join their sandbox's.
-    early = ServerChild(bundle, _log_fields(args), debug=args.debug) if sandbox == args.id else None
+    early = None
+    if sandbox == args.id:
+        early = ServerChild(bundle, _log_fields(args), debug=args.debug, options=bool(stdin))
     try:
         return _start(args, stdin, environ, fallback, command or PYTHON_COMMAND, sandbox, early)
     finally:

@@ -23,6 +23,7 @@ __all__ = [
     "decode_any",
     "for_inner",
     "inner_create",
+    "preload",
     "runtime_options",
 ]
 
@@ -109,6 +110,11 @@ def for_inner(options: any_pb2.Any | None, own_config: str, inner_config_path: s
     if not inner_config_path:
         return None
     return runtime_options(inner_config_path, options.type_url)
+
+
+def preload() -> None:
+    """Import what ``inner_create`` needs (the Task messages) ahead of the first Create."""
+    from shimstats._proto.containerd.task.v2 import shim_pb2  # noqa: F401
 
 
 def inner_create(payload: bytes, own_config: str, inner_config_path: str) -> bytes:
