@@ -351,7 +351,7 @@ def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:
 
     def inner(inner_config_path: str) -> bytes:
         given = for_inner(options, options_path, inner_config_path)
-        return given.SerializeToString() if given is not None else b""
+        return given.encode() if given is not None else b""
 
     return inner, options_path
 

@@ -9,15 +9,21 @@ that ``config_path``.
 When ``config_path`` names the proxy's TOML file, the inner shim must not see it (Kata would try to load it
 as its own configuration, runc cannot decode the type at all): the proxy hands it ``inner_config_path``
 instead, or no options when that is unset. Any other options reach the inner shim unchanged.
+
+Both messages are read and written without the protobuf runtime (shimstats.proxy.protowire: ``start``
+waits for nothing else so long); only ``inner_create``, in the serving process, uses protobuf, for the
+CreateTaskRequest around them.
 """
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, json_format, message_factory
-from google.protobuf.message import DecodeError, Message
+from typing import NamedTuple, Protocol, TypeVar
+
+from shimstats.proxy.protowire import WireError, encode_fields, length_delimited_fields, utf8
 
 __all__ = [
     "RUNTIME_OPTIONS_TYPE",
+    "AnyOptions",
     "OptionsError",
     "config_path_of",
     "decode_any",
@@ -35,71 +41,64 @@ class OptionsError(ValueError):
     """Runtime options that do not decode."""
 
 
-def _options_class() -> type[Message]:
-    """runtimeoptions.v1.Options built from a descriptor (we have no .proto of it), in a private pool."""
-    string, optional = (
-        descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-        descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-    )
-    fields = [
-        descriptor_pb2.FieldDescriptorProto(name="type_url", number=1, type=string, label=optional),
-        descriptor_pb2.FieldDescriptorProto(name="config_path", number=2, type=string, label=optional),
-        descriptor_pb2.FieldDescriptorProto(
-            name="config_body",
-            number=3,
-            type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
-            label=optional,
-        ),
-    ]
-    file = descriptor_pb2.FileDescriptorProto(
-        name="shimstats/proxy/runtimeoptions.proto",
-        package="runtimeoptions.v1",
-        syntax="proto3",
-        message_type=[descriptor_pb2.DescriptorProto(name="Options", field=fields)],
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(RUNTIME_OPTIONS_TYPE))
+class HasAny(Protocol):
+    """A ``google.protobuf.Any`` (protobuf's or ours): a type URL and the message's bytes."""
+
+    @property
+    def type_url(self) -> str: ...
+
+    @property
+    def value(self) -> bytes: ...
 
 
-_Options = _options_class()
+class AnyOptions(NamedTuple):
+    """A ``google.protobuf.Any``: ``type_url`` = 1, ``value`` = 2."""
+
+    type_url: str
+    value: bytes
+
+    def encode(self) -> bytes:
+        """The Any's bytes, as protobuf serialises it."""
+        return encode_fields({1: self.type_url, 2: self.value})
 
 
-def decode_any(data: bytes) -> any_pb2.Any | None:
+def decode_any(data: bytes) -> AnyOptions | None:
     """The Any containerd wrote on a shim's stdin, or None when it wrote nothing."""
     if not data:
         return None
     try:
-        return any_pb2.Any.FromString(data)
-    except DecodeError as exc:
-        raise OptionsError(
-            f"runtime options on stdin ({len(data)} bytes) are not a protobuf Any: {exc}"
-        ) from None
+        fields = length_delimited_fields(data, (1, 2))
+        return AnyOptions(utf8(fields.get(1, b""), 1), fields.get(2, b""))
+    except WireError as exc:
+        message = f"runtime options on stdin ({len(data)} bytes) are not a protobuf Any: {exc}"
+        raise OptionsError(message) from None
 
 
-def _is_runtime_options(options: any_pb2.Any) -> bool:
+def _is_runtime_options(options: HasAny) -> bool:
     return options.type_url.rpartition("/")[2] == RUNTIME_OPTIONS_TYPE
 
 
-def runtime_options(config_path: str, type_url: str = RUNTIME_OPTIONS_TYPE) -> any_pb2.Any:
+def runtime_options(config_path: str, type_url: str = RUNTIME_OPTIONS_TYPE) -> AnyOptions:
     """An Any holding ``runtimeoptions.v1.Options{config_path}``, as containerd sends it."""
-    message = json_format.ParseDict({"config_path": config_path}, _Options())
-    return any_pb2.Any(type_url=type_url, value=message.SerializeToString())
+    return AnyOptions(type_url, encode_fields({2: config_path}))
 
 
-def config_path_of(options: any_pb2.Any | None) -> str:
+def config_path_of(options: HasAny | None) -> str:
     """``config_path`` when ``options`` is a runtimeoptions.v1.Options, else ""."""
     if options is None or not _is_runtime_options(options):
         return ""
-    message = _Options()
     try:
-        message.ParseFromString(options.value)
-    except DecodeError as exc:
+        fields = length_delimited_fields(options.value, (1, 2))
+        utf8(fields.get(1, b""), 1)  # type_url: a string, which protobuf checks too
+        return utf8(fields.get(2, b""), 2)
+    except WireError as exc:
         raise OptionsError(f"{options.type_url} does not decode: {exc}") from None
-    return str(json_format.MessageToDict(message, preserving_proto_field_name=True).get("config_path", ""))
 
 
-def for_inner(options: any_pb2.Any | None, own_config: str, inner_config_path: str) -> any_pb2.Any | None:
+A = TypeVar("A", bound=HasAny)
+
+
+def for_inner(options: A | None, own_config: str, inner_config_path: str) -> A | AnyOptions | None:
     """What the inner shim gets in place of ``options``.
 
     Options naming ``own_config`` (the proxy's file) become ``inner_config_path`` with the same type URL,
@@ -121,6 +120,8 @@ def inner_create(payload: bytes, own_config: str, inner_config_path: str) -> byt
     """A CreateTaskRequest as the inner shim must get it: options naming ``own_config`` swapped (see
     ``for_inner``), everything else byte for byte; a payload that does not decode is passed on as it came
     (not ours to judge: the inner shim answers it)."""
+    from google.protobuf.message import DecodeError
+
     from shimstats._proto.containerd.task.v2 import shim_pb2
 
     try:
@@ -129,11 +130,15 @@ def inner_create(payload: bytes, own_config: str, inner_config_path: str) -> byt
         return payload
     if not request.HasField("options"):
         return payload
-    options = for_inner(request.options, own_config, inner_config_path)
+    try:
+        options = for_inner(request.options, own_config, inner_config_path)
+    except OptionsError:
+        return payload  # options that are not runtimeoptions we can read: not ours to judge either
     if options is request.options:
         return payload
     if options is None:
         request.ClearField("options")
     else:
-        request.options.CopyFrom(options)
+        request.options.type_url = options.type_url
+        request.options.value = options.value
     return request.SerializeToString()

@@ -24,7 +24,7 @@ from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_METHODS
 from shimstats.proxy import relay
-from shimstats.proxy.options import config_path_of, runtime_options
+from shimstats.proxy.options import AnyOptions, config_path_of, runtime_options
 from shimstats.proxy.settings import DaemonSettings, Fallback
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
 from shimstats.ttrpc.threads import ThreadServer
@@ -213,10 +213,10 @@ async def test_an_id_the_agent_does_not_know_is_its_answer_not_a_fallback(agent:
     assert r.inner.seen == []
 
 
-def _create(options: any_pb2.Any | None) -> shim_pb2.CreateTaskRequest:
+def _create(options: AnyOptions | None) -> shim_pb2.CreateTaskRequest:
     request = shim_pb2.CreateTaskRequest(id="c1", bundle="/run/b/c1", terminal=True, stdout="/fifo/out")
     if options is not None:
-        request.options.CopyFrom(options)
+        request.options.type_url, request.options.value = options
     return request
 
 
@@ -241,7 +241,7 @@ async def test_create_with_our_options_gives_the_inner_shim_its_own(
     ("own_config", "options"), [(OURS, runtime_options(KATA)), ("", runtime_options(OURS))]
 )
 async def test_create_with_other_options_is_passed_byte_for_byte(
-    agent: AgentProcess, own_config: str, options: any_pb2.Any
+    agent: AgentProcess, own_config: str, options: AnyOptions
 ) -> None:
     payload = _create(options).SerializeToString()
     async with rig(agent.address, own_config=own_config, inner_config_path=KATA) as r:

@@ -50,7 +50,7 @@ def test_other_types_have_no_config_path() -> None:
 def test_stdin_decoding() -> None:
     assert decode_any(b"") is None
     options = runtime_options(OURS)
-    decoded = decode_any(options.SerializeToString())
+    decoded = decode_any(options.encode())
     assert decoded == options
     with pytest.raises(OptionsError, match="not a protobuf Any"):
         decode_any(b"\xff\xff\xff")
