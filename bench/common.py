@@ -149,12 +149,17 @@ def adapter_process(directory: Path, agent_address: str, metrics_format: str = "
         _wait_accepting(path, process)
         yield f"unix://{path}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
@@ -174,12 +179,7 @@ def proxy_process(directory: Path, inner_address: str, agent_address: str, names
             raise RuntimeError(f"{' '.join(argv)} did not start (exit status {process.wait()})")
         yield f"unix://{path}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 @contextlib.contextmanager
