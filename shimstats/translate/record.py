@@ -55,7 +55,9 @@ class MemoryStat(NamedTuple):
 
     A named tuple rather than a frozen dataclass: every Stats builds one or two of these 50-field records,
     and a frozen dataclass sets each field through object.__setattr__ (some 9 µs a record here, against
-    about 1 µs for the tuple: ``python -m bench.hops``)."""
+    about 1 µs for the tuple: ``python -m bench.hops``). The figures a v1 kernel also writes come first, in
+    translate.agent.V1_KEYS' order, so a v1 record is built positionally from its keys' look-ups (the rest
+    default to None) without a dict of keyword arguments."""
 
     anon: int | None = None  # v1 rss
     file: int | None = None  # v1 cache
@@ -70,6 +72,12 @@ class MemoryStat(NamedTuple):
     inactive_file: int | None = None
     active_file: int | None = None
     unevictable: int | None = None
+    pgfault: int | None = None
+    pgmajfault: int | None = None
+    pgpgin: int | None = None  # v1 only: v2 kernels suppress it
+    pgpgout: int | None = None  # v1 only
+    workingset_refault_anon: int | None = None
+    workingset_refault_file: int | None = None
     # Kernel memory (v2 only; v1 reports kernel memory as the kmem counter, MemoryRecord.kernel).
     kernel: int | None = None
     kernel_stack: int | None = None
@@ -81,11 +89,7 @@ class MemoryStat(NamedTuple):
     slab: int | None = None
     slab_reclaimable: int | None = None
     slab_unreclaimable: int | None = None
-    # Event counts.
-    pgfault: int | None = None
-    pgmajfault: int | None = None
-    pgpgin: int | None = None  # v1 only: v2 kernels suppress it
-    pgpgout: int | None = None  # v1 only
+    # Event counts (those a v1 kernel also writes are above).
     pgrefill: int | None = None
     pgscan: int | None = None
     pgsteal: int | None = None
@@ -97,8 +101,6 @@ class MemoryStat(NamedTuple):
     thp_collapse_alloc: int | None = None
     workingset_refault: int | None = None  # kernels before 5.9 only
     workingset_activate: int | None = None  # kernels before 5.9 only
-    workingset_refault_anon: int | None = None
-    workingset_refault_file: int | None = None
     workingset_activate_anon: int | None = None
     workingset_activate_file: int | None = None
     workingset_restore_anon: int | None = None

@@ -23,6 +23,7 @@ What containerd's readers need, and how each is met:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.translate.record import (
@@ -53,6 +54,11 @@ STAT_FIELDS: Mapping[str, str] = {
     "unevictable": "unevictable",
 }
 """MemoryStat field → v1 proto field (local); the hierarchical proto field is ``total_`` + it."""
+
+_STAT_VALUES = attrgetter(*STAT_FIELDS)
+"""A MemoryStat's figures in STAT_FIELDS' order, in one call."""
+_LOCAL_FIELDS = tuple(STAT_FIELDS.values())
+_TOTAL_FIELDS = tuple("total_" + field for field in _LOCAL_FIELDS)
 
 _DERIVED_OPS = (("Read", "read"), ("Write", "write"), ("Discard", "discard"))
 
@@ -86,10 +92,14 @@ def _entry(target: v1.MemoryEntry, counter: Counter) -> None:
 
 def _memory(target: v1.MemoryStat, memory: MemoryRecord) -> None:
     target.SetInParent()
-    local, hierarchy = memory.local, memory.hierarchy
-    for name, field in STAT_FIELDS.items():
-        setattr(target, field, getattr(local, name) or 0)
-        setattr(target, "total_" + field, getattr(hierarchy, name) or 0)
+    # None and 0 are left unset: a proto3 field set to 0 is not on the wire, and each set costs a look-up of
+    # the field by name in the message.
+    for field, value in zip(_LOCAL_FIELDS, _STAT_VALUES(memory.local)):
+        if value:
+            setattr(target, field, value)
+    for field, value in zip(_TOTAL_FIELDS, _STAT_VALUES(memory.hierarchy)):
+        if value:
+            setattr(target, field, value)
     target.hierarchical_memory_limit = memory.hierarchical_limit or 0
     target.hierarchical_swap_limit = memory.hierarchical_memsw_limit or 0
     _entry(target.usage, memory.usage)

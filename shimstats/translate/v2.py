@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from shimstats._proto.cgroups.v2 import metrics_pb2 as v2
 from shimstats.cri import is_unlimited
 from shimstats.translate.record import UNLIMITED, ContainerRecord, CpuRecord, MemoryRecord
@@ -59,6 +61,8 @@ STAT_FIELDS: tuple[str, ...] = (
     "workingset_activate_file",
 )
 """The MemoryStat fields that are also v2 proto fields of the same name."""
+_STAT_VALUES = attrgetter(*STAT_FIELDS)
+"""A MemoryStat's figures in STAT_FIELDS' order, in one call."""
 
 _NS_PER_US = 1000
 
@@ -101,9 +105,9 @@ def to_v2(record: ContainerRecord) -> v2.Metrics:
 def _memory(metrics: v2.Metrics, memory: MemoryRecord) -> None:
     target = metrics.memory
     target.SetInParent()
-    stat = memory.hierarchy
-    for name in STAT_FIELDS:
-        setattr(target, name, getattr(stat, name) or 0)
+    for name, value in zip(STAT_FIELDS, _STAT_VALUES(memory.hierarchy)):
+        if value:  # None and 0 stay unset: a proto3 0 is not on the wire, and each set costs a field look-up
+            setattr(target, name, value)
     target.usage = memory.usage.usage
     target.usage_limit = limit_v2(memory.usage.limit)
     target.max_usage = memory.usage.max_usage or 0
