@@ -71,8 +71,9 @@ def to_v1(record: ContainerRecord) -> v1.Metrics:
     if record.cpu is not None:
         _cpu(metrics.cpu, record.cpu)
     if record.pids is not None:
-        metrics.pids.current = record.pids.current
-        metrics.pids.limit = record.pids.limit or 0
+        pids = metrics.pids
+        pids.current = record.pids.current
+        pids.limit = record.pids.limit or 0
     if record.io is not None:
         _blkio(metrics.blkio, record.io)
     for h in record.hugetlb:
@@ -112,17 +113,19 @@ def _memory(target: v1.MemoryStat, memory: MemoryRecord) -> None:
 
 
 def _cpu(target: v1.CPUStat, cpu: CpuRecord) -> None:
-    target.usage.SetInParent()
-    target.usage.total = cpu.total_ns
-    target.usage.user = cpu.user_ns
-    target.usage.kernel = cpu.kernel_ns
-    target.usage.per_cpu.extend(cpu.percpu_ns)
+    usage = target.usage  # each attribute access of a sub-message makes a new wrapper: one, kept
+    usage.SetInParent()
+    usage.total = cpu.total_ns
+    usage.user = cpu.user_ns
+    usage.kernel = cpu.kernel_ns
+    usage.per_cpu.extend(cpu.percpu_ns)
     if cpu.throttling is not None:
         t = cpu.throttling
-        target.throttling.SetInParent()
-        target.throttling.periods = t.periods
-        target.throttling.throttled_periods = t.throttled_periods
-        target.throttling.throttled_time = t.throttled_ns or 0
+        throttling = target.throttling
+        throttling.SetInParent()
+        throttling.periods = t.periods
+        throttling.throttled_periods = t.throttled_periods
+        throttling.throttled_time = t.throttled_ns or 0
 
 
 def _blkio(target: v1.BlkIOStat, io: IoRecord) -> None:

@@ -82,8 +82,9 @@ def to_v2(record: ContainerRecord) -> v2.Metrics:
     if record.cpu is not None:
         _cpu(metrics.cpu, record.cpu)
     if record.pids is not None:
-        metrics.pids.current = record.pids.current
-        metrics.pids.limit = UNLIMITED if record.pids.limit is None else record.pids.limit
+        pids = metrics.pids
+        pids.current = record.pids.current
+        pids.limit = UNLIMITED if record.pids.limit is None else record.pids.limit
     if record.io is not None:
         metrics.io.SetInParent()
         for d in record.io.devices:
