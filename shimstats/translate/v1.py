@@ -79,7 +79,7 @@ def to_v1(record: ContainerRecord) -> v1.Metrics:
     for h in record.hugetlb:
         metrics.hugetlb.add(usage=h.usage, max=h.max_usage or 0, failcnt=h.failcnt, pagesize=h.pagesize)
     for n in record.network:
-        metrics.network.add(**vars(n))  # a NetworkRecord's fields are the proto's, by name
+        metrics.network.add(**n._asdict())  # a NetworkRecord's fields are the proto's, by name
     return metrics
 
 

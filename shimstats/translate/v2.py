@@ -99,7 +99,7 @@ def to_v2(record: ContainerRecord) -> v2.Metrics:
     for h in record.hugetlb:
         metrics.hugetlb.add(current=h.usage, pagesize=h.pagesize, failcnt=h.failcnt)
     for n in record.network:
-        metrics.network.add(**vars(n))  # a NetworkRecord's fields are the proto's, by name
+        metrics.network.add(**n._asdict())  # a NetworkRecord's fields are the proto's, by name
     return metrics
 
 
