@@ -73,7 +73,8 @@ class FileCache:
             else:
                 self._fds.move_to_end(path)
                 try:
-                    return _read_all(fd)
+                    data = os.pread(fd, _CHUNK, 0)  # the hot path: one pread, no further call
+                    return data if len(data) < _CHUNK else _read_rest(fd, data)
                 except OSError as e:
                     self._drop(path)
                     if e.errno != errno.ENODEV:
@@ -95,7 +96,8 @@ class FileCache:
         if len(self._fds) > self.max_open:
             os.close(self._fds.popitem(last=False)[1][0])
         try:
-            return _read_all(fd)
+            data = os.pread(fd, _CHUNK, 0)
+            return data if len(data) < _CHUNK else _read_rest(fd, data)
         except OSError as e:
             self._drop(path)
             if e.errno == errno.ENODEV:  # removed between open and read
@@ -125,11 +127,9 @@ class FileCache:
             os.close(entry[0])
 
 
-def _read_all(fd: int) -> bytes:
-    """The whole content of an open file, read from offset 0 (kernfs regenerates it on such a read)."""
-    data = os.pread(fd, _CHUNK, 0)
-    if len(data) < _CHUNK:
-        return data
+def _read_rest(fd: int, data: bytes) -> bytes:
+    """The whole content of an open file whose first ``_CHUNK`` bytes, read from offset 0 (kernfs regenerates
+    the content on such a read), are ``data``."""
     while len(data) % _CHUNK == 0 and data:
         more = os.pread(fd, _CHUNK, len(data))
         if not more:

@@ -82,27 +82,32 @@ def to_response(record: CgroupRecord) -> agent_pb2.StatsContainerResponse:
             _memory_data(ms.swap_usage, mem.swap)
         if mem.kernel is not None:
             _memory_data(ms.kernel_usage, mem.kernel)
-        ms.stats.update(mem.stat)
+        stats_map = ms.stats
+        for key, value in mem.stat.items():  # the upb map's update() is a Python mixin: slower
+            stats_map[key] = value
     if record.cpu is not None:
         cs = stats.cpu_stats
         cs.SetInParent()
         if record.cpu.usage is not None:
             usage = record.cpu.usage
-            cs.cpu_usage.SetInParent()
-            cs.cpu_usage.total_usage = usage.total
-            cs.cpu_usage.usage_in_kernelmode = usage.kernel
-            cs.cpu_usage.usage_in_usermode = usage.user
-            cs.cpu_usage.percpu_usage.extend(usage.percpu)
+            cu = cs.cpu_usage  # each attribute access of a sub-message makes a new wrapper: one, kept
+            cu.SetInParent()
+            cu.total_usage = usage.total
+            cu.usage_in_kernelmode = usage.kernel
+            cu.usage_in_usermode = usage.user
+            cu.percpu_usage.extend(usage.percpu)
         if record.cpu.throttling is not None:
             t = record.cpu.throttling
-            cs.throttling_data.SetInParent()
-            cs.throttling_data.periods = t.periods
-            cs.throttling_data.throttled_periods = t.throttled_periods
-            cs.throttling_data.throttled_time = t.throttled_time
+            td = cs.throttling_data
+            td.SetInParent()
+            td.periods = t.periods
+            td.throttled_periods = t.throttled_periods
+            td.throttled_time = t.throttled_time
     if record.pids is not None:
-        stats.pids_stats.SetInParent()
-        stats.pids_stats.current = record.pids.current
-        stats.pids_stats.limit = 0 if record.pids.limit == U64_MAX else record.pids.limit
+        ps = stats.pids_stats
+        ps.SetInParent()
+        ps.current = record.pids.current
+        ps.limit = 0 if record.pids.limit == U64_MAX else record.pids.limit
     if record.blkio is not None:
         stats.blkio_stats.SetInParent()
         _blkio(stats.blkio_stats, record.blkio)

@@ -43,6 +43,14 @@ _FLAT_KEYED = re.compile(r"(?:[^ \n]+ [0-9]{1,19}\n)*")
 """A ``key value`` file in which every line is well-formed (values of at most 19 digits fit in 64 bits)."""
 
 
+def decode(data: bytes, source: str) -> str:
+    """Kernel stat files are ASCII; anything else is a garbled file, reported with its path."""
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise CgroupFormatError(source, 0, f"not ASCII text (byte {e.start})") from None
+
+
 def _lines(text: str) -> list[str]:
     """Split on newlines; the kernel ends every line with one, so only the last may be empty."""
     lines = text.split("\n")
@@ -126,6 +134,15 @@ def parse_single(text: str, source: str) -> int:
     if token == "max":
         return U64_MAX
     return _u64(token, source, 1)
+
+
+def parse_single_bytes(data: bytes, source: str) -> int:
+    """parse_single of a file's bytes, as read: the common ``digits\\n`` is converted without decoding (the
+    reader's hot path, some 15 such files a Stats; bytes.isdigit accepts ASCII digits only, and int takes
+    bytes); anything else is decoded and goes through parse_single's rules."""
+    if 1 < len(data) <= 20 and data[-1] == 10 and data[:-1].isdigit():
+        return int(data)
+    return parse_single(decode(data, source), source)
 
 
 def parse_int_list(text: str, source: str) -> list[int]:

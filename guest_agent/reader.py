@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Hierarchy, Layout
@@ -50,6 +50,7 @@ from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
     CgroupFormatError,
+    decode,
     hugetlb_size_bytes,
     parse_blkio,
     parse_flat_keyed,
@@ -57,7 +58,7 @@ from guest_agent.parse import (
     parse_int_list,
     parse_meminfo,
     parse_nested_keyed,
-    parse_single,
+    parse_single_bytes,
 )
 from guest_agent.read_errors import ReadErrors
 from guest_agent.record import (
@@ -119,7 +120,9 @@ _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
 
 T = TypeVar("T")
-Parser = Callable[[str, str], T]
+L = TypeVar("L")
+LenientParser = Callable[[str, str, list[CgroupFormatError]], T]
+"""A multi-line parser that leaves a malformed line out and keeps it in its third argument."""
 
 
 class CgroupGone(LookupError):
@@ -138,100 +141,112 @@ class IncompleteCgroup(RuntimeError):
         self.file = file
 
 
-def decode(data: bytes, path: str) -> str:
-    """Kernel stat files are ASCII; anything else is a garbled file, reported with its path."""
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError as e:
-        raise CgroupFormatError(path, 0, f"not ASCII text (byte {e.start})") from None
-
-
 Miss = tuple[str, str]
 """(file path, reason) of one figure left out."""
+
+
+Strength = Literal["required", "optional", "expected"]
+"""How a file's absence or garbling counts (_Dir)."""
+
+
+def _int_list(data: bytes, path: str) -> list[int]:
+    return parse_int_list(decode(data, path), path)
+
+
+def _words(data: bytes, path: str) -> list[str]:
+    return decode(data, path).split()
 
 
 class _Dir:
     """One cgroup directory of one hierarchy: reads and parses its files, naming the full path in errors.
 
-    Three strengths of read: ``parsed`` (required: errors raise), ``optional`` (absent is normal; garbled
-    is a miss) and ``expected`` (the kernel always writes it next to its controller's anchor: absent or
-    garbled is a miss). Misses go to ``misses``; the reader counts them once the cgroup is known to exist.
+    Three strengths of read: ``required`` (errors raise), ``optional`` (absent is normal; garbled or
+    unreadable is a miss) and ``expected`` (the kernel always writes it next to its controller's anchor:
+    absent, garbled or unreadable is a miss). Misses go to ``misses``; the reader counts them once the
+    cgroup is known to exist. Every file goes through ``_load``, one level of calls between the reader's
+    rules and the file cache: a Stats reads some 25 files, and each Python call per file costs about 1 µs a
+    Stats (bench.hops).
     """
 
-    __slots__ = ("files", "misses", "path", "skipped")
+    __slots__ = ("files", "misses", "path", "prefix", "skipped")
 
     def __init__(self, files: FileCache, path: str, misses: list[Miss]) -> None:
         self.files = files
         self.path = path
+        self.prefix = path + "/"
         self.misses = misses
         self.skipped: list[CgroupFormatError] = []
 
-    def parsed(self, name: str, parse: Parser[T]) -> T | None:
-        """``parse(text, path)`` of the file ``name``, or None when it does not exist."""
-        path = f"{self.path}/{name}"
-        data = self.files.read_bytes(path)
-        return None if data is None else parse(decode(data, path), path)
-
-    def optional(self, name: str, parse: Parser[T]) -> T | None:
-        """As ``parsed``, but a garbled or unreadable file is a miss and reads as None."""
+    def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
+        """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
+        garbled or unreadable file also is follows ``strength`` (class docstring)."""
+        path = self.prefix + name
         try:
-            return self.parsed(name, parse)
+            data = self.files.read_bytes(path)
+            if data is not None:
+                return convert(data, path)
         except CgroupFormatError as e:
-            where = f"line {e.line}: " if e.line else ""
-            self.misses.append((f"{self.path}/{name}", where + e.reason))
+            if strength == "required":
+                raise
+            self.misses.append((path, f"line {e.line}: {e.reason}" if e.line else e.reason))
+            return None
         except OSError as e:
-            self.misses.append((f"{self.path}/{name}", e.strerror or str(e)))
+            if strength == "required":
+                raise
+            self.misses.append((path, e.strerror or str(e)))
+            return None
+        if strength == "expected":
+            self.misses.append((path, "missing"))
         return None
 
-    def expected(self, name: str, parse: Parser[T]) -> T | None:
-        """As ``optional``, and an absent file is a miss too."""
-        misses = len(self.misses)
-        found = self.optional(name, parse)
-        if found is None and len(self.misses) == misses:
-            self.misses.append((f"{self.path}/{name}", "missing"))
-        return found
-
-    def lenient(self, parse: Callable[[str, str, list[CgroupFormatError]], T]) -> Parser[T]:
+    def _lenient(self, parse: LenientParser[T], data: bytes, path: str) -> T:
         """``parse`` with its malformed lines left out, each kept as a miss of the file."""
-
-        def run(text: str, path: str) -> T:
-            skipped: list[CgroupFormatError] = []
-            out = parse(text, path, skipped)
+        skipped: list[CgroupFormatError] = []
+        out = parse(decode(data, path), path, skipped)
+        if skipped:
             self.misses.extend((path, f"line {e.line}: {e.reason}") for e in skipped)
             self.skipped.extend(skipped)
-            return out
+        return out
 
-        return run
+    def _flat_keyed(self, data: bytes, path: str) -> dict[str, int]:
+        return self._lenient(parse_flat_keyed, data, path)
+
+    def number(self, name: str, strength: Strength = "optional") -> int | None:
+        """A one-value file (``max`` → U64_MAX); None when absent."""
+        return self._load(name, parse_single_bytes, strength)
 
     def value(self, name: str) -> int:
         """An expected one-value file; 0 when missing or garbled (a miss)."""
-        found = self.expected(name, parse_single)
+        found = self._load(name, parse_single_bytes, "expected")
         return 0 if found is None else found
 
-    def keyed(self, name: str, *, expected: bool = False) -> dict[str, int] | None:
+    def keyed(self, name: str, strength: Strength = "optional") -> dict[str, int] | None:
         """A ``key value`` file, malformed lines left out (misses); None when absent."""
-        parse = self.lenient(parse_flat_keyed)
-        return self.expected(name, parse) if expected else self.optional(name, parse)
+        return self._load(name, self._flat_keyed, strength)
+
+    def lines(self, name: str, parse: LenientParser[list[L]], strength: Strength) -> list[L] | None:
+        """A file of one record per line (blkio, io.stat), malformed lines left out (misses)."""
+        return self._load(name, lambda data, path: self._lenient(parse, data, path), strength)
 
     def key(self, values: Mapping[str, int] | None, key: str, name: str) -> int:
         """``values[key]``; 0 and a miss when the key is absent (no second miss when the file was)."""
         if values is None:
             return 0
         if key not in values:
-            self.misses.append((f"{self.path}/{name}", f"key {key!r} missing"))
+            self.misses.append((self.prefix + name, f"key {key!r} missing"))
             return 0
         return values[key]
 
     def need(self, found: T | None, name: str) -> T:
         """``found``, or IncompleteCgroup naming the missing file."""
         if found is None:
-            raise IncompleteCgroup(f"{self.path}/{name}")
+            raise IncompleteCgroup(self.prefix + name)
         return found
 
     def need_key(self, values: Mapping[str, int], key: str, name: str) -> int:
         """``values[key]``, or a format error: the key's own malformed line, else the file lacking the key."""
         if key not in values:
-            path = f"{self.path}/{name}"
+            path = self.prefix + name
             raise next(
                 (e for e in self.skipped if e.source == path and e.key == key),
                 CgroupFormatError(path, 0, f"key {key!r} missing"),
@@ -240,11 +255,11 @@ class _Dir:
 
     def required_stat(self) -> dict[str, int] | None:
         """memory.stat, which the working set needs: None when absent, malformed lines left out (misses)."""
-        return self.parsed("memory.stat", self.lenient(parse_flat_keyed))
+        return self._load("memory.stat", self._flat_keyed, "required")
 
     def counter_v1(self, prefix: str) -> CgroupCounter | None:
         """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
-        usage = self.optional(prefix + "usage_in_bytes", parse_single)
+        usage = self.number(prefix + "usage_in_bytes")
         return None if usage is None else self.counter_rest_v1(prefix, usage)
 
     def counter_rest_v1(self, prefix: str, usage: int) -> CgroupCounter:
@@ -254,7 +269,7 @@ class _Dir:
         newer kernels"); this 6.18 kernel still has it.
         """
         if prefix == "memory.kmem.":
-            limit = self.optional(prefix + "limit_in_bytes", parse_single) or 0
+            limit = self.number(prefix + "limit_in_bytes") or 0
         else:
             limit = self.value(prefix + "limit_in_bytes")
         return CgroupCounter(
@@ -374,7 +389,7 @@ class CgroupReader:
         if stat is None:
             return None
         d.need_key(stat, "total_inactive_file", "memory.stat")
-        usage = d.need(d.parsed("memory.usage_in_bytes", parse_single), "memory.usage_in_bytes")
+        usage = d.need(d.number("memory.usage_in_bytes", "required"), "memory.usage_in_bytes")
         return CgroupMemory(
             version=1,
             usage=d.counter_rest_v1("memory.", usage),
@@ -398,11 +413,11 @@ class CgroupReader:
             usage = CgroupCounter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
             swap = self._root_swap(d)
         else:
-            events_read = d.keyed("memory.events", expected=True)
+            events_read = d.keyed("memory.events", "expected")
             events = events_read or {}
             usage = CgroupCounter(
-                usage=d.need(d.parsed("memory.current", parse_single), "memory.current"),
-                max_usage=d.optional("memory.peak", parse_single) or 0,
+                usage=d.need(d.number("memory.current", "required"), "memory.current"),
+                max_usage=d.number("memory.peak") or 0,
                 failcnt=d.key(events_read, "max", "memory.events"),
                 limit=d.value("memory.max"),
             )
@@ -421,13 +436,13 @@ class CgroupReader:
 
     @staticmethod
     def _swap_v2(d: _Dir) -> CgroupCounter | None:
-        current = d.optional("memory.swap.current", parse_single)
+        current = d.number("memory.swap.current")
         if current is None:  # no swap accounting in this kernel (or swapaccount=0)
             return None
         swap_events = d.keyed("memory.swap.events") or {}
         return CgroupCounter(
             usage=current,
-            max_usage=d.optional("memory.swap.peak", parse_single) or 0,
+            max_usage=d.number("memory.swap.peak") or 0,
             failcnt=swap_events.get("fail", 0),
             limit=d.value("memory.swap.max"),
         )
@@ -446,9 +461,9 @@ class CgroupReader:
 
     def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CgroupCpu | None:
         usage = None
-        if cpuacct is not None and (total := cpuacct.optional("cpuacct.usage", parse_single)) is not None:
-            ticks = cpuacct.keyed("cpuacct.stat", expected=True)
-            percpu = cpuacct.expected("cpuacct.usage_percpu", parse_int_list)
+        if cpuacct is not None and (total := cpuacct.number("cpuacct.usage")) is not None:
+            ticks = cpuacct.keyed("cpuacct.stat", "expected")
+            percpu = cpuacct._load("cpuacct.usage_percpu", _int_list, "expected")
             usage = CgroupCpuUsage(
                 total=total,
                 user=cpuacct.key(ticks, "user", "cpuacct.stat") * _NS_PER_S // self.clk_tck,
@@ -487,11 +502,11 @@ class CgroupReader:
 
     @staticmethod
     def _pids(d: _Dir, root: bool) -> CgroupPids | None:
-        current = d.optional("pids.current", parse_single)
+        current = d.number("pids.current")
         if current is None:
             return None
         if root:  # the kernel puts no pids.max on the root: it has no limit
-            limit = d.optional("pids.max", parse_single)
+            limit = d.number("pids.max")
             return CgroupPids(current=current, limit=U64_MAX if limit is None else limit)
         return CgroupPids(current=current, limit=d.value("pids.max"))
 
@@ -500,12 +515,12 @@ class CgroupReader:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
-            first = d.optional(first_name, d.lenient(parse_blkio))
+            first = d.lines(first_name, parse_blkio, "optional")
             if not first:
                 continue
             files = {field: tuple(first)}
             for field, name in rest:
-                lines = d.expected(name, d.lenient(parse_blkio))
+                lines = d.lines(name, parse_blkio, "expected")
                 if lines is not None:
                     files[field] = tuple(lines)
             return CgroupBlkio(files)
@@ -513,7 +528,7 @@ class CgroupReader:
 
     @staticmethod
     def _io_v2(d: _Dir) -> CgroupIo | None:
-        devices = d.optional("io.stat", d.lenient(parse_nested_keyed))
+        devices = d.lines("io.stat", parse_nested_keyed, "optional")
         return None if devices is None else CgroupIo(tuple(devices))
 
     def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, CgroupHugetlb]:
@@ -523,22 +538,22 @@ class CgroupReader:
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
             return out
         if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
-            enabled = d.optional("cgroup.controllers", lambda text, _: text.split())
+            enabled = d._load("cgroup.controllers", _words, "optional")
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
             # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
             prefix = f"hugetlb.{size}.rsvd."
-            usage = d.optional(prefix + anchor, parse_single)
+            usage = d.number(prefix + anchor)
             if usage is None:
                 prefix = f"hugetlb.{size}."
-                usage = d.optional(prefix + anchor, parse_single)
+                usage = d.number(prefix + anchor)
             if usage is None:
                 continue
             if h.version == 1:
                 max_usage, failcnt = d.value(prefix + "max_usage_in_bytes"), d.value(prefix + "failcnt")
             else:  # failcnt from the plain events file: v2 keeps no rsvd events (runc fs2/hugetlb.go)
-                events = d.keyed(f"hugetlb.{size}.events", expected=True)
+                events = d.keyed(f"hugetlb.{size}.events", "expected")
                 max_usage, failcnt = 0, d.key(events, "max", f"hugetlb.{size}.events")
             out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out

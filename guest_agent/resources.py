@@ -30,8 +30,8 @@ from google.protobuf.message import DecodeError
 from guest_agent.files import FileCache
 from guest_agent.layout import Hierarchy, Layout
 from guest_agent.lookup import ContainerLocator
-from guest_agent.parse import CgroupFormatError, parse_flat_keyed
-from guest_agent.reader import CgroupGone, CgroupReader, decode
+from guest_agent.parse import CgroupFormatError, decode, parse_flat_keyed
+from guest_agent.reader import CgroupGone, CgroupReader
 from guest_agent.statuses import ContainerCall
 from guest_agent.wire import RESOURCES_SERVICE
 from shimstats._proto.shimstats.agent.v1 import resources_pb2

@@ -76,7 +76,10 @@ V1_KEYS: Mapping[str, str] = {
     "workingset_refault_anon": "workingset_refault_anon",
     "workingset_refault_file": "workingset_refault_file",
 }
-"""MemoryStat field → v1 memory.stat key (local; the hierarchical key is ``total_`` + it)."""
+"""MemoryStat field → v1 memory.stat key (local; the hierarchical key is ``total_`` + it), in MemoryStat's
+field order: MemoryStat's first fields are these (tests/unit/test_translate.py checks it)."""
+V1_LOCAL_KEYS: tuple[str, ...] = tuple(V1_KEYS.values())
+V1_TOTAL_KEYS: tuple[str, ...] = tuple("total_" + key for key in V1_LOCAL_KEYS)
 
 V2_KEYS: tuple[str, ...] = MemoryStat._fields
 """v2 memory.stat keys: every MemoryStat field, under its own name."""
@@ -168,8 +171,8 @@ def _memory_v1(ms: agent_pb2.MemoryStats, usage: Counter) -> MemoryRecord:
         memsw=memsw,
         kernel=_counter(ms.kernel_usage) if ms.HasField("kernel_usage") else None,
         kernel_tcp=None,
-        hierarchy=MemoryStat(**{name: stats.get("total_" + key) for name, key in V1_KEYS.items()}),
-        local=MemoryStat(**{name: stats.get(key) for name, key in V1_KEYS.items()}),
+        hierarchy=MemoryStat(*map(stats.get, V1_TOTAL_KEYS)),
+        local=MemoryStat(*map(stats.get, V1_LOCAL_KEYS)),
         hierarchical_limit=stats.get("hierarchical_memory_limit"),
         hierarchical_memsw_limit=stats.get("hierarchical_memsw_limit"),
     )
@@ -177,7 +180,7 @@ def _memory_v1(ms: agent_pb2.MemoryStats, usage: Counter) -> MemoryRecord:
 
 def _memory_v2(ms: agent_pb2.MemoryStats, usage: Counter, gaps: bool) -> MemoryRecord:
     stats = ms.stats
-    breakdown = MemoryStat(**{key: stats.get(key) for key in V2_KEYS})
+    breakdown = MemoryStat._make(map(stats.get, V2_KEYS))
     if gaps:
         usage = Counter(usage.usage, usage.limit, usage.max_usage, failcnt=None)
     swap = None

@@ -17,12 +17,15 @@ ad-hoc key mappings. ``explain`` and the exporter read it too. The rules, once f
 * **Swap** is kept in both meanings, each derived once from what the guest sent, never added twice:
   ``swap`` = swap only (v2 memory.swap.current), ``memsw`` = memory + swap (v1 memory.memsw.*).
 * **CPU** times are nanoseconds, as the kata protocol carries them.
+
+Every record is a named tuple, immutable as a frozen dataclass would be but built several times faster: a
+frozen dataclass sets each field through object.__setattr__ (some 9 µs for a 50-field MemoryStat here,
+about 1 µs as a tuple), and the adapter builds a dozen records a Stats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from guest_agent.parse import U64_MAX
@@ -35,8 +38,7 @@ UNLIMITED = U64_MAX
 (cri.is_unlimited)."""
 
 
-@dataclass(frozen=True)
-class Counter:
+class Counter(NamedTuple):
     """One kernel page counter: current usage, its limit, its peak and how often the limit was hit.
 
     ``limit`` None: not reported or not decidable (a kata-agent's v2 swap limit of 0). ``max_usage`` None: no
@@ -53,9 +55,9 @@ class Counter:
 class MemoryStat(NamedTuple):
     """memory.stat in the v2 vocabulary; bytes unless named as a count. v1 keys map as the comments say.
 
-    A named tuple rather than a frozen dataclass: every Stats builds one or two of these 50-field records,
-    and a frozen dataclass sets each field through object.__setattr__ (some 9 µs a record here, against
-    about 1 µs for the tuple: ``python -m bench.hops``)."""
+    The figures a v1 kernel also writes come first, in translate.agent.V1_KEYS' order, so that a v1 record is
+    built positionally from its keys' look-ups (the rest default to None) without a dict of keyword
+    arguments."""
 
     anon: int | None = None  # v1 rss
     file: int | None = None  # v1 cache
@@ -70,6 +72,12 @@ class MemoryStat(NamedTuple):
     inactive_file: int | None = None
     active_file: int | None = None
     unevictable: int | None = None
+    pgfault: int | None = None
+    pgmajfault: int | None = None
+    pgpgin: int | None = None  # v1 only: v2 kernels suppress it
+    pgpgout: int | None = None  # v1 only
+    workingset_refault_anon: int | None = None
+    workingset_refault_file: int | None = None
     # Kernel memory (v2 only; v1 reports kernel memory as the kmem counter, MemoryRecord.kernel).
     kernel: int | None = None
     kernel_stack: int | None = None
@@ -81,11 +89,7 @@ class MemoryStat(NamedTuple):
     slab: int | None = None
     slab_reclaimable: int | None = None
     slab_unreclaimable: int | None = None
-    # Event counts.
-    pgfault: int | None = None
-    pgmajfault: int | None = None
-    pgpgin: int | None = None  # v1 only: v2 kernels suppress it
-    pgpgout: int | None = None  # v1 only
+    # Event counts (those a v1 kernel also writes are above).
     pgrefill: int | None = None
     pgscan: int | None = None
     pgsteal: int | None = None
@@ -97,8 +101,6 @@ class MemoryStat(NamedTuple):
     thp_collapse_alloc: int | None = None
     workingset_refault: int | None = None  # kernels before 5.9 only
     workingset_activate: int | None = None  # kernels before 5.9 only
-    workingset_refault_anon: int | None = None
-    workingset_refault_file: int | None = None
     workingset_activate_anon: int | None = None
     workingset_activate_file: int | None = None
     workingset_restore_anon: int | None = None
@@ -106,8 +108,7 @@ class MemoryStat(NamedTuple):
     workingset_nodereclaim: int | None = None
 
 
-@dataclass(frozen=True)
-class MemoryRecord:
+class MemoryRecord(NamedTuple):
     """The memory controller: counters, both swap meanings and the memory.stat breakdown."""
 
     usage: Counter
@@ -133,8 +134,7 @@ class MemoryRecord:
         return working_set(self.usage.usage, self.hierarchy.inactive_file or 0)
 
 
-@dataclass(frozen=True)
-class Throttling:
+class Throttling(NamedTuple):
     """CFS bandwidth throttling; ``throttled_ns`` None when the agent cannot read it (kata-agent on v2)."""
 
     periods: int
@@ -142,8 +142,7 @@ class Throttling:
     throttled_ns: int | None
 
 
-@dataclass(frozen=True)
-class CpuRecord:
+class CpuRecord(NamedTuple):
     """CPU time in ns; ``percpu_ns`` is empty on v2 guests (the kernel keeps no per-cpu file there)."""
 
     total_ns: int
@@ -153,16 +152,14 @@ class CpuRecord:
     throttling: Throttling | None
 
 
-@dataclass(frozen=True)
-class PidsRecord:
+class PidsRecord(NamedTuple):
     """pids.current and pids.max; ``limit`` None = no limit (the kata protocol sends "max" as 0)."""
 
     current: int
     limit: int | None
 
 
-@dataclass(frozen=True)
-class DeviceIO:
+class DeviceIO(NamedTuple):
     """Block I/O of one device, by direction: bytes and operations (v2 io.stat; v1 Read/Write/Discard)."""
 
     major: int
@@ -176,10 +173,7 @@ class DeviceIO:
 
 
 class BlkioLine(NamedTuple):
-    """One line of a v1 blkio file, op spelled as the kernel does (``Read``, ``Write``, ``Total``...).
-
-    A named tuple rather than a frozen dataclass: a reply carries dozens of them and tuples are several
-    times cheaper to build."""
+    """One line of a v1 blkio file, op spelled as the kernel does (``Read``, ``Write``, ``Total``...)."""
 
     major: int
     minor: int
@@ -187,8 +181,7 @@ class BlkioLine(NamedTuple):
     value: int
 
 
-@dataclass(frozen=True)
-class IoRecord:
+class IoRecord(NamedTuple):
     """Block I/O: one DeviceIO per device, in the order the guest listed them, and on v1 guests the
     v1 blkio files themselves (keyed by kata BlkioStats field name), kept whole for v1 output."""
 
@@ -196,8 +189,7 @@ class IoRecord:
     v1_files: Mapping[str, tuple[BlkioLine, ...]]
 
 
-@dataclass(frozen=True)
-class HugetlbRecord:
+class HugetlbRecord(NamedTuple):
     """One huge page size; ``max_usage`` None when the guest keeps no peak (v2)."""
 
     pagesize: str
@@ -206,8 +198,7 @@ class HugetlbRecord:
     failcnt: int
 
 
-@dataclass(frozen=True)
-class NetworkRecord:
+class NetworkRecord(NamedTuple):
     """One interface's counters, as the agent sends them (kata-agent never does)."""
 
     name: str
@@ -221,8 +212,7 @@ class NetworkRecord:
     tx_dropped: int
 
 
-@dataclass(frozen=True)
-class ContainerRecord:
+class ContainerRecord(NamedTuple):
     """Everything one StatsContainer reply says about a container; a controller not sent is None."""
 
     guest: GuestVersion

@@ -23,6 +23,7 @@ What containerd's readers need, and how each is met:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats.translate.record import (
@@ -54,6 +55,11 @@ STAT_FIELDS: Mapping[str, str] = {
 }
 """MemoryStat field → v1 proto field (local); the hierarchical proto field is ``total_`` + it."""
 
+_STAT_VALUES = attrgetter(*STAT_FIELDS)
+"""A MemoryStat's figures in STAT_FIELDS' order, in one call."""
+_LOCAL_FIELDS = tuple(STAT_FIELDS.values())
+_TOTAL_FIELDS = tuple("total_" + field for field in _LOCAL_FIELDS)
+
 _DERIVED_OPS = (("Read", "read"), ("Write", "write"), ("Discard", "discard"))
 
 
@@ -65,14 +71,15 @@ def to_v1(record: ContainerRecord) -> v1.Metrics:
     if record.cpu is not None:
         _cpu(metrics.cpu, record.cpu)
     if record.pids is not None:
-        metrics.pids.current = record.pids.current
-        metrics.pids.limit = record.pids.limit or 0
+        pids = metrics.pids
+        pids.current = record.pids.current
+        pids.limit = record.pids.limit or 0
     if record.io is not None:
         _blkio(metrics.blkio, record.io)
     for h in record.hugetlb:
         metrics.hugetlb.add(usage=h.usage, max=h.max_usage or 0, failcnt=h.failcnt, pagesize=h.pagesize)
     for n in record.network:
-        metrics.network.add(**vars(n))  # a NetworkRecord's fields are the proto's, by name
+        metrics.network.add(**n._asdict())  # a NetworkRecord's fields are the proto's, by name
     return metrics
 
 
@@ -86,10 +93,14 @@ def _entry(target: v1.MemoryEntry, counter: Counter) -> None:
 
 def _memory(target: v1.MemoryStat, memory: MemoryRecord) -> None:
     target.SetInParent()
-    local, hierarchy = memory.local, memory.hierarchy
-    for name, field in STAT_FIELDS.items():
-        setattr(target, field, getattr(local, name) or 0)
-        setattr(target, "total_" + field, getattr(hierarchy, name) or 0)
+    # None and 0 are left unset: a proto3 field set to 0 is not on the wire, and each set costs a look-up of
+    # the field by name in the message.
+    for field, value in zip(_LOCAL_FIELDS, _STAT_VALUES(memory.local)):
+        if value:
+            setattr(target, field, value)
+    for field, value in zip(_TOTAL_FIELDS, _STAT_VALUES(memory.hierarchy)):
+        if value:
+            setattr(target, field, value)
     target.hierarchical_memory_limit = memory.hierarchical_limit or 0
     target.hierarchical_swap_limit = memory.hierarchical_memsw_limit or 0
     _entry(target.usage, memory.usage)
@@ -102,17 +113,19 @@ def _memory(target: v1.MemoryStat, memory: MemoryRecord) -> None:
 
 
 def _cpu(target: v1.CPUStat, cpu: CpuRecord) -> None:
-    target.usage.SetInParent()
-    target.usage.total = cpu.total_ns
-    target.usage.user = cpu.user_ns
-    target.usage.kernel = cpu.kernel_ns
-    target.usage.per_cpu.extend(cpu.percpu_ns)
+    usage = target.usage  # each attribute access of a sub-message makes a new wrapper: one, kept
+    usage.SetInParent()
+    usage.total = cpu.total_ns
+    usage.user = cpu.user_ns
+    usage.kernel = cpu.kernel_ns
+    usage.per_cpu.extend(cpu.percpu_ns)
     if cpu.throttling is not None:
         t = cpu.throttling
-        target.throttling.SetInParent()
-        target.throttling.periods = t.periods
-        target.throttling.throttled_periods = t.throttled_periods
-        target.throttling.throttled_time = t.throttled_ns or 0
+        throttling = target.throttling
+        throttling.SetInParent()
+        throttling.periods = t.periods
+        throttling.throttled_periods = t.throttled_periods
+        throttling.throttled_time = t.throttled_ns or 0
 
 
 def _blkio(target: v1.BlkIOStat, io: IoRecord) -> None:

@@ -18,6 +18,7 @@ from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    decode,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -25,8 +26,8 @@ from guest_agent.parse import (
     parse_meminfo,
     parse_nested_keyed,
     parse_single,
+    parse_single_bytes,
 )
-from guest_agent.reader import decode
 from guest_agent.resources import parse_cpu_list, parse_setting, parse_value
 
 BUDGET = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,6 +80,22 @@ def test_any_bytes_decode_to_ascii_text_or_a_format_error(data: bytes) -> None:
         assert not data.isascii()
     else:
         assert text.encode("ascii") == data
+
+
+def _outcome(parse: Callable[[], int]) -> int | str:
+    try:
+        return parse()
+    except CgroupFormatError as exc:
+        return str(exc)
+
+
+@BUDGET
+@given(text=st.one_of(ANY_TEXT, NEAR_VALID, st.binary(max_size=24).map(lambda b: b.decode("latin-1"))))
+def test_single_value_bytes_read_as_their_decoded_text_does(text: str) -> None:
+    """The reader's bytes fast path (parse_single_bytes) gives parse_single's value or error, always."""
+    data = text.encode("utf-8")
+    expected = _outcome(lambda: parse_single(decode(data, "fuzzed.file"), "fuzzed.file"))
+    assert _outcome(lambda: parse_single_bytes(data, "fuzzed.file")) == expected
 
 
 @BUDGET

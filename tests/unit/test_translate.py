@@ -23,7 +23,8 @@ from shimstats.translate import (
     to_metrics,
     translate,
 )
-from shimstats.translate.record import UNLIMITED
+from shimstats.translate.agent import V1_KEYS
+from shimstats.translate.record import UNLIMITED, MemoryStat
 from tests.translate_builders import (
     DEVICES,
     PAGE,
@@ -134,6 +135,11 @@ KERNEL_TO_V1 |= {
 def test_kernel_to_v1_table_covers_every_v1_memory_stat_number() -> None:
     numbers = {f.name for f in v1.MemoryStat.DESCRIPTOR.fields if f.number <= 32}
     assert set(KERNEL_TO_V1.values()) == numbers
+
+
+def test_v1_keys_are_the_first_memory_stat_fields_in_order() -> None:
+    """record_from_agent builds a v1 guest's MemoryStat positionally from V1_KEYS' look-ups."""
+    assert tuple(V1_KEYS) == MemoryStat._fields[: len(V1_KEYS)]
 
 
 def test_v1_guest_to_v1_sets_every_field_under_its_proto_name() -> None:
