@@ -10,9 +10,11 @@ containerd-shim-runc-v2 as the inner shim). Each pod is driven as the kubelet dr
 CreateContainer (busybox ``sleep``), StartContainer, then StopPodSandbox and RemovePodSandbox; every call is
 timed, and so is the whole. Nothing asks for Stats, so no guest agent runs.
 
-Printed: medians and min–max per handler, and B − A against the issue's targets (a container's start
-+100 ms: RunPodSandbox, and CreateContainer + StartContainer; its delete +50 ms: StopPodSandbox +
-RemovePodSandbox). Nothing here is asserted: the machine is shared and the numbers move between runs.
+Printed: medians and min–max per handler, and B − A against the issue's start target (+100 ms:
+RunPodSandbox, and CreateContainer + StartContainer). The issue's delete target (+50 ms) is for one shim's
+delete (``python -m bench.proxy``); a pod's StopPodSandbox and RemovePodSandbox stop and delete two
+containers and one shim, and are printed without a target. Nothing here is asserted: the machine is shared
+and the numbers move between runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from shimstats._proto.cri.runtime.v1 import api_pb2
 from shimstats.proxy import RUNTIME_TYPE
 from tests.cri_env import CriContainerd, Runtime, start_sleeping_container
 from tests.integration.harness import short_tmp
@@ -34,7 +37,7 @@ from tests.integration.proxy_process import install_proxy
 __all__ = ["main"]
 
 HANDLERS = ("runc", "kata-stats")
-TARGETS_MS = {"RunPodSandbox": 100.0, "Create + StartContainer": 100.0, "Stop + RemovePodSandbox": 50.0}
+TARGETS_MS = {"RunPodSandbox": 100.0, "Create + StartContainer": 100.0}
 
 
 T = TypeVar("T")
@@ -53,7 +56,10 @@ def pod_life(cri: CriContainerd, handler: str, samples: dict[str, list[float]]) 
     began = time.perf_counter()
     pod = _timed(samples, "RunPodSandbox", lambda: cri.run_pod(name, handler))
     _timed(samples, "Create + StartContainer", lambda: start_sleeping_container(cri, pod, "sleep"))
-    _timed(samples, "Stop + RemovePodSandbox", lambda: cri.remove_pod(pod.id))
+    for method in ("StopPodSandbox", "RemovePodSandbox"):
+        request = getattr(api_pb2, f"{method}Request")(pod_sandbox_id=pod.id)
+        call = getattr(cri.client.runtime, method)
+        _timed(samples, method, lambda: cri.client.call(call, request, name=method, timeout=60.0))  # noqa: B023
     samples.setdefault("whole pod", []).append((time.perf_counter() - began) * 1000.0)
     cri.remove_pod_cgroup(pod)
 

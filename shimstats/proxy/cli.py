@@ -19,7 +19,7 @@ from shimstats.proxy.settings import FALLBACKS, FORMATS, TASK_V2_SERVICE
 if TYPE_CHECKING:  # start and delete import only what they use: containerd waits for them on every container
     import argparse
 
-    from shimstats.proxy.launch import ShimArgs
+    from shimstats.proxy.bundle import ShimArgs
 
 __all__ = ["build_parser", "main"]
 
@@ -153,8 +153,9 @@ def _start(shim: ShimArgs, args: argparse.Namespace, command: Sequence[str] | No
     import logging
 
     from shimstats.proxy import logs as proxy_logs
+    from shimstats.proxy.bundle import StartError
     from shimstats.proxy.config import ConfigError
-    from shimstats.proxy.launch import StartError, run_start
+    from shimstats.proxy.launch import run_start
     from shimstats.ttrpc.address import AddressError
 
     fd = proxy_logs.open_log_fifo(shim.bundle)
@@ -174,15 +175,20 @@ def _start(shim: ShimArgs, args: argparse.Namespace, command: Sequence[str] | No
 
 
 def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
-    import logging
+    from shimstats.proxy.bundle import StartError
+    from shimstats.proxy.delete import run_delete
 
-    from shimstats.proxy import logs as proxy_logs
-    from shimstats.proxy.launch import StartError, run_delete
+    def prepare_logs() -> None:
+        import logging
 
-    # containerd logs this stderr as "cleanup warnings": warnings and worse only, unless -debug.
-    proxy_logs.configure(sys.stderr, logging.DEBUG if args.debug else logging.WARNING, _log_fields(shim))
+        from shimstats.proxy import logs as proxy_logs
+
+        # containerd logs this stderr as "cleanup warnings": warnings and worse only, unless -debug.
+        level = logging.DEBUG if args.debug else logging.WARNING
+        proxy_logs.configure(sys.stderr, level, _log_fields(shim))
+
     try:
-        status, out, err = run_delete(shim, os.environ)
+        status, out, err = run_delete(shim, os.environ, prepare_logs)
     except (StartError, OSError, ValueError) as exc:  # ValueError: ConfigError, without importing config
         return _fail(str(exc))
     sys.stderr.buffer.write(err)
@@ -244,7 +250,7 @@ def main(argv: Sequence[str] | None = None, command: Sequence[str] | None = None
         return _fail("shim namespace cannot be empty")
     if not args.action:
         return _fail("an action is required: start or delete")
-    from shimstats.proxy.launch import ShimArgs
+    from shimstats.proxy.bundle import ShimArgs
 
     shim = ShimArgs(args.namespace, args.id, args.address, args.publish_binary, args.bundle, args.debug)
     if args.action == "start":

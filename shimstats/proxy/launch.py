@@ -1,4 +1,5 @@
-"""The shim actions containerd runs: ``start`` and ``delete`` (containerd 1.6/1.7, docs/spec/metrics.md §1.3).
+"""The ``start`` action containerd runs (containerd 1.6/1.7, docs/spec/metrics.md §1.3), and what ``delete``
+(shimstats.proxy.delete) borrows from it in the rare case.
 
 containerd runs ``<shim> -namespace NS -address GRPC -publish-binary CONTAINERD -id ID [-debug] start`` in
 the bundle directory, with TTRPC_ADDRESS in the environment and the runtime options (an Any) on stdin, and
@@ -14,13 +15,9 @@ takes everything the process prints (stdout and stderr together) as the address 
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
-Both actions import only what they use (no asyncio, no adapter, protobuf only when containerd sent runtime
-options or the inner shim must be released): containerd waits for them on every container start and delete.
-
-``delete`` (``... -id ID -bundle DIR delete``, after a shim went away) runs the inner shim's ``delete``,
-whose stdout is the DeleteResponse containerd reads, tells a still-running inner shim to let go of the task,
-and removes socket files nobody serves any more. It waits for nothing else: a serving process still up
-removes both sockets itself on its way out (shimstats.proxy.relay).
+Both actions import only what they use (no asyncio, no adapter; protobuf only when an inner shim must be
+released, the runtime options being read by shimstats.proxy.protowire): containerd waits for them on every
+container start and delete.
 """
 
 from __future__ import annotations
@@ -32,12 +29,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from shimstats.proxy import CONFIG_ENV
+from shimstats.proxy.bundle import STATE_FILE, BundleState, ShimArgs, StartError, write_atomic
 from shimstats.proxy.fork import ServerChild
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
-from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, remove_if_stale, unix_path
+from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, unix_path
 from shimstats.ttrpc.address import AddressError
 
 # The config module (the TOML parser) is loaded by start, and by delete only without a state file.
@@ -51,85 +49,23 @@ __all__ = [
     "ShimArgs",
     "StartError",
     "daemon_argv",
+    "find_config",
     "parse_start_output",
-    "run_delete",
+    "release_inner",
+    "run_inner",
     "run_start",
     "sandbox_id",
 ]
 
 log = logging.getLogger("shimstats.proxy")
 
-STATE_FILE = "shimstats-proxy.json"
-"""In the bundle: the inner shim and both addresses, for ``delete`` (which gets no runtime options)."""
 ADDRESS_FILE = "address"
 INNER_START_TIMEOUT = 60.0
-INNER_DELETE_TIMEOUT = 60.0
 SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID")
 _HANDOVER_TIMEOUT = 5.0
 PYTHON_COMMAND = (sys.executable, "-m", "shimstats.proxy")
 """How the serving process runs when ``start`` did not come from the fast launcher (shimstats.proxy.launcher,
 which passes its own path instead)."""
-_RELEASED_SOCKET_WAIT = 0.5
-"""How long ``delete`` waits for the socket of an inner shim it just told to shut down."""
-
-
-class StartError(RuntimeError):
-    """``start`` or ``delete`` cannot go on; the message is what containerd should show."""
-
-
-class ShimArgs(NamedTuple):
-    """The flags containerd passes to a shim binary (the Go shims' flag names)."""
-
-    namespace: str
-    id: str
-    address: str = ""
-    publish_binary: str = ""
-    bundle_flag: str = ""
-    """``-bundle`` as given ("" when containerd ran us in the bundle directory instead)."""
-    debug: bool = False
-
-    @property
-    def bundle(self) -> str:
-        """The bundle directory: ``-bundle``, else where containerd ran us."""
-        return self.bundle_flag or os.getcwd()
-
-    def argv(self, binary: str, action: str) -> list[str]:
-        """``binary`` with these flags and ``action``, in the order containerd writes them."""
-        argv = [binary, "-namespace", self.namespace, "-address", self.address]
-        argv += ["-publish-binary", self.publish_binary, "-id", self.id]
-        if self.debug:
-            argv.append("-debug")
-        if self.bundle_flag:
-            argv += ["-bundle", self.bundle_flag]
-        return [*argv, action]
-
-
-class _State(NamedTuple):
-    inner_shim: str
-    inner_address: str
-    address: str
-    inner_service: str = TASK_V2_SERVICE
-
-    def save(self, bundle: str) -> None:
-        _write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(self._asdict()))
-
-    @staticmethod
-    def load(bundle: str) -> _State | None:
-        try:
-            with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
-                data = json.load(f)
-            service = str(data.get("inner_service", TASK_V2_SERVICE))
-            return _State(str(data["inner_shim"]), str(data["inner_address"]), str(data["address"]), service)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write through a hidden temp file and rename, as containerd's shims write ``address``."""
-    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}")
-    with open(temp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(temp, path)
 
 
 def parse_start_output(text: str) -> tuple[str, str]:
@@ -173,7 +109,7 @@ def sandbox_id(bundle: str, container_id: str) -> str:
     return container_id
 
 
-def _find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
+def find_config(options_path: str, environ: Mapping[str, str]) -> ProxyConfig:
     from shimstats.proxy.config import ConfigError, load_config
 
     path = options_path or environ.get(CONFIG_ENV, "")
@@ -209,7 +145,7 @@ def daemon_argv(
     return [*command, *argv[1:-1], *flags, "serve"]
 
 
-def _run_inner(
+def run_inner(
     argv: Sequence[str], action: str, environ: Mapping[str, str], timeout: float, *, stdin: bytes | None
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the inner shim's ``action`` (start: stderr joins stdout, as containerd reads it; delete: apart).
@@ -234,7 +170,7 @@ def _run_inner(
 
 
 def _inner_start(argv: Sequence[str], options: bytes, environ: Mapping[str, str]) -> str:
-    done = _run_inner(argv, "start", environ, INNER_START_TIMEOUT, stdin=options)
+    done = run_inner(argv, "start", environ, INNER_START_TIMEOUT, stdin=options)
     output = done.stdout.decode(errors="replace")
     if done.returncode != 0:
         raise StartError(f"the inner shim {argv[0]} failed to start ({done.returncode}): {output.strip()}")
@@ -278,7 +214,7 @@ def _start(
 
     bundle = args.bundle
     inner_options, options_path = _options(stdin)
-    config = _find_config(options_path, environ)
+    config = find_config(options_path, environ)
     inner_shim = resolve_inner_shim(config.inner_shim, environ.get("PATH", os.defpath))
     agent = config.agent_address(container_id=args.id, sandbox=sandbox, namespace=args.namespace)
     output = _inner_start(args.argv(inner_shim, "start"), inner_options(config.inner_config_path), environ)
@@ -296,13 +232,13 @@ def _start(
         own_config=options_path,
         inner_config_path=config.inner_config_path,
     )
-    _State(inner_shim, inner_address, address, inner_service).save(bundle)
+    BundleState(inner_shim, inner_address, address, inner_service).save(bundle)
     try:
         _serve_at(args, settings, command, early)
     except (StartError, OSError):
-        _release_inner(args, inner_address, inner_service)
+        release_inner(args, inner_address, inner_service)
         raise
-    _write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
+    write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
     log.info(
         "started",
         extra={"id": args.id, "namespace": args.namespace, "address": address, "inner": inner_address},
@@ -356,7 +292,7 @@ def _options(stdin: bytes) -> tuple[Callable[[str], bytes], str]:
     return inner, options_path
 
 
-def _release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
+def release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
     """Ask a running inner shim to drop the task and exit when it has no other (best effort)."""
     path = unix_path(inner_address)
     if not accepts(path):
@@ -377,20 +313,3 @@ def _release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
                     client.call(service, method, request.SerializeToString(), metadata=metadata)
     except OSError as exc:
         log.warning("cannot reach the inner shim to release it: %s", exc, extra={"id": args.id})
-
-
-def run_delete(args: ShimArgs, environ: Mapping[str, str]) -> tuple[int, bytes, bytes]:
-    """The ``delete`` action: (exit status, stdout, stderr) of the inner shim's ``delete``."""
-    state = _State.load(args.bundle)
-    if state is not None:
-        inner_shim = state.inner_shim
-    else:
-        from shimstats.proxy.config import resolve_inner_shim
-
-        inner_shim = resolve_inner_shim(_find_config("", environ).inner_shim, environ.get("PATH", os.defpath))
-    done = _run_inner(args.argv(inner_shim, "delete"), "delete", environ, INNER_DELETE_TIMEOUT, stdin=None)
-    if state is not None and not accepts(unix_path(state.address)):
-        _release_inner(args, state.inner_address, state.inner_service)  # our server died first: tell it
-        remove_if_stale(unix_path(state.address))
-        remove_if_stale(unix_path(state.inner_address), _RELEASED_SOCKET_WAIT)
-    return done.returncode, done.stdout, done.stderr
