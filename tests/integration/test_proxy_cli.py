@@ -21,6 +21,7 @@ import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.proxy import CONFIG_ENV
+from shimstats.proxy.bundle import BundleState
 from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
 from shimstats.wire import TASK_SERVICE
@@ -113,6 +114,23 @@ def test_delete_hands_the_inner_shims_answer_through(status: int) -> None:
     assert done.stdout == answer.SerializeToString()
     assert "warning: runc gone" in done.stderr.decode()
     assert argv == args.argv("", "delete")[1:]
+
+
+def test_delete_names_an_inner_shim_it_cannot_run() -> None:
+    """delete becomes the inner shim's own delete (shimstats.proxy.delete); when that program is gone
+    since start recorded it, one line says which, and nothing else is printed."""
+    with short_tmp() as directory:
+        missing = directory / "gone" / "containerd-shim-runc-v2"
+        BundleState(str(missing), f"unix://{directory}/inner.sock", f"unix://{directory}/ours.sock").save(
+            str(directory)
+        )
+        args = ARGS._replace(bundle_flag=str(directory))
+        done = _run(_proxy("delete", args), directory, _env())
+    assert done.returncode == 1
+    assert done.stdout == b""
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"cannot run the inner shim {missing}" in lines[0]
 
 
 def _wait_gone(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
