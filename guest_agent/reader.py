@@ -125,6 +125,8 @@ def _counter_v1_files(prefix: str) -> tuple[str, ...]:
 
 _V1_COUNTERS = {p: _counter_v1_files(p) for p in ("memory.memsw.", "memory.kmem.", "memory.kmem.tcp.")}
 _V1_MEMORY = (*_counter_v1_files("memory."), "memory.use_hierarchy")
+_V1_MEMORY_ALL = (*_V1_COUNTERS["memory.memsw."], *_V1_COUNTERS["memory.kmem."], *_V1_MEMORY)
+"""Swap first: without swap accounting the attempt stops at its first file."""
 _V2_MEMORY = ("memory.current", "memory.peak", "memory.max")
 _V2_SWAP = ("memory.swap.current", "memory.swap.peak", "memory.swap.max")
 _PIDS = ("pids.current", "pids.max")
@@ -413,16 +415,23 @@ class CgroupReader:
         if stat is None:
             return None
         d.need_key(stat, "total_inactive_file", "memory.stat")
-        if (plain := d.plain(_V1_MEMORY)) is not None:
-            usage, use_hierarchy = CgroupCounter._make(plain[:4]), plain[4]
+        swap: CgroupCounter | None
+        kernel: CgroupCounter | None
+        if (plain := d.plain(_V1_MEMORY_ALL)) is not None:  # the 13 files in one go
+            swap, kernel = CgroupCounter._make(plain[:4]), CgroupCounter._make(plain[4:8])
+            usage, use_hierarchy = CgroupCounter._make(plain[8:12]), plain[12]
         else:
-            found = d.need(d.number("memory.usage_in_bytes", "required"), "memory.usage_in_bytes")
-            usage, use_hierarchy = d.counter_rest_v1("memory.", found), d.value("memory.use_hierarchy")
+            swap, kernel = d.counter_v1("memory.memsw."), d.counter_v1("memory.kmem.")
+            if (plain := d.plain(_V1_MEMORY)) is not None:
+                usage, use_hierarchy = CgroupCounter._make(plain[:4]), plain[4]
+            else:
+                found = d.need(d.number("memory.usage_in_bytes", "required"), "memory.usage_in_bytes")
+                usage, use_hierarchy = d.counter_rest_v1("memory.", found), d.value("memory.use_hierarchy")
         return CgroupMemory(
             version=1,
             usage=usage,
-            swap=d.counter_v1("memory.memsw."),
-            kernel=d.counter_v1("memory.kmem."),
+            swap=swap,
+            kernel=kernel,
             kernel_tcp=d.counter_v1("memory.kmem.tcp.") if extras else None,
             cache=d.key(stat, "cache", "memory.stat"),
             use_hierarchy=use_hierarchy == 1,

@@ -588,3 +588,15 @@ def test_a_garbled_one_value_file_costs_its_figure_only_when_read_in_one_go(tmp_
     assert reader.errors.snapshot() == {"memory.memsw.failcnt": 1}
     (tmp_path / "memory" / "c1" / "memory.memsw.failcnt").write_text("1\n")
     assert reader.read("/c1").memory.swap == V1_MEMSW  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("memsw", [True, False])
+def test_v1_memory_read_in_one_go_with_and_without_swap_accounting(tmp_path, memsw):
+    layout = v1_tree(tmp_path, memsw=memsw)
+    reader = trusted_reader(layout, tmp_path, clk_tck=CLK_TCK)
+    expected = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert reader.read("/c1") == expected
+    assert reader.read("/c1") == expected
+    assert expected.memory is not None
+    assert expected.memory.swap == (V1_MEMSW if memsw else None)
+    assert reader.errors.snapshot() == {}
