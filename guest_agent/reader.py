@@ -49,6 +49,7 @@ from guest_agent.layout import Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
+    BlkioLine,
     CgroupFormatError,
     decode,
     hugetlb_size_bytes,
@@ -131,6 +132,9 @@ _V2_MEMORY = ("memory.current", "memory.peak", "memory.max")
 _V2_SWAP = ("memory.swap.current", "memory.swap.peak", "memory.swap.max")
 _PIDS = ("pids.current", "pids.max")
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
+
+_NO_DEVICES = b"Total 0\n"
+"""A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
@@ -249,8 +253,17 @@ class _Dir:
         return self._load(name, self._flat_keyed, strength)
 
     def lines(self, name: str, parse: LenientParser[list[L]], strength: Strength) -> list[L] | None:
-        """A file of one record per line (blkio, io.stat), malformed lines left out (misses)."""
+        """A file of one record per line (io.stat), malformed lines left out (misses)."""
         return self._load(name, lambda data, path: self._lenient(parse, data, path), strength)
+
+    def blkio(self, name: str, strength: Strength) -> list[BlkioLine] | None:
+        """A v1 blkio file's device lines, as lines(name, parse_blkio) reads them."""
+        return self._load(name, self._blkio_lines, strength)
+
+    def _blkio_lines(self, data: bytes, path: str) -> list[BlkioLine]:
+        # A cgroup without block I/O (most, most of the time) has the sum line alone in every file that a
+        # read probes: parse_blkio gives [] for it, here without its six calls (some 8k instructions).
+        return [] if data == _NO_DEVICES else self._lenient(parse_blkio, data, path)
 
     def key(self, values: Mapping[str, int] | None, key: str, name: str) -> int:
         """``values[key]``; 0 and a miss when the key is absent (no second miss when the file was)."""
@@ -558,12 +571,12 @@ class CgroupReader:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
-            first = d.lines(first_name, parse_blkio, "optional")
+            first = d.blkio(first_name, "optional")
             if not first:
                 continue
             files = {field: tuple(first)}
             for field, name in rest:
-                lines = d.lines(name, parse_blkio, "expected")
+                lines = d.blkio(name, "expected")
                 if lines is not None:
                     files[field] = tuple(lines)
             return CgroupBlkio(files)

@@ -18,8 +18,8 @@ import pytest
 from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
-from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
-from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
+from guest_agent.reader import _NO_DEVICES, CgroupGone, CgroupReader, IncompleteCgroup
 from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
 from tests.translate_builders import FIXTURES, fixture_names
 
@@ -599,4 +599,15 @@ def test_v1_memory_read_in_one_go_with_and_without_swap_accounting(tmp_path, mem
     assert reader.read("/c1") == expected
     assert expected.memory is not None
     assert expected.memory.swap == (V1_MEMSW if memsw else None)
+    assert reader.errors.snapshot() == {}
+
+
+def test_the_blkio_file_of_a_cgroup_without_io_reads_as_the_parser_reads_it(tmp_path):
+    # The reader skips the parser for the sum line alone; the parser must agree that it holds no device.
+    assert parse_blkio(_NO_DEVICES.decode(), "blkio.throttle.io_serviced") == []
+    layout = v1_tree(tmp_path)
+    for name in ("blkio.throttle.io_serviced_recursive", "blkio.throttle.io_serviced"):
+        (tmp_path / "blkio" / "c1" / name).write_bytes(_NO_DEVICES)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    assert reader.read("/c1").blkio is None
     assert reader.errors.snapshot() == {}
