@@ -56,7 +56,7 @@ from guest_agent.parse import (
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
-    parse_int_list,
+    parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
     parse_plain_singles,
@@ -167,10 +167,6 @@ Miss = tuple[str, str]
 
 Strength = Literal["required", "optional", "expected"]
 """How a file's absence or garbling counts (_Dir)."""
-
-
-def _int_list(data: bytes, path: str) -> list[int]:
-    return parse_int_list(decode(data, path), path)
 
 
 def _words(data: bytes, path: str) -> list[str]:
@@ -517,7 +513,7 @@ class CgroupReader:
         usage = None
         if cpuacct is not None and (total := cpuacct.number("cpuacct.usage")) is not None:
             ticks = cpuacct.keyed("cpuacct.stat", "expected")
-            percpu = cpuacct._load("cpuacct.usage_percpu", _int_list, "expected")
+            percpu = cpuacct._load("cpuacct.usage_percpu", parse_int_list_bytes, "expected")
             usage = CgroupCpuUsage(
                 total=total,
                 user=cpuacct.key(ticks, "user", "cpuacct.stat") * _NS_PER_S // self.clk_tck,

@@ -23,6 +23,7 @@ from guest_agent.parse import (
     parse_flat_keyed,
     parse_hugetlb_name,
     parse_int_list,
+    parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
     parse_plain_singles,
@@ -194,3 +195,18 @@ def test_one_value_files_read_in_one_go_read_as_each_alone(files: list[str]) -> 
     alone = [_outcome(lambda d=d: parse_single_bytes(d, "f")) for d in data]  # type: ignore[misc]
     plain = all(d == b"max\n" or (1 < len(d) <= 20 and d[-1:] == b"\n" and d[:-1].isdigit()) for d in data)
     assert parse_plain_singles(data) == (alone if plain else None)
+
+
+PLAIN_INT_LIST = st.lists(st.integers(0, 10**19 - 1), min_size=1, max_size=8).map(
+    lambda values: "".join(f"{v} " for v in values) + "\n"
+)
+"""cpuacct.usage_percpu as the kernel writes it."""
+
+
+@BUDGET
+@given(text=st.one_of(PLAIN_INT_LIST, NEAR_VALID, st.binary(max_size=40).map(lambda b: b.decode("latin-1"))))
+def test_int_list_bytes_read_as_their_decoded_text_does(text: str) -> None:
+    """The reader's bytes fast path (parse_int_list_bytes) gives parse_int_list's values or error, always."""
+    data = text.encode("utf-8")
+    expected = _outcome(lambda: parse_int_list(decode(data, "f"), "f"))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_int_list_bytes(data, "f")) == expected  # type: ignore[arg-type,return-value]
