@@ -181,7 +181,7 @@ class _Dir:
     absent, garbled or unreadable is a miss). Misses go to ``misses``; the reader counts them once the
     cgroup is known to exist. Every file goes through ``_load``, one level of calls between the reader's
     rules and the file cache: a Stats reads some 25 files, and each Python call per file costs about 1 µs a
-    Stats (bench.hops).
+    Stats (bench.hops); runs of one-value files are first tried in one go (``plain``).
     """
 
     __slots__ = ("files", "misses", "path", "prefix", "skipped")
