@@ -32,7 +32,7 @@ import os
 import resource
 import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 _CHUNK = 1 << 16
 MAX_OPEN = 4096
@@ -103,6 +103,29 @@ class FileCache:
             if e.errno == errno.ENODEV:  # removed between open and read
                 return None
             raise
+
+    def read_open(self, prefix: str, names: Sequence[str]) -> list[bytes] | None:
+        """The content of each file ``prefix + name`` when every one is open and needs no inode check (the
+        common case on cgroupfs), read in this one frame; None as soon as one is not, and the caller reads
+        them one by one with read_bytes, which opens, checks, remembers absence and handles errors.
+
+        Why: around its pread, read_bytes costs a Python call per file, and a Stats reads some 16 one-value
+        files. Nothing is remembered here that read_bytes would not also remember.
+        """
+        fds = self._fds
+        out = []
+        for name in names:
+            path = prefix + name
+            entry = fds.get(path)
+            if entry is None or entry[1]:
+                return None
+            fds.move_to_end(path)
+            try:
+                data = os.pread(entry[0], _CHUNK, 0)
+            except OSError:  # read_bytes reads it again and handles the error (ENODEV: the cgroup is gone)
+                return None
+            out.append(data if len(data) < _CHUNK else _read_rest(entry[0], data))
+        return out
 
     def forget(self, directory: str) -> None:
         """Close every cached file under ``directory`` (its cgroup is gone)."""

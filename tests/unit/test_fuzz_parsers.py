@@ -23,8 +23,10 @@ from guest_agent.parse import (
     parse_flat_keyed,
     parse_hugetlb_name,
     parse_int_list,
+    parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
+    parse_plain_singles,
     parse_single,
     parse_single_bytes,
 )
@@ -170,3 +172,41 @@ def test_io_stat_round_trips(devices: list[tuple[tuple[int, int], dict[str, int]
 @given(cpus=st.sets(st.integers(0, 511), max_size=40))
 def test_cpu_lists_round_trip(cpus: set[int]) -> None:
     assert parse_cpu_list(",".join(str(c) for c in sorted(cpus)), "cpuset.cpus") == sorted(cpus)
+
+
+PLAIN_SINGLE = st.one_of(st.just("max\n"), st.integers(0, 10**19 - 1).map(lambda n: f"{n}\n"))
+"""A one-value file as the kernel writes it (digits that fit in 19 places, or max)."""
+
+
+@BUDGET
+@given(
+    files=st.lists(
+        st.one_of(
+            PLAIN_SINGLE, PLAIN_SINGLE, NEAR_VALID, st.binary(max_size=24).map(lambda b: b.decode("latin-1"))
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_one_value_files_read_in_one_go_read_as_each_alone(files: list[str]) -> None:
+    """parse_plain_singles gives each file's parse_single_bytes value when every one is plain (digits that
+    fit in 19 places, or max, and the newline), and None otherwise (each is then read alone)."""
+    data = [text.encode("utf-8") for text in files]
+    alone = [_outcome(lambda d=d: parse_single_bytes(d, "f")) for d in data]  # type: ignore[misc]
+    plain = all(d == b"max\n" or (1 < len(d) <= 20 and d[-1:] == b"\n" and d[:-1].isdigit()) for d in data)
+    assert parse_plain_singles(data) == (alone if plain else None)
+
+
+PLAIN_INT_LIST = st.lists(st.integers(0, 10**19 - 1), min_size=1, max_size=8).map(
+    lambda values: "".join(f"{v} " for v in values) + "\n"
+)
+"""cpuacct.usage_percpu as the kernel writes it."""
+
+
+@BUDGET
+@given(text=st.one_of(PLAIN_INT_LIST, NEAR_VALID, st.binary(max_size=40).map(lambda b: b.decode("latin-1"))))
+def test_int_list_bytes_read_as_their_decoded_text_does(text: str) -> None:
+    """The reader's bytes fast path (parse_int_list_bytes) gives parse_int_list's values or error, always."""
+    data = text.encode("utf-8")
+    expected = _outcome(lambda: parse_int_list(decode(data, "f"), "f"))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_int_list_bytes(data, "f")) == expected  # type: ignore[arg-type,return-value]

@@ -6,18 +6,22 @@ through the rule named in the test (the rules are listed in guest_agent.reader's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
-from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError
-from guest_agent.reader import CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import CgroupCounter, CgroupThrottling
+from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
+from guest_agent.reader import _NO_DEVICES, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
+from tests.translate_builders import FIXTURES, fixture_names
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
 CLK_TCK = 100
@@ -532,4 +536,78 @@ def test_v1_without_the_kmem_limit_file_is_not_a_read_error(tmp_path):
     reader = CgroupReader(layout, clk_tck=CLK_TCK)
     kernel = reader.read("/c1").memory.kernel  # type: ignore[union-attr]
     assert kernel == CgroupCounter(usage=V1_KMEM.usage, max_usage=V1_KMEM.max_usage, failcnt=0, limit=0)
+    assert reader.errors.snapshot() == {}
+
+
+class CountingFiles(FileCache):
+    """The reader's file cache, counting the batches it served in one go (read_open)."""
+
+    served = 0
+
+    def read_open(self, prefix: str, names: Sequence[str]) -> list[bytes] | None:
+        data = super().read_open(prefix, names)
+        self.served += data is not None
+        return data
+
+
+def trusted_reader(layout: Layout, root: Path, **kwargs: Any) -> CgroupReader:
+    """A reader that takes ``root``'s files as kernfs ones (no inode check), so that one-value files are read
+    in one go from the second read on, as on a mounted hierarchy."""
+    files = CountingFiles(kernfs_devices=[os.stat(root).st_dev], absent_for=ABSENT_FOR)
+    return CgroupReader(layout, files=files, **kwargs)
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_files_read_in_one_go_give_what_they_give_one_by_one(name):
+    # Every captured kernel's tree: the same record and the same read errors either way.
+    root = FIXTURES / name
+    meta = json.loads((root / "meta.json").read_text())
+    kwargs: dict[str, Any] = {"meminfo": str(root / "meminfo"), "clk_tck": CLK_TCK}
+    checked = CgroupReader(detect_layout(str(root / "cgroup")), **kwargs)
+    trusted = trusted_reader(detect_layout(str(root / "cgroup")), root, **kwargs)
+    expected = checked.read(meta["container_path"])
+    assert trusted.read(meta["container_path"]) == expected
+    assert trusted.read(meta["container_path"]) == expected
+    assert trusted.errors.snapshot() == checked.errors.snapshot()
+    assert isinstance(trusted.files, CountingFiles)
+    assert trusted.files.served > 0 or meta["container_path"] == "/"  # a v2 root has none of those files
+
+
+def test_a_garbled_one_value_file_costs_its_figure_only_when_read_in_one_go(tmp_path):
+    reader = trusted_reader(v1_tree(tmp_path), tmp_path, clk_tck=CLK_TCK)
+    reader.read("/c1")
+    assert isinstance(reader.files, CountingFiles)
+    served = reader.files.served
+    assert reader.read("/c1").pids == CgroupPids(current=1, limit=U64_MAX)  # "max", in one go
+    assert reader.files.served > served
+    (tmp_path / "memory" / "c1" / "memory.memsw.failcnt").write_text("7x\n")  # rewritten in place
+    swap = reader.read("/c1").memory.swap  # type: ignore[union-attr]
+    assert swap == CgroupCounter(
+        usage=V1_MEMSW.usage, max_usage=V1_MEMSW.max_usage, failcnt=0, limit=V1_LIMIT
+    )
+    assert reader.errors.snapshot() == {"memory.memsw.failcnt": 1}
+    (tmp_path / "memory" / "c1" / "memory.memsw.failcnt").write_text("1\n")
+    assert reader.read("/c1").memory.swap == V1_MEMSW  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("memsw", [True, False])
+def test_v1_memory_read_in_one_go_with_and_without_swap_accounting(tmp_path, memsw):
+    layout = v1_tree(tmp_path, memsw=memsw)
+    reader = trusted_reader(layout, tmp_path, clk_tck=CLK_TCK)
+    expected = CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert reader.read("/c1") == expected
+    assert reader.read("/c1") == expected
+    assert expected.memory is not None
+    assert expected.memory.swap == (V1_MEMSW if memsw else None)
+    assert reader.errors.snapshot() == {}
+
+
+def test_the_blkio_file_of_a_cgroup_without_io_reads_as_the_parser_reads_it(tmp_path):
+    # The reader skips the parser for the sum line alone; the parser must agree that it holds no device.
+    assert parse_blkio(_NO_DEVICES.decode(), "blkio.throttle.io_serviced") == []
+    layout = v1_tree(tmp_path)
+    for name in ("blkio.throttle.io_serviced_recursive", "blkio.throttle.io_serviced"):
+        (tmp_path / "blkio" / "c1" / name).write_bytes(_NO_DEVICES)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    assert reader.read("/c1").blkio is None
     assert reader.errors.snapshot() == {}
