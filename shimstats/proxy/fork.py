@@ -137,7 +137,10 @@ def _receive(channel: socket.socket) -> tuple[str, DaemonSettings] | None:
         return None
     data = json.loads(message)
     settings = DaemonSettings(**data["settings"])._replace(listen_fd=fds[0])
-    return str(data["title"]), settings
+    words = str(data["title"]).split(" ")
+    if "--listen-fd" in words[:-1]:  # the socket's number here, not in start
+        words[words.index("--listen-fd") + 1] = str(fds[0])
+    return " ".join(words), settings
 
 
 def _close(fd: int | None) -> None:

@@ -210,6 +210,12 @@ def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> 
         assert (again.returncode, again.stdout.decode()) == (0, address)
         servers = _pids_serving(address)
         assert len(servers) == 1, servers  # one serving process per inner shim, on the socket start bound
+        title = Path(f"/proc/{servers[0]}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+        fd = title[title.index("--listen-fd") + 1]
+        listening = [row.split()[6] for row in Path("/proc/net/unix").read_text().splitlines()[1:]
+                     if row.split()[-1] == str(ours)]  # fmt: skip
+        # the fd its title names is the listening socket at our address, by inode, in its own fd table
+        assert os.readlink(f"/proc/{servers[0]}/fd/{fd}") == f"socket:[{listening[0]}]", (title, listening)
         inner.stop()
         deadline = time.monotonic() + TIMEOUT
         while ours.exists() or _pids_serving(address):
