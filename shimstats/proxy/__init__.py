@@ -9,9 +9,14 @@ entry in containerd's config is the whole deployment (docs/proxy-shim.md).
 Modules, one job each:
 * ``config``: the TOML file (inner shim, agent address template, metrics format, fallback);
 * ``options``: containerd's runtime options (an Any on stdin and in Create), and what the inner shim gets;
+* ``protowire``: the protobuf wire format of those small messages, for ``start``, without the protobuf
+  runtime;
 * ``logs``: logfmt lines on the bundle's ``log`` fifo, as containerd copies shim logs;
 * ``sockets``: socket naming and stale-socket cleanup;
-* ``launch``: the ``start`` and ``delete`` actions (processes, bundle files);
+* ``bundle``: containerd's shim flags, the bundle's state file and the actions' error;
+* ``launch``: the ``start`` action (the inner shim's start, our socket, bundle files);
+* ``fork``: the serving process as a fork of ``start``, handed its socket and settings;
+* ``delete``: the ``delete`` action, which becomes the inner shim's own when nothing is left after it;
 * ``relay``: the serving process (lifetime tied to the inner shim's) and its Task service, which forwards
   calls and answers Stats, on threads: it never imports asyncio (memory per pod, start-up before Create);
 * ``fallback``: the relay's Stats rules (request id, fallback policy, warn once);
