@@ -13,10 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from google.protobuf.message import DecodeError
-
 from shimstats._proto.kata import agent_pb2
-from shimstats.agent_errors import Backoff, DialHealth, map_agent_error, undecodable_stats
+from shimstats.agent_errors import Backoff, DialHealth, decode_stats, map_agent_error
 from shimstats.kata_spec import KataSpec, parse_kata_spec
 from shimstats.sandboxes import (
     DiscoveryError,
@@ -76,10 +74,7 @@ class BlockingAgentClient:
             raw = self._pool.call(AGENT_SERVICE, "StatsContainer", request, timeout=timeout)
         except TtrpcError as exc:
             raise map_agent_error(exc, container_id, str(self.address)) from None
-        try:
-            return agent_pb2.StatsContainerResponse.FromString(raw)
-        except DecodeError as exc:
-            raise undecodable_stats(container_id, str(self.address), exc) from None
+        return decode_stats(raw, container_id, str(self.address))
 
     def close(self) -> None:
         self._pool.close()

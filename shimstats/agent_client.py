@@ -37,9 +37,9 @@ from shimstats.agent_errors import (
     KATA_UNKNOWN_CONTAINER,
     Backoff,
     DialHealth,
+    decode_stats,
     map_agent_error,
     service_unsupported,
-    undecodable_stats,
 )
 from shimstats.ttrpc import Address, Client, Code, TtrpcError, parse_address, wait_until
 from shimstats.wire import AGENT_SERVICE, DIAGNOSTICS_SERVICE, HEALTH_SERVICE, RESOURCES_SERVICE
@@ -110,10 +110,7 @@ class AgentClient:
             )
         except TtrpcError as exc:
             raise map_agent_error(exc, container_id, str(self.address)) from None
-        try:
-            return agent_pb2.StatsContainerResponse.FromString(raw)
-        except DecodeError as exc:
-            raise undecodable_stats(container_id, str(self.address), exc) from None
+        return decode_stats(raw, container_id, str(self.address))
 
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
         """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the

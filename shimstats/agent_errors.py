@@ -7,15 +7,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
+from shimstats._proto.kata import agent_pb2
 from shimstats.ttrpc.status import Code, TtrpcError
 
 __all__ = [
     "KATA_UNKNOWN_CONTAINER",
     "Backoff",
     "DialHealth",
+    "decode_stats",
     "map_agent_error",
     "service_unsupported",
-    "undecodable_stats",
 ]
 
 log = logging.getLogger("shimstats.agent")
@@ -76,13 +79,16 @@ def map_agent_error(error: TtrpcError, container_id: str, address: str) -> Ttrpc
     return TtrpcError(error.code, message, error.details)
 
 
-def undecodable_stats(container_id: str, address: str, exc: Exception) -> TtrpcError:
-    """INTERNAL for a StatsContainerResponse that does not decode."""
-    return TtrpcError(
-        Code.INTERNAL,
-        f"container {container_id!r}: the guest agent at {address} sent a "
-        f"StatsContainerResponse that does not decode: {exc}",
-    )
+def decode_stats(raw: bytes, container_id: str, address: str) -> agent_pb2.StatsContainerResponse:
+    """The agent's StatsContainer answer; INTERNAL, naming the agent, when it does not decode."""
+    try:
+        return agent_pb2.StatsContainerResponse.FromString(raw)
+    except DecodeError as exc:
+        raise TtrpcError(
+            Code.INTERNAL,
+            f"container {container_id!r}: the guest agent at {address} sent a "
+            f"StatsContainerResponse that does not decode: {exc}",
+        ) from None
 
 
 class DialHealth:
