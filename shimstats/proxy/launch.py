@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from shimstats.proxy import CONFIG_ENV
-from shimstats.proxy.bundle import STATE_FILE, BundleState, ShimArgs, StartError, write_atomic
+from shimstats.proxy.bundle import BundleState, ShimArgs, StartError, write_atomic
 from shimstats.proxy.fork import ServerChild
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, unix_path
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from shimstats.proxy.settings import Fallback
 
 __all__ = [
-    "STATE_FILE",
     "TASK_V3_SERVICE",
     "ShimArgs",
     "StartError",

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from shimstats.proxy import CONFIG_ENV, RUNTIME_TYPE
-from shimstats.proxy.launch import STATE_FILE
+from shimstats.proxy.bundle import STATE_FILE
 from tests.containerd_env import (
     READ_MIB,
     READY_MARKER,
