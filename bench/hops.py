@@ -25,14 +25,9 @@ from shimstats._proto.kata import agent_pb2
 from shimstats.translate import translate
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cgroupfs-root", default="/sys/fs/cgroup")
-    parser.add_argument("--path", default="/", help="cgroup to read (default: the root, /)")
-    parser.add_argument("--batches", type=int, default=30)
-    args = parser.parse_args(argv)
-    reader = CgroupReader(detect_layout(args.cgroupfs_root))
-    record = reader.read(args.path)
+def hop_calls(reader: CgroupReader, path: str) -> list[tuple[str, Callable[[], object]]]:
+    """The four in-process hops of one Stats answer for the cgroup ``path``, each as a call to time."""
+    record = reader.read(path)
     wire = to_response(record).SerializeToString()
     answer = agent_pb2.StatsContainerResponse.FromString(wire)
 
@@ -40,12 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = cri.encode_metrics(translate(answer, "v1"))
         return shim_pb2.StatsResponse(stats=metrics).SerializeToString()
 
-    hops: list[tuple[str, Callable[[], object]]] = [
-        ("agent: read cgroup files", lambda: reader.read(args.path)),
+    return [
+        ("agent: read cgroup files", lambda: reader.read(path)),
         ("agent: kata spelling + serialise", lambda: to_response(record).SerializeToString()),
         ("adapter: decode agent answer", lambda: agent_pb2.StatsContainerResponse.FromString(wire)),
         ("adapter: translate + serialise", translate_and_encode),
     ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cgroupfs-root", default="/sys/fs/cgroup")
+    parser.add_argument("--path", default="/", help="cgroup to read (default: the root, /)")
+    parser.add_argument("--batches", type=int, default=30)
+    args = parser.parse_args(argv)
+    reader = CgroupReader(detect_layout(args.cgroupfs_root))
+    hops = hop_calls(reader, args.path)
     total = 0.0
     print(f"{'hop':36} {'µs':>8}")
     for name, fn in hops:
