@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Container, Containerd
+from tests.containerd_env import PAGE_CACHE_COMMAND, READY_MARKER, Container, Containerd, controller_root
 from tests.integration.harness import CLI, FIXTURES, REPO
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Summary",
     "adapter_process",
     "alternate",
+    "live_containers",
     "many_containers",
     "print_rows",
     "ratio",
@@ -100,6 +101,53 @@ def many_containers(fixture: Path, destination: Path, count: int, prefix: str = 
         for container_id in ids:
             shutil.copytree(original, original.parent / container_id, symlinks=True, copy_function=os.link)
     return ids
+
+
+LIVE_CONTROLLERS = ("memory", "cpuacct", "blkio", "pids")
+"""The cgroup v1 controllers the agent reads (cpu shares cpuacct's hierarchy here)."""
+
+
+@contextlib.contextmanager
+def live_containers(count: int, cache_kib: int = 1024, prefix: str = "bench-") -> Iterator[dict[str, str]]:
+    """``count`` live cgroup v1 children, each holding a process that wrote and read back ``cache_kib`` KiB
+    (its own page cache) and then sleeps: what a guest agent reads in production (kernfs), unlike a
+    captured tree of regular files. Yields {id: cgroup path}; kills the processes and removes the cgroups.
+    Root only."""
+    roots = [root for root in map(controller_root, LIVE_CONTROLLERS) if root is not None]
+    base = f"shimstats-bench-{os.getpid()}"
+    scratch = Path(f"/tmp/{base}")
+    scratch.mkdir()
+    processes: list[subprocess.Popen[bytes]] = []
+    paths = {f"{prefix}{index:04d}": f"/{base}/{prefix}{index:04d}" for index in range(count)}
+    try:
+        for container_id, path in paths.items():
+            script = (
+                f"read go && dd if=/dev/zero of={scratch}/{container_id} bs=1k count={cache_kib} 2>/dev/null"
+                f" && cat {scratch}/{container_id} >/dev/null && echo ready && exec sleep 100000"
+            )
+            process = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            processes.append(process)
+            for root in roots:
+                (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                (root / path.lstrip("/") / "cgroup.procs").write_text(str(process.pid))
+            assert process.stdin is not None
+            assert process.stdout is not None
+            process.stdin.write(b"go\n")
+            process.stdin.close()
+            if process.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"{container_id}: the workload in {path} did not start")
+        yield paths
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        for root in roots:
+            for path in paths.values():
+                with contextlib.suppress(FileNotFoundError):
+                    (root / path.lstrip("/")).rmdir()
+            with contextlib.suppress(FileNotFoundError):
+                (root / base).rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

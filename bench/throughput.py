@@ -1,9 +1,10 @@
 """Stats per second through one adapter, and how a call's latency grows with the number of containers.
 
-``python -m bench.throughput [--calls N] [--rounds R] [--runc]``
+``python -m bench.throughput [--calls N] [--rounds R] [--runc] [--tree captured|live]``
 
 Throughput: one guest agent (``python -m guest_agent``) reading a captured cgroup v1 tree with 100 copies of
-one container, one adapter (``shimstats serve``) in front of it, and callers as containerd makes them (one
+one container (``--tree live``: 100 live cgroup v1 children, each with a process and its page cache, as an
+agent reads kernfs in production), one adapter (``shimstats serve``) in front of it, and callers as containerd makes them (one
 connection, 1, 16 and 256 concurrent calls, cycling over the 100 ids). With ``--runc`` the runc shim of a
 real busybox container is driven the same way in the same run, alternating, and the ratio is printed (a
 runc shim serves one container, so all its calls ask for that one).
@@ -27,6 +28,7 @@ from bench.common import (
     Summary,
     adapter_process,
     alternate,
+    live_containers,
     many_containers,
     print_rows,
     ratio,
@@ -41,16 +43,23 @@ SCALING = (1, 10, 100, 1000)
 
 
 @contextlib.contextmanager
-def adapter_on_tree(containers: int) -> Iterator[tuple[str, list[str]]]:
-    """Agent + adapter over a fresh tree of ``containers`` copies; yields (adapter address, ids)."""
-    with short_tmp() as directory:
-        ids = many_containers(PAGECACHE_V1, directory / "cgroup", containers)
-        agent_args = [
-            "--cgroupfs-root",
-            str(directory / "cgroup"),
-            "--meminfo",
-            str(PAGECACHE_V1 / "meminfo"),
-        ]
+def adapter_on_tree(containers: int, tree: str = "captured") -> Iterator[tuple[str, list[str]]]:
+    """Agent + adapter over ``containers`` containers; yields (adapter address, ids). ``tree``: "captured"
+    (copies of a captured cgroup v1 tree, found by discovery) or "live" (live cgroup v1 children, each
+    with its own process and page cache, mapped with --container as an agent that knows its containers)."""
+    with short_tmp() as directory, contextlib.ExitStack() as stack:
+        if tree == "live":
+            paths = stack.enter_context(live_containers(containers))
+            ids = list(paths)
+            agent_args = [f"--container={container_id}={path}" for container_id, path in paths.items()]
+        else:
+            ids = many_containers(PAGECACHE_V1, directory / "cgroup", containers)
+            agent_args = [
+                "--cgroupfs-root",
+                str(directory / "cgroup"),
+                "--meminfo",
+                str(PAGECACHE_V1 / "meminfo"),
+            ]
         with (
             AgentProcess(directory, [*agent_args, "--log-level", "warning"]) as agent,
             adapter_process(directory, agent.address) as address,
@@ -112,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scaling-calls", type=int, default=3000, help="warm calls per scaling point")
     parser.add_argument("--runc", action="store_true", help="compare with a real runc shim (needs root)")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument(
+        "--tree",
+        choices=("captured", "live"),
+        default="captured",
+        help="what the agent reads for the throughput table: copies of a captured tree (regular files, "
+        "checked per read; the default, as in earlier runs) or 100 live cgroup v1 children (kernfs, as in "
+        "production; root)",
+    )
     args = parser.parse_args(argv)
 
     with contextlib.ExitStack() as stack:
@@ -119,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.runc:
             container = stack.enter_context(runc_container())
             runc = (f"unix://{container.shim_socket}", container.id)
-        address, ids = stack.enter_context(adapter_on_tree(100))
+        address, ids = stack.enter_context(adapter_on_tree(100, args.tree))
         asyncio.run(throughput(address, ids, runc, args))
 
     if not args.skip_scaling:
