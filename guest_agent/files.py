@@ -104,18 +104,17 @@ class FileCache:
                 return None
             raise
 
-    def read_open(self, prefix: str, names: Sequence[str]) -> list[bytes] | None:
-        """The content of each file ``prefix + name`` when every one is open and needs no inode check (the
-        common case on cgroupfs), read in this one frame; None as soon as one is not, and the caller reads
-        them one by one with read_bytes, which opens, checks, remembers absence and handles errors.
+    def read_open(self, paths: Sequence[str]) -> list[bytes] | None:
+        """The content of each file of ``paths`` when every one is open and needs no inode check (the common
+        case on cgroupfs), read in this one frame; None as soon as one is not, and the caller reads them one
+        by one with read_bytes, which opens, checks, remembers absence and handles errors.
 
         Why: around its pread, read_bytes costs a Python call per file, and a Stats reads some 16 one-value
         files. Nothing is remembered here that read_bytes would not also remember.
         """
         fds = self._fds
         out = []
-        for name in names:
-            path = prefix + name
+        for path in paths:
             entry = fds.get(path)
             if entry is None or entry[1]:
                 return None

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 
 from guest_agent.files import ABSENT_FOR, FileCache
-from guest_agent.layout import Hierarchy, Layout
+from guest_agent.layout import Controller, Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
@@ -173,6 +173,65 @@ def _words(data: bytes, path: str) -> list[str]:
     return decode(data, path).split()
 
 
+_DIR_PROBE = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _is_dir(path: str) -> bool:
+    """os.path.isdir(path), by an O_PATH open of the directory (about 3k instructions against isdir's 8k, most
+    of which build a stat result); any failure but "no such directory" asks isdir itself, so that the answer
+    is always isdir's (EMFILE, say, must not read as a removed cgroup)."""
+    try:
+        os.close(os.open(path, _DIR_PROBE))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return os.path.isdir(path)
+    return True
+
+
+class _PathTable(dict[str, str]):
+    """The full path of each file of one cgroup directory, by file name: built on first use, then kept.
+
+    Why: the file cache is keyed by path, and a path built anew for every read is a new string hashed anew
+    at its lookup (some 35 a Stats, 50-odd characters each); a kept string carries its hash. Only names are
+    kept here, never anything read.
+    """
+
+    __slots__ = ("directory", "prefix", "runs")
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.prefix = directory + "/"
+        self.runs: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __missing__(self, name: str) -> str:
+        path = self[name] = self.prefix + name
+        return path
+
+    def run(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The paths of ``names``, kept as one tuple."""
+        paths = self.runs.get(names)
+        if paths is None:
+            paths = self.runs[names] = tuple(self[name] for name in names)
+        return paths
+
+
+class _Where:
+    """Where one cgroup's files are: its directory in every controller's hierarchy (a _PathTable each) and
+    in the primary one. Decided once per cgroup path: the layout does not change while the reader lives."""
+
+    __slots__ = ("primary", "tables")
+
+    def __init__(self, layout: Layout, cgroup_path: str) -> None:
+        self.primary = layout.primary.dir_for(cgroup_path)
+        self.tables = {name: _PathTable(h.dir_for(cgroup_path)) for name, h in layout.controllers.items()}
+
+
+MAX_WHERE = 512
+"""Cgroup paths whose _Where the reader keeps; beyond that it starts over (about 10 KiB each)."""
+
+
 class _Dir:
     """One cgroup directory of one hierarchy: reads and parses its files, naming the full path in errors.
 
@@ -184,19 +243,20 @@ class _Dir:
     Stats (bench.hops); runs of one-value files are first tried in one go (``plain``).
     """
 
-    __slots__ = ("files", "misses", "path", "prefix", "skipped")
+    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped")
 
-    def __init__(self, files: FileCache, path: str, misses: list[Miss]) -> None:
+    def __init__(self, files: FileCache, paths: _PathTable, misses: list[Miss]) -> None:
         self.files = files
-        self.path = path
-        self.prefix = path + "/"
+        self.paths = paths
+        self.path = paths.directory
+        self.prefix = paths.prefix
         self.misses = misses
         self.skipped: list[CgroupFormatError] = []
 
     def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
         """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
         garbled or unreadable file also is follows ``strength`` (class docstring)."""
-        path = self.prefix + name
+        path = self.paths[name]
         try:
             data = self.files.read_bytes(path)
             if data is not None:
@@ -236,7 +296,7 @@ class _Dir:
         ``max``), the common case; None otherwise, and the caller reads them one by one under each file's
         own rules. Why: a Python call per file cost some 6k instructions of a small file's 9k (a Stats
         reads 16 such files on v1)."""
-        data = self.files.read_open(self.prefix, names)
+        data = self.files.read_open(self.paths.run(names))
         return None if data is None else parse_plain_singles(data)
 
     def value(self, name: str) -> int:
@@ -334,6 +394,7 @@ class CgroupReader:
         self.files = files
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
+        self._where: dict[str, _Where] = {}
 
     def close(self) -> None:
         """Close the files kept open between reads."""
@@ -348,25 +409,30 @@ class CgroupReader:
         Figures left out are counted in ``errors`` only once the cgroup is known to still exist: a cgroup
         being removed loses its files a moment before its directory, which is not a read error.
         """
-        primary = self.layout.primary.dir_for(cgroup_path)
+        where = self._where.get(cgroup_path)
+        if where is None:
+            if len(self._where) >= MAX_WHERE:
+                self._where.clear()
+            where = self._where[cgroup_path] = _Where(self.layout, cgroup_path)
+        primary = where.primary
         misses: list[Miss] = []
         try:
-            record = self._read(cgroup_path, misses, extras)
+            record = self._read(where, cgroup_path, misses, extras)
         except IncompleteCgroup:
-            if not os.path.isdir(primary):
+            if not _is_dir(primary):
                 raise self._gone(cgroup_path) from None
             # Read once more, with fresh fds, before calling it broken.
             self._forget(cgroup_path)
             misses.clear()
             try:
-                record = self._read(cgroup_path, misses, extras)
+                record = self._read(where, cgroup_path, misses, extras)
             except IncompleteCgroup:
-                if not os.path.isdir(primary):
+                if not _is_dir(primary):
                     raise self._gone(cgroup_path) from None
                 raise
         # Checked after reading, whatever was found: a file of a removed cgroup may have been read through an
         # fd opened earlier (regular files keep their content after unlink; kernfs ones fail with ENODEV).
-        if not os.path.isdir(primary):
+        if not _is_dir(primary):
             raise self._gone(cgroup_path)
         counted: set[str] = set()
         for path, reason in misses:  # one count per file and read, with its first reason
@@ -377,6 +443,7 @@ class CgroupReader:
 
     def _forget(self, cgroup_path: str) -> None:
         """Close the cgroup's cached files in every hierarchy."""
+        self._where.pop(cgroup_path, None)
         for h in set(self.layout.controllers.values()):
             self.files.forget(h.dir_for(cgroup_path))
 
@@ -387,27 +454,29 @@ class CgroupReader:
             self.errors.forget(h.dir_for(cgroup_path))
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
-    def _read(self, path: str, misses: list[Miss], extras: bool) -> CgroupRecord:
+    def _read(self, where: _Where, path: str, misses: list[Miss], extras: bool) -> CgroupRecord:
         c = self.layout.controllers
+        tables = where.tables
 
-        def at(h: Hierarchy | None) -> _Dir | None:
-            return None if h is None else _Dir(self.files, h.dir_for(path), misses)
+        def at(name: Controller) -> _Dir | None:
+            table = tables.get(name)
+            return None if table is None else _Dir(self.files, table, misses)
 
         root = path == "/"
         memory_rec = None
-        if (mem := at(c.get("memory"))) is not None:
+        if (mem := at("memory")) is not None:
             v1 = c["memory"].version == 1
             memory_rec = self._memory_v1(mem, extras) if v1 else self._memory_v2(mem, root)
         cpu_rec = None
-        cpu = at(c.get("cpu"))
+        cpu = at("cpu")
         if cpu is not None and c["cpu"].version == 2:
             cpu_rec = self._cpu_v2(cpu)
         elif cpu is not None or "cpuacct" in c:
-            cpu_rec = self._cpu_v1(cpu, at(c.get("cpuacct")))
+            cpu_rec = self._cpu_v1(cpu, at("cpuacct"))
         blkio_rec: CgroupBlkio | CgroupIo | None = None
-        if (blkio := at(c.get("blkio"))) is not None:
+        if (blkio := at("blkio")) is not None:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
-        pids = at(c.get("pids"))
+        pids = at("pids")
         hugetlb = c.get("hugetlb")
         return CgroupRecord(
             path=path,
@@ -415,7 +484,7 @@ class CgroupReader:
             cpu=cpu_rec,
             pids=self._pids(pids, root) if pids is not None else None,
             blkio=blkio_rec,
-            hugetlb=self._hugetlb(hugetlb, path, misses) if hugetlb is not None else {},
+            hugetlb=self._hugetlb(hugetlb, tables["hugetlb"], path, misses) if hugetlb is not None else {},
         )
 
     @staticmethod
@@ -583,8 +652,10 @@ class CgroupReader:
         devices = d.lines("io.stat", parse_nested_keyed, "optional")
         return None if devices is None else CgroupIo(tuple(devices))
 
-    def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, CgroupHugetlb]:
-        d = _Dir(self.files, h.dir_for(path), misses)
+    def _hugetlb(
+        self, h: Hierarchy, table: _PathTable, path: str, misses: list[Miss]
+    ) -> dict[str, CgroupHugetlb]:
+        d = _Dir(self.files, table, misses)
         anchor = "usage_in_bytes" if h.version == 1 else "current"
         out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)

@@ -19,7 +19,7 @@ from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
-from guest_agent.reader import _NO_DEVICES, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup, _is_dir
 from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
 from tests.translate_builders import FIXTURES, fixture_names
 
@@ -544,8 +544,8 @@ class CountingFiles(FileCache):
 
     served = 0
 
-    def read_open(self, prefix: str, names: Sequence[str]) -> list[bytes] | None:
-        data = super().read_open(prefix, names)
+    def read_open(self, paths: Sequence[str]) -> list[bytes] | None:
+        data = super().read_open(paths)
         self.served += data is not None
         return data
 
@@ -611,3 +611,33 @@ def test_the_blkio_file_of_a_cgroup_without_io_reads_as_the_parser_reads_it(tmp_
     reader = CgroupReader(layout, clk_tck=CLK_TCK)
     assert reader.read("/c1").blkio is None
     assert reader.errors.snapshot() == {}
+
+
+def test_the_directory_probe_answers_as_isdir(tmp_path):
+    # The reader's gone-check opens the directory with O_PATH instead of isdir's stat: the same answer for
+    # a directory, a file, nothing, a symlink to a directory and a dangling symlink.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("1\n")
+    (tmp_path / "to-d").symlink_to(tmp_path / "d")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for name in ("d", "f", "nothing", "to-d", "dangling", "f/below"):
+        path = str(tmp_path / name)
+        assert _is_dir(path) == os.path.isdir(path), name
+
+
+def test_a_cgroup_removed_and_made_again_reads_its_new_files_after_its_paths_were_kept(tmp_path):
+    # The reader keeps each cgroup's file paths (never what it read): a cgroup made again under the same
+    # name is read anew, and more cgroups than MAX_WHERE only make it start over.
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    before = reader.read("/c1")
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "pids" / "c1", kept)
+    shutil.rmtree(tmp_path / "pids" / "c1")
+    shutil.copytree(kept, tmp_path / "pids" / "c1")
+    (tmp_path / "pids" / "c1" / "pids.current").write_text("7\n")
+    assert reader.read("/c1").pids == CgroupPids(current=7, limit=before.pids.limit)  # type: ignore[union-attr]
+    for index in range(MAX_WHERE + 1):
+        with pytest.raises(CgroupGone):
+            reader.read(f"/none-{index}")
+    assert reader.read("/c1").pids == CgroupPids(current=7, limit=before.pids.limit)  # type: ignore[union-attr]
