@@ -105,9 +105,9 @@ class FileCache:
             raise
 
     def read_open(self, paths: Sequence[str]) -> list[bytes] | None:
-        """The content of each file of ``paths`` when every one is open and needs no inode check (the common
-        case on cgroupfs), read in this one frame; None as soon as one is not, and the caller reads them one
-        by one with read_bytes, which opens, checks, remembers absence and handles errors.
+        """The content of each file of ``paths`` when every one is open (and, where its reads check the
+        inode, still linked), read in this one frame; None as soon as one is not, and the caller reads them
+        one by one with read_bytes, which opens, checks, reopens, remembers absence and handles errors.
 
         Why: around its pread, read_bytes costs a Python call per file, and a Stats reads some 16 one-value
         files. Nothing is remembered here that read_bytes would not also remember.
@@ -116,7 +116,7 @@ class FileCache:
         out = []
         for path in paths:
             entry = fds.get(path)
-            if entry is None or entry[1]:
+            if entry is None or (entry[1] and os.fstat(entry[0]).st_nlink == 0):
                 return None
             fds.move_to_end(path)
             try:

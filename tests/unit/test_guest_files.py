@@ -125,6 +125,28 @@ def test_a_file_replaced_by_rename_is_read_from_the_new_inode(tmp_path):
     cache.close()
 
 
+def test_files_read_in_one_go_keep_the_inode_check(tmp_path):
+    # read_open serves checked files too, but never through the fd of a replaced or deleted inode: it
+    # answers None, and read_bytes (the caller's fallback) opens the path again.
+    paths = [str(tmp_path / name) for name in ("memory.usage_in_bytes", "memory.failcnt")]
+    for path, value in zip(paths, ("4096\n", "0\n")):
+        with open(path, "w") as f:
+            f.write(value)
+    cache = FileCache()
+    assert cache.read_open(paths) is None  # not open yet
+    assert [cache.read_bytes(p) for p in paths] == [b"4096\n", b"0\n"]
+    assert cache.read_open(paths) == [b"4096\n", b"0\n"]
+    (tmp_path / "new").write_text("8192\n")
+    os.replace(tmp_path / "new", paths[0])
+    assert cache.read_open(paths) is None
+    assert cache.read_bytes(paths[0]) == b"8192\n"
+    assert cache.read_open(paths) == [b"8192\n", b"0\n"]
+    os.unlink(paths[1])
+    assert cache.read_open(paths) is None
+    assert cache.read_bytes(paths[1]) is None
+    cache.close()
+
+
 def test_a_deleted_directory_reads_as_missing(tmp_path):
     (tmp_path / "c1").mkdir()
     path = tmp_path / "c1" / "pids.current"

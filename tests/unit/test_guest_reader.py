@@ -551,8 +551,8 @@ class CountingFiles(FileCache):
 
 
 def trusted_reader(layout: Layout, root: Path, **kwargs: Any) -> CgroupReader:
-    """A reader that takes ``root``'s files as kernfs ones (no inode check), so that one-value files are read
-    in one go from the second read on, as on a mounted hierarchy."""
+    """A reader that takes ``root``'s files as kernfs ones (no inode check), as on a mounted hierarchy; its
+    one-value files are read in one go from the second read on."""
     files = CountingFiles(kernfs_devices=[os.stat(root).st_dev], absent_for=ABSENT_FOR)
     return CgroupReader(layout, files=files, **kwargs)
 
