@@ -8,12 +8,15 @@ The budget is bounded for CI (max_examples); fuzz/README.md says how to run the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guest_agent import parse
 from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
@@ -210,3 +213,32 @@ def test_int_list_bytes_read_as_their_decoded_text_does(text: str) -> None:
     data = text.encode("utf-8")
     expected = _outcome(lambda: parse_int_list(decode(data, "f"), "f"))  # type: ignore[arg-type,return-value]
     assert _outcome(lambda: parse_int_list_bytes(data, "f")) == expected  # type: ignore[arg-type,return-value]
+
+
+BACKTRACKING: dict[str, re.Pattern[Any]] = {
+    "_FLAT_KEYED": re.compile(r"(?:[^ \n]+ [0-9]{1,19}\n)*"),
+    "_PLAIN_SINGLES": re.compile(rb"(?:[0-9]{1,19}|max)\n(?: (?:[0-9]{1,19}|max)\n)*"),
+    "_PLAIN_INT_LIST": re.compile(rb"(?:[0-9]{1,19} )+\n"),
+}
+"""The fast paths' regexes as first written (greedy, backtracking); the module's are possessive."""
+
+
+@pytest.mark.parametrize("name", sorted(BACKTRACKING))
+@BUDGET
+@given(
+    text=st.one_of(
+        NEAR_VALID,
+        ANY_TEXT,
+        PLAIN_INT_LIST,
+        PLAIN_SINGLE,
+        st.dictionaries(KEYS, U64).map(
+            lambda stats: "".join(f"{key} {value}\n" for key, value in stats.items())
+        ),
+    )
+)
+def test_possessive_fast_path_regexes_accept_what_the_backtracking_ones_do(name: str, text: str) -> None:
+    pattern: re.Pattern[Any] = getattr(parse, name)
+    subject: str | bytes = text if isinstance(pattern.pattern, str) else text.encode("utf-8")
+    expected = BACKTRACKING[name].fullmatch(subject)
+    found = pattern.fullmatch(subject)
+    assert (found is None) == (expected is None)
