@@ -59,6 +59,7 @@ from guest_agent.parse import (
     parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
+    parse_plain_cpu_v1,
     parse_plain_singles,
     parse_single_bytes,
 )
@@ -131,6 +132,8 @@ _V1_MEMORY_ALL = (*_V1_COUNTERS["memory.memsw."], *_V1_COUNTERS["memory.kmem."],
 _V2_MEMORY = ("memory.current", "memory.peak", "memory.max")
 _V2_SWAP = ("memory.swap.current", "memory.swap.peak", "memory.swap.max")
 _PIDS = ("pids.current", "pids.max")
+_CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
+_CPU_STAT = ("cpu.stat",)
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
 
 _NO_DEVICES = b"Total 0\n"
@@ -579,6 +582,19 @@ class CgroupReader:
         return CgroupCounter(usage=used, max_usage=0, failcnt=0, limit=U64_MAX)
 
     def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CgroupCpu | None:
+        if cpu is not None and cpuacct is not None:  # the four files in one go, as the kernel writes them
+            data = self.files.read_open(cpuacct.paths.run(_CPUACCT) + cpu.paths.run(_CPU_STAT))
+            if data is not None and (plain := parse_plain_cpu_v1(data)) is not None:
+                clk_tck = self.clk_tck
+                return CgroupCpu(
+                    CgroupCpuUsage(
+                        plain.usage,
+                        plain.user_ticks * _NS_PER_S // clk_tck,
+                        plain.system_ticks * _NS_PER_S // clk_tck,
+                        plain.percpu,
+                    ),
+                    CgroupThrottling(plain.periods, plain.throttled_periods, plain.throttled_time),
+                )
         usage = None
         if cpuacct is not None and (total := cpuacct.number("cpuacct.usage")) is not None:
             ticks = cpuacct.keyed("cpuacct.stat", "expected")

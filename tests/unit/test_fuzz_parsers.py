@@ -21,6 +21,7 @@ from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    PlainCpuV1,
     decode,
     parse_blkio,
     parse_flat_keyed,
@@ -29,6 +30,7 @@ from guest_agent.parse import (
     parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
+    parse_plain_cpu_v1,
     parse_plain_singles,
     parse_single,
     parse_single_bytes,
@@ -242,3 +244,60 @@ def test_possessive_fast_path_regexes_accept_what_the_backtracking_ones_do(name:
     expected = BACKTRACKING[name].fullmatch(subject)
     found = pattern.fullmatch(subject)
     assert (found is None) == (expected is None)
+
+
+U19 = st.integers(0, 10**19 - 1)
+CPU_V1_AS_WRITTEN = (
+    U19.map(lambda n: f"{n}\n"),
+    st.tuples(U19, U19).map(lambda t: f"user {t[0]}\nsystem {t[1]}\n"),
+    PLAIN_INT_LIST,
+    st.tuples(U19, U19, U19, st.one_of(st.none(), st.tuples(U19, U19))).map(
+        lambda t: (
+            f"nr_periods {t[0]}\nnr_throttled {t[1]}\nthrottled_time {t[2]}\n"
+            + ("" if t[3] is None else f"nr_bursts {t[3][0]}\nburst_time {t[3][1]}\n")
+        )
+    ),
+)
+"""cpuacct.usage, cpuacct.stat, cpuacct.usage_percpu and cpu.stat as a v1 kernel writes them."""
+GARBLED = st.one_of(NEAR_VALID, st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+
+
+def _cpu_v1_one_by_one(data: list[bytes]) -> PlainCpuV1 | None:
+    """The four files through the reader's file-by-file parsers; None if any figure would be left out."""
+    skipped: list[CgroupFormatError] = []
+    try:
+        usage = parse_single_bytes(data[0], "f")
+        ticks = parse_flat_keyed(decode(data[1], "f"), "f", skipped)
+        percpu = parse_int_list_bytes(data[2], "f")
+        stat = parse_flat_keyed(decode(data[3], "f"), "f", skipped)
+        return PlainCpuV1(
+            usage,
+            ticks["user"],
+            ticks["system"],
+            tuple(percpu),
+            stat["nr_periods"],
+            stat["nr_throttled"],
+            stat["throttled_time"],
+        )
+    except (CgroupFormatError, KeyError):
+        return None
+
+
+@BUDGET
+@given(
+    files=st.tuples(
+        *(
+            st.one_of(written.map(lambda t: (t, True)), GARBLED.map(lambda t: (t, False)))
+            for written in CPU_V1_AS_WRITTEN
+        )
+    )
+)
+def test_v1_cpu_files_read_in_one_go_read_as_each_alone(files: tuple[tuple[str, bool], ...]) -> None:
+    """parse_plain_cpu_v1 gives what the four files' own parsers give when each is as the kernel writes it,
+    and None (each file then read alone) for anything it does not take, never a different value."""
+    data = [text.encode("utf-8") for text, _ in files]
+    plain = parse_plain_cpu_v1(data)
+    if all(as_written for _, as_written in files):
+        assert plain is not None
+    if plain is not None:
+        assert plain == _cpu_v1_one_by_one(data)
