@@ -33,6 +33,7 @@ import resource
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
+from typing import Literal, overload
 
 _CHUNK = 1 << 16
 MAX_OPEN = 4096
@@ -104,19 +105,32 @@ class FileCache:
                 return None
             raise
 
-    def read_open(self, paths: Sequence[str]) -> list[bytes] | None:
+    @overload
+    def read_open(self, paths: Sequence[str]) -> list[bytes] | None: ...
+
+    @overload
+    def read_open(self, paths: Sequence[str], absent: Literal[True]) -> list[bytes | None] | None: ...
+
+    def read_open(self, paths: Sequence[str], absent: bool = False) -> Sequence[bytes | None] | None:
         """The content of each file of ``paths`` when every one is open (and, where its reads check the
         inode, still linked), read in this one frame; None as soon as one is not, and the caller reads them
         one by one with read_bytes, which opens, checks, reopens, remembers absence and handles errors.
+        With ``absent``, a file remembered as absent is None in its place, as read_bytes would answer.
 
         Why: around its pread, read_bytes costs a Python call per file, and a Stats reads some 16 one-value
-        files. Nothing is remembered here that read_bytes would not also remember.
+        files and probes some absent ones. Nothing is remembered here that read_bytes would not also
+        remember.
         """
         fds = self._fds
-        out = []
+        out: list[bytes | None] = []
         for path in paths:
             entry = fds.get(path)
-            if entry is None or (entry[1] and os.fstat(entry[0]).st_nlink == 0):
+            if entry is None:
+                if absent and path in self._absent and time.monotonic() < self._absent[path]:
+                    out.append(None)
+                    continue
+                return None
+            if entry[1] and os.fstat(entry[0]).st_nlink == 0:
                 return None
             fds.move_to_end(path)
             try:

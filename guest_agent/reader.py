@@ -136,6 +136,8 @@ _CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
 _CPU_STAT = ("cpu.stat",)
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
 
+_BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
+"""The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
 """A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
@@ -650,6 +652,9 @@ class CgroupReader:
     @staticmethod
     def _blkio_v1(d: _Dir) -> CgroupBlkio | None:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
+        probes = d.files.read_open(d.paths.run(_BLKIO_PROBES), absent=True)
+        if probes is not None and probes.count(None) + probes.count(_NO_DEVICES) == len(probes):
+            return None  # in one go: every probe absent or without a device line (a cgroup without I/O)
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
             first = d.blkio(first_name, "optional")

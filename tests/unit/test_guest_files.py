@@ -31,6 +31,27 @@ def test_absent_files_are_remembered_for_absent_for_seconds_only(tmp_path, monke
     assert len(cache) == 1
 
 
+def test_files_read_in_one_go_may_be_remembered_absent_when_asked(tmp_path, monkeypatch):
+    # read_open(..., absent=True) answers None in the place of a file remembered as absent, as read_bytes
+    # would; once the memory runs out it answers None for the whole, and read_bytes opens the file again.
+    now = [100.0]
+    monkeypatch.setattr("guest_agent.files.time.monotonic", lambda: now[0])
+    cache = FileCache(absent_for=1.0)
+    here, absent = str(tmp_path / "here"), str(tmp_path / "absent")
+    (tmp_path / "here").write_text("Total 0\n")
+    assert cache.read_bytes(here) == b"Total 0\n"
+    assert cache.read_open([absent, here], absent=True) is None  # never looked for: not known absent
+    assert cache.read_bytes(absent) is None
+    assert cache.read_open([absent, here]) is None
+    assert cache.read_open([absent, here], absent=True) == [None, b"Total 0\n"]
+    (tmp_path / "absent").write_text("1\n")
+    now[0] += 1.0
+    assert cache.read_open([absent, here], absent=True) is None
+    assert cache.read_bytes(absent) == b"1\n"
+    assert cache.read_open([absent, here], absent=True) == [b"1\n", b"Total 0\n"]
+    cache.close()
+
+
 def test_forget_drops_remembered_absence(tmp_path, monkeypatch):
     monkeypatch.setattr("guest_agent.files.time.monotonic", lambda: 100.0)
     cache = FileCache(absent_for=1.0)

@@ -544,8 +544,8 @@ class CountingFiles(FileCache):
 
     served = 0
 
-    def read_open(self, paths: Sequence[str]) -> list[bytes] | None:
-        data = super().read_open(paths)
+    def read_open(self, paths: Sequence[str], absent: bool = False) -> Any:
+        data = super().read_open(paths, True) if absent else super().read_open(paths)
         self.served += data is not None
         return data
 
@@ -657,3 +657,21 @@ def test_a_garbled_v1_cpu_file_costs_its_figure_only_when_read_in_one_go(tmp_pat
     assert cpu.usage == first.usage
     assert cpu.throttling == CgroupThrottling(periods=10, throttled_periods=0, throttled_time=9)
     assert reader.errors.snapshot() == {"cpu.stat": 1}
+
+
+def test_blkio_probes_read_in_one_go_still_see_a_device_line_when_it_comes(tmp_path):
+    # A cgroup without I/O: every probe is absent or its sum line alone, read in one go from the second
+    # read on; the first device line sends the read through runc's rule again.
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    for name in ("blkio.throttle.io_serviced_recursive", "blkio.throttle.io_serviced"):
+        (blkio / name).write_bytes(_NO_DEVICES)
+    reader = trusted_reader(layout, tmp_path, clk_tck=CLK_TCK)
+    assert reader.read("/c1").blkio is None
+    assert reader.read("/c1").blkio is None
+    (blkio / "blkio.throttle.io_service_bytes_recursive").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text(blkio_text(SERVICED))
+    record = reader.read("/c1")
+    assert record == CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert reader.errors.snapshot() == {}
