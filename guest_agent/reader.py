@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 
 from guest_agent.files import ABSENT_FOR, FileCache
-from guest_agent.layout import Controller, Hierarchy, Layout
+from guest_agent.layout import Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
     U64_MAX,
@@ -222,17 +222,6 @@ class _PathTable(dict[str, str]):
         return paths
 
 
-class _Where:
-    """Where one cgroup's files are: its directory in every controller's hierarchy (a _PathTable each) and
-    in the primary one. Decided once per cgroup path: the layout does not change while the reader lives."""
-
-    __slots__ = ("primary", "tables")
-
-    def __init__(self, layout: Layout, cgroup_path: str) -> None:
-        self.primary = layout.primary.dir_for(cgroup_path)
-        self.tables = {name: _PathTable(h.dir_for(cgroup_path)) for name, h in layout.controllers.items()}
-
-
 MAX_WHERE = 512
 """Cgroup paths whose _Where the reader keeps; beyond that it starts over (about 10 KiB each)."""
 
@@ -250,13 +239,16 @@ class _Dir:
 
     __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped")
 
-    def __init__(self, files: FileCache, paths: _PathTable, misses: list[Miss]) -> None:
+    def __init__(
+        self, files: FileCache, paths: _PathTable, misses: list[Miss], skipped: list[CgroupFormatError]
+    ) -> None:
         self.files = files
         self.paths = paths
         self.path = paths.directory
         self.prefix = paths.prefix
         self.misses = misses
-        self.skipped: list[CgroupFormatError] = []
+        self.skipped = skipped
+        """The malformed lines left out of this read's files (shared by the cgroup's directories)."""
 
     def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
         """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
@@ -380,6 +372,30 @@ class _Dir:
         )
 
 
+class _Where:
+    """Where one cgroup's files are: its directory in every controller's hierarchy (a _Dir each, with its
+    _PathTable) and in the primary one, and the lists one read of it fills (cleared at each read). Decided
+    once per cgroup path, since the layout does not change while the reader lives: building the five _Dir
+    objects was some 14k instructions a read. One read at a time (the reader is not thread-safe)."""
+
+    __slots__ = ("dirs", "misses", "primary", "skipped")
+
+    def __init__(self, layout: Layout, files: FileCache, cgroup_path: str) -> None:
+        self.primary = layout.primary.dir_for(cgroup_path)
+        self.misses: list[Miss] = []
+        self.skipped: list[CgroupFormatError] = []
+        self.dirs = {
+            name: _Dir(files, _PathTable(h.dir_for(cgroup_path)), self.misses, self.skipped)
+            for name, h in layout.controllers.items()
+        }
+
+    def start(self) -> list[Miss]:
+        """Empty the read's lists for a new read; its misses."""
+        self.misses.clear()
+        self.skipped.clear()
+        return self.misses
+
+
 class CgroupReader:
     """Reads cgroups under one Layout; also holds what the guest-wide rules need (meminfo, CLK_TCK)."""
 
@@ -418,19 +434,19 @@ class CgroupReader:
         if where is None:
             if len(self._where) >= MAX_WHERE:
                 self._where.clear()
-            where = self._where[cgroup_path] = _Where(self.layout, cgroup_path)
+            where = self._where[cgroup_path] = _Where(self.layout, self.files, cgroup_path)
         primary = where.primary
-        misses: list[Miss] = []
+        misses = where.start()
         try:
-            record = self._read(where, cgroup_path, misses, extras)
+            record = self._read(where, cgroup_path, extras)
         except IncompleteCgroup:
             if not _is_dir(primary):
                 raise self._gone(cgroup_path) from None
             # Read once more, with fresh fds, before calling it broken.
             self._forget(cgroup_path)
-            misses.clear()
+            where.start()
             try:
-                record = self._read(where, cgroup_path, misses, extras)
+                record = self._read(where, cgroup_path, extras)
             except IncompleteCgroup:
                 if not _is_dir(primary):
                     raise self._gone(cgroup_path) from None
@@ -459,29 +475,24 @@ class CgroupReader:
             self.errors.forget(h.dir_for(cgroup_path))
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
-    def _read(self, where: _Where, path: str, misses: list[Miss], extras: bool) -> CgroupRecord:
+    def _read(self, where: _Where, path: str, extras: bool) -> CgroupRecord:
         c = self.layout.controllers
-        tables = where.tables
-
-        def at(name: Controller) -> _Dir | None:
-            table = tables.get(name)
-            return None if table is None else _Dir(self.files, table, misses)
-
+        dirs = where.dirs
         root = path == "/"
         memory_rec = None
-        if (mem := at("memory")) is not None:
+        if (mem := dirs.get("memory")) is not None:
             v1 = c["memory"].version == 1
             memory_rec = self._memory_v1(mem, extras) if v1 else self._memory_v2(mem, root)
         cpu_rec = None
-        cpu = at("cpu")
+        cpu = dirs.get("cpu")
         if cpu is not None and c["cpu"].version == 2:
             cpu_rec = self._cpu_v2(cpu)
         elif cpu is not None or "cpuacct" in c:
-            cpu_rec = self._cpu_v1(cpu, at("cpuacct"))
+            cpu_rec = self._cpu_v1(cpu, dirs.get("cpuacct"))
         blkio_rec: CgroupBlkio | CgroupIo | None = None
-        if (blkio := at("blkio")) is not None:
+        if (blkio := dirs.get("blkio")) is not None:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
-        pids = at("pids")
+        pids = dirs.get("pids")
         hugetlb = c.get("hugetlb")
         return CgroupRecord(
             path=path,
@@ -489,7 +500,7 @@ class CgroupReader:
             cpu=cpu_rec,
             pids=self._pids(pids, root) if pids is not None else None,
             blkio=blkio_rec,
-            hugetlb=self._hugetlb(hugetlb, tables["hugetlb"], path, misses) if hugetlb is not None else {},
+            hugetlb=self._hugetlb(hugetlb, dirs["hugetlb"], path) if hugetlb is not None else {},
         )
 
     @staticmethod
@@ -673,10 +684,7 @@ class CgroupReader:
         devices = d.lines("io.stat", parse_nested_keyed, "optional")
         return None if devices is None else CgroupIo(tuple(devices))
 
-    def _hugetlb(
-        self, h: Hierarchy, table: _PathTable, path: str, misses: list[Miss]
-    ) -> dict[str, CgroupHugetlb]:
-        d = _Dir(self.files, table, misses)
+    def _hugetlb(self, h: Hierarchy, d: _Dir, path: str) -> dict[str, CgroupHugetlb]:
         anchor = "usage_in_bytes" if h.version == 1 else "current"
         out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
