@@ -494,13 +494,13 @@ class CgroupReader:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
         pids = dirs.get("pids")
         hugetlb = c.get("hugetlb")
-        return CgroupRecord(
-            path=path,
-            memory=memory_rec,
-            cpu=cpu_rec,
-            pids=self._pids(pids, root) if pids is not None else None,
-            blkio=blkio_rec,
-            hugetlb=self._hugetlb(hugetlb, dirs["hugetlb"], path) if hugetlb is not None else {},
+        return CgroupRecord(  # positional, in CgroupRecord's field order (keywords cost some 3k instructions)
+            path,
+            memory_rec,
+            cpu_rec,
+            self._pids(pids, root) if pids is not None else None,
+            blkio_rec,
+            self._hugetlb(hugetlb, dirs["hugetlb"], path) if hugetlb is not None else {},
         )
 
     @staticmethod
@@ -521,16 +521,21 @@ class CgroupReader:
             else:
                 found = d.need(d.number("memory.usage_in_bytes", "required"), "memory.usage_in_bytes")
                 usage, use_hierarchy = d.counter_rest_v1("memory.", found), d.value("memory.use_hierarchy")
+        if extras:
+            return CgroupMemory(
+                version=1,
+                usage=usage,
+                swap=swap,
+                kernel=kernel,
+                kernel_tcp=d.counter_v1("memory.kmem.tcp."),
+                cache=d.key(stat, "cache", "memory.stat"),
+                use_hierarchy=use_hierarchy == 1,
+                stat=stat,
+                oom_control=d.keyed("memory.oom_control") or {},
+            )
+        # A Stats: positional, in CgroupMemory's field order (keywords cost some 3k instructions).
         return CgroupMemory(
-            version=1,
-            usage=usage,
-            swap=swap,
-            kernel=kernel,
-            kernel_tcp=d.counter_v1("memory.kmem.tcp.") if extras else None,
-            cache=d.key(stat, "cache", "memory.stat"),
-            use_hierarchy=use_hierarchy == 1,
-            stat=stat,
-            oom_control=(d.keyed("memory.oom_control") or {}) if extras else {},
+            1, usage, swap, kernel, d.key(stat, "cache", "memory.stat"), use_hierarchy == 1, stat
         )
 
     def _memory_v2(self, d: _Dir, root: bool) -> CgroupMemory | None:
