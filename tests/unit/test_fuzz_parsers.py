@@ -23,6 +23,7 @@ from guest_agent.parse import (
     CgroupFormatError,
     PlainCpuV1,
     decode,
+    flat_keyed_lines,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -218,11 +219,12 @@ def test_int_list_bytes_read_as_their_decoded_text_does(text: str) -> None:
 
 
 BACKTRACKING: dict[str, re.Pattern[Any]] = {
-    "_FLAT_KEYED": re.compile(r"(?:[^ \n]+ [0-9]{1,19}\n)*"),
+    "_FLAT_KEYED": re.compile(r"(?:[a-z0-9_.]+ [0-9]{1,19}\n)*"),
     "_PLAIN_SINGLES": re.compile(rb"(?:[0-9]{1,19}|max)\n(?: (?:[0-9]{1,19}|max)\n)*"),
     "_PLAIN_INT_LIST": re.compile(rb"(?:[0-9]{1,19} )+\n"),
 }
-"""The fast paths' regexes as first written (greedy, backtracking); the module's are possessive."""
+"""The fast paths' regexes as first written (greedy, backtracking; _FLAT_KEYED's key class was ``[^ \\n]``, a
+superset tested below); the module's are possessive."""
 
 
 @pytest.mark.parametrize("name", sorted(BACKTRACKING))
@@ -301,3 +303,25 @@ def test_v1_cpu_files_read_in_one_go_read_as_each_alone(files: tuple[tuple[str, 
         assert plain is not None
     if plain is not None:
         assert plain == _cpu_v1_one_by_one(data)
+
+
+@BUDGET
+@given(
+    text=st.one_of(
+        NEAR_VALID,
+        ANY_TEXT,
+        st.dictionaries(st.one_of(KEYS, st.text(max_size=12)), st.one_of(U64, st.integers(-5, -1))).map(
+            lambda stats: "".join(f"{key} {value}\n" for key, value in stats.items())
+        ),
+    )
+)
+def test_flat_keyed_fast_path_reads_as_the_line_loop(text: str) -> None:
+    """parse_flat_keyed's fast path (kernel-named keys, one regex, conversion in C) gives the line loop's
+    values, errors and left-out lines, whatever the text."""
+    fast: list[CgroupFormatError] = []
+    loop: list[CgroupFormatError] = []
+    expected = _outcome(lambda: flat_keyed_lines(text, "f", loop))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_flat_keyed(text, "f", fast)) == expected  # type: ignore[arg-type,return-value]
+    assert [(str(e), e.key) for e in fast] == [(str(e), e.key) for e in loop]
+    strict = _outcome(lambda: flat_keyed_lines(text, "f"))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_flat_keyed(text, "f")) == strict  # type: ignore[arg-type,return-value]
