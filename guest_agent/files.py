@@ -163,6 +163,23 @@ class FileCache:
             os.close(entry[0])
 
 
+_DIR_PROBE = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def is_dir(path: str) -> bool:
+    """os.path.isdir(path), by an O_PATH open of the directory (about 3k instructions against isdir's 8k, most
+    of which build a stat result; a Stats asks once or twice whether its cgroup still exists); any failure
+    but "no such directory" asks isdir itself, so that the answer is always isdir's (EMFILE, say, must not
+    read as a removed cgroup)."""
+    try:
+        os.close(os.open(path, _DIR_PROBE))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return os.path.isdir(path)
+    return True
+
+
 def _read_rest(fd: int, data: bytes) -> bytes:
     """The whole content of an open file whose first ``_CHUNK`` bytes, read from offset 0 (kernfs regenerates
     the content on such a read), are ``data``."""

@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from guest_agent.files import MAX_OPEN, FileCache, default_max_open
+from guest_agent.files import MAX_OPEN, FileCache, default_max_open, is_dir
 
 
 def test_missing_files_read_as_none_and_are_not_kept(tmp_path):
@@ -226,3 +226,15 @@ def test_a_cgroup_removed_and_created_again_is_read_afresh_on_kernfs():
         cache.close()
         if os.path.isdir(directory):
             os.rmdir(directory)
+
+
+def test_the_directory_probe_answers_as_isdir(tmp_path):
+    # The reader's and the locator's gone-check opens the directory with O_PATH instead of isdir's stat: the
+    # same answer for a directory, a file, nothing, a symlink to a directory and a dangling symlink.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("1\n")
+    (tmp_path / "to-d").symlink_to(tmp_path / "d")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for name in ("d", "f", "nothing", "to-d", "dangling", "f/below"):
+        path = str(tmp_path / name)
+        assert is_dir(path) == os.path.isdir(path), name

@@ -19,7 +19,7 @@ from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
-from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup, _is_dir
+from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup
 from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
 from tests.translate_builders import FIXTURES, fixture_names
 
@@ -611,18 +611,6 @@ def test_the_blkio_file_of_a_cgroup_without_io_reads_as_the_parser_reads_it(tmp_
     reader = CgroupReader(layout, clk_tck=CLK_TCK)
     assert reader.read("/c1").blkio is None
     assert reader.errors.snapshot() == {}
-
-
-def test_the_directory_probe_answers_as_isdir(tmp_path):
-    # The reader's gone-check opens the directory with O_PATH instead of isdir's stat: the same answer for
-    # a directory, a file, nothing, a symlink to a directory and a dangling symlink.
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f").write_text("1\n")
-    (tmp_path / "to-d").symlink_to(tmp_path / "d")
-    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
-    for name in ("d", "f", "nothing", "to-d", "dangling", "f/below"):
-        path = str(tmp_path / name)
-        assert _is_dir(path) == os.path.isdir(path), name
 
 
 def test_a_cgroup_removed_and_made_again_reads_its_new_files_after_its_paths_were_kept(tmp_path):
