@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from guest_agent.files import ABSENT_FOR, FileCache, is_dir
 from guest_agent.layout import Hierarchy, Layout
@@ -139,6 +139,8 @@ _CPU_STAT = ("cpu.stat",)
 _BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
 """The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
+_ZERO = b"0\n"
+"""What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
 """A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
 _NS_PER_S = 1_000_000_000
@@ -272,13 +274,25 @@ class _Dir:
         """A one-value file (``max`` → U64_MAX); None when absent."""
         return self._load(name, parse_single_bytes, strength)
 
-    def plain(self, names: tuple[str, ...]) -> list[int] | None:
+    def plain(self, names: tuple[str, ...], peak: int = -1) -> list[int] | None:
         """The values of one-value files read in one go when each is open and plainly written (digits or
         ``max``), the common case; None otherwise, and the caller reads them one by one under each file's
         own rules. Why: a Python call per file cost some 6k instructions of a small file's 9k (a Stats
-        reads 16 such files on v1)."""
-        data = self.files.read_open(self.paths.run(names))
-        return None if data is None else parse_plain_singles(data)
+        reads 16 such files on v1).
+
+        ``peak``: the index of an optional peak file that older kernels lack (v2 memory.peak before 5.19,
+        memory.swap.peak before 6.5), 0 when remembered absent, as the file-by-file rule reads it."""
+        if peak < 0:
+            data = self.files.read_open(self.paths.run(names))
+            return None if data is None else parse_plain_singles(data)
+        found = self.files.read_open(self.paths.run(names), absent=True)
+        if found is None:
+            return None
+        if found[peak] is None:
+            found[peak] = _ZERO
+        if None in found:
+            return None
+        return parse_plain_singles(cast("list[bytes]", found))
 
     def value(self, name: str) -> int:
         """An expected one-value file; 0 when missing or garbled (a miss)."""
@@ -536,7 +550,7 @@ class CgroupReader:
             events_read = d.keyed("memory.events", "expected")
             events = events_read or {}
             failcnt = d.key(events_read, "max", "memory.events")
-            if (plain := d.plain(_V2_MEMORY)) is not None:
+            if (plain := d.plain(_V2_MEMORY, peak=1)) is not None:
                 usage = CgroupCounter(usage=plain[0], max_usage=plain[1], failcnt=failcnt, limit=plain[2])
             else:
                 usage = CgroupCounter(
@@ -560,7 +574,7 @@ class CgroupReader:
 
     @staticmethod
     def _swap_v2(d: _Dir) -> CgroupCounter | None:
-        plain = d.plain(_V2_SWAP)
+        plain = d.plain(_V2_SWAP, peak=1)
         current = d.number("memory.swap.current") if plain is None else plain[0]
         if current is None:  # no swap accounting in this kernel (or swapaccount=0)
             return None

@@ -663,3 +663,26 @@ def test_blkio_probes_read_in_one_go_still_see_a_device_line_when_it_comes(tmp_p
     assert record == CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
     assert record.blkio is not None
     assert reader.errors.snapshot() == {}
+
+
+def test_v2_one_value_files_read_in_one_go_without_the_peak_files_of_older_kernels(tmp_path):
+    # memory.peak (5.19+) and memory.swap.peak (6.5+) absent: remembered absent, they read as 0 in one go,
+    # as they do file by file, and a garbled memory.max still costs its figure only.
+    layout = v2_tree(tmp_path, peak=False)
+    os.unlink(tmp_path / "c1" / "memory.swap.peak")
+    reader = trusted_reader(layout, tmp_path)
+    expected = CgroupReader(layout).read("/c1")
+    assert reader.read("/c1") == expected
+    assert isinstance(reader.files, CountingFiles)
+    served = reader.files.served
+    assert reader.read("/c1") == expected
+    assert reader.files.served >= served + 2  # the memory trio and the swap trio
+    assert expected.memory is not None
+    assert expected.memory.usage.max_usage == 0
+    assert expected.memory.swap is not None
+    assert expected.memory.swap.max_usage == 0
+    (tmp_path / "c1" / "memory.max").write_text("lots\n")
+    memory = reader.read("/c1").memory
+    assert memory is not None
+    assert memory.usage == expected.memory.usage._replace(limit=0)
+    assert reader.errors.snapshot() == {"memory.max": 1}
