@@ -41,6 +41,7 @@ ReadErrors, which logs it once per file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar, cast
 
@@ -139,6 +140,8 @@ _CPU_STAT = ("cpu.stat",)
 _BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
 """The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
+_HUGETLB_V2_EVENTS = re.compile(rb"max ([0-9]{1,19}+)\n")
+"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
 _ZERO = b"0\n"
 """What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
 """A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
@@ -414,6 +417,7 @@ class CgroupReader:
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
         self._where: dict[str, _Where] = {}
+        self._hugetlb_v2_names: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
         """Close the files kept open between reads."""
@@ -697,6 +701,9 @@ class CgroupReader:
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
+            if h.version == 2 and (plain := self._hugetlb_v2_plain(d, size)) is not None:
+                out[size] = plain
+                continue
             # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
             prefix = f"hugetlb.{size}.rsvd."
             usage = d.number(prefix + anchor)
@@ -712,6 +719,18 @@ class CgroupReader:
                 max_usage, failcnt = 0, d.key(events, "max", f"hugetlb.{size}.events")
             out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
+
+    def _hugetlb_v2_plain(self, d: _Dir, size: str) -> CgroupHugetlb | None:
+        """A v2 page size's hugetlb.<size>.rsvd.current and .events in one go, when both are open and as the
+        kernel writes them; None otherwise, and the caller reads them one by one under their own rules."""
+        names = self._hugetlb_v2_names.get(size)
+        if names is None:
+            names = self._hugetlb_v2_names[size] = (f"hugetlb.{size}.rsvd.current", f"hugetlb.{size}.events")
+        data = d.files.read_open(d.paths.run(names))
+        if data is None or (usage := parse_plain_singles(data[:1])) is None:
+            return None
+        events = _HUGETLB_V2_EVENTS.fullmatch(data[1])
+        return None if events is None else CgroupHugetlb(usage[0], 0, int(events[1]))
 
     def _page_sizes(self, h: Hierarchy, directory: str, anchor: str) -> tuple[str, ...]:
         """The huge page sizes of this hierarchy, from the first cgroup directory that lists any (cached)."""

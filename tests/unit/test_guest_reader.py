@@ -20,7 +20,7 @@ from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
 from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
+from guest_agent.record import CgroupCounter, CgroupHugetlb, CgroupPids, CgroupThrottling
 from tests.translate_builders import FIXTURES, fixture_names
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
@@ -686,3 +686,27 @@ def test_v2_one_value_files_read_in_one_go_without_the_peak_files_of_older_kerne
     assert memory is not None
     assert memory.usage == expected.memory.usage._replace(limit=0)
     assert reader.errors.snapshot() == {"memory.max": 1}
+
+
+def test_v2_hugetlb_read_in_one_go_reads_as_file_by_file(tmp_path):
+    # A page size's rsvd.current and events in one go from the second read on; a garbled events file sends
+    # them back through their own rules, which leave out the failcnt alone and count it.
+    layout = v2_tree(tmp_path)
+    sizes = {
+        "cgroup.controllers": "memory pids hugetlb",
+        "hugetlb.2MB.current": 2 << 20,
+        "hugetlb.2MB.rsvd.current": 4 << 20,
+        "hugetlb.2MB.events": {"max": 5},
+    }
+    write(tmp_path / "c1", sizes)
+    reader = trusted_reader(layout, tmp_path)
+    expected = CgroupReader(layout).read("/c1").hugetlb
+    assert expected == {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=0, failcnt=5)}
+    assert reader.read("/c1").hugetlb == expected
+    assert isinstance(reader.files, CountingFiles)
+    served = reader.files.served
+    assert reader.read("/c1").hugetlb == expected
+    assert reader.files.served >= served + 4  # memory, swap, pids, and the page size
+    (tmp_path / "c1" / "hugetlb.2MB.events").write_text("max five\n")
+    assert reader.read("/c1").hugetlb == {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=0, failcnt=0)}
+    assert reader.errors.snapshot() == {"hugetlb.2MB.events": 1}
