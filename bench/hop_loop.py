@@ -1,14 +1,17 @@
 """One in-process hop of a Stats answer, N times, for instruction counts under callgrind.
 
-``valgrind --tool=callgrind python bench/hop_loop.py HOP N [CGROUP]``, run with N = 0 and N = 200; the
-difference of the two totals over N is the hop's instructions per call (load does not change them). HOP:
-``read`` (CgroupReader.read), ``spell`` (to_response + bytes), ``agent`` (both), ``tr1``/``tr2``
-(shimstats.stats_answer.stats_response in the v1/v2 format + bytes). Run as a script, so that
-``PYTHONPATH`` alone picks the tree being measured (an unpacked older commit for a before/after pair).
+``valgrind --tool=callgrind python bench/hop_loop.py HOP N [CGROUP] [--cgroupfs-root DIR --meminfo FILE]``,
+run with N = 0 and N = 200; the difference of the two totals over N is the hop's instructions per call (load
+does not change them). HOP: ``read`` (CgroupReader.read), ``spell`` (to_response + bytes), ``agent`` (both),
+``tr1``/``tr2`` (shimstats.stats_answer.stats_response in the v1/v2 format + bytes). ``--cgroupfs-root``
+reads a captured tree instead of the mounted cgroupfs (the files bench.throughput's agent reads: each read
+checks that the file's inode is still linked). Run as a script, so that ``PYTHONPATH`` alone picks the tree
+being measured (an unpacked older commit for a before/after pair).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -22,9 +25,15 @@ WARM_UP = 5
 
 
 def main() -> int:
-    hop, calls = sys.argv[1], int(sys.argv[2])
-    path = sys.argv[3] if len(sys.argv) > 3 else "/ssbench"
-    reader = CgroupReader(detect_layout("/sys/fs/cgroup"))
+    parser = argparse.ArgumentParser(prog="bench/hop_loop.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("hop", choices=("read", "spell", "agent", "tr1", "tr2"))
+    parser.add_argument("calls", type=int)
+    parser.add_argument("path", nargs="?", default="/ssbench", help="cgroup path (default /ssbench)")
+    parser.add_argument("--cgroupfs-root", default="/sys/fs/cgroup", help="a mounted or captured tree")
+    parser.add_argument("--meminfo", default="/proc/meminfo")
+    args = parser.parse_args()
+    path = args.path
+    reader = CgroupReader(detect_layout(args.cgroupfs_root), meminfo=args.meminfo)
     record = reader.read(path)
     answer = agent_pb2.StatsContainerResponse.FromString(to_response(record).SerializeToString())
     hops: dict[str, Callable[[], object]] = {
@@ -34,8 +43,8 @@ def main() -> int:
         "tr1": lambda: stats_response("c", answer, "v1").SerializeToString(),
         "tr2": lambda: stats_response("c", answer, "v2").SerializeToString(),
     }
-    run = hops[hop]
-    for _ in range(WARM_UP + calls):
+    run = hops[args.hop]
+    for _ in range(WARM_UP + args.calls):
         run()
     reader.close()
     return 0

@@ -17,6 +17,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Mapping
 
+from guest_agent.files import is_dir
 from guest_agent.layout import Layout
 
 MAX_ID_LENGTH = 128
@@ -97,7 +98,7 @@ class ContainerLocator:
             return explicit
         cached = self._found.get(container_id)
         if cached is not None:
-            if os.path.isdir(self.base + cached):
+            if is_dir(self.base + cached):
                 return cached
             del self._found[container_id]
         path = self._discover(container_id)

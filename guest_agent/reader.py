@@ -41,10 +41,11 @@ ReadErrors, which logs it once per file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
-from guest_agent.files import ABSENT_FOR, FileCache
+from guest_agent.files import ABSENT_FOR, FileCache, is_dir
 from guest_agent.layout import Hierarchy, Layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import (
@@ -59,6 +60,7 @@ from guest_agent.parse import (
     parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
+    parse_plain_cpu_v1,
     parse_plain_singles,
     parse_single_bytes,
 )
@@ -131,9 +133,17 @@ _V1_MEMORY_ALL = (*_V1_COUNTERS["memory.memsw."], *_V1_COUNTERS["memory.kmem."],
 _V2_MEMORY = ("memory.current", "memory.peak", "memory.max")
 _V2_SWAP = ("memory.swap.current", "memory.swap.peak", "memory.swap.max")
 _PIDS = ("pids.current", "pids.max")
+_CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
+_CPU_STAT = ("cpu.stat",)
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
 
+_BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
+"""The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
+_HUGETLB_V2_EVENTS = re.compile(rb"max ([0-9]{1,19}+)\n")
+"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
+_ZERO = b"0\n"
+"""What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
 """A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
 _NS_PER_S = 1_000_000_000
@@ -173,6 +183,38 @@ def _words(data: bytes, path: str) -> list[str]:
     return decode(data, path).split()
 
 
+class _PathTable(dict[str, str]):
+    """The full path of each file of one cgroup directory, by file name: built on first use, then kept.
+
+    Why: the file cache is keyed by path, and a path built anew for every read is a new string hashed anew
+    at its lookup (some 35 a Stats, 50-odd characters each); a kept string carries its hash. Only names are
+    kept here, never anything read.
+    """
+
+    __slots__ = ("directory", "prefix", "runs")
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.prefix = directory + "/"
+        self.runs: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __missing__(self, name: str) -> str:
+        path = self[name] = self.prefix + name
+        return path
+
+    def run(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The paths of ``names``, kept as one tuple."""
+        paths = self.runs.get(names)
+        if paths is None:
+            paths = self.runs[names] = tuple(self[name] for name in names)
+        return paths
+
+
+MAX_WHERE = 512
+"""Cgroup paths whose _Where the reader keeps; beyond that it starts over (about 10 KiB each)."""
+
+
 class _Dir:
     """One cgroup directory of one hierarchy: reads and parses its files, naming the full path in errors.
 
@@ -184,19 +226,23 @@ class _Dir:
     Stats (bench.hops); runs of one-value files are first tried in one go (``plain``).
     """
 
-    __slots__ = ("files", "misses", "path", "prefix", "skipped")
+    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped")
 
-    def __init__(self, files: FileCache, path: str, misses: list[Miss]) -> None:
+    def __init__(
+        self, files: FileCache, paths: _PathTable, misses: list[Miss], skipped: list[CgroupFormatError]
+    ) -> None:
         self.files = files
-        self.path = path
-        self.prefix = path + "/"
+        self.paths = paths
+        self.path = paths.directory
+        self.prefix = paths.prefix
         self.misses = misses
-        self.skipped: list[CgroupFormatError] = []
+        self.skipped = skipped
+        """The malformed lines left out of this read's files (shared by the cgroup's directories)."""
 
     def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
         """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
         garbled or unreadable file also is follows ``strength`` (class docstring)."""
-        path = self.prefix + name
+        path = self.paths[name]
         try:
             data = self.files.read_bytes(path)
             if data is not None:
@@ -231,13 +277,25 @@ class _Dir:
         """A one-value file (``max`` → U64_MAX); None when absent."""
         return self._load(name, parse_single_bytes, strength)
 
-    def plain(self, names: tuple[str, ...]) -> list[int] | None:
+    def plain(self, names: tuple[str, ...], peak: int = -1) -> list[int] | None:
         """The values of one-value files read in one go when each is open and plainly written (digits or
         ``max``), the common case; None otherwise, and the caller reads them one by one under each file's
         own rules. Why: a Python call per file cost some 6k instructions of a small file's 9k (a Stats
-        reads 16 such files on v1)."""
-        data = self.files.read_open(self.prefix, names)
-        return None if data is None else parse_plain_singles(data)
+        reads 16 such files on v1).
+
+        ``peak``: the index of an optional peak file that older kernels lack (v2 memory.peak before 5.19,
+        memory.swap.peak before 6.5), 0 when remembered absent, as the file-by-file rule reads it."""
+        if peak < 0:
+            data = self.files.read_open(self.paths.run(names))
+            return None if data is None else parse_plain_singles(data)
+        found = self.files.read_open(self.paths.run(names), absent=True)
+        if found is None:
+            return None
+        if found[peak] is None:
+            found[peak] = _ZERO
+        if None in found:
+            return None
+        return parse_plain_singles(cast("list[bytes]", found))
 
     def value(self, name: str) -> int:
         """An expected one-value file; 0 when missing or garbled (a miss)."""
@@ -315,6 +373,30 @@ class _Dir:
         )
 
 
+class _Where:
+    """Where one cgroup's files are: its directory in every controller's hierarchy (a _Dir each, with its
+    _PathTable) and in the primary one, and the lists one read of it fills (cleared at each read). Decided
+    once per cgroup path, since the layout does not change while the reader lives: building the five _Dir
+    objects was some 14k instructions a read. One read at a time (the reader is not thread-safe)."""
+
+    __slots__ = ("dirs", "misses", "primary", "skipped")
+
+    def __init__(self, layout: Layout, files: FileCache, cgroup_path: str) -> None:
+        self.primary = layout.primary.dir_for(cgroup_path)
+        self.misses: list[Miss] = []
+        self.skipped: list[CgroupFormatError] = []
+        self.dirs = {
+            name: _Dir(files, _PathTable(h.dir_for(cgroup_path)), self.misses, self.skipped)
+            for name, h in layout.controllers.items()
+        }
+
+    def start(self) -> list[Miss]:
+        """Empty the read's lists for a new read; its misses."""
+        self.misses.clear()
+        self.skipped.clear()
+        return self.misses
+
+
 class CgroupReader:
     """Reads cgroups under one Layout; also holds what the guest-wide rules need (meminfo, CLK_TCK)."""
 
@@ -334,6 +416,8 @@ class CgroupReader:
         self.files = files
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
+        self._where: dict[str, _Where] = {}
+        self._hugetlb_v2_names: dict[str, tuple[str, str]] = {}
 
     def close(self) -> None:
         """Close the files kept open between reads."""
@@ -348,25 +432,30 @@ class CgroupReader:
         Figures left out are counted in ``errors`` only once the cgroup is known to still exist: a cgroup
         being removed loses its files a moment before its directory, which is not a read error.
         """
-        primary = self.layout.primary.dir_for(cgroup_path)
-        misses: list[Miss] = []
+        where = self._where.get(cgroup_path)
+        if where is None:
+            if len(self._where) >= MAX_WHERE:
+                self._where.clear()
+            where = self._where[cgroup_path] = _Where(self.layout, self.files, cgroup_path)
+        primary = where.primary
+        misses = where.start()
         try:
-            record = self._read(cgroup_path, misses, extras)
+            record = self._read(where, cgroup_path, extras)
         except IncompleteCgroup:
-            if not os.path.isdir(primary):
+            if not is_dir(primary):
                 raise self._gone(cgroup_path) from None
             # Read once more, with fresh fds, before calling it broken.
             self._forget(cgroup_path)
-            misses.clear()
+            where.start()
             try:
-                record = self._read(cgroup_path, misses, extras)
+                record = self._read(where, cgroup_path, extras)
             except IncompleteCgroup:
-                if not os.path.isdir(primary):
+                if not is_dir(primary):
                     raise self._gone(cgroup_path) from None
                 raise
         # Checked after reading, whatever was found: a file of a removed cgroup may have been read through an
         # fd opened earlier (regular files keep their content after unlink; kernfs ones fail with ENODEV).
-        if not os.path.isdir(primary):
+        if not is_dir(primary):
             raise self._gone(cgroup_path)
         counted: set[str] = set()
         for path, reason in misses:  # one count per file and read, with its first reason
@@ -377,6 +466,7 @@ class CgroupReader:
 
     def _forget(self, cgroup_path: str) -> None:
         """Close the cgroup's cached files in every hierarchy."""
+        self._where.pop(cgroup_path, None)
         for h in set(self.layout.controllers.values()):
             self.files.forget(h.dir_for(cgroup_path))
 
@@ -387,35 +477,32 @@ class CgroupReader:
             self.errors.forget(h.dir_for(cgroup_path))
         return CgroupGone(self.layout.primary.dir_for(cgroup_path))
 
-    def _read(self, path: str, misses: list[Miss], extras: bool) -> CgroupRecord:
+    def _read(self, where: _Where, path: str, extras: bool) -> CgroupRecord:
         c = self.layout.controllers
-
-        def at(h: Hierarchy | None) -> _Dir | None:
-            return None if h is None else _Dir(self.files, h.dir_for(path), misses)
-
+        dirs = where.dirs
         root = path == "/"
         memory_rec = None
-        if (mem := at(c.get("memory"))) is not None:
+        if (mem := dirs.get("memory")) is not None:
             v1 = c["memory"].version == 1
             memory_rec = self._memory_v1(mem, extras) if v1 else self._memory_v2(mem, root)
         cpu_rec = None
-        cpu = at(c.get("cpu"))
+        cpu = dirs.get("cpu")
         if cpu is not None and c["cpu"].version == 2:
             cpu_rec = self._cpu_v2(cpu)
         elif cpu is not None or "cpuacct" in c:
-            cpu_rec = self._cpu_v1(cpu, at(c.get("cpuacct")))
+            cpu_rec = self._cpu_v1(cpu, dirs.get("cpuacct"))
         blkio_rec: CgroupBlkio | CgroupIo | None = None
-        if (blkio := at(c.get("blkio"))) is not None:
+        if (blkio := dirs.get("blkio")) is not None:
             blkio_rec = self._blkio_v1(blkio) if c["blkio"].version == 1 else self._io_v2(blkio)
-        pids = at(c.get("pids"))
+        pids = dirs.get("pids")
         hugetlb = c.get("hugetlb")
-        return CgroupRecord(
-            path=path,
-            memory=memory_rec,
-            cpu=cpu_rec,
-            pids=self._pids(pids, root) if pids is not None else None,
-            blkio=blkio_rec,
-            hugetlb=self._hugetlb(hugetlb, path, misses) if hugetlb is not None else {},
+        return CgroupRecord(  # positional, in CgroupRecord's field order (keywords cost some 3k instructions)
+            path,
+            memory_rec,
+            cpu_rec,
+            self._pids(pids, root) if pids is not None else None,
+            blkio_rec,
+            self._hugetlb(hugetlb, dirs["hugetlb"], path) if hugetlb is not None else {},
         )
 
     @staticmethod
@@ -436,16 +523,21 @@ class CgroupReader:
             else:
                 found = d.need(d.number("memory.usage_in_bytes", "required"), "memory.usage_in_bytes")
                 usage, use_hierarchy = d.counter_rest_v1("memory.", found), d.value("memory.use_hierarchy")
+        if extras:
+            return CgroupMemory(
+                version=1,
+                usage=usage,
+                swap=swap,
+                kernel=kernel,
+                kernel_tcp=d.counter_v1("memory.kmem.tcp."),
+                cache=d.key(stat, "cache", "memory.stat"),
+                use_hierarchy=use_hierarchy == 1,
+                stat=stat,
+                oom_control=d.keyed("memory.oom_control") or {},
+            )
+        # A Stats: positional, in CgroupMemory's field order (keywords cost some 3k instructions).
         return CgroupMemory(
-            version=1,
-            usage=usage,
-            swap=swap,
-            kernel=kernel,
-            kernel_tcp=d.counter_v1("memory.kmem.tcp.") if extras else None,
-            cache=d.key(stat, "cache", "memory.stat"),
-            use_hierarchy=use_hierarchy == 1,
-            stat=stat,
-            oom_control=(d.keyed("memory.oom_control") or {}) if extras else {},
+            1, usage, swap, kernel, d.key(stat, "cache", "memory.stat"), use_hierarchy == 1, stat
         )
 
     def _memory_v2(self, d: _Dir, root: bool) -> CgroupMemory | None:
@@ -462,7 +554,7 @@ class CgroupReader:
             events_read = d.keyed("memory.events", "expected")
             events = events_read or {}
             failcnt = d.key(events_read, "max", "memory.events")
-            if (plain := d.plain(_V2_MEMORY)) is not None:
+            if (plain := d.plain(_V2_MEMORY, peak=1)) is not None:
                 usage = CgroupCounter(usage=plain[0], max_usage=plain[1], failcnt=failcnt, limit=plain[2])
             else:
                 usage = CgroupCounter(
@@ -486,7 +578,7 @@ class CgroupReader:
 
     @staticmethod
     def _swap_v2(d: _Dir) -> CgroupCounter | None:
-        plain = d.plain(_V2_SWAP)
+        plain = d.plain(_V2_SWAP, peak=1)
         current = d.number("memory.swap.current") if plain is None else plain[0]
         if current is None:  # no swap accounting in this kernel (or swapaccount=0)
             return None
@@ -510,6 +602,19 @@ class CgroupReader:
         return CgroupCounter(usage=used, max_usage=0, failcnt=0, limit=U64_MAX)
 
     def _cpu_v1(self, cpu: _Dir | None, cpuacct: _Dir | None) -> CgroupCpu | None:
+        if cpu is not None and cpuacct is not None:  # the four files in one go, as the kernel writes them
+            data = self.files.read_open(cpuacct.paths.run(_CPUACCT) + cpu.paths.run(_CPU_STAT))
+            if data is not None and (plain := parse_plain_cpu_v1(data)) is not None:
+                clk_tck = self.clk_tck
+                return CgroupCpu(
+                    CgroupCpuUsage(
+                        plain.usage,
+                        plain.user_ticks * _NS_PER_S // clk_tck,
+                        plain.system_ticks * _NS_PER_S // clk_tck,
+                        plain.percpu,
+                    ),
+                    CgroupThrottling(plain.periods, plain.throttled_periods, plain.throttled_time),
+                )
         usage = None
         if cpuacct is not None and (total := cpuacct.number("cpuacct.usage")) is not None:
             ticks = cpuacct.keyed("cpuacct.stat", "expected")
@@ -565,6 +670,9 @@ class CgroupReader:
     @staticmethod
     def _blkio_v1(d: _Dir) -> CgroupBlkio | None:
         """The first group of BLKIO_GROUPS whose first file has a device line (runc's rule)."""
+        probes = d.files.read_open(d.paths.run(_BLKIO_PROBES), absent=True)
+        if probes is not None and probes.count(None) + probes.count(_NO_DEVICES) == len(probes):
+            return None  # in one go: every probe absent or without a device line (a cgroup without I/O)
         for group in BLKIO_GROUPS:
             (field, first_name), *rest = group
             first = d.blkio(first_name, "optional")
@@ -583,8 +691,7 @@ class CgroupReader:
         devices = d.lines("io.stat", parse_nested_keyed, "optional")
         return None if devices is None else CgroupIo(tuple(devices))
 
-    def _hugetlb(self, h: Hierarchy, path: str, misses: list[Miss]) -> dict[str, CgroupHugetlb]:
-        d = _Dir(self.files, h.dir_for(path), misses)
+    def _hugetlb(self, h: Hierarchy, d: _Dir, path: str) -> dict[str, CgroupHugetlb]:
         anchor = "usage_in_bytes" if h.version == 1 else "current"
         out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
@@ -594,6 +701,9 @@ class CgroupReader:
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
+            if h.version == 2 and (plain := self._hugetlb_v2_plain(d, size)) is not None:
+                out[size] = plain
+                continue
             # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
             prefix = f"hugetlb.{size}.rsvd."
             usage = d.number(prefix + anchor)
@@ -609,6 +719,18 @@ class CgroupReader:
                 max_usage, failcnt = 0, d.key(events, "max", f"hugetlb.{size}.events")
             out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
+
+    def _hugetlb_v2_plain(self, d: _Dir, size: str) -> CgroupHugetlb | None:
+        """A v2 page size's hugetlb.<size>.rsvd.current and .events in one go, when both are open and as the
+        kernel writes them; None otherwise, and the caller reads them one by one under their own rules."""
+        names = self._hugetlb_v2_names.get(size)
+        if names is None:
+            names = self._hugetlb_v2_names[size] = (f"hugetlb.{size}.rsvd.current", f"hugetlb.{size}.events")
+        data = d.files.read_open(d.paths.run(names))
+        if data is None or (usage := parse_plain_singles(data[:1])) is None:
+            return None
+        events = _HUGETLB_V2_EVENTS.fullmatch(data[1])
+        return None if events is None else CgroupHugetlb(usage[0], 0, int(events[1]))
 
     def _page_sizes(self, h: Hierarchy, directory: str, anchor: str) -> tuple[str, ...]:
         """The huge page sizes of this hierarchy, from the first cgroup directory that lists any (cached)."""

@@ -8,17 +8,22 @@ The budget is bounded for CI (max_examples); fuzz/README.md says how to run the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guest_agent import parse
 from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    PlainCpuV1,
     decode,
+    flat_keyed_lines,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -26,10 +31,12 @@ from guest_agent.parse import (
     parse_int_list_bytes,
     parse_meminfo,
     parse_nested_keyed,
+    parse_plain_cpu_v1,
     parse_plain_singles,
     parse_single,
     parse_single_bytes,
 )
+from guest_agent.reader import _HUGETLB_V2_EVENTS
 from guest_agent.resources import parse_cpu_list, parse_setting, parse_value
 
 BUDGET = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -210,3 +217,136 @@ def test_int_list_bytes_read_as_their_decoded_text_does(text: str) -> None:
     data = text.encode("utf-8")
     expected = _outcome(lambda: parse_int_list(decode(data, "f"), "f"))  # type: ignore[arg-type,return-value]
     assert _outcome(lambda: parse_int_list_bytes(data, "f")) == expected  # type: ignore[arg-type,return-value]
+
+
+BACKTRACKING: dict[str, re.Pattern[Any]] = {
+    "_FLAT_KEYED": re.compile(r"(?:[a-z0-9_.]+ [0-9]{1,19}\n)*"),
+    "_PLAIN_SINGLES": re.compile(rb"(?:[0-9]{1,19}|max)\n(?: (?:[0-9]{1,19}|max)\n)*"),
+    "_PLAIN_INT_LIST": re.compile(rb"(?:[0-9]{1,19} )+\n"),
+}
+"""The fast paths' regexes as first written (greedy, backtracking; _FLAT_KEYED's key class was ``[^ \\n]``, a
+superset tested below); the module's are possessive."""
+
+
+@pytest.mark.parametrize("name", sorted(BACKTRACKING))
+@BUDGET
+@given(
+    text=st.one_of(
+        NEAR_VALID,
+        ANY_TEXT,
+        PLAIN_INT_LIST,
+        PLAIN_SINGLE,
+        st.dictionaries(KEYS, U64).map(
+            lambda stats: "".join(f"{key} {value}\n" for key, value in stats.items())
+        ),
+    )
+)
+def test_possessive_fast_path_regexes_accept_what_the_backtracking_ones_do(name: str, text: str) -> None:
+    pattern: re.Pattern[Any] = getattr(parse, name)
+    subject: str | bytes = text if isinstance(pattern.pattern, str) else text.encode("utf-8")
+    expected = BACKTRACKING[name].fullmatch(subject)
+    found = pattern.fullmatch(subject)
+    assert (found is None) == (expected is None)
+
+
+U19 = st.integers(0, 10**19 - 1)
+CPU_V1_AS_WRITTEN = (
+    U19.map(lambda n: f"{n}\n"),
+    st.tuples(U19, U19).map(lambda t: f"user {t[0]}\nsystem {t[1]}\n"),
+    PLAIN_INT_LIST,
+    st.tuples(U19, U19, U19, st.one_of(st.none(), st.tuples(U19, U19))).map(
+        lambda t: (
+            f"nr_periods {t[0]}\nnr_throttled {t[1]}\nthrottled_time {t[2]}\n"
+            + ("" if t[3] is None else f"nr_bursts {t[3][0]}\nburst_time {t[3][1]}\n")
+        )
+    ),
+)
+"""cpuacct.usage, cpuacct.stat, cpuacct.usage_percpu and cpu.stat as a v1 kernel writes them."""
+GARBLED = st.one_of(NEAR_VALID, st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+
+
+def _cpu_v1_one_by_one(data: list[bytes]) -> PlainCpuV1 | None:
+    """The four files through the reader's file-by-file parsers; None if any figure would be left out."""
+    skipped: list[CgroupFormatError] = []
+    try:
+        usage = parse_single_bytes(data[0], "f")
+        ticks = parse_flat_keyed(decode(data[1], "f"), "f", skipped)
+        percpu = parse_int_list_bytes(data[2], "f")
+        stat = parse_flat_keyed(decode(data[3], "f"), "f", skipped)
+        return PlainCpuV1(
+            usage,
+            ticks["user"],
+            ticks["system"],
+            tuple(percpu),
+            stat["nr_periods"],
+            stat["nr_throttled"],
+            stat["throttled_time"],
+        )
+    except (CgroupFormatError, KeyError):
+        return None
+
+
+@BUDGET
+@given(
+    files=st.tuples(
+        *(
+            st.one_of(written.map(lambda t: (t, True)), GARBLED.map(lambda t: (t, False)))
+            for written in CPU_V1_AS_WRITTEN
+        )
+    )
+)
+def test_v1_cpu_files_read_in_one_go_read_as_each_alone(files: tuple[tuple[str, bool], ...]) -> None:
+    """parse_plain_cpu_v1 gives what the four files' own parsers give when each is as the kernel writes it,
+    and None (each file then read alone) for anything it does not take, never a different value."""
+    data = [text.encode("utf-8") for text, _ in files]
+    plain = parse_plain_cpu_v1(data)
+    if all(as_written for _, as_written in files):
+        assert plain is not None
+    if plain is not None:
+        assert plain == _cpu_v1_one_by_one(data)
+
+
+@BUDGET
+@given(
+    text=st.one_of(
+        NEAR_VALID,
+        ANY_TEXT,
+        st.dictionaries(st.one_of(KEYS, st.text(max_size=12)), st.one_of(U64, st.integers(-5, -1))).map(
+            lambda stats: "".join(f"{key} {value}\n" for key, value in stats.items())
+        ),
+    )
+)
+def test_flat_keyed_fast_path_reads_as_the_line_loop(text: str) -> None:
+    """parse_flat_keyed's fast path (kernel-named keys, one regex, conversion in C) gives the line loop's
+    values, errors and left-out lines, whatever the text."""
+    fast: list[CgroupFormatError] = []
+    loop: list[CgroupFormatError] = []
+    expected = _outcome(lambda: flat_keyed_lines(text, "f", loop))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_flat_keyed(text, "f", fast)) == expected  # type: ignore[arg-type,return-value]
+    assert [(str(e), e.key) for e in fast] == [(str(e), e.key) for e in loop]
+    strict = _outcome(lambda: flat_keyed_lines(text, "f"))  # type: ignore[arg-type,return-value]
+    assert _outcome(lambda: parse_flat_keyed(text, "f")) == strict  # type: ignore[arg-type,return-value]
+
+
+@BUDGET
+@given(
+    text=st.one_of(
+        U19.map(lambda n: f"max {n}\n"),
+        st.dictionaries(st.sampled_from(["max", "high", "low", "fail"]), U64).map(
+            lambda stats: "".join(f"{key} {value}\n" for key, value in stats.items())
+        ),
+        GARBLED,
+    )
+)
+def test_v2_hugetlb_events_in_one_go_read_as_the_flat_keyed_parser(text: str) -> None:
+    """The reader's one-go spelling of a v2 hugetlb.<size>.events file gives parse_flat_keyed's ``max`` with
+    no line left out, or does not match (the file is then read under its own rules)."""
+    data = text.encode("utf-8")
+    found = _HUGETLB_V2_EVENTS.fullmatch(data)
+    value = text[4:-1]
+    if text[:4] == "max " and text[-1:] == "\n" and value.isascii() and value.isdigit() and len(value) <= 19:
+        assert found is not None
+    if found is not None:
+        skipped: list[CgroupFormatError] = []
+        assert parse_flat_keyed(decode(data, "f"), "f", skipped) == {"max": int(found[1])}
+        assert skipped == []

@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from guest_agent.files import MAX_OPEN, FileCache, default_max_open
+from guest_agent.files import MAX_OPEN, FileCache, default_max_open, is_dir
 
 
 def test_missing_files_read_as_none_and_are_not_kept(tmp_path):
@@ -29,6 +29,27 @@ def test_absent_files_are_remembered_for_absent_for_seconds_only(tmp_path, monke
     now[0] += 1.0
     assert cache.read_bytes(path) == b"1\n"  # then found, and kept open like any other file
     assert len(cache) == 1
+
+
+def test_files_read_in_one_go_may_be_remembered_absent_when_asked(tmp_path, monkeypatch):
+    # read_open(..., absent=True) answers None in the place of a file remembered as absent, as read_bytes
+    # would; once the memory runs out it answers None for the whole, and read_bytes opens the file again.
+    now = [100.0]
+    monkeypatch.setattr("guest_agent.files.time.monotonic", lambda: now[0])
+    cache = FileCache(absent_for=1.0)
+    here, absent = str(tmp_path / "here"), str(tmp_path / "absent")
+    (tmp_path / "here").write_text("Total 0\n")
+    assert cache.read_bytes(here) == b"Total 0\n"
+    assert cache.read_open([absent, here], absent=True) is None  # never looked for: not known absent
+    assert cache.read_bytes(absent) is None
+    assert cache.read_open([absent, here]) is None
+    assert cache.read_open([absent, here], absent=True) == [None, b"Total 0\n"]
+    (tmp_path / "absent").write_text("1\n")
+    now[0] += 1.0
+    assert cache.read_open([absent, here], absent=True) is None
+    assert cache.read_bytes(absent) == b"1\n"
+    assert cache.read_open([absent, here], absent=True) == [b"1\n", b"Total 0\n"]
+    cache.close()
 
 
 def test_forget_drops_remembered_absence(tmp_path, monkeypatch):
@@ -125,6 +146,28 @@ def test_a_file_replaced_by_rename_is_read_from_the_new_inode(tmp_path):
     cache.close()
 
 
+def test_files_read_in_one_go_keep_the_inode_check(tmp_path):
+    # read_open serves checked files too, but never through the fd of a replaced or deleted inode: it
+    # answers None, and read_bytes (the caller's fallback) opens the path again.
+    paths = [str(tmp_path / name) for name in ("memory.usage_in_bytes", "memory.failcnt")]
+    for path, value in zip(paths, ("4096\n", "0\n")):
+        with open(path, "w") as f:
+            f.write(value)
+    cache = FileCache()
+    assert cache.read_open(paths) is None  # not open yet
+    assert [cache.read_bytes(p) for p in paths] == [b"4096\n", b"0\n"]
+    assert cache.read_open(paths) == [b"4096\n", b"0\n"]
+    (tmp_path / "new").write_text("8192\n")
+    os.replace(tmp_path / "new", paths[0])
+    assert cache.read_open(paths) is None
+    assert cache.read_bytes(paths[0]) == b"8192\n"
+    assert cache.read_open(paths) == [b"8192\n", b"0\n"]
+    os.unlink(paths[1])
+    assert cache.read_open(paths) is None
+    assert cache.read_bytes(paths[1]) is None
+    cache.close()
+
+
 def test_a_deleted_directory_reads_as_missing(tmp_path):
     (tmp_path / "c1").mkdir()
     path = tmp_path / "c1" / "pids.current"
@@ -183,3 +226,15 @@ def test_a_cgroup_removed_and_created_again_is_read_afresh_on_kernfs():
         cache.close()
         if os.path.isdir(directory):
             os.rmdir(directory)
+
+
+def test_the_directory_probe_answers_as_isdir(tmp_path):
+    # The reader's and the locator's gone-check opens the directory with O_PATH instead of isdir's stat: the
+    # same answer for a directory, a file, nothing, a symlink to a directory and a dangling symlink.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("1\n")
+    (tmp_path / "to-d").symlink_to(tmp_path / "d")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for name in ("d", "f", "nothing", "to-d", "dangling", "f/below"):
+        path = str(tmp_path / name)
+        assert is_dir(path) == os.path.isdir(path), name

@@ -19,8 +19,8 @@ from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
-from guest_agent.reader import _NO_DEVICES, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import CgroupCounter, CgroupPids, CgroupThrottling
+from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup
+from guest_agent.record import CgroupCounter, CgroupHugetlb, CgroupPids, CgroupThrottling
 from tests.translate_builders import FIXTURES, fixture_names
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
@@ -544,15 +544,15 @@ class CountingFiles(FileCache):
 
     served = 0
 
-    def read_open(self, prefix: str, names: Sequence[str]) -> list[bytes] | None:
-        data = super().read_open(prefix, names)
+    def read_open(self, paths: Sequence[str], absent: bool = False) -> Any:
+        data = super().read_open(paths, True) if absent else super().read_open(paths)
         self.served += data is not None
         return data
 
 
 def trusted_reader(layout: Layout, root: Path, **kwargs: Any) -> CgroupReader:
-    """A reader that takes ``root``'s files as kernfs ones (no inode check), so that one-value files are read
-    in one go from the second read on, as on a mounted hierarchy."""
+    """A reader that takes ``root``'s files as kernfs ones (no inode check), as on a mounted hierarchy; its
+    one-value files are read in one go from the second read on."""
     files = CountingFiles(kernfs_devices=[os.stat(root).st_dev], absent_for=ABSENT_FOR)
     return CgroupReader(layout, files=files, **kwargs)
 
@@ -611,3 +611,102 @@ def test_the_blkio_file_of_a_cgroup_without_io_reads_as_the_parser_reads_it(tmp_
     reader = CgroupReader(layout, clk_tck=CLK_TCK)
     assert reader.read("/c1").blkio is None
     assert reader.errors.snapshot() == {}
+
+
+def test_a_cgroup_removed_and_made_again_reads_its_new_files_after_its_paths_were_kept(tmp_path):
+    # The reader keeps each cgroup's file paths (never what it read): a cgroup made again under the same
+    # name is read anew, and more cgroups than MAX_WHERE only make it start over.
+    layout = v1_tree(tmp_path)
+    reader = CgroupReader(layout, clk_tck=CLK_TCK)
+    before = reader.read("/c1")
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "pids" / "c1", kept)
+    shutil.rmtree(tmp_path / "pids" / "c1")
+    shutil.copytree(kept, tmp_path / "pids" / "c1")
+    (tmp_path / "pids" / "c1" / "pids.current").write_text("7\n")
+    assert reader.read("/c1").pids == CgroupPids(current=7, limit=before.pids.limit)  # type: ignore[union-attr]
+    for index in range(MAX_WHERE + 1):
+        with pytest.raises(CgroupGone):
+            reader.read(f"/none-{index}")
+    assert reader.read("/c1").pids == CgroupPids(current=7, limit=before.pids.limit)  # type: ignore[union-attr]
+
+
+def test_a_garbled_v1_cpu_file_costs_its_figure_only_when_read_in_one_go(tmp_path):
+    # The four v1 cpu files are read in one go from the second read on; a line the kernel would not write
+    # sends them back through their own parsers, which leave out that figure alone and count it.
+    reader = trusted_reader(v1_tree(tmp_path), tmp_path, clk_tck=CLK_TCK)
+    first = reader.read("/c1").cpu
+    assert reader.read("/c1").cpu == first
+    assert first is not None
+    assert first.throttling == CgroupThrottling(periods=10, throttled_periods=4, throttled_time=123456789)
+    (tmp_path / "cpu" / "c1" / "cpu.stat").write_text("nr_periods 10\nnr_throttled -4\nthrottled_time 9\n")
+    cpu = reader.read("/c1").cpu
+    assert cpu is not None
+    assert cpu.usage == first.usage
+    assert cpu.throttling == CgroupThrottling(periods=10, throttled_periods=0, throttled_time=9)
+    assert reader.errors.snapshot() == {"cpu.stat": 1}
+
+
+def test_blkio_probes_read_in_one_go_still_see_a_device_line_when_it_comes(tmp_path):
+    # A cgroup without I/O: every probe is absent or its sum line alone, read in one go from the second
+    # read on; the first device line sends the read through runc's rule again.
+    layout = v1_tree(tmp_path)
+    blkio = tmp_path / "blkio" / "c1"
+    for name in ("blkio.throttle.io_serviced_recursive", "blkio.throttle.io_serviced"):
+        (blkio / name).write_bytes(_NO_DEVICES)
+    reader = trusted_reader(layout, tmp_path, clk_tck=CLK_TCK)
+    assert reader.read("/c1").blkio is None
+    assert reader.read("/c1").blkio is None
+    (blkio / "blkio.throttle.io_service_bytes_recursive").write_text(blkio_text(SERVICE_BYTES))
+    (blkio / "blkio.throttle.io_serviced_recursive").write_text(blkio_text(SERVICED))
+    record = reader.read("/c1")
+    assert record == CgroupReader(layout, clk_tck=CLK_TCK).read("/c1")
+    assert record.blkio is not None
+    assert reader.errors.snapshot() == {}
+
+
+def test_v2_one_value_files_read_in_one_go_without_the_peak_files_of_older_kernels(tmp_path):
+    # memory.peak (5.19+) and memory.swap.peak (6.5+) absent: remembered absent, they read as 0 in one go,
+    # as they do file by file, and a garbled memory.max still costs its figure only.
+    layout = v2_tree(tmp_path, peak=False)
+    os.unlink(tmp_path / "c1" / "memory.swap.peak")
+    reader = trusted_reader(layout, tmp_path)
+    expected = CgroupReader(layout).read("/c1")
+    assert reader.read("/c1") == expected
+    assert isinstance(reader.files, CountingFiles)
+    served = reader.files.served
+    assert reader.read("/c1") == expected
+    assert reader.files.served >= served + 2  # the memory trio and the swap trio
+    assert expected.memory is not None
+    assert expected.memory.usage.max_usage == 0
+    assert expected.memory.swap is not None
+    assert expected.memory.swap.max_usage == 0
+    (tmp_path / "c1" / "memory.max").write_text("lots\n")
+    memory = reader.read("/c1").memory
+    assert memory is not None
+    assert memory.usage == expected.memory.usage._replace(limit=0)
+    assert reader.errors.snapshot() == {"memory.max": 1}
+
+
+def test_v2_hugetlb_read_in_one_go_reads_as_file_by_file(tmp_path):
+    # A page size's rsvd.current and events in one go from the second read on; a garbled events file sends
+    # them back through their own rules, which leave out the failcnt alone and count it.
+    layout = v2_tree(tmp_path)
+    sizes = {
+        "cgroup.controllers": "memory pids hugetlb",
+        "hugetlb.2MB.current": 2 << 20,
+        "hugetlb.2MB.rsvd.current": 4 << 20,
+        "hugetlb.2MB.events": {"max": 5},
+    }
+    write(tmp_path / "c1", sizes)
+    reader = trusted_reader(layout, tmp_path)
+    expected = CgroupReader(layout).read("/c1").hugetlb
+    assert expected == {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=0, failcnt=5)}
+    assert reader.read("/c1").hugetlb == expected
+    assert isinstance(reader.files, CountingFiles)
+    served = reader.files.served
+    assert reader.read("/c1").hugetlb == expected
+    assert reader.files.served >= served + 4  # memory, swap, pids, and the page size
+    (tmp_path / "c1" / "hugetlb.2MB.events").write_text("max five\n")
+    assert reader.read("/c1").hugetlb == {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=0, failcnt=0)}
+    assert reader.errors.snapshot() == {"hugetlb.2MB.events": 1}
