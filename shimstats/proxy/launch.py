@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.bundle import BundleState, ShimArgs, StartError, write_atomic
 from shimstats.proxy.fork import ServerChild
+from shimstats.proxy.logfmt import log
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, unix_path
 from shimstats.ttrpc.address import AddressError
@@ -55,8 +55,6 @@ __all__ = [
     "run_start",
     "sandbox_id",
 ]
-
-log = logging.getLogger("shimstats.proxy")
 
 ADDRESS_FILE = "address"
 INNER_START_TIMEOUT = 60.0
@@ -238,10 +236,7 @@ def _start(
         release_inner(args, inner_address, inner_service)
         raise
     write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
-    log.info(
-        "started",
-        extra={"id": args.id, "namespace": args.namespace, "address": address, "inner": inner_address},
-    )
+    log.info("started", id=args.id, namespace=args.namespace, address=address, inner=inner_address)
     return address
 
 
@@ -311,4 +306,4 @@ def release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
                 with contextlib.suppress(TtrpcError):
                     client.call(service, method, request.SerializeToString(), metadata=metadata)
     except OSError as exc:
-        log.warning("cannot reach the inner shim to release it: %s", exc, extra={"id": args.id})
+        log.warning(f"cannot reach the inner shim to release it: {exc}", id=args.id)
