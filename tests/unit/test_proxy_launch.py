@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from shimstats.proxy.launch import (
     parse_start_output,
     sandbox_id,
 )
+from shimstats.proxy.launcher import search_path
 from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
@@ -102,6 +105,33 @@ def test_our_socket_sits_next_to_the_inner_one_named_after_it() -> None:
     assert proxy_address("unix:///run/containerd/s/other") != ours
     with pytest.raises(AddressError):
         proxy_address("vsock://3:1024")
+
+
+@pytest.mark.parametrize("builtin", [True, False])
+def test_the_digest_is_sha256_with_or_without_cpythons_own(
+    monkeypatch: pytest.MonkeyPatch, builtin: bool
+) -> None:
+    """proxy_address hashes with CPython's built-in SHA-256 (no OpenSSL to load at every start), else with
+    hashlib: the same name either way, so a proxy of either kind finds the other's socket."""
+    if not builtin:
+        monkeypatch.setitem(sys.modules, "_sha2", None)  # None in sys.modules: that import fails
+        monkeypatch.setitem(sys.modules, "_sha256", None)
+    digest = hashlib.sha256(f"shimstats-proxy:{INNER}".encode()).hexdigest()
+    assert proxy_address(INNER) == f"unix:///run/containerd/s/{digest}"
+
+
+def test_naming_our_socket_loads_no_openssl() -> None:
+    probe = (
+        "import sys\n"
+        "from shimstats.proxy.sockets import proxy_address\n"
+        f"proxy_address({INNER!r})\n"
+        "print('_hashlib' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}  # as the launcher runs start: -S
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, cwd="/", capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_the_serving_process_gets_every_setting_back() -> None:
