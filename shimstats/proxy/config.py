@@ -32,7 +32,6 @@ from shimstats.identifiers import identifier_problem
 from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
 from shimstats.proxy.settings import FALLBACKS, FORMATS, Fallback
-from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.ttrpc import AddressError, parse_address
 
 __all__ = [
@@ -196,6 +195,10 @@ def _kata_settings(data: Mapping[str, Any], where: str) -> tuple[AgentPort, tupl
 
 def load_config(path: str) -> ProxyConfig:
     """Read and check the TOML file at ``path``."""
+    # Here, not at the top: ``start`` forks its serving process before it reads the config, and the TOML
+    # parser (with typing's rest, datetime and its regular expressions) is for start alone.
+    from shimstats.toml_file import TomlFileError, read_toml
+
     try:
         data = read_toml(
             path, "cannot read the proxy config {path}: {reason}", "{path}: not valid TOML: {reason}"

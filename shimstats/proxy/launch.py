@@ -11,7 +11,8 @@ takes everything the process prints (stdout and stderr together) as the address 
    answers there (the inner shim groups containers: one proxy per inner shim), and hands it to our serving
    process (shimstats.proxy.fork: forked before step 1, so that it imports while we work), as containerd's
    own shims hand theirs to the serving child they re-execute: containerd may connect at once, and the
-   kernel queues the connection until the server accepts it;
+   kernel queues the connection until the server accepts it. The fork comes before ``start`` imports what
+   only it needs (subprocess, the TOML parser), which then load while the child imports the server;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -38,8 +38,11 @@ from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSet
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, unix_path
 from shimstats.ttrpc.address import AddressError
 
-# The config module (the TOML parser) is loaded by start, and by delete only without a state file.
+# subprocess and the config file's TOML parser load after run_start forked the serving process (which needs
+# neither); delete loads the TOML parser only without a state file.
 if TYPE_CHECKING:
+    import subprocess
+
     from shimstats.proxy.config import ProxyConfig
     from shimstats.proxy.settings import Fallback
 
@@ -149,6 +152,8 @@ def run_inner(
 
     StartError names the shim when it cannot be run or does not finish within ``timeout``.
     """
+    import subprocess  # here: the serving process, forked before (shimstats.proxy.fork), never needs it
+
     try:
         return subprocess.run(
             list(argv),

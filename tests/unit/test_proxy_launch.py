@@ -120,18 +120,34 @@ def test_the_digest_is_sha256_with_or_without_cpythons_own(
     assert proxy_address(INNER) == f"unix:///run/containerd/s/{digest}"
 
 
-def test_naming_our_socket_loads_no_openssl() -> None:
-    probe = (
-        "import sys\n"
-        "from shimstats.proxy.sockets import proxy_address\n"
-        f"proxy_address({INNER!r})\n"
-        "print('_hashlib' in sys.modules)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}  # as the launcher runs start: -S
+def _loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of the ``watched`` top-level packages a fresh ``python -S`` holds after running ``code``, with
+    the module path the proxy's launcher gives it (shimstats.proxy.launcher)."""
+    held = f"{{m.split('.')[0] for m in sys.modules}} & {set(watched)!r}"
+    probe = f"import sys\n{code}\nprint(' '.join(sorted({held})))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
     done = subprocess.run(
         [sys.executable, "-S", "-c", probe], env=env, cwd="/", capture_output=True, text=True, check=True
     )
-    assert done.stdout.strip() == "False"
+    return done.stdout.split()
+
+
+def test_start_forks_before_loading_what_only_it_needs() -> None:
+    """What ``start`` holds when it forks its serving process (the imports of shimstats.proxy.cli's _start:
+    launch, config, bundle, the actions' log): none of what the server never needs (subprocess, the TOML
+    parser), which start loads after the fork while the child imports the server; and nothing neither
+    needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf)."""
+    imports = (
+        "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
+        "shimstats.proxy.logfmt, shimstats.proxy.delete, shimstats.ttrpc.address"
+    )
+    watched = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil", "hashlib")
+    assert _loaded_after(imports, watched) == []
+
+
+def test_naming_our_socket_loads_no_openssl() -> None:
+    code = f"from shimstats.proxy.sockets import proxy_address\nproxy_address({INNER!r})"
+    assert _loaded_after(code, ("_hashlib", "hashlib")) == []
 
 
 def test_the_serving_process_gets_every_setting_back() -> None:
