@@ -22,7 +22,9 @@ Every mistake is refused at load time with the file and key named: a missing or 
 pass silently), a placeholder other than the three, a template that does not expand to an address.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 import os
 from collections.abc import Mapping
@@ -208,7 +210,7 @@ def load_config(path: str) -> ProxyConfig:
     return parse_config(data, path)
 
 
-def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
+def resolve_inner_shim(name: str, search_path: "str | None" = None) -> str:
     """The absolute path of the inner shim: ``name`` itself if it has a ``/``, else looked up on PATH.
 
     Refuses the proxy's own binary: starting ourselves as our inner shim would recurse.
@@ -231,7 +233,7 @@ def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
     return os.path.abspath(found)
 
 
-def _on_path(name: str, search_path: str) -> str | None:
+def _on_path(name: str, search_path: str) -> "str | None":
     """What ``shutil.which(name, path=search_path)`` finds for a name without a ``/``: the first file of that
     name, executable and not a directory, in the path's directories (each looked in once, in order).
 

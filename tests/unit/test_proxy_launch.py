@@ -145,6 +145,30 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     assert _loaded_after(imports, watched) == []
 
 
+def test_the_records_start_and_delete_build_hold_real_types_not_strings() -> None:
+    """Every NamedTuple the actions load is defined without ``from __future__ import annotations``: typing
+    compiles each string annotation of one (and the first compile() builds the AST types, ~10M
+    instructions of every delete: docs/benchmarks.md)."""
+    code = (
+        "import typing, shimstats.proxy.cli, shimstats.proxy.launch, shimstats.proxy.config, "
+        "shimstats.proxy.delete, shimstats.proxy.options\n"
+        "for module in list(sys.modules.values()):\n"
+        "    if module.__name__.split('.')[0] not in ('shimstats', 'guest_agent'):\n"
+        "        continue\n"
+        "    for record in vars(module).values():\n"
+        "        if isinstance(record, type) and issubclass(record, tuple) and hasattr(record, '_fields'):\n"
+        "            kinds = [type(t) for t in record.__annotations__.values()]\n"
+        "            if str in kinds or typing.ForwardRef in kinds:\n"
+        "                print(record.__module__, record.__name__)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys\n{code}"], env=env, cwd="/", capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split("\n")[:-1] == []
+
+
 def test_naming_our_socket_loads_no_openssl() -> None:
     code = f"from shimstats.proxy.sockets import proxy_address\nproxy_address({INNER!r})"
     assert _loaded_after(code, ("_hashlib", "hashlib")) == []
