@@ -1,6 +1,6 @@
 """Instructions the proxy shim's ``start`` and ``delete`` actions execute, counted by callgrind (issue 16).
 
-``python -m bench.proxy_instructions [--before DIR]`` (needs valgrind; root not needed; ~1 minute a tree)
+``python -m bench.proxy_instructions [--before DIR ...]`` (needs valgrind; root not needed; ~30 s a tree)
 
 Wall times of a process that lives 50 ms swing by tens of percent on a shared machine; the user-space
 instructions callgrind counts repeat to within ~0.2 % whatever the load. Per tree (this checkout, and
@@ -193,12 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.proxy_instructions", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--before", type=Path, help="another tree to count side by side (git archive main)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        help="another tree to count (git archive main); repeatable",
+    )
     args = parser.parse_args(argv)
-    trees = {"this checkout": REPO} | ({"before": args.before.resolve()} if args.before else {})
+    trees = {"this checkout": REPO, **{str(tree.name): tree.resolve() for tree in args.before}}
     results = {name: measure(tree) for name, tree in trees.items()}
     names = list(results)
-    print(f"{'instructions (callgrind), millions':<42}" + "".join(f"{n:>16}" for n in names))
+    print(f"{'instructions (callgrind), millions':<42}" + "".join(f"{n[:15]:>16}" for n in names))
     for figure in results[names[0]]:
         row = "".join(f"{results[n][figure] / 1e6:>16.1f}" for n in names)
         if len(names) == 2:
