@@ -4,7 +4,9 @@
 start-up cost is paid per container), so they live apart from the discovery that dials.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 import os
 from collections.abc import Sequence
@@ -72,7 +74,7 @@ def kata_spec(
     return str(KataSpec(sandbox_id, port, tuple(roots)))
 
 
-def parse_kata_spec(text: str) -> KataSpec | None:
+def parse_kata_spec(text: str) -> "KataSpec | None":
     """The KataSpec in ``text``, None when ``text`` is a plain address; ValueError for a broken spec."""
     prefix = f"{KATA_SPEC_SCHEME}://"
     if not text.startswith(prefix):

@@ -11,7 +11,10 @@ Modules, one job each:
 * ``options``: containerd's runtime options (an Any on stdin and in Create), and what the inner shim gets;
 * ``protowire``: the protobuf wire format of those small messages, for ``start``, without the protobuf
   runtime;
-* ``logs``: logfmt lines on the bundle's ``log`` fifo, as containerd copies shim logs;
+* ``logfmt``: the shape of our log lines (logfmt, as containerd's own), and the ``start`` and ``delete``
+  actions' log, written without the logging module;
+* ``logs``: where the logs go (the bundle's ``log`` fifo, as containerd copies shim logs), and the serving
+  process's logging handler;
 * ``sockets``: socket naming and stale-socket cleanup;
 * ``bundle``: containerd's shim flags, the bundle's state file and the actions' error;
 * ``launch``: the ``start`` action (the inner shim's start, our socket, bundle files);

@@ -4,7 +4,9 @@ A module of its own so that ``delete``, which containerd waits for on every cont
 than it uses (shimstats.proxy.delete); ``start`` (shimstats.proxy.launch) uses all of it.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 import json
 import os
@@ -61,7 +63,7 @@ class BundleState(NamedTuple):
         write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(self._asdict()))
 
     @staticmethod
-    def load(bundle: str) -> BundleState | None:
+    def load(bundle: str) -> "BundleState | None":
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)

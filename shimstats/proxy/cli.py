@@ -139,35 +139,25 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _level(args: argparse.Namespace) -> int:
-    import logging
-
-    return logging.DEBUG if args.debug else logging.INFO
-
-
 def _log_fields(shim: ShimArgs) -> dict[str, str]:
     return {"id": shim.id, "namespace": shim.namespace, "pid": str(os.getpid())}
 
 
 def _start(shim: ShimArgs, args: argparse.Namespace, command: Sequence[str] | None) -> int:
-    import logging
-
-    from shimstats.proxy import logs as proxy_logs
     from shimstats.proxy.bundle import StartError
     from shimstats.proxy.config import ConfigError
     from shimstats.proxy.launch import run_start
+    from shimstats.proxy.logfmt import DEBUG, INFO, log, open_log_fifo
     from shimstats.ttrpc.address import AddressError
 
-    fd = proxy_logs.open_log_fifo(shim.bundle)
+    fd = open_log_fifo(shim.bundle)
     if fd is not None:  # stdout and stderr are the address containerd reads: logs go to the fifo only
-        proxy_logs.configure(os.fdopen(fd, "w", buffering=1), _level(args), _log_fields(shim))
-    else:
-        logging.getLogger().addHandler(logging.NullHandler())
+        log.configure(os.fdopen(fd, "w", buffering=1), DEBUG if args.debug else INFO, _log_fields(shim))
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     try:
         address = run_start(shim, stdin, os.environ, args.stats_fallback, command=command)
     except (ConfigError, StartError, AddressError, OSError) as exc:
-        logging.getLogger("shimstats.proxy").error("start failed: %s", exc)
+        log.error(f"start failed: {exc}")
         return _fail(str(exc))
     sys.stdout.write(address)
     sys.stdout.flush()
@@ -179,13 +169,10 @@ def _delete(shim: ShimArgs, args: argparse.Namespace) -> int:
     from shimstats.proxy.delete import run_delete
 
     def prepare_logs() -> None:
-        import logging
-
-        from shimstats.proxy import logs as proxy_logs
+        from shimstats.proxy.logfmt import DEBUG, WARNING, log
 
         # containerd logs this stderr as "cleanup warnings": warnings and worse only, unless -debug.
-        level = logging.DEBUG if args.debug else logging.WARNING
-        proxy_logs.configure(sys.stderr, level, _log_fields(shim))
+        log.configure(sys.stderr, DEBUG if args.debug else WARNING, _log_fields(shim))
 
     try:
         status, out, err = run_delete(shim, os.environ, prepare_logs)
@@ -265,15 +252,16 @@ def run(launcher: str | None = None) -> NoReturn:
     also runs the serving process): ``main``, then leave without the interpreter's teardown.
 
     containerd waits for ``start`` and ``delete`` to exit; tearing down every module took longer than
-    the action's own work (about 90 ms measured under strace, docs/benchmarks.md). Output and logs are
-    flushed first; the proxy registers no other exit handlers.
+    the action's own work (about 90 ms measured under strace, docs/benchmarks.md). Output is flushed
+    first (the actions' log lines are flushed as they are written, shimstats.proxy.logfmt); the proxy
+    registers no other exit handlers.
     """
     status = main(command=[os.path.abspath(launcher)] if launcher else None)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     logging = sys.modules.get("logging")
-    if logging is not None:  # loaded by every action but -v
+    if logging is not None:  # the serving process run by hand (serve) logs through it
         logging.shutdown()
     os._exit(status)
 

@@ -22,7 +22,9 @@ Every mistake is refused at load time with the file and key named: a missing or 
 pass silently), a placeholder other than the three, a template that does not expand to an address.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 import os
 from collections.abc import Mapping
@@ -32,7 +34,6 @@ from shimstats.identifiers import identifier_problem
 from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
 from shimstats.proxy import BINARY
 from shimstats.proxy.settings import FALLBACKS, FORMATS, Fallback
-from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.ttrpc import AddressError, parse_address
 
 __all__ = [
@@ -196,6 +197,10 @@ def _kata_settings(data: Mapping[str, Any], where: str) -> tuple[AgentPort, tupl
 
 def load_config(path: str) -> ProxyConfig:
     """Read and check the TOML file at ``path``."""
+    # Here, not at the top: ``start`` forks its serving process before it reads the config, and the TOML
+    # parser (with typing's rest, datetime and its regular expressions) is for start alone.
+    from shimstats.toml_file import TomlFileError, read_toml
+
     try:
         data = read_toml(
             path, "cannot read the proxy config {path}: {reason}", "{path}: not valid TOML: {reason}"
@@ -205,7 +210,7 @@ def load_config(path: str) -> ProxyConfig:
     return parse_config(data, path)
 
 
-def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
+def resolve_inner_shim(name: str, search_path: "str | None" = None) -> str:
     """The absolute path of the inner shim: ``name`` itself if it has a ``/``, else looked up on PATH.
 
     Refuses the proxy's own binary: starting ourselves as our inner shim would recurse.
@@ -220,11 +225,24 @@ def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
         if not (os.path.isfile(name) and os.access(name, os.X_OK)):
             raise ConfigError(f"inner_shim {name}: not an executable file")
         return name
-    import shutil  # here: start resolves a name on PATH, delete finds the path in the bundle
-
-    found = shutil.which(name, path=search_path if search_path is not None else os.environ.get("PATH"))
+    found = _on_path(name, search_path if search_path is not None else os.environ.get("PATH", os.defpath))
     if found is None:
         raise ConfigError(
             f"inner_shim {name!r}: not found on PATH ({search_path or os.environ.get('PATH', '')})"
         )
     return os.path.abspath(found)
+
+
+def _on_path(name: str, search_path: str) -> "str | None":
+    """What ``shutil.which(name, path=search_path)`` finds for a name without a ``/``: the first file of that
+    name, executable and not a directory, in the path's directories (each looked in once, in order).
+
+    Written out: importing shutil, with the compression modules it loads, cost every ``start`` about 7M
+    instructions (docs/benchmarks.md); tests/unit/test_proxy_config.py holds it to shutil's answers."""
+    if not search_path:
+        return None
+    for directory in dict.fromkeys(search_path.split(os.pathsep)):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.F_OK | os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None

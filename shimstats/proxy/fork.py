@@ -17,17 +17,14 @@ output until no process holds them), logs to the bundle's log fifo, and shows as
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from typing import NoReturn
 
-from shimstats.proxy.logs import open_log_fifo
+from shimstats.proxy.logfmt import log, open_log_fifo
 from shimstats.proxy.settings import DaemonSettings
 
 __all__ = ["ForkError", "ServerChild"]
-
-log = logging.getLogger("shimstats.proxy")
 
 HANDOVER_MAX = 64 * 1024
 """Bytes of settings a child accepts (a few hundred in practice: addresses and paths)."""

@@ -11,7 +11,8 @@ takes everything the process prints (stdout and stderr together) as the address 
    answers there (the inner shim groups containers: one proxy per inner shim), and hands it to our serving
    process (shimstats.proxy.fork: forked before step 1, so that it imports while we work), as containerd's
    own shims hand theirs to the serving child they re-execute: containerd may connect at once, and the
-   kernel queues the connection until the server accepts it;
+   kernel queues the connection until the server accepts it. The fork comes before ``start`` imports what
+   only it needs (subprocess, the TOML parser), which then load while the child imports the server;
 4. records what ``delete`` will need in the bundle, points the bundle's ``address`` file at us (containerd
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -34,12 +33,16 @@ from typing import TYPE_CHECKING
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.bundle import BundleState, ShimArgs, StartError, write_atomic
 from shimstats.proxy.fork import ServerChild
+from shimstats.proxy.logfmt import log
 from shimstats.proxy.settings import TASK_V2_SERVICE, TASK_V3_SERVICE, DaemonSettings
 from shimstats.proxy.sockets import accepts, listen_unix, proxy_address, unix_path
 from shimstats.ttrpc.address import AddressError
 
-# The config module (the TOML parser) is loaded by start, and by delete only without a state file.
+# subprocess and the config file's TOML parser load after run_start forked the serving process (which needs
+# neither); delete loads the TOML parser only without a state file.
 if TYPE_CHECKING:
+    import subprocess
+
     from shimstats.proxy.config import ProxyConfig
     from shimstats.proxy.settings import Fallback
 
@@ -55,8 +58,6 @@ __all__ = [
     "run_start",
     "sandbox_id",
 ]
-
-log = logging.getLogger("shimstats.proxy")
 
 ADDRESS_FILE = "address"
 INNER_START_TIMEOUT = 60.0
@@ -151,6 +152,8 @@ def run_inner(
 
     StartError names the shim when it cannot be run or does not finish within ``timeout``.
     """
+    import subprocess  # here: the serving process, forked before (shimstats.proxy.fork), never needs it
+
     try:
         return subprocess.run(
             list(argv),
@@ -238,10 +241,7 @@ def _start(
         release_inner(args, inner_address, inner_service)
         raise
     write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
-    log.info(
-        "started",
-        extra={"id": args.id, "namespace": args.namespace, "address": address, "inner": inner_address},
-    )
+    log.info("started", id=args.id, namespace=args.namespace, address=address, inner=inner_address)
     return address
 
 
@@ -311,4 +311,4 @@ def release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
                 with contextlib.suppress(TtrpcError):
                     client.call(service, method, request.SerializeToString(), metadata=metadata)
     except OSError as exc:
-        log.warning("cannot reach the inner shim to release it: %s", exc, extra={"id": args.id})
+        log.warning(f"cannot reach the inner shim to release it: {exc}", id=args.id)

@@ -1,4 +1,4 @@
-"""Where a shim's logs go in containerd 1.6/1.7, and in which shape.
+"""Where a shim's logs go in containerd 1.6/1.7, and the logging handler of the proxy's serving process.
 
 * ``start``: containerd reads stdout and stderr *together* as the shim's address, so nothing may be
   written to either but the address. Our records go to the bundle's ``log`` fifo instead.
@@ -7,33 +7,24 @@
 * ``delete``: containerd reads stdout as a DeleteResponse and logs stderr as "cleanup warnings", so only
   warnings and errors go to stderr.
 
-Lines are logfmt in the shape of containerd's own (logrus text) lines, so they read naturally next to
-them: ``time="…" level=warning msg="…" runtime=io.containerd.kata-stats.v2 id=abc namespace=k8s.io``;
-every ``extra`` a call passes becomes a key.
+Lines are logfmt in the shape of containerd's own (logrus text) lines (shimstats.proxy.logfmt writes them):
+``time="…" level=warning msg="…" runtime=io.containerd.kata-stats.v2 id=abc namespace=k8s.io``; every
+``extra`` a call passes becomes a key. ``start`` and ``delete`` write the same lines without the logging
+module (shimstats.proxy.logfmt.ActionLog).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from guest_agent.logs import extra_fields
 from shimstats.proxy import RUNTIME_TYPE
+from shimstats.proxy.logfmt import LOG_FIFO, line, open_log_fifo
 
-__all__ = ["LogfmtFormatter", "configure", "open_log_fifo"]
+__all__ = ["LOG_FIFO", "LogfmtFormatter", "configure", "open_log_fifo"]
 
-LOG_FIFO = "log"
 _LEVELS = {"WARNING": "warning", "CRITICAL": "fatal"}
-
-
-def _quote(value: Any) -> str:
-    text = str(value)
-    if text and all(c.isalnum() or c in "-._/:@" for c in text):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -44,30 +35,10 @@ class LogfmtFormatter(logging.Formatter):
         self.fields = {"runtime": RUNTIME_TYPE, **(fields or {})}
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        nanos = int((record.created % 1) * 1e9)
         level = _LEVELS.get(record.levelname, record.levelname.lower())
-        parts = [f'time="{stamp}.{nanos:09d}Z"', f"level={level}", f"msg={_quote(record.getMessage())}"]
-        extras = extra_fields(record)
-        for key, value in {**self.fields, "logger": record.name, **extras}.items():
-            parts.append(f"{key}={_quote(value)}")
-        if record.exc_info:
-            parts.append(f"error={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def open_log_fifo(bundle: str) -> int | None:
-    """A blocking write fd on ``BUNDLE/log`` when containerd is reading it, else None.
-
-    Opened non-blocking first so that a fifo nobody reads fails at once (ENXIO) instead of hanging; a
-    regular file there (tests, manual runs) is appended to.
-    """
-    try:
-        fd = os.open(os.path.join(bundle, LOG_FIFO), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    os.set_blocking(fd, True)
-    return fd
+        fields = {**self.fields, "logger": record.name, **extra_fields(record)}
+        error = self.formatException(record.exc_info) if record.exc_info else None
+        return line(record.created, level, record.getMessage(), fields, error)
 
 
 def configure(stream: TextIO, level: int, fields: dict[str, str] | None = None) -> None:

@@ -15,7 +15,9 @@ waits for nothing else so long); only ``inner_create``, in the serving process, 
 CreateTaskRequest around them.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -62,7 +64,7 @@ class AnyOptions(NamedTuple):
         return encode_fields({1: self.type_url, 2: self.value})
 
 
-def decode_any(data: bytes) -> AnyOptions | None:
+def decode_any(data: bytes) -> "AnyOptions | None":
     """The Any containerd wrote on a shim's stdin, or None when it wrote nothing."""
     if not data:
         return None
@@ -83,7 +85,7 @@ def runtime_options(config_path: str, type_url: str = RUNTIME_OPTIONS_TYPE) -> A
     return AnyOptions(type_url, encode_fields({2: config_path}))
 
 
-def config_path_of(options: HasAny | None) -> str:
+def config_path_of(options: "HasAny | None") -> str:
     """``config_path`` when ``options`` is a runtimeoptions.v1.Options, else ""."""
     if options is None or not _is_runtime_options(options):
         return ""
@@ -98,7 +100,7 @@ def config_path_of(options: HasAny | None) -> str:
 A = TypeVar("A", bound=HasAny)
 
 
-def for_inner(options: A | None, own_config: str, inner_config_path: str) -> A | AnyOptions | None:
+def for_inner(options: "A | None", own_config: str, inner_config_path: str) -> "A | AnyOptions | None":
     """What the inner shim gets in place of ``options``.
 
     Options naming ``own_config`` (the proxy's file) become ``inner_config_path`` with the same type URL,

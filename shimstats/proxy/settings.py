@@ -4,7 +4,9 @@ A NamedTuple in a module of its own: ``start`` builds the serving process's comm
 not import the server (its threads, protobuf, the agent client) to do so.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 from typing import Literal, NamedTuple
 

@@ -35,12 +35,23 @@ def unix_path(address: str) -> str:
     return parsed.path
 
 
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` in hex, from CPython's own implementation where it has one: hashlib loads OpenSSL
+    first, about 11M instructions (3 ms) of every ``start`` (docs/benchmarks.md)."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.9-3.11
+        except ImportError:  # an interpreter built without them
+            from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
 def proxy_address(inner_address: str) -> str:
     """``unix://<dir of the inner socket>/<sha256 of "shimstats-proxy:<inner address>">``."""
-    import hashlib  # here: OpenSSL's load is for start only, delete finds both addresses in the bundle
-
     directory = os.path.dirname(unix_path(inner_address))
-    digest = hashlib.sha256(f"shimstats-proxy:{inner_address}".encode()).hexdigest()
+    digest = _sha256_hex(f"shimstats-proxy:{inner_address}".encode())
     address = f"unix://{directory}/{digest}"
     unix_path(address)  # same length as the inner's own (64 hex) name: fits when the inner's did
     return address

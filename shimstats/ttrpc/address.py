@@ -4,13 +4,12 @@ Apart from the dial/listen code (shimstats.ttrpc.transport) so that reading an a
 proxy shim's ``start`` parses addresses and must stay quick.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
+# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
+# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
 import re
-from typing import TYPE_CHECKING, NamedTuple
-
-if TYPE_CHECKING:
-    from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = ["Address", "AddressError", "parse_address"]
 

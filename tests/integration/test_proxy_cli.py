@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.proxy import CONFIG_ENV
+from shimstats.proxy import CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.bundle import BundleState
 from shimstats.proxy.launch import ShimArgs
 from shimstats.ttrpc import SyncClient
@@ -179,13 +180,16 @@ def test_serve_ends_when_its_inner_shim_ends() -> None:
 
 
 @contextlib.contextmanager
-def _started() -> Iterator[tuple[Path, ServeProcess, dict[str, str], str]]:
+def _started(log: bool = False) -> Iterator[tuple[Path, ServeProcess, dict[str, str], str]]:
     """An inner shim (``shimstats serve``, printed by a fake start) and one proxy ``start`` in front of it:
-    (bundle directory, inner, start's environment, the address start printed)."""
+    (bundle directory, inner, start's environment, the address start printed). ``log``: the bundle has a
+    ``log`` file (containerd's fifo; a regular file is appended to)."""
     with (
         short_tmp() as directory,
         ServeProcess(directory, f"unix://{directory}/agent.sock", name="inner") as inner,
     ):
+        if log:
+            (directory / "log").touch()
         shim = _fake_shim(directory, f'echo "{inner.address}"')
         env = _env(**{CONFIG_ENV: str(_config(directory, shim))})
         done = _run(_proxy("start"), directory, env)
@@ -221,6 +225,32 @@ def test_start_hands_its_socket_to_the_server_which_forwards_and_cleans_up() -> 
         while ours.exists() or _pids_serving(address):
             assert time.monotonic() < deadline, "the proxy's server outlived its inner shim"
             time.sleep(0.05)
+
+
+def _logfmt(line: str) -> dict[str, str]:
+    return dict(token.split("=", 1) for token in shlex.split(line))
+
+
+def test_start_logs_to_the_bundles_log_in_containerds_shape() -> None:
+    """start writes its lines (without the logging module: shimstats.proxy.logfmt) to the bundle's log, never
+    to the stdout and stderr containerd reads as the address: that it started, and why a start failed."""
+    with _started(log=True) as (directory, inner, _environ, address):
+        broken = _config(directory, _fake_shim(directory, "echo inner refuses; exit 3"))
+        failed = _run(_proxy("start"), directory, _env(**{CONFIG_ENV: str(broken)}))
+        lines = [
+            line for line in (directory / "log").read_text().splitlines() if "logger=shimstats.proxy" in line
+        ]
+        inner.stop()
+    started = _logfmt(next(line for line in lines if "msg=started" in line))
+    assert started["level"] == "info"
+    assert (started["id"], started["namespace"], started["runtime"]) == ("c1", "k8s.io", RUNTIME_TYPE)
+    assert (started["address"], started["inner"]) == (address, inner.address)
+    assert failed.returncode == 1
+    assert failed.stdout == b""
+    error = _logfmt(next(line for line in lines if "start failed" in line))
+    assert error["level"] == "error"
+    assert "inner refuses" in error["msg"]
+    assert error["msg"].removeprefix("start failed: ") in failed.stderr.decode()
 
 
 def _pids_serving(address: str) -> list[int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from shimstats.proxy.launch import (
     parse_start_output,
     sandbox_id,
 )
+from shimstats.proxy.launcher import search_path
 from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
@@ -102,6 +105,73 @@ def test_our_socket_sits_next_to_the_inner_one_named_after_it() -> None:
     assert proxy_address("unix:///run/containerd/s/other") != ours
     with pytest.raises(AddressError):
         proxy_address("vsock://3:1024")
+
+
+@pytest.mark.parametrize("builtin", [True, False])
+def test_the_digest_is_sha256_with_or_without_cpythons_own(
+    monkeypatch: pytest.MonkeyPatch, builtin: bool
+) -> None:
+    """proxy_address hashes with CPython's built-in SHA-256 (no OpenSSL to load at every start), else with
+    hashlib: the same name either way, so a proxy of either kind finds the other's socket."""
+    if not builtin:
+        monkeypatch.setitem(sys.modules, "_sha2", None)  # None in sys.modules: that import fails
+        monkeypatch.setitem(sys.modules, "_sha256", None)
+    digest = hashlib.sha256(f"shimstats-proxy:{INNER}".encode()).hexdigest()
+    assert proxy_address(INNER) == f"unix:///run/containerd/s/{digest}"
+
+
+def _loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of the ``watched`` top-level packages a fresh ``python -S`` holds after running ``code``, with
+    the module path the proxy's launcher gives it (shimstats.proxy.launcher)."""
+    held = f"{{m.split('.')[0] for m in sys.modules}} & {set(watched)!r}"
+    probe = f"import sys\n{code}\nprint(' '.join(sorted({held})))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, cwd="/", capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()
+
+
+def test_start_forks_before_loading_what_only_it_needs() -> None:
+    """What ``start`` holds when it forks its serving process (the imports of shimstats.proxy.cli's _start:
+    launch, config, bundle, the actions' log): none of what the server never needs (subprocess, the TOML
+    parser), which start loads after the fork while the child imports the server; and nothing neither
+    needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf)."""
+    imports = (
+        "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
+        "shimstats.proxy.logfmt, shimstats.proxy.delete, shimstats.ttrpc.address"
+    )
+    watched = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil", "hashlib")
+    assert _loaded_after(imports, watched) == []
+
+
+def test_the_records_start_and_delete_build_hold_real_types_not_strings() -> None:
+    """Every NamedTuple the actions load is defined without ``from __future__ import annotations``: typing
+    compiles each string annotation of one (and the first compile() builds the AST types, ~10M
+    instructions of every delete: docs/benchmarks.md)."""
+    code = (
+        "import typing, shimstats.proxy.cli, shimstats.proxy.launch, shimstats.proxy.config, "
+        "shimstats.proxy.delete, shimstats.proxy.options\n"
+        "for module in list(sys.modules.values()):\n"
+        "    if module.__name__.split('.')[0] not in ('shimstats', 'guest_agent'):\n"
+        "        continue\n"
+        "    for record in vars(module).values():\n"
+        "        if isinstance(record, type) and issubclass(record, tuple) and hasattr(record, '_fields'):\n"
+        "            kinds = [type(t) for t in record.__annotations__.values()]\n"
+        "            if str in kinds or typing.ForwardRef in kinds:\n"
+        "                print(record.__module__, record.__name__)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys\n{code}"], env=env, cwd="/", capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split("\n")[:-1] == []
+
+
+def test_naming_our_socket_loads_no_openssl() -> None:
+    code = f"from shimstats.proxy.sockets import proxy_address\nproxy_address({INNER!r})"
+    assert _loaded_after(code, ("_hashlib", "hashlib")) == []
 
 
 def test_the_serving_process_gets_every_setting_back() -> None:
