@@ -105,9 +105,7 @@ class AgentClient:
             expired = f"StatsContainer did not finish within the default timeout of {self.default_timeout:g}s"
         request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
         try:
-            raw = await wait_until(
-                self._call(AGENT_SERVICE, "StatsContainer", request, deadline), deadline, expired
-            )
+            raw = await self._call(AGENT_SERVICE, "StatsContainer", request, deadline, expired)
         except TtrpcError as exc:
             raise map_agent_error(exc, container_id, str(self.address)) from None
         return decode_stats(raw, container_id, str(self.address))
@@ -154,30 +152,48 @@ class AgentClient:
     ) -> AnswerT:
         """One unary call bounded by ``deadline`` (``late`` is the DEADLINE_EXCEEDED message), its answer
         decoded as ``answer``; an answer that does not decode is INTERNAL, ``undecodable`` plus the reason."""
-        raw = await wait_until(
-            self._call(service, method, request.SerializeToString(), deadline), deadline, late
-        )
+        raw = await self._call(service, method, request.SerializeToString(), deadline, late)
         try:
             return answer.FromString(raw)
         except DecodeError as exc:
             raise TtrpcError(Code.INTERNAL, f"{undecodable}: {exc}") from None
 
-    async def _call(self, service: str, method: str, payload: bytes, deadline: float) -> bytes:
-        """One call on the shared connection, redialled once if it turns out to be dead."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
+    async def _call(self, service: str, method: str, payload: bytes, deadline: float, expired: str) -> bytes:
+        """One call on the shared connection, redialled once if it turns out to be dead; DEADLINE_EXCEEDED
+        saying ``expired`` when ``deadline`` passes first. On a live connection the ttrpc client's own timer
+        is the one deadline; a dial and the call after it are bounded together by one scope."""
+        client = self._client
+        if client is None or client.closed:
+            return await wait_until(
+                self._dial_and_call(service, method, payload, deadline, expired, 2), deadline, expired
+            )
+        try:
+            return await client.call_until(service, method, payload, deadline, expired)
+        except TtrpcError as exc:
+            if exc.code != Code.UNAVAILABLE or not client.closed:
+                raise
+            self._log_lost()
+        return await wait_until(
+            self._dial_and_call(service, method, payload, deadline, expired, 1), deadline, expired
+        )
+
+    async def _dial_and_call(
+        self, service: str, method: str, payload: bytes, deadline: float, expired: str, attempts: int
+    ) -> bytes:
+        """The call on the live connection or a fresh one, dialled again (``attempts`` in all) if lost."""
+        for attempt in range(attempts, 0, -1):
             client = await self._connection()
             try:
-                return await client.call(service, method, payload, timeout=deadline - loop.time())
+                return await client.call_until(service, method, payload, deadline, expired)
             except TtrpcError as exc:
                 lost = exc.code == Code.UNAVAILABLE and client.closed
-                if not lost or attempt == 2:
+                if not lost or attempt == 1:
                     raise
-                log.info(
-                    "connection to the guest agent lost; dialling again",
-                    extra={"address": str(self.address)},
-                )
+                self._log_lost()
         raise AssertionError("unreachable")  # the loop either returns or raises
+
+    def _log_lost(self) -> None:
+        log.info("connection to the guest agent lost; dialling again", extra={"address": str(self.address)})
 
     async def _connection(self) -> Client:
         """The live connection, dialling (at most one dial at a time) when there is none."""

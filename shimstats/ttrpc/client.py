@@ -74,15 +74,18 @@ class Client:
             service, method, payload, timeout=timeout, metadata=metadata_pairs(metadata)
         )
         deadline = None if timeout is None else self._loop.time() + timeout
-        if self._channel.write_blocked:
-            if timeout is None:
-                await self._writable()
-            else:
-                await wait_until(
-                    self._writable(), deadline, self._rules.expired_text(service, method, timeout)
-                )
-        data = await self._roundtrip(request, deadline, service, method, timeout)
-        return self._rules.result(service, method, data)
+        return await self._exchange(request, service, method, deadline, timeout, None)
+
+    async def call_until(
+        self, service: str, method: str, payload: bytes, deadline: float, expired: str
+    ) -> bytes:
+        """One unary call (no metadata) that must end by ``deadline``, in ``loop.time()`` units: what is left
+        of it travels as timeout_nano, and an answer still missing then is DEADLINE_EXCEEDED, ``expired``
+        its message. For callers that keep one deadline over several steps, so that they need no timer of
+        their own around this one."""
+        timeout = deadline - self._loop.time()
+        request = self._rules.encode(service, method, payload, timeout=timeout, metadata=())
+        return await self._exchange(request, service, method, deadline, timeout, expired)
 
     async def _writable(self) -> None:
         """Wait while the server is not reading our requests (rare: only under a flood)."""
@@ -92,9 +95,23 @@ class Client:
             except OSError:
                 return  # the close callback has recorded the loss
 
-    async def _roundtrip(
-        self, request: bytes, deadline: float | None, service: str, method: str, timeout: float | None
+    async def _exchange(
+        self,
+        request: bytes,
+        service: str,
+        method: str,
+        deadline: float | None,
+        timeout: float | None,
+        expired: str | None,
     ) -> bytes:
+        """Send an encoded Request and wait for its answer until ``deadline`` (``expired`` None: the
+        message names the ``timeout``)."""
+        if self._channel.write_blocked:
+            if deadline is None or timeout is None:
+                await self._writable()
+            else:
+                message = self._rules.expired_text(service, method, timeout) if expired is None else expired
+                await wait_until(self._writable(), deadline, message)
         # No await from taking the id to writing the frame: ids reach the wire in order.
         outgoing = self._rules.send(request)
         stream_id = outgoing.stream_id
@@ -105,9 +122,9 @@ class Client:
         # A plain timer failing the future is the cheapest local deadline (no cancel scope around the await).
         timer = None
         if deadline is not None and timeout is not None:
-            timer = self._loop.call_at(deadline, self._expire, future, service, method, timeout)
+            timer = self._loop.call_at(deadline, self._expire, future, service, method, timeout, expired)
         try:
-            return await future
+            data = await future
         finally:
             self._pending.pop(stream_id, None)
             self._rules.give_up(stream_id)
@@ -115,18 +132,20 @@ class Client:
                 timer.cancel()
             # Expired (by our timer, or by a caller's scope cancelling us at the same deadline): that
             # stream alone is given up, unless the byte stream has not moved for this call's whole life.
-            expired = deadline is not None and not _answered(future) and self._loop.time() >= deadline
-            if expired and self._rules.stalled(frames_at_send, mid_frame=self._channel.mid_frame):
+            late = deadline is not None and not _answered(future) and self._loop.time() >= deadline
+            if late and self._rules.stalled(frames_at_send, mid_frame=self._channel.mid_frame):
                 log.warning(
                     "ttrpc connection to %s %s (%s/%s); closing it", self.address, STALLED, service, method
                 )
                 self._channel.close()
+        return self._rules.result(service, method, data)
 
-    def _expire(self, future: asyncio.Future[bytes], service: str, method: str, timeout: float) -> None:
+    def _expire(
+        self, future: asyncio.Future[bytes], service: str, method: str, timeout: float, expired: str | None
+    ) -> None:
         if not future.done():
-            future.set_exception(
-                TtrpcError(Code.DEADLINE_EXCEEDED, self._rules.expired_text(service, method, timeout))
-            )
+            message = self._rules.expired_text(service, method, timeout) if expired is None else expired
+            future.set_exception(TtrpcError(Code.DEADLINE_EXCEEDED, message))
 
     def _settle(self, outcome: Answered | Failed) -> None:
         future = self._pending.pop(outcome.stream_id, None)
