@@ -100,7 +100,8 @@ class _Connection:
         self.peer = describe_peer(self.channel)
 
     def on_event(self, event: Event) -> None:
-        action = self.rules.receive(event, self.loop.time())
+        now = self.loop.time()
+        action = self.rules.receive(event, now)
         if action is None:
             return
         if isinstance(action, Reply):
@@ -108,7 +109,7 @@ class _Connection:
             return
         stream_id = action.stream_id
         if action.deadline is not None:
-            early = self.rules.expired_at_start(action, self.loop.time())
+            early = self.rules.expired_at_start(action, now)
             if early is not None:
                 self.channel.write(early)
                 self.ended(stream_id)
