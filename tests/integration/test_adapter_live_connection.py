@@ -5,17 +5,22 @@ dials and waits in a task: the same answers, statuses, deadlines and retry."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from shimstats._proto.kata import agent_pb2
 from shimstats.agent_client import AgentClient, Backoff
 from shimstats.fake_containerd import StatsResult
-from shimstats.ttrpc import CallContext, Code, Frame, Server, TtrpcError
-from shimstats.ttrpc.framing import FrameDecoder, MessageType, encode_frame, encode_response
+from shimstats.ttrpc import CallContext, Code, Server, TtrpcError
 from tests.integration.harness import short_tmp
-from tests.integration.test_adapter import Answer, Stack, failing, replying, stack, v2_guest_reply
+from tests.integration.test_adapter import (
+    Answer,
+    DroppingAgent,
+    Stack,
+    failing,
+    replying,
+    stack,
+    v2_guest_reply,
+)
 
 
 async def outcome(s: Stack, container_id: str, timeout: float = 2.0) -> StatsResult | tuple[Code, str]:
@@ -82,41 +87,13 @@ async def test_the_agent_hop_deadline_on_a_live_connection() -> None:
     assert 0.3 < s.agent.remaining[1] < 0.5  # the agent got the caller's deadline less the answer margin
 
 
-class HangingUpAgent:
-    """A raw ttrpc peer: on its first connection it answers ``answered`` requests, then hangs up at the next
-    one (an agent dying under a call on a connection that worked); later connections are answered."""
-
-    def __init__(self, directory: Path, answered: int, reply: agent_pb2.StatsContainerResponse) -> None:
-        self.path = str(directory / "hanging-up.sock")
-        self.address = f"unix://{self.path}"
-        self.answered = answered
-        self.reply = reply
-        self.connections = 0
-        self.requests = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        first = self.connections == 1
-        decoder = FrameDecoder()
-        try:
-            while data := await reader.read(65536):
-                for event in decoder.feed(data):
-                    if not isinstance(event, Frame) or event.mtype != MessageType.REQUEST:
-                        continue
-                    self.requests += 1
-                    if first and self.requests > self.answered:
-                        return
-                    body = encode_response(self.reply.SerializeToString())
-                    writer.write(encode_frame(event.stream_id, MessageType.RESPONSE, 0, body))
-        finally:
-            writer.close()
-
-
 async def test_a_live_connection_lost_under_a_call_is_dialled_again_and_the_call_answered() -> None:
     from shimstats.adapter import StatsHandler, TaskService
 
     with short_tmp() as directory:
-        agent = HangingUpAgent(directory, 1, v2_guest_reply(10, 0, 10))
+        # The first connection answers one request, then hangs up at the next: an agent dying under a call
+        # on a connection that worked.
+        agent = DroppingAgent(directory, 1, v2_guest_reply(10, 0, 10), answered=1)
         listener = await asyncio.start_unix_server(agent.serve, path=agent.path)
         client = AgentClient(agent.address, backoff=Backoff(initial=0.0, maximum=0.0))
         server = Server()

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -25,13 +24,9 @@ from shimstats.ttrpc import (
     encode_frame,
 )
 from shimstats.ttrpc.framing import decode_response, encode_request
+from tests.integration.test_ttrpc_socket import within
 
 SERVICE = "test.v1.Later"
-T = TypeVar("T")
-
-
-async def within(aw: Awaitable[T], seconds: float = 5.0) -> T:
-    return await asyncio.wait_for(aw, seconds)
 
 
 async def until(test: Callable[[], bool]) -> None:
