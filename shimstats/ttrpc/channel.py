@@ -6,9 +6,9 @@ pays on every recv). Client and server both sit on it; it knows nothing about re
 
 Every frame is written whole by one ``transport.write`` call, which the event loop never splits or
 interleaves with another write, so concurrent senders need no lock to keep frames intact. Frames written
-while a read is being handled, on this connection or on any other of the same event loop (the answers of
-plain handlers run inline for the requests the read decoded; the adapter's requests to the agent and its
-answers to containerd, sent from the callbacks of one read), are held per connection and leave in one
+while a read is being handled, on this connection or on any other of the same thread (the answers of plain
+handlers run inline for the requests the read decoded; the adapter's requests to the agent and its answers
+to containerd, sent from the callbacks of one read), are held per connection and leave in one
 ``transport.write`` each at the end of that read: N frames, one send.
 """
 
