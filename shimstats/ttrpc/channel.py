@@ -6,10 +6,8 @@ pays on every recv). Client and server both sit on it; it knows nothing about re
 
 Every frame is written whole by one ``transport.write`` call, which the event loop never splits or
 interleaves with another write, so concurrent senders need no lock to keep frames intact. Frames written
-while a read is being handled, on this connection or on any other of the same thread (the answers of plain
-handlers run inline for the requests the read decoded; the adapter's requests to the agent and its answers
-to containerd, sent from the callbacks of one read), are held per connection and leave in one
-``transport.write`` each at the end of that read: N frames, one send.
+while one read is being handled (the answers of plain handlers, run inline for the requests that read
+decoded) are joined and leave in one ``transport.write`` at the end of it: N answers, one send.
 """
 
 from __future__ import annotations
@@ -29,27 +27,6 @@ log = logging.getLogger("shimstats.ttrpc")
 OnEvent = Callable[[Event], None]
 OnClose = Callable[[Optional[BaseException]], None]
 OnOpen = Callable[[], None]
-
-
-class _Holding:
-    """Per event loop: the channels holding frames while one of them handles a read, else None."""
-
-    __slots__ = ("channels",)
-
-    def __init__(self) -> None:
-        self.channels: list[Channel] | None = None
-
-
-_holdings: dict[int, _Holding] = {}
-"""By id of the event loop. A loop that is gone leaves its entry behind for a later loop that gets the same
-id, which is harmless: an entry holds channels only while a read is handled, inside one loop callback."""
-
-
-def _holding_of(loop: asyncio.AbstractEventLoop) -> _Holding:
-    holding = _holdings.get(id(loop))
-    if holding is None:
-        holding = _holdings[id(loop)] = _Holding()
-    return holding
 
 
 class Channel(asyncio.BufferedProtocol):
@@ -81,8 +58,7 @@ class Channel(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._error: BaseException | None = None
         self._closed = False
-        self._batch: list[bytes] | None = None  # frames held while a read is handled, sent at its end
-        self._holding = _Holding()  # this loop's, once attached
+        self._batch: list[bytes] | None = None  # frames written while a read is handled, sent at its end
 
     def rebind(self, on_event: OnEvent, on_close: OnClose, *, backpressure: bool) -> None:
         """Give this open channel to a new owner: later events and the close go to it."""
@@ -95,7 +71,6 @@ class Channel(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports write like asyncio's but are not subclasses of asyncio.WriteTransport.
         self._transport = cast(asyncio.WriteTransport, transport)
-        self._holding = _holding_of(asyncio.get_running_loop())
         if self._on_open is not None:
             self._on_open()
 
@@ -106,11 +81,8 @@ class Channel(asyncio.BufferedProtocol):
         self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        """Decode ``data`` and hand each event on; what they write on any channel is sent at the end."""
-        holding = self._holding
-        outermost = holding.channels is None
-        if outermost:
-            holding.channels = []
+        """Decode ``data`` and hand each event on; what they write leaves in one write at the end."""
+        self._batch = []
         try:
             for event in self._decoder.feed(data):
                 self._on_event(event)
@@ -119,10 +91,7 @@ class Channel(asyncio.BufferedProtocol):
             self._error = exc
             self.close()
         finally:
-            if outermost:
-                held, holding.channels = holding.channels, None
-                for channel in held or ():
-                    channel._flush()
+            self._flush()
 
     def eof_received(self) -> bool | None:
         try:
@@ -152,23 +121,18 @@ class Channel(asyncio.BufferedProtocol):
     # -- sending ---------------------------------------------------------------------------------------------
 
     def write(self, frame: bytes) -> None:
-        """Queue one whole frame (held until the end of the read being handled, if one is); dropped
-        silently once the connection is closing."""
-        held = self._holding.channels
-        if held is not None:
-            if self._batch is None:
-                self._batch = [frame]
-                held.append(self)
-            else:
-                self._batch.append(frame)
+        """Queue one whole frame; dropped silently once the connection is closing."""
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
         elif self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame)
 
     def _flush(self) -> None:
-        """Send the frames held, joined into one write."""
+        """Send the frames written while a read was handled, joined, and stop batching."""
         batch, self._batch = self._batch, None
-        if batch and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if batch:
+            self.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     @property
     def write_blocked(self) -> bool:

@@ -22,9 +22,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from shimstats.ttrpc import CallContext, Client, Later, MessageType, Server, encode_frame
+from shimstats.ttrpc import CallContext, MessageType, Server, encode_frame
 from shimstats.ttrpc.connection import response_frame
 from shimstats.ttrpc.framing import encode_request, encode_response
 
@@ -89,62 +87,30 @@ def plain_echo(payload: bytes, ctx: CallContext) -> bytes:
     return payload
 
 
-class Relay:
-    """Echo by way of a second server, as the adapter asks the agent: each call is sent on with
-    ``Client.start_until`` and answered through a Later from the callback that read the echo."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def __call__(self, payload: bytes, ctx: CallContext) -> Later:
-        later = Later(bounded=True)
-        deadline = asyncio.get_running_loop().time() + 10
-        waiter = self.client.start_until(SERVICE, "Echo", payload, deadline, "no echo", later.settle)
-        later.on_cancel = waiter.cancel
-        return later
-
-
 @contextlib.contextmanager
-def server_in_thread(path: Path, *, relayed: bool) -> Iterator[None]:
-    """On an event loop of its own in a thread, at ``path``: a Server with a plain (inline) echo handler,
-    or (``relayed``) one whose Echo relays to such a server (at ``path`` + ``.echo``)."""
+def server_in_thread(path: Path) -> Iterator[None]:
+    """A Server with a plain (inline) echo handler on its own event loop in a thread."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
-    async def start() -> tuple[Server, Server | None, Client | None]:
-        echo = Server()
-        echo.register(SERVICE, {"Echo": plain_echo})
-        if not relayed:
-            await echo.start(f"unix://{path}")
-            return echo, None, None
-        await echo.start(f"unix://{path}.echo")
-        client = await Client.connect(f"unix://{path}.echo")
-        relay = Server()
-        relay.register(SERVICE, {"Echo": Relay(client)})
-        await relay.start(f"unix://{path}")
-        return echo, relay, client
+    async def start() -> Server:
+        server = Server()
+        server.register(SERVICE, {"Echo": plain_echo})
+        await server.start(f"unix://{path}")
+        return server
 
-    async def stop(echo: Server, relay: Server | None, client: Client | None) -> None:
-        if relay is not None and client is not None:
-            await relay.close()
-            await client.close()
-        await echo.close()
-
-    servers = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     try:
         yield
     finally:
-        asyncio.run_coroutine_threadsafe(stop(*servers), loop).result(10)
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
 
 
-@pytest.mark.parametrize("relayed", [False, True], ids=["inline", "relayed"])
-def test_answers_to_requests_of_one_read_leave_in_one_send(sock_dir: Path, relayed: bool) -> None:
-    """Inline: a plain handler's answers, written while the requests' read is handled. Relayed: answers
-    written on this connection while the *other* connection's read (the echoes) is handled."""
+def test_answers_to_requests_of_one_read_leave_in_one_send(sock_dir: Path) -> None:
     payloads = [f"answer {i}".encode() * (i + 1) for i in range(8)]
     stream_ids = range(1, 2 * len(payloads), 2)
     requests = b"".join(
@@ -159,7 +125,7 @@ def test_answers_to_requests_of_one_read_leave_in_one_send(sock_dir: Path, relay
     assert one_send < send_each, "this kernel's accounting cannot tell one send from eight"
 
     path = sock_dir / "batch.sock"
-    with server_in_thread(path, relayed=relayed), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    with server_in_thread(path), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
         sock.sendall(requests)  # one send of eight whole frames: the server reads them in one read
         wait_for_bytes(sock, sum(map(len, answers)))
