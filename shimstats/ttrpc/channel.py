@@ -4,10 +4,8 @@ A Channel is an asyncio BufferedProtocol, so the event loop reads straight into 
 us back (no reader task in between, and no fresh 256 KiB allocation per read, which the plain Protocol path
 pays on every recv). Client and server both sit on it; it knows nothing about requests.
 
-Every frame is written whole by one ``transport.write`` call, which the event loop never splits or
-interleaves with another write, so concurrent senders need no lock to keep frames intact. Frames written
-while one read is being handled (the answers of plain handlers, run inline for the requests that read
-decoded) are joined and leave in one ``transport.write`` at the end of it: N answers, one send.
+Every frame is written with a single ``transport.write`` call, which the event loop never splits or
+interleaves with another write, so concurrent senders need no lock to keep frames intact.
 """
 
 from __future__ import annotations
@@ -58,7 +56,6 @@ class Channel(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._error: BaseException | None = None
         self._closed = False
-        self._batch: list[bytes] | None = None  # frames written while a read is handled, sent at its end
 
     def rebind(self, on_event: OnEvent, on_close: OnClose, *, backpressure: bool) -> None:
         """Give this open channel to a new owner: later events and the close go to it."""
@@ -81,8 +78,7 @@ class Channel(asyncio.BufferedProtocol):
         self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        """Decode ``data`` and hand each event on; what they write leaves in one write at the end."""
-        self._batch = []
+        """Decode ``data`` and hand each event on."""
         try:
             for event in self._decoder.feed(data):
                 self._on_event(event)
@@ -90,8 +86,6 @@ class Channel(asyncio.BufferedProtocol):
             log.exception("ttrpc: handling incoming frames failed; closing the connection")
             self._error = exc
             self.close()
-        finally:
-            self._flush()
 
     def eof_received(self) -> bool | None:
         try:
@@ -122,17 +116,8 @@ class Channel(asyncio.BufferedProtocol):
 
     def write(self, frame: bytes) -> None:
         """Queue one whole frame; dropped silently once the connection is closing."""
-        batch = self._batch
-        if batch is not None:
-            batch.append(frame)
-        elif self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.write(frame)
-
-    def _flush(self) -> None:
-        """Send the frames written while a read was handled, joined, and stop batching."""
-        batch, self._batch = self._batch, None
-        if batch:
-            self.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     @property
     def write_blocked(self) -> bool:
@@ -176,7 +161,6 @@ class Channel(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close the connection (data already written is still flushed); on_close follows."""
-        self._flush()
         if self._transport is not None:
             self._transport.close()
 
