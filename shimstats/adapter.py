@@ -18,18 +18,21 @@ A call without a deadline gets the adapter's own timeout (serve's --timeout). Bo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from shimstats import __version__
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats.agent_client import AgentClient
+from shimstats.agent_client import AgentClient, StatsOutcome
 from shimstats.stats_answer import stats_response, validate_id
 from shimstats.translate import OutputFormat
-from shimstats.ttrpc import CallContext, Code, Handler, Server, TtrpcError
+from shimstats.ttrpc import CallContext, Code, Handler, Later, Server, TtrpcError
 from shimstats.wire import NAMESPACE_KEY, TASK_METHODS, TASK_SERVICE
 
 __all__ = [
@@ -55,6 +58,17 @@ def _namespace(ctx: CallContext, default: str) -> str:
     return values[0] if values else default
 
 
+class _StatsCall(NamedTuple):
+    """One Stats call's particulars, for its answer and its log lines."""
+
+    container_id: str
+    namespace: str
+    caller_deadline: float | None
+    arrived: float
+    agent_deadline: float | None
+    started: float | None  # perf_counter at arrival, when debug logging is on
+
+
 class StatsHandler:
     """Task/Stats from a guest agent, as a ttrpc handler that any Task server (the proxy shim too) can use.
 
@@ -74,49 +88,112 @@ class StatsHandler:
         self.default_namespace = default_namespace
         self.timeout_name = timeout_name
 
+    def start(self, payload: bytes, ctx: CallContext) -> Later | Awaitable[bytes]:
+        """Task/Stats as a plain handler: while the agent's connection is up, no task waits for the agent;
+        its answer is translated and sent from the callback that read it (one timer per call, the agent
+        hop's, which ends before the caller's deadline). Otherwise (a dial first) the coroutine below."""
+        call = self._begin(payload, ctx)
+        later = Later(
+            bounded=call.agent_deadline is None or ctx.deadline is None or call.agent_deadline < ctx.deadline
+        )
+        try:
+            validate_id(call.container_id)
+            cancel = self.agent.start_stats(
+                call.container_id, call.agent_deadline, functools.partial(self._agent_answered, call, later)
+            )
+        except TtrpcError as exc:
+            raise self._failed(call, exc) from None
+        if cancel is None:
+            return self._wait(call)
+        later.on_cancel = functools.partial(self._cancelled, call, cancel)
+        return later
+
     async def __call__(self, payload: bytes, ctx: CallContext) -> bytes:
+        return await self._wait(self._begin(payload, ctx))
+
+    def _begin(self, payload: bytes, ctx: CallContext) -> _StatsCall:
         try:
             request = shim_pb2.StatsRequest.FromString(payload)
         except DecodeError as exc:
             raise TtrpcError(Code.INVALID_ARGUMENT, f"StatsRequest does not decode: {exc}") from None
-        namespace = _namespace(ctx, self.default_namespace)
         debug = log.isEnabledFor(logging.DEBUG)  # the per-call log line and its clock only when it is kept
-        started = time.perf_counter() if debug else 0.0
-        loop = asyncio.get_running_loop()
-        arrived = loop.time()
+        arrived = asyncio.get_running_loop().time()
         agent_deadline = None
         if ctx.deadline is not None:
             agent_deadline = ctx.deadline - min(ANSWER_MARGIN, (ctx.deadline - arrived) / 5)
+        return _StatsCall(
+            request.id,
+            _namespace(ctx, self.default_namespace),
+            ctx.deadline,
+            arrived,
+            agent_deadline,
+            time.perf_counter() if debug else None,
+        )
+
+    async def _wait(self, call: _StatsCall) -> bytes:
         try:
-            response = await self.stats(request.id, deadline=agent_deadline)
+            response = await self.stats(call.container_id, deadline=call.agent_deadline)
         except asyncio.CancelledError:
-            if ctx.deadline is not None and loop.time() >= ctx.deadline:
-                log.warning(
-                    "Stats: the caller's %.3gs deadline passed before the answer was ready",
-                    ctx.deadline - arrived,
-                    extra={"container_id": request.id, "namespace": namespace, "code": "DEADLINE_EXCEEDED"},
-                )
+            self._cancelled(call)
             raise
         except TtrpcError as exc:
-            error = exc
-            if exc.code == Code.DEADLINE_EXCEEDED:
-                error = self._agent_hop_expired(exc, request.id, arrived, agent_deadline, ctx.deadline)
-            # NOT_FOUND is routine (a task that just exited); containerd skips it quietly, so do we.
-            level = logging.INFO if error.code == Code.NOT_FOUND else logging.WARNING
-            log.log(
-                level,
-                "Stats failed: %s",
-                error.message,
-                extra={"container_id": request.id, "namespace": namespace, "code": error.code.name},
-            )
-            raise error from None
-        if debug:
+            raise self._failed(call, exc) from None
+        return self._answer(call, response)
+
+    def _agent_answered(self, call: _StatsCall, later: Later, outcome: StatsOutcome) -> None:
+        if isinstance(outcome, Exception):
+            later.settle(self._failed(call, outcome) if isinstance(outcome, TtrpcError) else outcome)
+            return
+        try:
+            response = stats_response(call.container_id, outcome, self.output)
+        except TtrpcError as exc:
+            later.settle(self._failed(call, exc))
+        except Exception as exc:  # a bug: the server logs it and answers UNKNOWN, as for a raising handler
+            later.settle(exc)
+        else:
+            later.settle(self._answer(call, response))
+
+    def _answer(self, call: _StatsCall, response: shim_pb2.StatsResponse) -> bytes:
+        if call.started is not None:
             log.debug(
                 "Stats answered in %.2f ms",
-                (time.perf_counter() - started) * 1e3,
-                extra={"container_id": request.id, "namespace": namespace, "format": self.output},
+                (time.perf_counter() - call.started) * 1e3,
+                extra={"container_id": call.container_id, "namespace": call.namespace, "format": self.output},
             )
         return response.SerializeToString()
+
+    def _failed(self, call: _StatsCall, exc: TtrpcError) -> TtrpcError:
+        """The status to answer with, logged: NOT_FOUND (routine: a task that just exited, which
+        containerd skips quietly) at INFO, others at WARNING; the agent hop's expiry says so."""
+        error = exc
+        if exc.code == Code.DEADLINE_EXCEEDED:
+            error = self._agent_hop_expired(
+                exc, call.container_id, call.arrived, call.agent_deadline, call.caller_deadline
+            )
+        level = logging.INFO if error.code == Code.NOT_FOUND else logging.WARNING
+        log.log(
+            level,
+            "Stats failed: %s",
+            error.message,
+            extra={"container_id": call.container_id, "namespace": call.namespace, "code": error.code.name},
+        )
+        return error
+
+    def _cancelled(self, call: _StatsCall, cancel: Callable[[], None] | None = None) -> None:
+        """Nobody waits for this answer any more (the connection went, or the caller's deadline passed)."""
+        if cancel is not None:
+            cancel()
+        deadline = call.caller_deadline
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            log.warning(
+                "Stats: the caller's %.3gs deadline passed before the answer was ready",
+                deadline - call.arrived,
+                extra={
+                    "container_id": call.container_id,
+                    "namespace": call.namespace,
+                    "code": "DEADLINE_EXCEEDED",
+                },
+            )
 
     def _agent_hop_expired(
         self,
@@ -161,7 +238,7 @@ class TaskService:
     def handlers(self) -> dict[str, Handler]:
         """A handler for every Task method, so each one answers with a status that says why."""
         table: dict[str, Handler] = {name: _unimplemented(name) for name in TASK_METHODS}
-        table["Stats"] = self.stats
+        table["Stats"] = self.stats.start
         table["Connect"] = self.connect
         return table
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TypeVar
+from collections.abc import Callable
+from typing import TypeVar, Union
 
 from google.protobuf.message import DecodeError, Message
 
@@ -59,6 +60,8 @@ __all__ = [
 log = logging.getLogger("shimstats.agent")
 AnswerT = TypeVar("AnswerT", bound=Message)
 """The protobuf message type a call answers with."""
+StatsOutcome = Union[agent_pb2.StatsContainerResponse, Exception]
+"""What ``AgentClient.start_stats`` hands its callback: the answer, or the error (a TtrpcError, or a bug)."""
 
 
 class AgentClient:
@@ -98,19 +101,41 @@ class AgentClient:
 
         ``deadline`` is in ``loop.time()`` units; without one the call is bounded by ``default_timeout``.
         """
-        loop = asyncio.get_running_loop()
-        expired = "StatsContainer did not finish before the caller's deadline"
-        if deadline is None:
-            deadline = loop.time() + self.default_timeout
-            expired = f"StatsContainer did not finish within the default timeout of {self.default_timeout:g}s"
-        request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
+        deadline, expired, request = self._stats_request(container_id, deadline)
         try:
-            raw = await wait_until(
-                self._call(AGENT_SERVICE, "StatsContainer", request, deadline), deadline, expired
-            )
+            raw = await self._call(AGENT_SERVICE, "StatsContainer", request, deadline, expired)
         except TtrpcError as exc:
             raise map_agent_error(exc, container_id, str(self.address)) from None
         return decode_stats(raw, container_id, str(self.address))
+
+    def start_stats(
+        self, container_id: str, deadline: float | None, done: Callable[[StatsOutcome], None]
+    ) -> Callable[[], None] | None:
+        """stats_container for a caller that waits in no task: ``done`` gets the answer, or the error that
+        stats_container would raise, once, from the callback that settled the call; the function returned
+        cancels it. None when the call would have to wait before it is sent (no live connection, so a dial
+        first; an agent not reading our requests): the caller then awaits stats_container instead."""
+        client = self._client
+        if client is None or client.closed or client.write_blocked:
+            return None
+        deadline, expired, request = self._stats_request(container_id, deadline)
+        call = _StatsCall(self, client, container_id, deadline, expired, request, done)
+        try:
+            call.stop_waiting = client.start_until(
+                AGENT_SERVICE, "StatsContainer", request, deadline, expired, call.answered
+            ).cancel
+        except TtrpcError as exc:
+            raise map_agent_error(exc, container_id, str(self.address)) from None
+        return call.cancel
+
+    def _stats_request(self, container_id: str, deadline: float | None) -> tuple[float, str, bytes]:
+        """The call's deadline (``default_timeout`` from now without one), its expiry message, the request."""
+        expired = "StatsContainer did not finish before the caller's deadline"
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.default_timeout
+            expired = f"StatsContainer did not finish within the default timeout of {self.default_timeout:g}s"
+        request = agent_pb2.StatsContainerRequest(container_id=container_id).SerializeToString()
+        return deadline, expired, request
 
     async def resources(self, container_id: str, *, deadline: float) -> resources_pb2.GetResponse:
         """shimstats.agent.v1.Resources/Get (our agent only: see ``service_unsupported``); TtrpcError as the
@@ -154,30 +179,48 @@ class AgentClient:
     ) -> AnswerT:
         """One unary call bounded by ``deadline`` (``late`` is the DEADLINE_EXCEEDED message), its answer
         decoded as ``answer``; an answer that does not decode is INTERNAL, ``undecodable`` plus the reason."""
-        raw = await wait_until(
-            self._call(service, method, request.SerializeToString(), deadline), deadline, late
-        )
+        raw = await self._call(service, method, request.SerializeToString(), deadline, late)
         try:
             return answer.FromString(raw)
         except DecodeError as exc:
             raise TtrpcError(Code.INTERNAL, f"{undecodable}: {exc}") from None
 
-    async def _call(self, service: str, method: str, payload: bytes, deadline: float) -> bytes:
-        """One call on the shared connection, redialled once if it turns out to be dead."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
+    async def _call(self, service: str, method: str, payload: bytes, deadline: float, expired: str) -> bytes:
+        """One call on the shared connection, redialled once if it turns out to be dead; DEADLINE_EXCEEDED
+        saying ``expired`` when ``deadline`` passes first. On a live connection the ttrpc client's own timer
+        is the one deadline; a dial and the call after it are bounded together by one scope."""
+        client = self._client
+        if client is None or client.closed:
+            return await wait_until(
+                self._dial_and_call(service, method, payload, deadline, expired, 2), deadline, expired
+            )
+        try:
+            return await client.call_until(service, method, payload, deadline, expired)
+        except TtrpcError as exc:
+            if exc.code != Code.UNAVAILABLE or not client.closed:
+                raise
+            self._log_lost()
+        return await wait_until(
+            self._dial_and_call(service, method, payload, deadline, expired, 1), deadline, expired
+        )
+
+    async def _dial_and_call(
+        self, service: str, method: str, payload: bytes, deadline: float, expired: str, attempts: int
+    ) -> bytes:
+        """The call on the live connection or a fresh one, dialled again (``attempts`` in all) if lost."""
+        for attempt in range(attempts, 0, -1):
             client = await self._connection()
             try:
-                return await client.call(service, method, payload, timeout=deadline - loop.time())
+                return await client.call_until(service, method, payload, deadline, expired)
             except TtrpcError as exc:
                 lost = exc.code == Code.UNAVAILABLE and client.closed
-                if not lost or attempt == 2:
+                if not lost or attempt == 1:
                     raise
-                log.info(
-                    "connection to the guest agent lost; dialling again",
-                    extra={"address": str(self.address)},
-                )
+                self._log_lost()
         raise AssertionError("unreachable")  # the loop either returns or raises
+
+    def _log_lost(self) -> None:
+        log.info("connection to the guest agent lost; dialling again", extra={"address": str(self.address)})
 
     async def _connection(self) -> Client:
         """The live connection, dialling (at most one dial at a time) when there is none."""
@@ -242,3 +285,79 @@ class AgentClient:
             undecodable=f"ReadErrorsResponse from {self.address} does not decode",
         )
         return {entry.file: entry.count for entry in answer.files}
+
+
+class _StatsCall:
+    """One StatsContainer answered through callbacks (``AgentClient.start_stats``). A connection lost under
+    it is dialled again and the call made once more, as ``stats_container`` does; that retry waits in a
+    task, since a dial does."""
+
+    __slots__ = (
+        "agent",
+        "client",
+        "container_id",
+        "deadline",
+        "done",
+        "expired",
+        "request",
+        "retry",
+        "stop_waiting",
+    )
+
+    def __init__(
+        self,
+        agent: AgentClient,
+        client: Client,
+        container_id: str,
+        deadline: float,
+        expired: str,
+        request: bytes,
+        done: Callable[[StatsOutcome], None],
+    ) -> None:
+        self.agent = agent
+        self.client = client
+        self.container_id = container_id
+        self.deadline = deadline
+        self.expired = expired
+        self.request = request
+        self.done = done
+        self.stop_waiting: Callable[[], None] | None = None
+        self.retry: asyncio.Future[bytes] | None = None
+
+    def answered(self, result: bytes | TtrpcError) -> None:
+        if not isinstance(result, TtrpcError):
+            self.decode(result)
+        elif result.code == Code.UNAVAILABLE and self.client.closed:
+            self.agent._log_lost()
+            again = self.agent._dial_and_call(
+                AGENT_SERVICE, "StatsContainer", self.request, self.deadline, self.expired, 1
+            )
+            self.retry = asyncio.ensure_future(wait_until(again, self.deadline, self.expired))
+            self.retry.add_done_callback(self.retried)
+        else:
+            self.done(map_agent_error(result, self.container_id, str(self.agent.address)))
+
+    def retried(self, retry: asyncio.Future[bytes]) -> None:
+        if retry.cancelled():
+            return
+        error = retry.exception()
+        if error is None:
+            self.decode(retry.result())
+        elif isinstance(error, TtrpcError):
+            self.done(map_agent_error(error, self.container_id, str(self.agent.address)))
+        elif isinstance(error, Exception):
+            self.done(error)
+
+    def decode(self, raw: bytes) -> None:
+        try:
+            stats = decode_stats(raw, self.container_id, str(self.agent.address))
+        except TtrpcError as exc:
+            self.done(exc)
+        else:
+            self.done(stats)
+
+    def cancel(self) -> None:
+        if self.stop_waiting is not None:
+            self.stop_waiting()
+        if self.retry is not None:
+            self.retry.cancel()

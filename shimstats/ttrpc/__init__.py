@@ -2,7 +2,8 @@
 
 Layers, bottom up: ``framing`` (bytes in, frames out, no I/O), ``status`` (codes and TtrpcError),
 ``connection`` (the connection rules, no I/O), ``address`` and ``transport`` (addresses), ``dial``/``hvsock``,
-``listen``/``serial`` and ``peer`` (sockets), ``client`` and ``server`` (unary calls, in asyncio).
+``listen``/``serial`` and ``peer`` (sockets), ``client`` and ``server`` (unary calls, in asyncio; ``later``:
+an answer a handler gives from a callback).
 Importing this package pulls in protobuf only: no grpcio, no psutil, so the guest agent can use it. Names load
 on first use (PEP 562): ``from shimstats.ttrpc import parse_address`` costs no asyncio and no protobuf,
 which keeps the proxy shim's ``start`` quick.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         ProtocolError,
         encode_frame,
     )
+    from shimstats.ttrpc.later import Later
     from shimstats.ttrpc.listen import create_listener, stop_listener
     from shimstats.ttrpc.peer import Peer
     from shimstats.ttrpc.server import CallContext, Handler, Server
@@ -53,6 +55,7 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "Handler",
+    "Later",
     "MessageType",
     "Metadata",
     "OversizedFrame",
@@ -97,6 +100,7 @@ _WHERE = {
     "make_status": "shimstats.ttrpc.status",
     "Address": "shimstats.ttrpc.address",
     "AddressError": "shimstats.ttrpc.address",
+    "Later": "shimstats.ttrpc.later",
     "Peer": "shimstats.ttrpc.peer",
     "TransportError": "shimstats.ttrpc.transport",
     "create_connection": "shimstats.ttrpc.dial",

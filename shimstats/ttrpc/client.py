@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import TracebackType
 
 from shimstats.ttrpc._deadline import wait_until
@@ -44,7 +45,7 @@ class Client:
     def __init__(self, *, address: str = "") -> None:
         self._loop = asyncio.get_running_loop()
         self._rules = ClientConnection(address)
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._pending: dict[int, asyncio.Future[bytes] | _Waiter] = {}
         self._closed = self._loop.create_future()
         self._channel = Channel(self._on_event, self._on_close)
         self.address = address
@@ -74,15 +75,47 @@ class Client:
             service, method, payload, timeout=timeout, metadata=metadata_pairs(metadata)
         )
         deadline = None if timeout is None else self._loop.time() + timeout
-        if self._channel.write_blocked:
-            if timeout is None:
-                await self._writable()
-            else:
-                await wait_until(
-                    self._writable(), deadline, self._rules.expired_text(service, method, timeout)
-                )
-        data = await self._roundtrip(request, deadline, service, method, timeout)
-        return self._rules.result(service, method, data)
+        return await self._exchange(request, service, method, deadline, timeout, None)
+
+    async def call_until(
+        self, service: str, method: str, payload: bytes, deadline: float, expired: str
+    ) -> bytes:
+        """One unary call (no metadata) that must end by ``deadline``, in ``loop.time()`` units: what is left
+        of it travels as timeout_nano, and an answer still missing then is DEADLINE_EXCEEDED, ``expired``
+        its message. For callers that keep one deadline over several steps, so that they need no timer of
+        their own around this one."""
+        timeout = deadline - self._loop.time()
+        request = self._rules.encode(service, method, payload, timeout=timeout, metadata=())
+        return await self._exchange(request, service, method, deadline, timeout, expired)
+
+    def start_until(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        deadline: float,
+        expired: str,
+        done: Callable[[bytes | TtrpcError], None],
+    ) -> _Waiter:
+        """call_until for a caller that waits in no task: ``done`` gets the response payload or the
+        TtrpcError once, from the callback that settled the call (the answer read, the deadline's timer,
+        the connection's loss), and nothing after ``cancel()`` of what this returns. A call that cannot be
+        sent raises TtrpcError at once instead (the connection closed, the deadline passed). Nothing waits
+        for the write: check ``write_blocked`` first."""
+        timeout = deadline - self._loop.time()
+        request = self._rules.encode(service, method, payload, timeout=timeout, metadata=())
+        outgoing = self._rules.send(request)
+        waiter = _Waiter(self, outgoing.stream_id, service, method, expired, done)
+        self._pending[outgoing.stream_id] = waiter
+        self._channel.write(outgoing.data)
+        waiter.frames_at_send = self._rules.frames
+        waiter.timer = self._loop.call_at(deadline, waiter.expire)
+        return waiter
+
+    @property
+    def write_blocked(self) -> bool:
+        """True while the server is not reading our requests (a call then waits before it is sent)."""
+        return self._channel.write_blocked
 
     async def _writable(self) -> None:
         """Wait while the server is not reading our requests (rare: only under a flood)."""
@@ -92,9 +125,23 @@ class Client:
             except OSError:
                 return  # the close callback has recorded the loss
 
-    async def _roundtrip(
-        self, request: bytes, deadline: float | None, service: str, method: str, timeout: float | None
+    async def _exchange(
+        self,
+        request: bytes,
+        service: str,
+        method: str,
+        deadline: float | None,
+        timeout: float | None,
+        expired: str | None,
     ) -> bytes:
+        """Send an encoded Request and wait for its answer until ``deadline`` (``expired`` None: the
+        message names the ``timeout``)."""
+        if self._channel.write_blocked:
+            if deadline is None or timeout is None:
+                await self._writable()
+            else:
+                message = self._rules.expired_text(service, method, timeout) if expired is None else expired
+                await wait_until(self._writable(), deadline, message)
         # No await from taking the id to writing the frame: ids reach the wire in order.
         outgoing = self._rules.send(request)
         stream_id = outgoing.stream_id
@@ -105,28 +152,39 @@ class Client:
         # A plain timer failing the future is the cheapest local deadline (no cancel scope around the await).
         timer = None
         if deadline is not None and timeout is not None:
-            timer = self._loop.call_at(deadline, self._expire, future, service, method, timeout)
+            timer = self._loop.call_at(deadline, self._expire, future, service, method, timeout, expired)
         try:
-            return await future
+            data = await future
         finally:
-            self._pending.pop(stream_id, None)
-            self._rules.give_up(stream_id)
+            self._forget(stream_id)
             if timer is not None:
                 timer.cancel()
             # Expired (by our timer, or by a caller's scope cancelling us at the same deadline): that
             # stream alone is given up, unless the byte stream has not moved for this call's whole life.
-            expired = deadline is not None and not _answered(future) and self._loop.time() >= deadline
-            if expired and self._rules.stalled(frames_at_send, mid_frame=self._channel.mid_frame):
-                log.warning(
-                    "ttrpc connection to %s %s (%s/%s); closing it", self.address, STALLED, service, method
-                )
-                self._channel.close()
+            late = deadline is not None and not _answered(future) and self._loop.time() >= deadline
+            if late:
+                self._close_if_stalled(frames_at_send, service, method)
+        return self._rules.result(service, method, data)
 
-    def _expire(self, future: asyncio.Future[bytes], service: str, method: str, timeout: float) -> None:
-        if not future.done():
-            future.set_exception(
-                TtrpcError(Code.DEADLINE_EXCEEDED, self._rules.expired_text(service, method, timeout))
+    def _close_if_stalled(self, frames_at_send: int, service: str, method: str) -> None:
+        """After a call expired: close the connection if its byte stream has not moved since it was sent."""
+        if self._rules.stalled(frames_at_send, mid_frame=self._channel.mid_frame):
+            log.warning(
+                "ttrpc connection to %s %s (%s/%s); closing it", self.address, STALLED, service, method
             )
+            self._channel.close()
+
+    def _forget(self, stream_id: int) -> None:
+        """A call stopped waiting: a late answer for it will be dropped as stray."""
+        self._pending.pop(stream_id, None)
+        self._rules.give_up(stream_id)
+
+    def _expire(
+        self, future: asyncio.Future[bytes], service: str, method: str, timeout: float, expired: str | None
+    ) -> None:
+        if not future.done():
+            message = self._rules.expired_text(service, method, timeout) if expired is None else expired
+            future.set_exception(TtrpcError(Code.DEADLINE_EXCEEDED, message))
 
     def _settle(self, outcome: Answered | Failed) -> None:
         future = self._pending.pop(outcome.stream_id, None)
@@ -167,6 +225,78 @@ class Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class _Waiter:
+    """A call answered through a callback (``Client.start_until``). Has what ``_settle`` uses of a Future
+    (done, set_result, set_exception), but calls back at once rather than in the next loop turn."""
+
+    __slots__ = (
+        "_client",
+        "_done",
+        "_finished",
+        "expired",
+        "frames_at_send",
+        "method",
+        "service",
+        "stream_id",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        stream_id: int,
+        service: str,
+        method: str,
+        expired: str,
+        done: Callable[[bytes | TtrpcError], None],
+    ) -> None:
+        self._client = client
+        self._done = done
+        self._finished = False
+        self.stream_id = stream_id
+        self.service = service
+        self.method = method
+        self.expired = expired
+        self.frames_at_send = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, payload: bytes) -> None:
+        """The Response envelope arrived: its payload, or the status it carries, goes to the callback."""
+        if self._end():
+            try:
+                result: bytes | TtrpcError = self._client._rules.result(self.service, self.method, payload)
+            except TtrpcError as exc:
+                result = exc
+            self._done(result)
+
+    def set_exception(self, error: TtrpcError) -> None:
+        if self._end():
+            self._done(error)
+
+    def expire(self) -> None:
+        """The deadline's timer: DEADLINE_EXCEEDED, and the connection closed if it is stuck mid-frame."""
+        if self._end():
+            self._client._close_if_stalled(self.frames_at_send, self.service, self.method)
+            self._done(TtrpcError(Code.DEADLINE_EXCEEDED, self.expired))
+
+    def cancel(self) -> None:
+        """Nobody waits for the answer any more: no callback."""
+        self._end()
+
+    def _end(self) -> bool:
+        """Forget the call (True the first time only)."""
+        if self._finished:
+            return False
+        self._finished = True
+        self._client._forget(self.stream_id)
+        if self.timer is not None:
+            self.timer.cancel()
+        return True
 
 
 def _answered(future: asyncio.Future[bytes]) -> bool:

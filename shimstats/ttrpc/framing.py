@@ -202,9 +202,10 @@ def encode_request(
     metadata: Iterable[KeyValue] = (),
 ) -> bytes:
     """Serialize a Request envelope."""
-    return Request(
-        service=service, method=method, payload=payload, timeout_nano=timeout_nano, metadata=metadata
-    ).SerializeToString()
+    request = Request(service=service, method=method, payload=payload, timeout_nano=timeout_nano)
+    if metadata:  # an empty repeated field is left off the wire either way; not filling it is cheaper
+        request.metadata.extend(metadata)
+    return request.SerializeToString()
 
 
 def decode_request(data: bytes) -> Request:

@@ -5,8 +5,9 @@ decide what each frame means). Handlers get raw payload bytes and return raw byt
 method's messages is the service layer's job. A handler is either a plain function, called at once in the
 callback that decoded its request (no task, no extra turn of the event loop: the cheapest path, for
 handlers that never wait), or a coroutine function, whose call runs as its own task, so many calls on one
-connection proceed at once and a deadline can cancel it. Every response frame goes out in one write, so
-frames never interleave.
+connection proceed at once and a deadline can cancel it. A plain function may also return a Later
+(``later.py``) and settle it from a callback: no task, and the answer leaves in the turn it is given. Every
+response frame goes out in one write, so frames never interleave.
 
 Where we differ from Go on purpose:
 * a response over 4 MiB is answered with RESOURCE_EXHAUSTED on its stream (Go drops the whole connection);
@@ -25,12 +26,13 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import NamedTuple, Union
+from typing import NamedTuple, Union, cast
 
 from shimstats.ttrpc.address import Address
 from shimstats.ttrpc.channel import Channel
 from shimstats.ttrpc.connection import Reply, ServerConnection, StartCall, status_frame
 from shimstats.ttrpc.framing import Event, ProtocolError
+from shimstats.ttrpc.later import Later, Outcome
 from shimstats.ttrpc.listen import adopt_listener, create_listener, stop_listener
 from shimstats.ttrpc.peer import Peer, describe_peer
 from shimstats.ttrpc.server_common import (
@@ -47,9 +49,10 @@ __all__ = ["CallContext", "Handler", "Server"]
 
 log = logging.getLogger("shimstats.ttrpc")
 
-Handler = Callable[[bytes, CallContext], Union[Awaitable[bytes], bytes]]
+Handler = Callable[[bytes, CallContext], Union[Awaitable[bytes], bytes, Later]]
 """A plain function returning bytes runs inline (it must not block: it holds the event loop, and no deadline
-can interrupt it); a coroutine function runs as a task that the call's deadline cancels."""
+can interrupt it); a coroutine function runs as a task that the call's deadline cancels; a plain function
+returning a Later answers when it settles it, or is cancelled at its deadline unless the Later is bounded."""
 
 
 class _Method(NamedTuple):
@@ -86,7 +89,7 @@ class _Connection:
         self.rules: ServerConnection[_Method] = ServerConnection(
             server.services, max_in_flight=server.max_in_flight
         )
-        self.calls: dict[int, asyncio.Task[None]] = {}
+        self.calls: dict[int, asyncio.Task[None] | Later] = {}
         self.expired: set[int] = set()  # calls whose deadline timer cancelled them
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.peer = Peer(address="")
@@ -97,7 +100,8 @@ class _Connection:
         self.peer = describe_peer(self.channel)
 
     def on_event(self, event: Event) -> None:
-        action = self.rules.receive(event, self.loop.time())
+        now = self.loop.time()
+        action = self.rules.receive(event, now)
         if action is None:
             return
         if isinstance(action, Reply):
@@ -105,7 +109,7 @@ class _Connection:
             return
         stream_id = action.stream_id
         if action.deadline is not None:
-            early = self.rules.expired_at_start(action, self.loop.time())
+            early = self.rules.expired_at_start(action, now)
             if early is not None:
                 self.channel.write(early)
                 self.ended(stream_id)
@@ -122,17 +126,44 @@ class _Connection:
         except Exception as exc:
             frame = self.failed(action, exc)
         else:
-            if not isinstance(result, bytes):  # a plain function that handed back an awaitable
-                self.calls[stream_id] = self.loop.create_task(self.call(action, context, result))
+            if not isinstance(result, bytes):
+                if isinstance(result, Later):
+                    self.later(action, result)
+                else:  # a plain function that handed back an awaitable
+                    self.calls[stream_id] = self.loop.create_task(self.call(action, context, result))
                 return
             frame = self.rules.answer(action, result)
         self.channel.write(frame)
         self.ended(stream_id)
 
+    def later(self, call: StartCall[_Method], later: Later) -> None:
+        """Answer when the handler settles ``later``; a timer at the deadline only if it is not bounded."""
+        self.calls[call.stream_id] = later
+        timer = None
+        if call.deadline is not None and not later.bounded:
+            timer = self.loop.call_at(call.deadline, self.later_expired, call, later)
+        later.listen(functools.partial(self.settled, call, timer))
+
+    def settled(self, call: StartCall[_Method], timer: asyncio.TimerHandle | None, outcome: Outcome) -> None:
+        if timer is not None:
+            timer.cancel()
+        if isinstance(outcome, bytes):
+            self.channel.write(self.rules.answer(call, outcome))
+        else:
+            self.channel.write(self.failed(call, outcome))
+        self.finished(call.stream_id)
+
+    def later_expired(self, call: StartCall[_Method], later: Later) -> None:
+        if not later.settled:
+            later.cancel()
+            self.channel.write(self.rules.answer_expired(call))
+            self.finished(call.stream_id)
+
     def failed(self, call: StartCall[_Method], exc: Exception) -> bytes:
         """The answer for a handler that raised; anything but a TtrpcError is a bug worth a traceback."""
-        if not isinstance(exc, TtrpcError):
-            log.exception("ttrpc %s/%s from %s failed", call.service, call.method, self.peer.address)
+        if not isinstance(exc, TtrpcError):  # exc_info given: a Later's failure arrives outside any except
+            where = self.peer.address
+            log.error("ttrpc %s/%s from %s failed", call.service, call.method, where, exc_info=exc)
         return self.rules.answer_error(call, exc)
 
     async def call(
@@ -146,7 +177,9 @@ class _Connection:
         try:
             try:
                 try:
+                    # A coroutine function's call is an awaitable; Laters come only from plain functions.
                     answer = running if running is not None else call.handler.handler(call.payload, context)
+                    answer = cast(Union[Awaitable[bytes], bytes], answer)
                     frame = self.rules.answer(call, answer if isinstance(answer, bytes) else await answer)
                 except asyncio.CancelledError:
                     if stream_id not in self.expired or self.channel.closed:
@@ -165,7 +198,7 @@ class _Connection:
 
     def expire(self, stream_id: int) -> None:
         task = self.calls.get(stream_id)
-        if task is not None:
+        if isinstance(task, asyncio.Task):
             self.expired.add(stream_id)
             task.cancel()
 
@@ -195,6 +228,10 @@ class _Connection:
         if not self.calls:
             self._set_done()
         for stream_id, task in list(self.calls.items()):
+            if isinstance(task, Later):
+                task.cancel()
+                self.finished(stream_id)
+                continue
             # Nobody is left to answer; done is set when the last one has unwound. A task cancelled before
             # its first step never runs its body (nor the finished() in it), so the task reports its end.
             task.add_done_callback(functools.partial(self.task_done, stream_id))

@@ -342,12 +342,16 @@ async def test_agent_restart_is_redialled_without_a_failed_call() -> None:
 
 class DroppingAgent:
     """A raw ttrpc peer that hangs up on the first ``drops`` connections as soon as a request arrives (an
-    agent dying mid-call) and answers every request on later connections with ``reply``."""
+    agent dying mid-call), after answering the first ``answered`` requests on each, and answers every request
+    on later connections with ``reply``."""
 
-    def __init__(self, directory: Path, drops: int, reply: agent_pb2.StatsContainerResponse) -> None:
+    def __init__(
+        self, directory: Path, drops: int, reply: agent_pb2.StatsContainerResponse, *, answered: int = 0
+    ) -> None:
         self.path = str(directory / "dropping.sock")
         self.address = f"unix://{self.path}"
         self.drops = drops
+        self.answered = answered
         self.reply = reply
         self.connections = 0
         self.requests = 0
@@ -356,13 +360,15 @@ class DroppingAgent:
         self.connections += 1
         drop = self.connections <= self.drops
         decoder = FrameDecoder()
+        seen = 0
         try:
             while data := await reader.read(65536):
                 for event in decoder.feed(data):
                     if not isinstance(event, Frame) or event.mtype != MessageType.REQUEST:
                         continue
                     self.requests += 1
-                    if drop:
+                    seen += 1
+                    if drop and seen > self.answered:
                         return
                     body = encode_response(self.reply.SerializeToString())
                     writer.write(encode_frame(event.stream_id, MessageType.RESPONSE, 0, body))
