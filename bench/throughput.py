@@ -5,9 +5,9 @@
 Throughput: one guest agent (``python -m guest_agent``) reading a captured cgroup v1 tree with 100 copies of
 one container (``--tree live``: 100 live cgroup v1 children, each with a process and its page cache, as an
 agent reads kernfs in production), one adapter (``shimstats serve``) in front of it, and callers as
-containerd makes them (one connection, 1, 16 and 256 concurrent calls, cycling over the 100 ids). With ``--runc`` the runc shim of a
-real busybox container is driven the same way in the same run, alternating, and the ratio is printed (a
-runc shim serves one container, so all its calls ask for that one).
+containerd makes them (one connection, 1, 16 and 256 concurrent calls, cycling over the 100 ids). With
+``--runc`` the runc shim of a real busybox container is driven the same way in the same run, alternating,
+and the ratio is printed (a runc shim serves one container, so all its calls ask for that one).
 
 Scaling: for 1, 10, 100 and 1,000 containers, a fresh agent and adapter; the first sweep over every id
 (each call discovers its cgroup by walking the tree) and then warm calls cycling over all ids.
