@@ -24,11 +24,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import adapter_process, print_rows, proxy_process, runc_container
-from bench.e2e import FakeContainerdSide
+from bench.common import print_rows
+from bench.e2e import FakeContainerdSide, three_sides
 from shimstats.ttrpc import Client
 from tests.containerd_env import Container
-from tests.integration.harness import AgentProcess, short_tmp
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -106,17 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3000, help="calls per round and side")
     args = parser.parse_args(argv)
-    with runc_container() as container, short_tmp() as directory:
-        cgroup = f"/{container.namespace}/{container.id}"
-        agent_args = ["--container", f"{container.id}={cgroup}", "--log-level", "warning"]
-        runc = f"unix://{container.shim_socket}"
-        with (
-            AgentProcess(directory, agent_args) as agent,
-            adapter_process(directory, agent.address) as serve,
-            proxy_process(directory, runc, agent.address, container.namespace) as proxy,
-        ):
-            assert agent.process is not None
-            asyncio.run(measure([runc, serve, proxy], agent.process.pid, container, args))
+    with three_sides() as (container, agent_pid, addresses):
+        asyncio.run(measure(addresses, agent_pid, container, args))
     return 0
 
 

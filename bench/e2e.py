@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bench.common import Summary, adapter_process, alternate, print_rows, proxy_process, ratio, runc_container
 from shimstats.fake_containerd import StatsResult, call_stats
@@ -82,11 +83,10 @@ async def measure(addresses: Sequence[str], container: Container, args: argparse
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--calls", type=int, default=20_000, help="calls per side, over all rounds")
-    args = parser.parse_args(argv)
+@contextlib.contextmanager
+def three_sides() -> Iterator[tuple[Container, int, list[str]]]:
+    """The live busybox container, the agent's pid, and the three sides' addresses: its runc shim,
+    ``shimstats serve`` and the proxy's serving process, both in front of one agent reading its cgroup."""
     with runc_container() as container, short_tmp() as directory:
         cgroup = f"/{container.namespace}/{container.id}"
         agent_args = ["--container", f"{container.id}={cgroup}", "--log-level", "warning"]
@@ -96,7 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             adapter_process(directory, agent.address) as serve,
             proxy_process(directory, runc, agent.address, container.namespace) as proxy,
         ):
-            asyncio.run(measure([runc, serve, proxy], container, args))
+            assert agent.process is not None
+            yield container, agent.process.pid, [runc, serve, proxy]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=20_000, help="calls per side, over all rounds")
+    args = parser.parse_args(argv)
+    with three_sides() as (container, _agent_pid, addresses):
+        asyncio.run(measure(addresses, container, args))
     return 0
 
 
