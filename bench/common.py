@@ -103,8 +103,8 @@ def many_containers(fixture: Path, destination: Path, count: int, prefix: str = 
     return ids
 
 
-LIVE_CONTROLLERS = ("memory", "cpuacct", "blkio", "pids")
-"""The cgroup v1 controllers the agent reads (cpu shares cpuacct's hierarchy here)."""
+LIVE_CONTROLLERS = ("memory", "cpu", "cpuacct", "blkio", "pids")
+"""The cgroup v1 controllers the agent reads (cpu and cpuacct are one hierarchy on some hosts, two here)."""
 
 
 @contextlib.contextmanager
@@ -113,7 +113,7 @@ def live_containers(count: int, cache_kib: int = 1024, prefix: str = "bench-") -
     (its own page cache) and then sleeps: what a guest agent reads in production (kernfs), unlike a
     captured tree of regular files. Yields {id: cgroup path}; kills the processes and removes the cgroups.
     Root only."""
-    roots = [root for root in map(controller_root, LIVE_CONTROLLERS) if root is not None]
+    roots = list(dict.fromkeys(root for root in map(controller_root, LIVE_CONTROLLERS) if root is not None))
     base = f"shimstats-bench-{os.getpid()}"
     scratch = Path(f"/tmp/{base}")
     scratch.mkdir()
