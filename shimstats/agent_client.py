@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TypeVar, Union
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, Union
 
 from google.protobuf.message import DecodeError, Message
 
@@ -197,10 +197,24 @@ class AgentClient:
         try:
             return await client.call_until(service, method, payload, deadline, expired)
         except TtrpcError as exc:
-            if exc.code != Code.UNAVAILABLE or not client.closed:
+            if not self._lost_under(client, exc):
                 raise
-            self._log_lost()
-        return await wait_until(
+        return await self._call_again(service, method, payload, deadline, expired)
+
+    def _lost_under(self, client: Client, error: TtrpcError) -> bool:
+        """True (and logged) when ``error`` is the connection dying under a call: it is made once more."""
+        lost = error.code == Code.UNAVAILABLE and client.closed
+        if lost:
+            log.info(
+                "connection to the guest agent lost; dialling again", extra={"address": str(self.address)}
+            )
+        return lost
+
+    def _call_again(
+        self, service: str, method: str, payload: bytes, deadline: float, expired: str
+    ) -> Coroutine[Any, Any, bytes]:
+        """The call once more, on a fresh connection, the dial and the call bounded by ``deadline``."""
+        return wait_until(
             self._dial_and_call(service, method, payload, deadline, expired, 1), deadline, expired
         )
 
@@ -213,14 +227,9 @@ class AgentClient:
             try:
                 return await client.call_until(service, method, payload, deadline, expired)
             except TtrpcError as exc:
-                lost = exc.code == Code.UNAVAILABLE and client.closed
-                if not lost or attempt == 1:
+                if attempt == 1 or not self._lost_under(client, exc):
                     raise
-                self._log_lost()
         raise AssertionError("unreachable")  # the loop either returns or raises
-
-    def _log_lost(self) -> None:
-        log.info("connection to the guest agent lost; dialling again", extra={"address": str(self.address)})
 
     async def _connection(self) -> Client:
         """The live connection, dialling (at most one dial at a time) when there is none."""
@@ -327,12 +336,11 @@ class _StatsCall:
     def answered(self, result: bytes | TtrpcError) -> None:
         if not isinstance(result, TtrpcError):
             self.decode(result)
-        elif result.code == Code.UNAVAILABLE and self.client.closed:
-            self.agent._log_lost()
-            again = self.agent._dial_and_call(
-                AGENT_SERVICE, "StatsContainer", self.request, self.deadline, self.expired, 1
+        elif self.agent._lost_under(self.client, result):
+            again = self.agent._call_again(
+                AGENT_SERVICE, "StatsContainer", self.request, self.deadline, self.expired
             )
-            self.retry = asyncio.ensure_future(wait_until(again, self.deadline, self.expired))
+            self.retry = asyncio.ensure_future(again)
             self.retry.add_done_callback(self.retried)
         else:
             self.done(map_agent_error(result, self.container_id, str(self.agent.address)))
