@@ -38,11 +38,10 @@ class ServerChild:
     """A forked serving process, importing its server, until ``hand_over`` or ``cancel``.
 
     ``fields`` are the log fields of every line it writes (the container id and namespace); its own pid is
-    added. ``debug`` is containerd's ``-debug``. ``options``: containerd sent runtime options, so its Create
-    will carry them too, and the child loads what rewrites them (shimstats.proxy.options) while it waits.
+    added. ``debug`` is containerd's ``-debug``.
     """
 
-    def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool, options: bool = False) -> None:
+    def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # a message stays whole
         log_fd = open_log_fifo(bundle)
         try:
@@ -54,7 +53,7 @@ class ServerChild:
             raise ForkError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
         if pid == 0:
             ours.close()
-            _child(theirs, log_fd, fields, debug, options)
+            _child(theirs, log_fd, fields, debug)
         theirs.close()
         _close(log_fd)
         self.pid = pid
@@ -78,9 +77,7 @@ class ServerChild:
         self._channel.close()
 
 
-def _child(
-    channel: socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool, options: bool
-) -> NoReturn:
+def _child(channel: socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool) -> NoReturn:
     """The serving process: detach, import the server, wait for the hand-over, serve, exit."""
     status = 0
     try:
@@ -88,11 +85,6 @@ def _child(
         from setproctitle import setproctitle
 
         from shimstats.proxy.serving import run_server  # the imports start no longer waits for
-
-        if options:
-            from shimstats.proxy.options import preload
-
-            preload()  # what the first Create needs, before containerd sends it
 
         handed = _receive(channel)
         if handed is not None:
