@@ -22,12 +22,13 @@ empty or zero scalar left out, a message field (set) or repeated element always 
 # shimstats.proxy.options). Annotations that need the new syntax at runtime are quoted.
 
 from collections.abc import Collection, Mapping
-from typing import NamedTuple, Union
+from typing import NamedTuple, Protocol, Union
 
 __all__ = [
     "LENGTH_DELIMITED",
     "AnyMessage",
     "Fields",
+    "HasAny",
     "WireError",
     "any_message",
     "bytes_field",
@@ -150,6 +151,16 @@ def int32(value: int) -> int:
 def int64(value: int) -> int:
     """An ``int64`` field's value from its (64-bit) varint: two's complement."""
     return value - (1 << 64) if value >> 63 else value
+
+
+class HasAny(Protocol):
+    """A ``google.protobuf.Any`` (protobuf's or ours): a type URL and the message's bytes."""
+
+    @property
+    def type_url(self) -> str: ...
+
+    @property
+    def value(self) -> bytes: ...
 
 
 class AnyMessage(NamedTuple):

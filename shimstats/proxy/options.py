@@ -19,11 +19,12 @@ containerd's first call (Create) without importing protobuf.
 # each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
 # delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from shimstats.protowire import (
     AnyMessage,
     Fields,
+    HasAny,
     WireError,
     any_message,
     encode_fields,
@@ -50,16 +51,6 @@ RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
 
 class OptionsError(ValueError):
     """Runtime options that do not decode."""
-
-
-class HasAny(Protocol):
-    """A ``google.protobuf.Any`` (protobuf's or ours): a type URL and the message's bytes."""
-
-    @property
-    def type_url(self) -> str: ...
-
-    @property
-    def value(self) -> bytes: ...
 
 
 AnyOptions = AnyMessage

@@ -8,19 +8,34 @@ length is over the limit (which includes every header with a nonzero byte 0) is 
 :class:`OversizedFrame` and its body is skipped, exactly ``length`` bytes, however many feeds that takes. The
 stream then carries on with the next header; this is how containerd's Go server answers RESOURCE_EXHAUSTED
 without dropping the connection.
+
+The envelope is containerd/ttrpc's request.proto (``Request {string service = 1; string method = 2; bytes
+payload = 3; int64 timeout_nano = 4; repeated KeyValue metadata = 5}``, ``KeyValue {string key = 1; string
+value = 2}``, ``Response {google.rpc.Status status = 1; bytes payload = 2}``; ttrpc@4b166fb request.proto),
+read and written by shimstats.protowire's rules without the protobuf runtime: three tiny messages on every
+call, and importing protobuf for them was a quarter of what the proxy's serving process did before it could
+answer containerd's first call (docs/benchmarks.md).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the records below are NamedTuples (see shimstats.protowire).
 
 import enum
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Union
 
-from google.protobuf.message import DecodeError
-
-from shimstats._proto.ttrpc.request_pb2 import KeyValue, Request, Response
-from shimstats.ttrpc.status import Code, Status, TtrpcError
+from shimstats.protowire import (
+    Fields,
+    WireError,
+    bytes_field,
+    fields,
+    int64,
+    message_field,
+    string_field,
+    utf8,
+    varint_field,
+)
+from shimstats.ttrpc.status import Code, Status, TtrpcError, encode_status, status_from_fields
 
 __all__ = [
     "FLAG_NO_DATA",
@@ -33,10 +48,13 @@ __all__ = [
     "Event",
     "Frame",
     "FrameDecoder",
+    "KeyValue",
     "MessageType",
     "Metadata",
     "OversizedFrame",
     "ProtocolError",
+    "Request",
+    "Response",
     "decode_request",
     "decode_response",
     "encode_frame",
@@ -180,16 +198,41 @@ class FrameDecoder:
             raise ProtocolError(f"truncated frame: {len(self._buf)} of {self._need} bytes")
 
 
-def metadata_pairs(metadata: Metadata | None) -> list[KeyValue]:
+class KeyValue(NamedTuple):
+    """One metadata pair of a Request (a key may repeat)."""
+
+    key: str = ""
+    value: str = ""
+
+
+class Request(NamedTuple):
+    """A ttrpc Request envelope: ``timeout_nano`` 0 means no deadline."""
+
+    service: str = ""
+    method: str = ""
+    payload: bytes = b""
+    timeout_nano: int = 0
+    metadata: "Sequence[KeyValue]" = ()
+
+
+class Response(NamedTuple):
+    """A ttrpc Response envelope: ``status`` None when the peer left it out (Go's OK), an empty Status when it
+    sent one (Rust's OK)."""
+
+    status: "Status | None" = None
+    payload: bytes = b""
+
+
+def metadata_pairs(metadata: "Metadata | None") -> "list[KeyValue]":
     """Envelope KeyValues for a metadata mapping; a sequence value repeats the key, in order."""
     if not metadata:
         return []
     pairs: list[KeyValue] = []
     for key, value in metadata.items():
         if isinstance(value, str):
-            pairs.append(KeyValue(key=key, value=value))
+            pairs.append(KeyValue(key, value))
         else:
-            pairs.extend(KeyValue(key=key, value=v) for v in value)
+            pairs.extend(KeyValue(key, v) for v in value)
     return pairs
 
 
@@ -201,37 +244,73 @@ def encode_request(
     timeout_nano: int = 0,
     metadata: Iterable[KeyValue] = (),
 ) -> bytes:
-    """Serialize a Request envelope."""
-    request = Request(service=service, method=method, payload=payload, timeout_nano=timeout_nano)
-    if metadata:  # an empty repeated field is left off the wire either way; not filling it is cheaper
-        request.metadata.extend(metadata)
-    return request.SerializeToString()
+    """Serialize a Request envelope, byte for byte as protobuf does (ValueError for a timeout outside
+    int64, as protobuf)."""
+    out = string_field(1, service) + string_field(2, method) + bytes_field(3, payload)
+    if timeout_nano:
+        out += varint_field(4, timeout_nano)
+    for pair in metadata:
+        out += message_field(5, string_field(1, pair.key) + string_field(2, pair.value))
+    return out
 
 
 def decode_request(data: bytes) -> Request:
     """Parse a Request envelope; ProtocolError says why it is not one."""
-    request = Request()
+    service = method = ""
+    payload = b""
+    timeout_nano = 0
+    metadata: list[KeyValue] = []
     try:
-        request.ParseFromString(data)
-    except DecodeError as exc:
+        for number, value in fields(data):
+            if isinstance(value, bytes):
+                if number == 3:
+                    payload = value
+                elif number == 1:
+                    service = utf8(value, 1)
+                elif number == 2:
+                    method = utf8(value, 2)
+                elif number == 5:
+                    metadata.append(_key_value(fields(value)))
+            elif number == 4:
+                timeout_nano = int64(value)
+    except WireError as exc:
         raise ProtocolError(f"undecodable request envelope ({len(data)} bytes): {exc}") from None
-    return request
+    return Request(service, method, payload, timeout_nano, metadata)
 
 
-def encode_response(payload: bytes, status: Status | None = None) -> bytes:
-    """Serialize a Response envelope; OK leaves the status out, as containerd's Go server does.
+def _key_value(found: Fields) -> KeyValue:
+    key = value = ""
+    for number, raw in found:
+        if isinstance(raw, bytes):
+            if number == 1:
+                key = utf8(raw, 1)
+            elif number == 2:
+                value = utf8(raw, 2)
+    return KeyValue(key, value)
+
+
+def encode_response(payload: bytes, status: "Status | None" = None) -> bytes:
+    """Serialize a Response envelope, byte for byte as protobuf does; OK leaves the status out, as
+    containerd's Go server does.
 
     (ttrpc-rust sends an empty status instead; every client, ours included, reads both as OK.)
     """
-    response = Response(payload=payload) if status is None else Response(status=status, payload=payload)
-    return response.SerializeToString()
+    if status is None:
+        return bytes_field(2, payload)
+    return message_field(1, encode_status(status)) + bytes_field(2, payload)
 
 
 def decode_response(data: bytes) -> Response:
     """Parse a Response envelope; ProtocolError says why it is not one."""
-    response = Response()
+    payload = b""
+    status: Fields | None = None
     try:
-        response.ParseFromString(data)
-    except DecodeError as exc:
+        for number, value in fields(data):
+            if isinstance(value, bytes):
+                if number == 2:
+                    payload = value
+                elif number == 1:  # a message field sent twice merges: its fields read as one
+                    status = fields(value) if status is None else status + fields(value)
+        return Response(None if status is None else status_from_fields(status), payload)
+    except WireError as exc:
         raise ProtocolError(f"undecodable response envelope ({len(data)} bytes): {exc}") from None
-    return response
