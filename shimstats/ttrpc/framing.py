@@ -28,12 +28,13 @@ from shimstats.protowire import (
     Fields,
     WireError,
     bytes_field,
+    encode_varint,
     fields,
     int64,
     message_field,
+    read_varint,
     string_field,
     utf8,
-    varint_field,
 )
 from shimstats.ttrpc.status import Code, Status, TtrpcError, encode_status, status_from_fields
 
@@ -62,6 +63,11 @@ __all__ = [
     "encode_response",
     "metadata_pairs",
 ]
+
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+_new = tuple.__new__
+"""Builds a record from a tuple of all its fields: a third of the cost of a NamedTuple's own ``__new__``
+(keywords and defaults), on every call's path."""
 
 HEADER_LEN = 10
 MAX_MESSAGE = 4 << 20  # payload bytes; exactly 4 MiB is still allowed
@@ -236,6 +242,31 @@ def metadata_pairs(metadata: "Metadata | None") -> "list[KeyValue]":
     return pairs
 
 
+# The envelope is on every call's path, both ways (docs/benchmarks.md counts it per Stats call), so each
+# codec has a straight path for the shapes every ttrpc peer writes (containerd's Go client and server, ours,
+# ttrpc-rust): protobuf's own field order, one-byte tags, lengths under 16 KiB (two varint bytes), no
+# unknown fields. Anything else, the malformed included, takes the general path, which reads by
+# shimstats.protowire's rules and says why it refuses; both give the same answer where both apply
+# (tests/unit/test_ttrpc_envelope.py against protobuf).
+
+
+def _length(value: int) -> bytes:
+    return _ONE_BYTE[value] if value < 0x80 else encode_varint(value)
+
+
+_HEADS: "dict[tuple[str, str], bytes]" = {}
+"""Encoded service and method fields, by (service, method): a client calls a handful of methods, over and
+over (at most _HEADS_KEPT are kept)."""
+_HEADS_KEPT = 64
+
+
+def _head(service: str, method: str) -> bytes:
+    head = string_field(1, service) + string_field(2, method)
+    if len(_HEADS) < _HEADS_KEPT:
+        _HEADS[service, method] = head
+    return head
+
+
 def encode_request(
     service: str,
     method: str,
@@ -246,16 +277,87 @@ def encode_request(
 ) -> bytes:
     """Serialize a Request envelope, byte for byte as protobuf does (ValueError for a timeout outside
     int64, as protobuf)."""
-    out = string_field(1, service) + string_field(2, method) + bytes_field(3, payload)
+    out = _HEADS.get((service, method)) or _head(service, method)
+    if payload:
+        out += b"\x1a" + _length(len(payload)) + payload
     if timeout_nano:
-        out += varint_field(4, timeout_nano)
+        if not -(1 << 63) <= timeout_nano < 1 << 63:
+            raise ValueError(f"timeout_nano {timeout_nano} out of range for int64")
+        out += b"\x20" + encode_varint(timeout_nano)
     for pair in metadata:
-        out += message_field(5, string_field(1, pair.key) + string_field(2, pair.value))
+        body = string_field(1, pair.key) + string_field(2, pair.value)
+        out += b"\x2a" + _length(len(body)) + body
     return out
 
 
 def decode_request(data: bytes) -> Request:
     """Parse a Request envelope; ProtocolError says why it is not one."""
+    service = method = ""
+    payload = b""
+    timeout_nano = 0
+    metadata: list[KeyValue] = []
+    pos, end = 0, len(data)
+    try:  # the common shape, field by field in number order; a field missing is a proto3 default
+        if data[0] == 0x0A and data[1] < 0x80:
+            pos = 2 + data[1]
+            service = data[2:pos].decode()
+        if pos < end and data[pos] == 0x12 and data[pos + 1] < 0x80:
+            start = pos + 2
+            pos = start + data[pos + 1]
+            method = data[start:pos].decode()
+        if pos < end and data[pos] == 0x1A:
+            length = data[pos + 1]
+            if length < 0x80:
+                start = pos + 2
+            elif data[pos + 2] < 0x80:
+                length = length & 0x7F | data[pos + 2] << 7
+                start = pos + 3
+            else:
+                return _decode_any_request(data)
+            pos = start + length
+            payload = data[start:pos]
+        if pos < end and data[pos] == 0x20:
+            timeout_nano, pos = read_varint(data, pos + 1)
+            if timeout_nano >> 63:
+                timeout_nano -= 1 << 64  # int64: two's complement
+        while pos < end and data[pos] == 0x2A and data[pos + 1] < 0x80:
+            stop = pos + 2 + data[pos + 1]
+            raw = data[pos + 2 : stop]
+            pair = _PAIRS.get(raw) or _pair(raw)
+            if pair is None:
+                return _decode_any_request(data)
+            metadata.append(pair)
+            pos = stop
+    except (IndexError, UnicodeDecodeError, WireError):
+        return _decode_any_request(data)
+    if pos != end:  # other fields, another order, or a field cut short
+        return _decode_any_request(data)
+    return _new(Request, (service, method, payload, timeout_nano, metadata))
+
+
+_PAIRS: "dict[bytes, KeyValue]" = {}
+"""Metadata pairs by their encoded bytes: a caller sends the same few (a namespace) on every call (at most
+_HEADS_KEPT are kept)."""
+
+
+def _pair(raw: bytes) -> "KeyValue | None":
+    """A KeyValue written as its key then its value, both short and UTF-8; None for anything else (which
+    the general rules read, or refuse)."""
+    if len(raw) < 4 or raw[0] != 0x0A or raw[1] >= 0x80:
+        return None
+    middle = 2 + raw[1]
+    if middle + 2 > len(raw) or raw[middle] != 0x12 or middle + 2 + raw[middle + 1] != len(raw):
+        return None
+    try:
+        pair: KeyValue = _new(KeyValue, (raw[2:middle].decode(), raw[middle + 2 :].decode()))
+    except UnicodeDecodeError:
+        return None
+    if len(_PAIRS) < _HEADS_KEPT:
+        _PAIRS[raw] = pair
+    return pair
+
+
+def _decode_any_request(data: bytes) -> Request:
     service = method = ""
     payload = b""
     timeout_nano = 0
@@ -296,12 +398,19 @@ def encode_response(payload: bytes, status: "Status | None" = None) -> bytes:
     (ttrpc-rust sends an empty status instead; every client, ours included, reads both as OK.)
     """
     if status is None:
-        return bytes_field(2, payload)
+        return b"\x12" + _length(len(payload)) + payload if payload else b""
     return message_field(1, encode_status(status)) + bytes_field(2, payload)
 
 
 def decode_response(data: bytes) -> Response:
     """Parse a Response envelope; ProtocolError says why it is not one."""
+    end = len(data)
+    if end > 1 and data[0] == 0x12:  # the common answer: a payload alone
+        length = data[1]
+        if length < 0x80 and length + 2 == end:
+            return _new(Response, (None, data[2:]))
+        if length >= 0x80 and end > 2 and data[2] < 0x80 and (length & 0x7F | data[2] << 7) + 3 == end:
+            return _new(Response, (None, data[3:]))
     payload = b""
     status: Fields | None = None
     try:
