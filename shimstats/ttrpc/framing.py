@@ -22,7 +22,7 @@ answer containerd's first call (docs/benchmarks.md).
 import enum
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 from shimstats.protowire import (
     Fields,
@@ -218,14 +218,14 @@ class Request(NamedTuple):
     method: str = ""
     payload: bytes = b""
     timeout_nano: int = 0
-    metadata: "Sequence[KeyValue]" = ()
+    metadata: Sequence[KeyValue] = ()
 
 
 class Response(NamedTuple):
     """A ttrpc Response envelope: ``status`` None when the peer left it out (Go's OK), an empty Status when it
     sent one (Rust's OK)."""
 
-    status: "Status | None" = None
+    status: Optional[Status] = None  # evaluated at run time: no X | None before 3.10
     payload: bytes = b""
 
 

@@ -97,7 +97,7 @@ class Status(NamedTuple):
 
     code: int = 0
     message: str = ""
-    details: "tuple[AnyMessage, ...]" = ()
+    details: tuple[AnyMessage, ...] = ()
 
 
 def make_status(code: "Code | int", message: str = "", details: Iterable[HasAny] = ()) -> Status:
