@@ -258,6 +258,8 @@ _HEADS: "dict[tuple[str, str], bytes]" = {}
 """Encoded service and method fields, by (service, method): a client calls a handful of methods, over and
 over (at most _HEADS_KEPT are kept)."""
 _HEADS_KEPT = 64
+_PAYLOAD_TAGS = [b"\x1a" + bytes((size,)) for size in range(0x80)]
+"""Request.payload's tag and length, for payloads under 128 bytes."""
 
 
 def _head(service: str, method: str) -> bytes:
@@ -278,8 +280,9 @@ def encode_request(
     """Serialize a Request envelope, byte for byte as protobuf does (ValueError for a timeout outside
     int64, as protobuf)."""
     out = _HEADS.get((service, method)) or _head(service, method)
-    if payload:
-        out += b"\x1a" + _length(len(payload)) + payload
+    size = len(payload)
+    if size:
+        out += (_PAYLOAD_TAGS[size] if size < 0x80 else b"\x1a" + encode_varint(size)) + payload
     if timeout_nano:
         if not -(1 << 63) <= timeout_nano < 1 << 63:
             raise ValueError(f"timeout_nano {timeout_nano} out of range for int64")
