@@ -298,7 +298,7 @@ def decode_request(data: bytes) -> Request:
     service = method = ""
     payload = b""
     timeout_nano = 0
-    metadata: list[KeyValue] = []
+    metadata: list[KeyValue] | None = None  # a list once a pair comes: most envelopes have none
     pos, end = 0, len(data)
     try:  # the common shape, field by field in number order; a field missing is a proto3 default
         if data[0] == 0x0A and data[1] < 0x80:
@@ -329,13 +329,16 @@ def decode_request(data: bytes) -> Request:
             pair = _PAIRS.get(raw) or _pair(raw)
             if pair is None:
                 return _decode_any_request(data)
-            metadata.append(pair)
+            if metadata is None:
+                metadata = [pair]
+            else:
+                metadata.append(pair)
             pos = stop
     except (IndexError, UnicodeDecodeError, WireError):
         return _decode_any_request(data)
     if pos != end:  # other fields, another order, or a field cut short
         return _decode_any_request(data)
-    return _new(Request, (service, method, payload, timeout_nano, metadata))
+    return _new(Request, (service, method, payload, timeout_nano, metadata or ()))
 
 
 _PAIRS: "dict[bytes, KeyValue]" = {}
