@@ -11,13 +11,14 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.settings import FALLBACKS, FORMATS, TASK_V2_SERVICE
 
-if TYPE_CHECKING:  # start and delete import only what they use: containerd waits for them on every container
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # start and delete import only what they use (not even typing): containerd waits for them
     import argparse
+    from typing import Any, NoReturn
 
     from shimstats.proxy.bundle import ShimArgs
 

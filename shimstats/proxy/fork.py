@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import NoReturn
 
 from shimstats.proxy.logfmt import log, open_log_fifo
 from shimstats.proxy.settings import DaemonSettings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)
+    from typing import NoReturn
 
 __all__ = ["ForkError", "ServerChild"]
 

@@ -28,7 +28,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.bundle import BundleState, ShimArgs, StartError, write_atomic
@@ -40,7 +39,8 @@ from shimstats.ttrpc.address import AddressError
 
 # subprocess and the config file's TOML parser load after run_start forked the serving process (which needs
 # neither); delete loads the TOML parser only without a state file.
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for type checkers only (start does not even import typing)
     import subprocess
 
     from shimstats.proxy.config import ProxyConfig

@@ -12,9 +12,11 @@ which keeps the proxy shim's ``start`` quick.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (the proxy's start and delete load this package)
+    from typing import Any
+
     from shimstats.ttrpc._deadline import wait_until
     from shimstats.ttrpc.address import Address, AddressError, parse_address
     from shimstats.ttrpc.client import Client

@@ -4,12 +4,15 @@ Apart from the dial/listen code (shimstats.ttrpc.transport) so that reading an a
 proxy shim's ``start`` parses addresses and must stay quick.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple
+
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 __all__ = ["Address", "AddressError", "parse_address"]
 
