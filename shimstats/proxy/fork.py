@@ -16,9 +16,9 @@ output until no process holds them), logs to the bundle's log fifo, and shows as
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
-import socket
 
 from shimstats.proxy.logfmt import log, open_log_fifo
 from shimstats.proxy.settings import DaemonSettings
@@ -26,6 +26,10 @@ from shimstats.proxy.settings import DaemonSettings
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)
     from typing import NoReturn
+
+# _socket, the C module under socket, before the fork: importing socket (its enums) costs ~13M
+# instructions, which containerd would wait for; start has loaded it by the hand-over (sockets.listen_unix),
+# and the child loads it with its server.
 
 __all__ = ["ForkError", "ServerChild"]
 
@@ -46,7 +50,7 @@ class ServerChild:
     """
 
     def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool, options: bool = False) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # a message stays whole
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # a message stays whole
         log_fd = open_log_fifo(bundle)
         try:
             pid = os.fork()  # the project's one fork (tests/integration/test_hostile_security.py)
@@ -66,13 +70,16 @@ class ServerChild:
     def hand_over(self, title: str, settings: DaemonSettings) -> bool:
         """Send the child its listening socket (``settings.listen_fd``), settings and process title; False
         when the child is gone (it failed before it could take them)."""
+        import socket
+
         message = json.dumps({"title": title, "settings": settings._asdict()}).encode()
+        channel = socket.socket(fileno=self._channel.detach())
         try:
-            socket.send_fds(self._channel, [message], [settings.listen_fd])
+            socket.send_fds(channel, [message], [settings.listen_fd])
         except OSError:
             return False
         finally:
-            self._channel.close()
+            channel.close()
         return True
 
     def cancel(self) -> None:
@@ -82,7 +89,7 @@ class ServerChild:
 
 
 def _child(
-    channel: socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool, options: bool
+    channel: _socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool, options: bool
 ) -> NoReturn:
     """The serving process: detach, import the server, wait for the hand-over, serve, exit."""
     status = 0
@@ -125,8 +132,11 @@ def _detach(log_fd: int | None) -> None:
             os.close(fd)
 
 
-def _receive(channel: socket.socket) -> tuple[str, DaemonSettings] | None:
+def _receive(pair_end: _socket.socket) -> tuple[str, DaemonSettings] | None:
     """The title and settings the parent sent, with the socket it bound; None when it closed the pair."""
+    import socket  # loaded with the server by now
+
+    channel = socket.socket(fileno=pair_end.detach())
     try:
         message, fds, _, _ = socket.recv_fds(channel, HANDOVER_MAX, 1)
     finally:

@@ -23,7 +23,6 @@ container start and delete.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -297,6 +296,8 @@ def release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
     if not accepts(path):
         return
     # Only here (a failed start, a delete after our server died): the ttrpc client and the Task messages.
+    import contextlib
+
     from shimstats._proto.containerd.task.v2 import shim_pb2
     from shimstats.ttrpc import SyncClient, TtrpcError
     from shimstats.wire import NAMESPACE_KEY

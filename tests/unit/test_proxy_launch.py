@@ -27,6 +27,7 @@ from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
 from shimstats.wire import TASK_SERVICE
+from tests.integration.harness import short_tmp
 
 INNER = "unix:///run/containerd/s/" + "ab" * 32
 
@@ -137,14 +138,39 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     launch, config, bundle, the actions' log): none of what the server never needs (subprocess, the TOML
     parser), which start loads after the fork while the child imports the server; and nothing neither
     needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf; typing:
-    the records are shimstats.named_tuple's)."""
+    the records are shimstats.named_tuple's; socket's enums: the probes and the socket pair use _socket,
+    socket loads with listen_unix, after the fork; contextlib)."""
     imports = (
         "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
         "shimstats.proxy.logfmt, shimstats.proxy.delete, shimstats.ttrpc.address"
     )
     watched: tuple[str, ...] = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil")
-    watched = (*watched, "hashlib", "typing")
+    watched = (*watched, "hashlib", "typing", "socket", "contextlib")
     assert _loaded_after(imports, watched) == []
+
+
+def test_delete_loads_only_the_state_file_reader_and_the_probe() -> None:
+    """The common delete (a state file, our server gone): run to where it becomes the inner shim's own
+    delete, it has loaded none of start's modules (launch, config, the TOML parser, subprocess) and none
+    of typing, socket's enums or contextlib (docs/benchmarks.md: each an import every delete paid)."""
+    watched = ("typing", "socket", "contextlib", "subprocess", "tomllib", "logging", "google", "shimstats")
+    with short_tmp() as bundle:  # socket paths: short
+        assert _loaded_after(_delete_code(bundle), watched) == ["shimstats"]
+
+
+def _delete_code(bundle: Path) -> str:
+    inner = f"unix://{bundle}/inner.sock"
+    state = {"inner_shim": str(bundle / "no-such-shim"), "inner_address": inner}
+    (bundle / "shimstats-proxy.json").write_text(json.dumps({**state, "address": proxy_address(inner)}))
+    code = (  # the inner shim cannot be run: StartError where the process would have become it
+        "import shimstats.proxy.cli\n"
+        "from shimstats.proxy.bundle import ShimArgs, StartError\n"
+        "from shimstats.proxy.delete import run_delete\n"
+        f"try:\n    run_delete(ShimArgs('k8s.io', 'c1', bundle_flag={str(bundle)!r}), {{}})\n"
+        "except StartError as exc:\n    assert 'no-such-shim' in str(exc), exc\n"
+        "else:\n    raise AssertionError('delete did not reach the inner shim')"
+    )
+    return code
 
 
 def test_typing_compiles_no_annotation_of_the_records_start_and_delete_build() -> None:
