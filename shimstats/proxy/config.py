@@ -32,7 +32,7 @@ from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, kata_spec, 
 from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
 from shimstats.proxy import BINARY
 from shimstats.proxy.settings import FALLBACKS, FORMATS
-from shimstats.ttrpc import AddressError, parse_address
+from shimstats.ttrpc.address import AddressError, parse_address  # not the package's lazy names (importlib)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)

@@ -17,6 +17,7 @@ output until no process holds them), logs to the bundle's log fifo, and shows as
 from __future__ import annotations
 
 import _socket
+import array
 import json
 import os
 
@@ -27,9 +28,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)
     from typing import NoReturn
 
-# _socket, the C module under socket, before the fork: importing socket (its enums) costs ~13M
-# instructions, which containerd would wait for; start has loaded it by the hand-over (sockets.listen_unix),
-# and the child loads it with its server.
+# _socket, the C module under socket: importing socket (its enums) costs ~13M instructions, which
+# containerd would wait for; the child loads it with its server.
 
 __all__ = ["ForkError", "ServerChild"]
 
@@ -70,16 +70,14 @@ class ServerChild:
     def hand_over(self, title: str, settings: DaemonSettings) -> bool:
         """Send the child its listening socket (``settings.listen_fd``), settings and process title; False
         when the child is gone (it failed before it could take them)."""
-        import socket
-
         message = json.dumps({"title": title, "settings": settings._asdict()}).encode()
-        channel = socket.socket(fileno=self._channel.detach())
+        rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [settings.listen_fd]))
         try:
-            socket.send_fds(channel, [message], [settings.listen_fd])
+            self._channel.sendmsg([message], [rights])  # what socket.send_fds sends
         except OSError:
             return False
         finally:
-            channel.close()
+            self._channel.close()
         return True
 
     def cancel(self) -> None:

@@ -255,12 +255,14 @@ def _serve_at(
     listener = listen_unix(path)
     if listener is None:
         return  # a concurrent start for the same inner shim bound it first
-    with listener:
+    try:
         settings = settings._replace(listen_fd=listener.fileno())
         title = " ".join(daemon_argv(args, settings, command))  # what ps shows: serve, run by hand
         child = early or ServerChild(args.bundle, _log_fields(args), debug=args.debug)
         if not child.hand_over(title, settings):
             raise StartError("the proxy's server exited before it could take its socket (see its log)")
+    finally:
+        listener.close()  # the serving process holds it now
 
 
 def _log_fields(args: ShimArgs) -> dict[str, str]:

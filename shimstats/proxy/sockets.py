@@ -17,12 +17,8 @@ import stat
 import time
 from collections.abc import Callable
 
-from shimstats.ttrpc import AddressError, parse_address
+from shimstats.ttrpc.address import AddressError, parse_address  # not the package's lazy names (importlib)
 from shimstats.ttrpc.probe import listening
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import socket
 
 __all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "remover", "unix_path"]
 
@@ -65,20 +61,21 @@ def accepts(path: str, timeout: float = 0.5) -> bool:
     return listening(path, timeout)
 
 
-def listen_unix(path: str) -> socket.socket | None:
+def listen_unix(path: str) -> _socket.socket | None:
     """A socket bound to ``path`` (mode 0600) and listening, or None when another server got there first.
 
     As containerd's shims do in their ``start``: a missing directory is made private to us, and a stale
     socket file (nobody accepts) is replaced. Anything at ``path`` that is not a socket is an OSError.
-    """
-    import socket  # here: delete and a start that joins a group never bind (socket's enums cost ~13M)
 
+    A ``_socket.socket`` (socket.socket's C base; close it, or hand its fd on): start needs no more of it,
+    and importing ``socket`` (its enums) would cost it ~13M instructions (docs/benchmarks.md).
+    """
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if not remove_if_stale(path):
         if accepts(path):
             return None
         raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.bind(path)
     except OSError as exc:

@@ -11,8 +11,6 @@ which keeps the proxy shim's ``start`` quick.
 
 from __future__ import annotations
 
-import sys
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is for type checkers only here (the proxy's start and delete load this package)
     from typing import Any
@@ -118,8 +116,9 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    __import__(module)  # the builtin: importlib itself costs the proxy's start and delete ~1.6M instructions
-    value = getattr(sys.modules[module], name)
+    import importlib  # here: the proxy's start and delete import their modules directly, without it
+
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

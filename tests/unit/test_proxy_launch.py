@@ -138,8 +138,8 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     launch, config, bundle, the actions' log): none of what the server never needs (subprocess, the TOML
     parser), which start loads after the fork while the child imports the server; and nothing neither
     needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf; typing:
-    the records are shimstats.named_tuple's; socket's enums: the probes and the socket pair use _socket,
-    socket loads with listen_unix, after the fork; contextlib)."""
+    the records are shimstats.named_tuple's; socket's enums: the probes, the socket pair and our listening
+    socket are _socket's; contextlib)."""
     imports = (
         "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
         "shimstats.proxy.logfmt, shimstats.proxy.delete, shimstats.ttrpc.address"
@@ -279,7 +279,7 @@ def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_pat
     path = tmp_path / "run" / "s" / "ours"
     ours = listen_unix(str(path))
     assert ours is not None
-    with ours:
+    try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -287,6 +287,8 @@ def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_pat
         caller.close()
         assert listen_unix(str(path)) is None  # a concurrent start for the same inner shim: ours stays
         assert path.exists()
+    finally:
+        ours.close()
     again = listen_unix(str(path))  # nobody accepts any more: the stale file is replaced
     assert again is not None
     again.close()
