@@ -17,7 +17,6 @@ output until no process holds them), logs to the bundle's log fifo, and shows as
 from __future__ import annotations
 
 import _socket
-import array
 import json
 import os
 
@@ -70,6 +69,8 @@ class ServerChild:
     def hand_over(self, title: str, settings: DaemonSettings) -> bool:
         """Send the child its listening socket (``settings.listen_fd``), settings and process title; False
         when the child is gone (it failed before it could take them)."""
+        import array  # here: a start that joins a group hands nothing over
+
         message = json.dumps({"title": title, "settings": settings._asdict()}).encode()
         rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [settings.listen_fd]))
         try:
