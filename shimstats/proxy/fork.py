@@ -30,8 +30,13 @@ if TYPE_CHECKING:  # typing is for type checkers only here (start loads this mod
 # _socket, the C module under socket: importing socket (its enums) costs ~13M instructions, which
 # containerd would wait for; the child loads it with its server.
 
-__all__ = ["ForkError", "ServerChild"]
+__all__ = ["SHARED_IMPORTS", "ForkError", "ServerChild"]
 
+SHARED_IMPORTS = ("contextlib", "datetime", "locale", "selectors", "signal", "string", "threading", "typing")
+"""What both sides of the fork load after it: start (with subprocess and the TOML parser) and the serving
+child (with its server). Loaded once, just before the fork, instead of on both sides while they compete for
+the CPUs (about 30M instructions, docs/benchmarks.md). Not at import: ``delete`` and a start that joins a
+group fork nothing (tests/unit/test_proxy_launch.py checks the list against both sides)."""
 HANDOVER_MAX = 64 * 1024
 """Bytes of settings a child accepts (a few hundred in practice: addresses and paths)."""
 
@@ -49,6 +54,7 @@ class ServerChild:
     """
 
     def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool, options: bool = False) -> None:
+        _load_shared_imports()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # a message stays whole
         log_fd = open_log_fifo(bundle)
         try:
@@ -85,6 +91,18 @@ class ServerChild:
         """No server to run after all: the child sees the pair close and exits 0. Idempotent, and a no-op
         after ``hand_over``."""
         self._channel.close()
+
+
+def _load_shared_imports() -> None:
+    """SHARED_IMPORTS, imported here."""
+    import contextlib  # noqa: F401
+    import datetime  # noqa: F401
+    import locale  # noqa: F401
+    import selectors  # noqa: F401
+    import signal  # noqa: F401
+    import string  # noqa: F401
+    import threading  # noqa: F401
+    import typing  # noqa: F401
 
 
 def _child(

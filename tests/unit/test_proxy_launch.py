@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shimstats.proxy.cli import build_parser
+from shimstats.proxy.fork import SHARED_IMPORTS
 from shimstats.proxy.launch import (
     TASK_V3_SERVICE,
     ShimArgs,
@@ -147,6 +148,35 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     watched: tuple[str, ...] = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil")
     watched = (*watched, "hashlib", "typing", "socket", "contextlib")
     assert _loaded_after(imports, watched) == []
+
+
+FORK_POINT = (
+    "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
+    "shimstats.proxy.logfmt, shimstats.ttrpc.address"
+)
+
+
+def _loaded_beyond(before: str, code: str) -> set[str]:
+    """The modules a fresh ``python -S`` loads for ``code`` after ``before`` (launcher's module path)."""
+    probe = f"import sys\n{before}\nheld = set(sys.modules)\n{code}\nprint(' '.join(set(sys.modules) - held))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, cwd="/", capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.split())
+
+
+def test_what_start_loads_just_before_its_fork_both_sides_load_after_it() -> None:
+    """shimstats.proxy.fork.SHARED_IMPORTS: each is loaded by start after the fork (subprocess, the TOML
+    parser) and by the serving child (its server), and none is loaded already, so loading them once before
+    the fork spares one side the work; ``_load_shared_imports`` loads every module both sides load."""
+    parent = _loaded_beyond(FORK_POINT, "import subprocess, shimstats.toml_file")
+    server = "import setproctitle, shimstats.proxy.relay\nfrom shimstats.proxy.serving import run_server"
+    child = _loaded_beyond(FORK_POINT, server)
+    load = "from shimstats.proxy.fork import _load_shared_imports as load\nload()"
+    preloaded = _loaded_beyond(FORK_POINT, load)
+    assert set(SHARED_IMPORTS) <= parent & child
+    assert parent & child <= preloaded  # nothing both load is left out (their own imports come with them)
 
 
 def test_delete_loads_only_the_state_file_reader_and_the_probe() -> None:
