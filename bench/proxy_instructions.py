@@ -16,6 +16,8 @@ the launcher's module path):
 - the fork point: what ``start`` has imported when it forks (the imports of ``cli._start``), and the
   serving child's path to its first answer: that plus the server's imports (``setproctitle``,
   ``proxy.serving``, ``proxy.relay``), what containerd's first call (Create) waits for;
+- after the fork, start and child together: the work both do at once (start's rest, the child's
+  imports), which on two busy CPUs compete with each other and with containerd;
 - a bare ``python3 -S`` for scale.
 
 The inner shim is a shell script that prints an address (its own instructions are not counted); the serving
@@ -160,16 +162,20 @@ class Actions:
 
 
 def fork_point_imports(tree: Path) -> str:
-    """What ``cli._start`` imports before ``run_start`` forks (the actions' log: logfmt, earlier logging)."""
+    """What ``cli._start`` imports before ``run_start`` forks (the actions' log: logfmt, earlier logging),
+    and what ServerChild loads just before its fork, where it does (shimstats.proxy.fork.SHARED_IMPORTS)."""
     log = (
         "shimstats.proxy.logfmt"
         if (tree / "shimstats/proxy/logfmt.py").exists()
         else "logging, shimstats.proxy.logs"
     )
-    return (
+    imports = (
         "from shimstats.proxy.cli import run; import types, shimstats.proxy.bundle, shimstats.proxy.config, "
         f"shimstats.proxy.launch, shimstats.ttrpc.address, {log}"
     )
+    if "def _load_shared_imports" in (tree / "shimstats/proxy/fork.py").read_text():
+        imports += "; from shimstats.proxy.fork import _load_shared_imports; _load_shared_imports()"
+    return imports
 
 
 def measure(tree: Path) -> dict[str, int]:
@@ -179,7 +185,7 @@ def measure(tree: Path) -> dict[str, int]:
     fork_point = fork_point_imports(tree)
     with tempfile.TemporaryDirectory(prefix="pi-", dir="/tmp") as scratch:
         actions = Actions(Path(scratch))
-        return {
+        counts = {
             "bare python3 -S": count_code(tree, "pass"),
             "start, new group (forks)": actions.start_new_group(tree),
             "start, joining a group": actions.start_joining(tree),
@@ -187,6 +193,11 @@ def measure(tree: Path) -> dict[str, int]:
             "fork point (start's imports then)": count_code(tree, fork_point),
             "child's first answer: + server imports": count_code(tree, f"{fork_point}; {SERVER_IMPORTS}"),
         }
+    fork = counts["fork point (start's imports then)"]
+    counts["after the fork, start and child together"] = (
+        counts["start, new group (forks)"] + counts["child's first answer: + server imports"] - 2 * fork
+    )
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
