@@ -18,6 +18,8 @@ the launcher's module path):
   ``proxy.serving``, ``proxy.relay``), what containerd's first call (Create) waits for; and that plus the
   work of that first Create, with runtime options naming the proxy's TOML, as a deployment sends them
   (decode the envelope, swap the options, encode an answer);
+- after the fork, start and child together: the work both do at once (start's rest, the child's
+  imports), which on two busy CPUs compete with each other and with containerd;
 - a bare ``python3 -S`` for scale.
 
 The inner shim is a shell script that prints an address (its own instructions are not counted); the serving
@@ -162,16 +164,20 @@ class Actions:
 
 
 def fork_point_imports(tree: Path) -> str:
-    """What ``cli._start`` imports before ``run_start`` forks (the actions' log: logfmt, earlier logging)."""
+    """What ``cli._start`` imports before ``run_start`` forks (the actions' log: logfmt, earlier logging),
+    and what ServerChild loads just before its fork, where it does (shimstats.proxy.fork.SHARED_IMPORTS)."""
     log = (
         "shimstats.proxy.logfmt"
         if (tree / "shimstats/proxy/logfmt.py").exists()
         else "logging, shimstats.proxy.logs"
     )
-    return (
+    imports = (
         "from shimstats.proxy.cli import run; import types, shimstats.proxy.bundle, shimstats.proxy.config, "
         f"shimstats.proxy.launch, shimstats.ttrpc.address, {log}"
     )
+    if "def _load_shared_imports" in (tree / "shimstats/proxy/fork.py").read_text():
+        imports += "; from shimstats.proxy.fork import _load_shared_imports; _load_shared_imports()"
+    return imports
 
 
 def first_create() -> str:
@@ -211,7 +217,7 @@ def measure(tree: Path) -> dict[str, int]:
     fork_point = fork_point_imports(tree)
     with tempfile.TemporaryDirectory(prefix="pi-", dir="/tmp") as scratch:
         actions = Actions(Path(scratch))
-        return {
+        counts = {
             "bare python3 -S": count_code(tree, "pass"),
             "start, new group (forks)": actions.start_new_group(tree),
             "start, joining a group": actions.start_joining(tree),
@@ -222,6 +228,11 @@ def measure(tree: Path) -> dict[str, int]:
                 tree, f"{fork_point}; {SERVER_IMPORTS}; {first_create()}"
             ),
         }
+    fork = counts["fork point (start's imports then)"]
+    counts["after the fork, start and child together"] = (
+        counts["start, new group (forks)"] + counts["child's first answer: + server imports"] - 2 * fork
+    )
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:

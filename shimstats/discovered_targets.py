@@ -35,7 +35,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shimstats.containerd_grpc import ContainerdError
 from shimstats.cri_client import CriClient, CriError
@@ -43,7 +43,6 @@ from shimstats.discovery import (
     DEFAULT_ROOTS,
     MONITOR_SOCKET,
     SHIMSTATS_AGENT_PORT,
-    AgentPort,
     DiscoveryError,
     Sandbox,
     list_sandboxes,
@@ -51,6 +50,9 @@ from shimstats.discovery import (
 )
 from shimstats.exporter import AgentTarget, ContainerTarget
 from shimstats.kube_names import Names, PodName, cri_names, from_containerd
+
+if TYPE_CHECKING:
+    from shimstats.kata_spec import AgentPort
 
 __all__ = ["CriNames", "DiscoveredTargets", "PodNameSource", "PodNames", "pod_names"]
 

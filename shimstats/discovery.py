@@ -33,6 +33,7 @@ API (what the proxy, ``shimstats discover`` and the exporter build on):
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from shimstats.agent_client import AgentClient, Backoff
 from shimstats.kata_spec import (
@@ -40,7 +41,6 @@ from shimstats.kata_spec import (
     KATA_AGENT,
     KATA_SPEC_SCHEME,
     SHIMSTATS_AGENT_PORT,
-    AgentPort,
     KataSpec,
     kata_spec,
     parse_agent_port,
@@ -64,6 +64,9 @@ from shimstats.sandboxes import (
     lookup_failed,
     unreachable_shim,
 )
+
+if TYPE_CHECKING:
+    from shimstats.kata_spec import AgentPort  # a type alias for type checkers only (typing-free at run time)
 from shimstats.ttrpc import Address
 
 __all__ = [
@@ -74,7 +77,6 @@ __all__ = [
     "KATA_SPEC_SCHEME",
     "MONITOR_SOCKET",
     "SHIMSTATS_AGENT_PORT",
-    "AgentPort",
     "AgentTarget",
     "DiscoveryError",
     "KataAgentClient",

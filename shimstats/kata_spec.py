@@ -4,20 +4,24 @@
 start-up cost is paid per container), so they live apart from the discovery that dials.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, Union
+
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (the proxy's start loads this module)
+    from typing import Literal, Union
+
+    AgentPort = Union[int, Literal["kata-agent"]]
 
 __all__ = [
     "DEFAULT_ROOTS",
     "KATA_AGENT",
     "KATA_SPEC_SCHEME",
     "SHIMSTATS_AGENT_PORT",
-    "AgentPort",
     "KataSpec",
     "kata_spec",
     "parse_agent_port",
@@ -31,8 +35,6 @@ SHIMSTATS_AGENT_PORT = 2048
 KATA_AGENT: Literal["kata-agent"] = "kata-agent"
 """The agent port setting that keeps Kata's own port: talk to the stock kata-agent."""
 KATA_SPEC_SCHEME = "kata"
-
-AgentPort = Union[int, Literal["kata-agent"]]
 
 _U32_MAX = 0xFFFFFFFF
 
@@ -74,7 +76,7 @@ def kata_spec(
     return str(KataSpec(sandbox_id, port, tuple(roots)))
 
 
-def parse_kata_spec(text: str) -> "KataSpec | None":
+def parse_kata_spec(text: str) -> KataSpec | None:
     """The KataSpec in ``text``, None when ``text`` is a plain address; ValueError for a broken spec."""
     prefix = f"{KATA_SPEC_SCHEME}://"
     if not text.startswith(prefix):

@@ -12,10 +12,14 @@ import stat
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from shimstats.kata_spec import DEFAULT_ROOTS, KATA_AGENT, SHIMSTATS_AGENT_PORT, AgentPort, KataSpec
+from shimstats.kata_spec import DEFAULT_ROOTS, KATA_AGENT, SHIMSTATS_AGENT_PORT, KataSpec
 from shimstats.ttrpc.address import Address, AddressError, parse_address
 from shimstats.ttrpc.transport import TransportError
+
+if TYPE_CHECKING:
+    from shimstats.kata_spec import AgentPort  # a type alias for type checkers only (typing-free at run time)
 
 __all__ = [
     "AGENT_URL_PATH",

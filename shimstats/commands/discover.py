@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shimstats.agent_client import AgentClient
 from shimstats.commands._args import NO_CRI, add_timeout, cri_address
@@ -25,7 +25,6 @@ from shimstats.discovery import (
     DEFAULT_TIMEOUT,
     KATA_AGENT,
     SHIMSTATS_AGENT_PORT,
-    AgentPort,
     DiscoveryError,
     Sandbox,
     dial_address,
@@ -36,6 +35,9 @@ from shimstats.discovery import (
 from shimstats.kube_names import DEFAULT_ADDRESS, NamedContainer, Names, list_names
 from shimstats.table import render
 from shimstats.ttrpc import Address, TtrpcError
+
+if TYPE_CHECKING:
+    from shimstats.kata_spec import AgentPort
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_UNLISTED = 0, 1, 2
 

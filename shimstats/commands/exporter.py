@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -24,12 +24,15 @@ from shimstats.commands._args import NO_CRI, add_timeout, address, cri_address
 from shimstats.cri_client import DEFAULT_ADDRESS as CRI_DEFAULT
 from shimstats.cri_client import CriError
 from shimstats.discovered_targets import CriNames, DiscoveredTargets
-from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, parse_agent_port
+from shimstats.discovery import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, parse_agent_port
 from shimstats.exporter import AgentPool, AgentTarget, ContainerCollector, ContainerTarget, StaticTargets
 from shimstats.exporter_http import MetricsServer
 from shimstats.toml_file import TomlFileError, read_toml
 from shimstats.translate import resolve_format
 from shimstats.ttrpc import AddressError, parse_address
+
+if TYPE_CHECKING:
+    from shimstats.kata_spec import AgentPort
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LABEL_KEYS = ("container", "pod", "namespace", "image")

@@ -4,14 +4,12 @@ A module of its own so that ``delete``, which containerd waits for on every cont
 than it uses (shimstats.proxy.delete); ``start`` (shimstats.proxy.launch) uses all of it.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple
 
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
 from shimstats.proxy.settings import TASK_V2_SERVICE
 
 __all__ = ["STATE_FILE", "BundleState", "ShimArgs", "StartError", "write_atomic"]
@@ -63,7 +61,7 @@ class BundleState(NamedTuple):
         write_atomic(os.path.join(bundle, STATE_FILE), json.dumps(self._asdict()))
 
     @staticmethod
-    def load(bundle: str) -> "BundleState | None":
+    def load(bundle: str) -> BundleState | None:
         try:
             with open(os.path.join(bundle, STATE_FILE), encoding="utf-8") as f:
                 data = json.load(f)

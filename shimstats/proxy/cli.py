@@ -7,17 +7,17 @@ success; on failure 1 and one line on stderr, which containerd shows in its erro
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from shimstats.proxy import BINARY, CONFIG_ENV, RUNTIME_TYPE
 from shimstats.proxy.settings import FALLBACKS, FORMATS, TASK_V2_SERVICE
 
-if TYPE_CHECKING:  # start and delete import only what they use: containerd waits for them on every container
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # start and delete import only what they use (not even typing): containerd waits for them
     import argparse
+    from typing import Any, NoReturn
 
     from shimstats.proxy.bundle import ShimArgs
 
@@ -258,8 +258,10 @@ def run(launcher: str | None = None) -> NoReturn:
     """
     status = main(command=[os.path.abspath(launcher)] if launcher else None)
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        try:  # noqa: SIM105 - contextlib.suppress: an import (~3M instructions) of every start and delete
             stream.flush()
+        except (OSError, ValueError):
+            pass
     logging = sys.modules.get("logging")
     if logging is not None:  # the serving process run by hand (serve) logs through it
         logging.shutdown()

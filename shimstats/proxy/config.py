@@ -22,26 +22,30 @@ Every mistake is refused at load time with the file and key named: a missing or 
 pass silently), a placeholder other than the three, a template that does not expand to an address.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple, cast
 
 from shimstats.identifiers import identifier_problem
-from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, AgentPort, kata_spec, parse_agent_port
+from shimstats.kata_spec import DEFAULT_ROOTS, SHIMSTATS_AGENT_PORT, kata_spec, parse_agent_port
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
 from shimstats.proxy import BINARY
-from shimstats.proxy.settings import FALLBACKS, FORMATS, Fallback
-from shimstats.ttrpc import AddressError, parse_address
+from shimstats.proxy.settings import FALLBACKS, FORMATS
+from shimstats.ttrpc.address import AddressError, parse_address  # not the package's lazy names (importlib)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)
+    from typing import Any
+
+    from shimstats.kata_spec import AgentPort
+    from shimstats.proxy.settings import Fallback
 
 __all__ = [
     "FALLBACKS",
     "FORMATS",
     "KATA",
     "ConfigError",
-    "Fallback",
     "ProxyConfig",
     "expand_agent",
     "load_config",
@@ -162,7 +166,7 @@ def parse_config(data: Mapping[str, Any], path: str = "") -> ProxyConfig:
         inner_shim=data["inner_shim"],
         agent=data["agent"],
         metrics_format=metrics_format,
-        stats_fallback=cast(Fallback, fallback),
+        stats_fallback=fallback,  # one of FALLBACKS, checked above
         inner_config_path=data.get("inner_config_path", ""),
         stats_timeout=float(timeout),
         path=path,
@@ -210,7 +214,7 @@ def load_config(path: str) -> ProxyConfig:
     return parse_config(data, path)
 
 
-def resolve_inner_shim(name: str, search_path: "str | None" = None) -> str:
+def resolve_inner_shim(name: str, search_path: str | None = None) -> str:
     """The absolute path of the inner shim: ``name`` itself if it has a ``/``, else looked up on PATH.
 
     Refuses the proxy's own binary: starting ourselves as our inner shim would recurse.
@@ -233,7 +237,7 @@ def resolve_inner_shim(name: str, search_path: "str | None" = None) -> str:
     return os.path.abspath(found)
 
 
-def _on_path(name: str, search_path: str) -> "str | None":
+def _on_path(name: str, search_path: str) -> str | None:
     """What ``shutil.which(name, path=search_path)`` finds for a name without a ``/``: the first file of that
     name, executable and not a directory, in the path's directories (each looked in once, in order).
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
 
 from shimstats.proxy.bundle import BundleState, ShimArgs, StartError
 from shimstats.proxy.sockets import accepts, remove_if_stale, unix_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here
+    from typing import NoReturn
 
 __all__ = ["INNER_DELETE_TIMEOUT", "RELEASED_SOCKET_WAIT", "run_delete"]
 

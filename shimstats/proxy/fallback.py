@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from shimstats.proxy.settings import Fallback
 from shimstats.ttrpc.status import Code, TtrpcError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from shimstats.proxy.settings import Fallback  # a type alias for type checkers only
 
 __all__ = ["StatsFallback", "stats_request_id"]
 

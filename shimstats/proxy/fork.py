@@ -16,16 +16,28 @@ output until no process holds them), logs to the bundle's log fifo, and shows as
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
-import socket
-from typing import NoReturn
 
 from shimstats.proxy.logfmt import log, open_log_fifo
 from shimstats.proxy.settings import DaemonSettings
 
-__all__ = ["ForkError", "ServerChild"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (start loads this module)
+    from typing import NoReturn
 
+# _socket, the C module under socket: importing socket (its enums) costs ~13M instructions, which
+# containerd would wait for; the child loads it with its server.
+
+__all__ = ["SHARED_IMPORTS", "ForkError", "ServerChild"]
+
+SHARED_IMPORTS = ("contextlib", "selectors", "signal", "string", "threading", "typing")
+"""What both sides of the fork load after it: start (with subprocess and the TOML parser) and the serving
+child (with its server). Loaded once, just before the fork, instead of on both sides while they compete for
+the CPUs (about 30M instructions, docs/benchmarks.md). Not at import: ``delete`` and a start that joins a
+group fork nothing (tests/unit/test_proxy_launch.py checks the list against both sides). Not datetime and
+locale, which only protobuf loaded in the child, before its envelope was read without it."""
 HANDOVER_MAX = 64 * 1024
 """Bytes of settings a child accepts (a few hundred in practice: addresses and paths)."""
 
@@ -42,7 +54,8 @@ class ServerChild:
     """
 
     def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # a message stays whole
+        _load_shared_imports()
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # a message stays whole
         log_fd = open_log_fifo(bundle)
         try:
             pid = os.fork()  # the project's one fork (tests/integration/test_hostile_security.py)
@@ -62,9 +75,12 @@ class ServerChild:
     def hand_over(self, title: str, settings: DaemonSettings) -> bool:
         """Send the child its listening socket (``settings.listen_fd``), settings and process title; False
         when the child is gone (it failed before it could take them)."""
+        import array  # here: a start that joins a group hands nothing over
+
         message = json.dumps({"title": title, "settings": settings._asdict()}).encode()
+        rights = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [settings.listen_fd]))
         try:
-            socket.send_fds(self._channel, [message], [settings.listen_fd])
+            self._channel.sendmsg([message], [rights])  # what socket.send_fds sends
         except OSError:
             return False
         finally:
@@ -77,7 +93,17 @@ class ServerChild:
         self._channel.close()
 
 
-def _child(channel: socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool) -> NoReturn:
+def _load_shared_imports() -> None:
+    """SHARED_IMPORTS, imported here."""
+    import contextlib  # noqa: F401
+    import selectors  # noqa: F401
+    import signal  # noqa: F401
+    import string  # noqa: F401
+    import threading  # noqa: F401
+    import typing  # noqa: F401
+
+
+def _child(channel: _socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool) -> NoReturn:
     """The serving process: detach, import the server, wait for the hand-over, serve, exit."""
     status = 0
     try:
@@ -114,8 +140,11 @@ def _detach(log_fd: int | None) -> None:
             os.close(fd)
 
 
-def _receive(channel: socket.socket) -> tuple[str, DaemonSettings] | None:
+def _receive(pair_end: _socket.socket) -> tuple[str, DaemonSettings] | None:
     """The title and settings the parent sent, with the socket it bound; None when it closed the pair."""
+    import socket  # loaded with the server by now
+
+    channel = socket.socket(fileno=pair_end.detach())
     try:
         message, fds, _, _ = socket.recv_fds(channel, HANDOVER_MAX, 1)
     finally:

@@ -23,12 +23,10 @@ container start and delete.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from shimstats.proxy import CONFIG_ENV
 from shimstats.proxy.bundle import BundleState, ShimArgs, StartError, write_atomic
@@ -40,7 +38,8 @@ from shimstats.ttrpc.address import AddressError
 
 # subprocess and the config file's TOML parser load after run_start forked the serving process (which needs
 # neither); delete loads the TOML parser only without a state file.
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # names for type checkers only (start does not even import typing)
     import subprocess
 
     from shimstats.proxy.config import ProxyConfig
@@ -256,12 +255,14 @@ def _serve_at(
     listener = listen_unix(path)
     if listener is None:
         return  # a concurrent start for the same inner shim bound it first
-    with listener:
+    try:
         settings = settings._replace(listen_fd=listener.fileno())
         title = " ".join(daemon_argv(args, settings, command))  # what ps shows: serve, run by hand
         child = early or ServerChild(args.bundle, _log_fields(args), debug=args.debug)
         if not child.hand_over(title, settings):
             raise StartError("the proxy's server exited before it could take its socket (see its log)")
+    finally:
+        listener.close()  # the serving process holds it now
 
 
 def _log_fields(args: ShimArgs) -> dict[str, str]:
@@ -297,6 +298,8 @@ def release_inner(args: ShimArgs, inner_address: str, service: str) -> None:
     if not accepts(path):
         return
     # Only here (a failed start, a delete after our server died): the ttrpc client and the Task messages.
+    import contextlib
+
     from shimstats._proto.containerd.task.v2 import shim_pb2
     from shimstats.ttrpc import SyncClient, TtrpcError
     from shimstats.wire import NAMESPACE_KEY

@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
 
 from shimstats.proxy import RUNTIME_TYPE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (start and delete load this module)
+    from typing import Any, TextIO
 
 __all__ = [
     "DEBUG",

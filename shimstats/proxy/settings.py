@@ -4,18 +4,19 @@ A NamedTuple in a module of its own: ``start`` builds the serving process's comm
 not import the server (its threads, protobuf, the agent client) to do so.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
-from typing import Literal, NamedTuple
-
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
 from shimstats.wire import TASK_SERVICE as TASK_V2_SERVICE
 from shimstats.wire import TASK_V3_SERVICE
 
-__all__ = ["FALLBACKS", "FORMATS", "TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings", "Fallback"]
+__all__ = ["FALLBACKS", "FORMATS", "TASK_V2_SERVICE", "TASK_V3_SERVICE", "DaemonSettings"]
 
-Fallback = Literal["inner", "error"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (start and delete load this module)
+    from typing import Literal
+
+    Fallback = Literal["inner", "error"]
 FALLBACKS: tuple[Fallback, ...] = ("inner", "error")
 """What Stats does when the guest agent is unreachable (config ``stats_fallback``, ``--stats-fallback``)."""
 FORMATS = ("auto", "v1", "v2")

@@ -10,20 +10,19 @@ Shims remove their socket on the way out by reading the bundle's ``address`` fil
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import errno
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable
 
-from shimstats.ttrpc import AddressError, parse_address
+from shimstats.ttrpc.address import AddressError, parse_address  # not the package's lazy names (importlib)
 from shimstats.ttrpc.probe import listening
 
 __all__ = ["accepts", "listen_unix", "proxy_address", "remove_if_stale", "remover", "unix_path"]
 
-LISTEN_BACKLOG = socket.SOMAXCONN
+LISTEN_BACKLOG = _socket.SOMAXCONN
 """Connections the kernel queues before the serving process accepts (containerd's come while it starts)."""
 
 
@@ -62,18 +61,21 @@ def accepts(path: str, timeout: float = 0.5) -> bool:
     return listening(path, timeout)
 
 
-def listen_unix(path: str) -> socket.socket | None:
+def listen_unix(path: str) -> _socket.socket | None:
     """A socket bound to ``path`` (mode 0600) and listening, or None when another server got there first.
 
     As containerd's shims do in their ``start``: a missing directory is made private to us, and a stale
     socket file (nobody accepts) is replaced. Anything at ``path`` that is not a socket is an OSError.
+
+    A ``_socket.socket`` (socket.socket's C base; close it, or hand its fd on): start needs no more of it,
+    and importing ``socket`` (its enums) would cost it ~13M instructions (docs/benchmarks.md).
     """
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if not remove_if_stale(path):
         if accepts(path):
             return None
         raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.bind(path)
     except OSError as exc:
@@ -86,8 +88,7 @@ def listen_unix(path: str) -> socket.socket | None:
         sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _unlink(path)
         raise
     return sock
 
@@ -105,12 +106,19 @@ def remove_if_stale(path: str, wait: float = 0.0) -> bool:
         except FileNotFoundError:
             return True
         if not accepts(path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            _unlink(path)
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def _unlink(path: str) -> None:
+    """Remove ``path`` if it is still there (without contextlib, ~3M instructions of every delete)."""
+    try:  # noqa: SIM105 - contextlib.suppress is the import this module avoids
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _inode(path: str) -> int | None:
@@ -126,7 +134,6 @@ def remover(path: str) -> Callable[[], None]:
 
     def remove() -> None:
         if inode is not None and _inode(path) == inode:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            _unlink(path)
 
     return remove

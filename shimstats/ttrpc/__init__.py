@@ -11,10 +11,10 @@ which keeps the proxy shim's ``start`` quick.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is for type checkers only here (the proxy's start and delete load this package)
+    from typing import Any
 
-if TYPE_CHECKING:
     from shimstats.ttrpc._deadline import wait_until
     from shimstats.ttrpc.address import Address, AddressError, parse_address
     from shimstats.ttrpc.client import Client
@@ -116,6 +116,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # here: the proxy's start and delete import their modules directly, without it
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

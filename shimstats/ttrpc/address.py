@@ -4,19 +4,18 @@ Apart from the dial/listen code (shimstats.ttrpc.transport) so that reading an a
 proxy shim's ``start`` parses addresses and must stay quick.
 """
 
-# No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
-# each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
-# delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
+from __future__ import annotations
 
-import re
-from typing import Literal, NamedTuple
+from shimstats.named_tuple import NamedTuple  # typing's, without importing typing (start, delete)
 
-__all__ = ["Address", "AddressError", "parse_address"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+__all__ = ["Address", "AddressError", "is_digits", "parse_address"]
 
 U32_MAX = 0xFFFFFFFF
 _SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
-_DIGITS = re.compile(r"[0-9]+")
-_CID = re.compile(r"-1|[0-9]+")
 
 
 class AddressError(ValueError):
@@ -54,8 +53,14 @@ def _socket_path(path: str, text: str) -> str:
     return path
 
 
+def is_digits(text: str) -> bool:
+    """``text`` is ASCII digits, one or more (what ``[0-9]+`` matches in full; ``isdigit`` alone also takes
+    other scripts' digits). Without regular expressions: compiling them cost every proxy start and delete."""
+    return text.isascii() and text.isdigit()
+
+
 def _u32(digits: str, what: str, text: str) -> int:
-    if not _DIGITS.fullmatch(digits) or int(digits) > U32_MAX:
+    if not is_digits(digits) or int(digits) > U32_MAX:
         raise AddressError(f"{text!r}: {what} must be a number from 0 to {U32_MAX}, not {digits!r}")
     return int(digits)
 
@@ -71,7 +76,7 @@ def parse_address(text: str) -> Address:
         cid_text, colon, port_text = rest.partition(":")
         if not colon:
             raise AddressError(f"{text!r}: expected vsock://CID:PORT")
-        if not _CID.fullmatch(cid_text) or int(cid_text) > U32_MAX:
+        if not (cid_text == "-1" or is_digits(cid_text)) or int(cid_text) > U32_MAX:
             raise AddressError(f"{text!r}: CID must be -1 (any) or a number from 0 to {U32_MAX}")
         return Address("vsock", cid=int(cid_text), port=_u32(port_text, "port", text))
     if scheme == "hvsock" and sep:

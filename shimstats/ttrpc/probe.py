@@ -1,12 +1,13 @@
 """Is anybody listening on a unix socket file? One connect, asked the same way everywhere.
 
 Used before replacing a socket file (only a stale one, nobody listening, may go) and while waiting for a
-server to come up. Imports nothing but ``socket``: the proxy's ``start`` asks it before any asyncio loads.
+server to come up. Imports nothing but ``_socket``, the C module under ``socket``: the proxy's ``start`` and
+``delete`` ask it, and importing ``socket`` (its enums) costs them ~13M instructions (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 
 __all__ = ["listening"]
 
@@ -15,7 +16,7 @@ def listening(path: str, timeout: float = 0.5) -> bool:
     """True when a server listens on the unix socket ``path``: it takes our connect, or its accept queue is
     full (EAGAIN or a connect that does not finish within ``timeout``: busy, not gone). False when the connect
     is refused (a stale file), or there is no socket at ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # socket.socket's own C base
     probe.settimeout(timeout)
     try:
         probe.connect(path)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,11 +26,14 @@ from shimstats.adapter import TASK_METHODS
 from shimstats.protowire import AnyMessage
 from shimstats.proxy import relay
 from shimstats.proxy.options import AnyOptions, config_path_of, runtime_options
-from shimstats.proxy.settings import DaemonSettings, Fallback
+from shimstats.proxy.settings import DaemonSettings
 from shimstats.ttrpc import CallContext, Client, Code, Handler, Server, TtrpcError
 from shimstats.ttrpc.threads import ThreadServer
 from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
 from tests.integration.harness import AgentProcess, fixtures, short_tmp
+
+if TYPE_CHECKING:
+    from shimstats.proxy.settings import Fallback
 
 OURS = "/etc/shimstats/kata.toml"
 KATA = "/opt/kata/configuration-clh.toml"

@@ -16,6 +16,7 @@ import pytest
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats._proto.containerd.types import mount_pb2
 from shimstats.proxy.cli import build_parser
+from shimstats.proxy.fork import SHARED_IMPORTS
 from shimstats.proxy.launch import (
     TASK_V3_SERVICE,
     ShimArgs,
@@ -30,6 +31,7 @@ from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
 from shimstats.wire import TASK_SERVICE
+from tests.integration.harness import short_tmp
 
 INNER = "unix:///run/containerd/s/" + "ab" * 32
 
@@ -139,12 +141,15 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     """What ``start`` holds when it forks its serving process (the imports of shimstats.proxy.cli's _start:
     launch, config, bundle, the actions' log): none of what the server never needs (subprocess, the TOML
     parser), which start loads after the fork while the child imports the server; and nothing neither
-    needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf)."""
+    needs (logging: the actions write their lines with shimstats.proxy.logfmt; asyncio; protobuf; typing:
+    the records are shimstats.named_tuple's; socket's enums: the probes, the socket pair and our listening
+    socket are _socket's; contextlib)."""
     imports = (
         "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
         "shimstats.proxy.logfmt, shimstats.proxy.delete, shimstats.ttrpc.address"
     )
-    watched = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil", "hashlib")
+    watched: tuple[str, ...] = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil")
+    watched = (*watched, "hashlib", "typing", "socket", "contextlib")
     assert _loaded_after(imports, watched) == []
 
 
@@ -168,28 +173,87 @@ def test_the_serving_process_answers_create_without_protobuf() -> None:
     assert _loaded_after(code, ("google", "asyncio")) == []
 
 
-def test_the_records_start_and_delete_build_hold_real_types_not_strings() -> None:
-    """Every NamedTuple the actions load is defined without ``from __future__ import annotations``: typing
-    compiles each string annotation of one (and the first compile() builds the AST types, ~10M
-    instructions of every delete: docs/benchmarks.md)."""
+FORK_POINT = (
+    "import shimstats.proxy.cli, shimstats.proxy.bundle, shimstats.proxy.launch, shimstats.proxy.config, "
+    "shimstats.proxy.logfmt, shimstats.ttrpc.address"
+)
+
+
+def _loaded_beyond(before: str, code: str) -> set[str]:
+    """The modules a fresh ``python -S`` loads for ``code`` after ``before`` (launcher's module path)."""
+    probe = f"import sys\n{before}\nheld = set(sys.modules)\n{code}\nprint(' '.join(set(sys.modules) - held))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, cwd="/", capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.split())
+
+
+def test_what_start_loads_just_before_its_fork_both_sides_load_after_it() -> None:
+    """shimstats.proxy.fork.SHARED_IMPORTS: each is loaded by start after the fork (subprocess, the TOML
+    parser) and by the serving child (its server), and none is loaded already, so loading them once before
+    the fork spares one side the work; ``_load_shared_imports`` loads every module both sides load."""
+    parent = _loaded_beyond(FORK_POINT, "import subprocess, shimstats.toml_file")
+    server = "import setproctitle, shimstats.proxy.relay\nfrom shimstats.proxy.serving import run_server"
+    child = _loaded_beyond(FORK_POINT, server)
+    load = "from shimstats.proxy.fork import _load_shared_imports as load\nload()"
+    preloaded = _loaded_beyond(FORK_POINT, load)
+    assert set(SHARED_IMPORTS) <= parent & child
+    assert parent & child <= preloaded  # nothing both load is left out (their own imports come with them)
+
+
+def test_delete_loads_only_the_state_file_reader_and_the_probe() -> None:
+    """The common delete (a state file, our server gone): run to where it becomes the inner shim's own
+    delete, it has loaded none of start's modules (launch, config, the TOML parser, subprocess) and none
+    of typing, socket's enums or contextlib (docs/benchmarks.md: each an import every delete paid)."""
+    watched = ("typing", "socket", "contextlib", "subprocess", "tomllib", "logging", "google", "shimstats")
+    with short_tmp() as bundle:  # socket paths: short
+        assert _loaded_after(_delete_code(bundle), watched) == ["shimstats"]
+
+
+def _delete_code(bundle: Path) -> str:
+    inner = f"unix://{bundle}/inner.sock"
+    state = {"inner_shim": str(bundle / "no-such-shim"), "inner_address": inner}
+    (bundle / "shimstats-proxy.json").write_text(json.dumps({**state, "address": proxy_address(inner)}))
+    code = (  # the inner shim cannot be run: StartError where the process would have become it
+        "import shimstats.proxy.cli\n"
+        "from shimstats.proxy.bundle import ShimArgs, StartError\n"
+        "from shimstats.proxy.delete import run_delete\n"
+        f"try:\n    run_delete(ShimArgs('k8s.io', 'c1', bundle_flag={str(bundle)!r}), {{}})\n"
+        "except StartError as exc:\n    assert 'no-such-shim' in str(exc), exc\n"
+        "else:\n    raise AssertionError('delete did not reach the inner shim')"
+    )
+    return code
+
+
+def test_typing_compiles_no_annotation_of_the_records_start_and_delete_build() -> None:
+    """No NamedTuple the actions load had typing turn its annotations into ForwardRef objects: typing
+    compiles each string annotation of a typing.NamedTuple (and the first compile() builds the AST types,
+    ~10M instructions of every delete: docs/benchmarks.md). Ours are shimstats.named_tuple's, which keeps
+    them as written; the import of typing below comes after the records are built."""
     code = (
-        "import typing, shimstats.proxy.cli, shimstats.proxy.launch, shimstats.proxy.config, "
+        "import shimstats.proxy.cli, shimstats.proxy.launch, shimstats.proxy.config, "
         "shimstats.proxy.delete, shimstats.proxy.options\n"
+        "import typing\n"
         "for module in list(sys.modules.values()):\n"
         "    if module.__name__.split('.')[0] not in ('shimstats', 'guest_agent'):\n"
         "        continue\n"
         "    for record in vars(module).values():\n"
         "        if isinstance(record, type) and issubclass(record, tuple) and hasattr(record, '_fields'):\n"
+        "            print('record', record.__name__)\n"
         "            kinds = [type(t) for t in record.__annotations__.values()]\n"
-        "            if str in kinds or typing.ForwardRef in kinds:\n"
-        "                print(record.__module__, record.__name__)"
+        "            if typing.ForwardRef in kinds:\n"
+        "                print('compiled', record.__module__, record.__name__)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path())}
     done = subprocess.run(
         [sys.executable, "-S", "-c", f"import sys\n{code}"], env=env, cwd="/", capture_output=True, text=True
     )
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout.split("\n")[:-1] == []
+    lines = done.stdout.split("\n")[:-1]
+    records = {line.split()[1] for line in lines if line.startswith("record ")}
+    assert {"ShimArgs", "BundleState", "DaemonSettings", "ProxyConfig", "KataSpec", "Address"} <= records
+    assert [line for line in lines if line.startswith("compiled ")] == []
 
 
 def test_naming_our_socket_loads_no_openssl() -> None:
@@ -268,7 +332,7 @@ def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_pat
     path = tmp_path / "run" / "s" / "ours"
     ours = listen_unix(str(path))
     assert ours is not None
-    with ours:
+    try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -276,6 +340,8 @@ def test_start_binds_a_private_listening_socket_and_yields_to_a_live_one(tmp_pat
         caller.close()
         assert listen_unix(str(path)) is None  # a concurrent start for the same inner shim: ours stays
         assert path.exists()
+    finally:
+        ours.close()
     again = listen_unix(str(path))  # nobody accepts any more: the stale file is replaced
     assert again is not None
     again.close()
