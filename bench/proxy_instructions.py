@@ -15,7 +15,9 @@ the launcher's module path):
   there and callgrind can report it);
 - the fork point: what ``start`` has imported when it forks (the imports of ``cli._start``), and the
   serving child's path to its first answer: that plus the server's imports (``setproctitle``,
-  ``proxy.serving``, ``proxy.relay``), what containerd's first call (Create) waits for;
+  ``proxy.serving``, ``proxy.relay``), what containerd's first call (Create) waits for; and that plus the
+  work of that first Create, with runtime options naming the proxy's TOML, as a deployment sends them
+  (decode the envelope, swap the options, encode an answer);
 - after the fork, start and child together: the work both do at once (start's rest, the child's
   imports), which on two busy CPUs compete with each other and with containerd;
 - a bare ``python3 -S`` for scale.
@@ -178,6 +180,36 @@ def fork_point_imports(tree: Path) -> str:
     return imports
 
 
+def first_create() -> str:
+    """Code that does what the serving child does with containerd's first call: a Create (a 64-character
+    id, an overlay rootfs, the runtime options naming the proxy's TOML) decoded from its envelope, the
+    options swapped for the inner shim's (``inner_create``), an answer encoded (the same calls in every
+    tree since the relay)."""
+    from shimstats._proto.containerd.task.v2 import shim_pb2
+    from shimstats._proto.containerd.types import mount_pb2
+    from shimstats.proxy.options import runtime_options
+    from shimstats.ttrpc.framing import encode_request, metadata_pairs
+    from shimstats.wire import NAMESPACE_KEY, TASK_SERVICE
+
+    ours, inner = "/etc/shimstats/kata.toml", "/opt/kata/share/defaults/kata-containers/configuration.toml"
+    options = runtime_options(ours)
+    rootfs = mount_pb2.Mount(type="overlay", source="overlay", options=["workdir=/w", "upperdir=/u"])
+    create = shim_pb2.CreateTaskRequest(
+        id="c" * 64, bundle="/run/containerd/k8s.io/" + "c" * 64, rootfs=[rootfs]
+    )
+    create.options.type_url, create.options.value = options.type_url, options.value
+    envelope = encode_request(
+        TASK_SERVICE, "Create", create.SerializeToString(), timeout_nano=10**10,
+        metadata=metadata_pairs({NAMESPACE_KEY: "k8s.io"}),
+    )  # fmt: skip
+    return (
+        "from shimstats.ttrpc.framing import decode_request, encode_response; "
+        "from shimstats.proxy.options import inner_create; "
+        f"sent = inner_create(decode_request({envelope!r}).payload, {ours!r}, {inner!r}); "
+        f"assert {inner.encode()!r} in sent; encode_response(bytes((8, 42)))"
+    )
+
+
 def measure(tree: Path) -> dict[str, int]:
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", "-j0", "shimstats", "guest_agent"], cwd=tree, check=True
@@ -192,6 +224,9 @@ def measure(tree: Path) -> dict[str, int]:
             "delete (to the inner shim's)": actions.delete(tree),
             "fork point (start's imports then)": count_code(tree, fork_point),
             "child's first answer: + server imports": count_code(tree, f"{fork_point}; {SERVER_IMPORTS}"),
+            "+ its first Create, our runtime options": count_code(
+                tree, f"{fork_point}; {SERVER_IMPORTS}; {first_create()}"
+            ),
         }
     fork = counts["fork point (start's imports then)"]
     counts["after the fork, start and child together"] = (

@@ -8,9 +8,8 @@ entry in containerd's config is the whole deployment (docs/proxy-shim.md).
 
 Modules, one job each:
 * ``config``: the TOML file (inner shim, agent address template, metrics format, fallback);
-* ``options``: containerd's runtime options (an Any on stdin and in Create), and what the inner shim gets;
-* ``protowire``: the protobuf wire format of those small messages, for ``start``, without the protobuf
-  runtime;
+* ``options``: containerd's runtime options (an Any on stdin and in Create), and what the inner shim gets
+  (read and written by shimstats.protowire, without the protobuf runtime);
 * ``logfmt``: the shape of our log lines (logfmt, as containerd's own), and the ``start`` and ``delete``
   actions' log, written without the logging module;
 * ``logs``: where the logs go (the bundle's ``log`` fifo, as containerd copies shim logs), and the serving

@@ -32,11 +32,12 @@ if TYPE_CHECKING:  # typing is for type checkers only here (start loads this mod
 
 __all__ = ["SHARED_IMPORTS", "ForkError", "ServerChild"]
 
-SHARED_IMPORTS = ("contextlib", "datetime", "locale", "selectors", "signal", "string", "threading", "typing")
+SHARED_IMPORTS = ("contextlib", "selectors", "signal", "string", "threading", "typing")
 """What both sides of the fork load after it: start (with subprocess and the TOML parser) and the serving
 child (with its server). Loaded once, just before the fork, instead of on both sides while they compete for
 the CPUs (about 30M instructions, docs/benchmarks.md). Not at import: ``delete`` and a start that joins a
-group fork nothing (tests/unit/test_proxy_launch.py checks the list against both sides)."""
+group fork nothing (tests/unit/test_proxy_launch.py checks the list against both sides). Not datetime and
+locale, which only protobuf loaded in the child, before its envelope was read without it."""
 HANDOVER_MAX = 64 * 1024
 """Bytes of settings a child accepts (a few hundred in practice: addresses and paths)."""
 
@@ -49,11 +50,10 @@ class ServerChild:
     """A forked serving process, importing its server, until ``hand_over`` or ``cancel``.
 
     ``fields`` are the log fields of every line it writes (the container id and namespace); its own pid is
-    added. ``debug`` is containerd's ``-debug``. ``options``: containerd sent runtime options, so its Create
-    will carry them too, and the child loads what rewrites them (shimstats.proxy.options) while it waits.
+    added. ``debug`` is containerd's ``-debug``.
     """
 
-    def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool, options: bool = False) -> None:
+    def __init__(self, bundle: str, fields: dict[str, str], *, debug: bool) -> None:
         _load_shared_imports()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)  # a message stays whole
         log_fd = open_log_fifo(bundle)
@@ -66,7 +66,7 @@ class ServerChild:
             raise ForkError(f"cannot start the proxy's server: {exc.strerror or exc}") from None
         if pid == 0:
             ours.close()
-            _child(theirs, log_fd, fields, debug, options)
+            _child(theirs, log_fd, fields, debug)
         theirs.close()
         _close(log_fd)
         self.pid = pid
@@ -96,8 +96,6 @@ class ServerChild:
 def _load_shared_imports() -> None:
     """SHARED_IMPORTS, imported here."""
     import contextlib  # noqa: F401
-    import datetime  # noqa: F401
-    import locale  # noqa: F401
     import selectors  # noqa: F401
     import signal  # noqa: F401
     import string  # noqa: F401
@@ -105,9 +103,7 @@ def _load_shared_imports() -> None:
     import typing  # noqa: F401
 
 
-def _child(
-    channel: _socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool, options: bool
-) -> NoReturn:
+def _child(channel: _socket.socket, log_fd: int | None, fields: dict[str, str], debug: bool) -> NoReturn:
     """The serving process: detach, import the server, wait for the hand-over, serve, exit."""
     status = 0
     try:
@@ -115,11 +111,6 @@ def _child(
         from setproctitle import setproctitle
 
         from shimstats.proxy.serving import run_server  # the imports start no longer waits for
-
-        if options:
-            from shimstats.proxy.options import preload
-
-            preload()  # what the first Create needs, before containerd sends it
 
         handed = _receive(channel)
         if handed is not None:

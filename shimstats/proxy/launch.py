@@ -17,7 +17,7 @@ takes everything the process prints (stdout and stderr together) as the address 
    reads it to reconnect after a restart) and prints our address, without waiting for the server's imports.
 
 Both actions import only what they use (no asyncio, no adapter; protobuf only when an inner shim must be
-released, the runtime options being read by shimstats.proxy.protowire): containerd waits for them on every
+released, the runtime options being read by shimstats.protowire): containerd waits for them on every
 container start and delete.
 """
 
@@ -194,7 +194,7 @@ def run_start(
     # server of ours: fork it now, to import while we work. Other containers join their sandbox's.
     early = None
     if sandbox == args.id:
-        early = ServerChild(bundle, _log_fields(args), debug=args.debug, options=bool(stdin))
+        early = ServerChild(bundle, _log_fields(args), debug=args.debug)
     try:
         return _start(args, stdin, environ, fallback, command or PYTHON_COMMAND, sandbox, early)
     finally:

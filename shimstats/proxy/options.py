@@ -10,18 +10,29 @@ When ``config_path`` names the proxy's TOML file, the inner shim must not see it
 as its own configuration, runc cannot decode the type at all): the proxy hands it ``inner_config_path``
 instead, or no options when that is unset. Any other options reach the inner shim unchanged.
 
-Both messages are read and written without the protobuf runtime (shimstats.proxy.protowire: ``start``
-waits for nothing else so long); only ``inner_create``, in the serving process, uses protobuf, for the
-CreateTaskRequest around them.
+Both messages, and the CreateTaskRequest around them, are read and written without the protobuf runtime
+(shimstats.protowire): ``start`` waits for nothing else so long, and the serving process answers
+containerd's first call (Create) without importing protobuf.
 """
 
 # No ``from __future__ import annotations`` here: a NamedTuple's string annotations make typing compile
 # each one, and the first compile() builds the AST types, ~10M instructions of every proxy start and
 # delete (docs/benchmarks.md). Annotations that need the new syntax at runtime are quoted.
 
-from typing import NamedTuple, Protocol, TypeVar
+from typing import TypeVar
 
-from shimstats.proxy.protowire import WireError, encode_fields, length_delimited_fields, utf8
+from shimstats.protowire import (
+    AnyMessage,
+    Fields,
+    HasAny,
+    WireError,
+    any_message,
+    encode_fields,
+    fields,
+    length_delimited_fields,
+    message_field,
+    utf8,
+)
 
 __all__ = [
     "RUNTIME_OPTIONS_TYPE",
@@ -31,7 +42,6 @@ __all__ = [
     "decode_any",
     "for_inner",
     "inner_create",
-    "preload",
     "runtime_options",
 ]
 
@@ -43,25 +53,8 @@ class OptionsError(ValueError):
     """Runtime options that do not decode."""
 
 
-class HasAny(Protocol):
-    """A ``google.protobuf.Any`` (protobuf's or ours): a type URL and the message's bytes."""
-
-    @property
-    def type_url(self) -> str: ...
-
-    @property
-    def value(self) -> bytes: ...
-
-
-class AnyOptions(NamedTuple):
-    """A ``google.protobuf.Any``: ``type_url`` = 1, ``value`` = 2."""
-
-    type_url: str
-    value: bytes
-
-    def encode(self) -> bytes:
-        """The Any's bytes, as protobuf serialises it."""
-        return encode_fields({1: self.type_url, 2: self.value})
+AnyOptions = AnyMessage
+"""A ``google.protobuf.Any`` as the proxy reads and writes runtime options (shimstats.protowire's)."""
 
 
 def decode_any(data: bytes) -> "AnyOptions | None":
@@ -69,8 +62,7 @@ def decode_any(data: bytes) -> "AnyOptions | None":
     if not data:
         return None
     try:
-        fields = length_delimited_fields(data, (1, 2))
-        return AnyOptions(utf8(fields.get(1, b""), 1), fields.get(2, b""))
+        return any_message(fields(data))
     except WireError as exc:
         message = f"runtime options on stdin ({len(data)} bytes) are not a protobuf Any: {exc}"
         raise OptionsError(message) from None
@@ -113,34 +105,60 @@ def for_inner(options: "A | None", own_config: str, inner_config_path: str) -> "
     return runtime_options(inner_config_path, options.type_url)
 
 
-def preload() -> None:
-    """Import what ``inner_create`` needs (the Task messages) ahead of the first Create."""
-    from shimstats._proto.containerd.task.v2 import shim_pb2  # noqa: F401
+_CREATE_OPTIONS = 10
+"""``CreateTaskRequest.options``, a ``google.protobuf.Any`` (containerd api/runtime/task/v2/shim.proto)."""
+_CREATE_STRINGS = frozenset((1, 2, 5, 6, 7, 8, 9))
+"""id, bundle, stdin, stdout, stderr, checkpoint, parent_checkpoint: what protobuf checks for UTF-8."""
+_CREATE_ROOTFS = 3
+"""``repeated containerd.types.Mount rootfs``; every Mount field (type, source, target, options) is a
+string (api/types/mount.proto)."""
 
 
 def inner_create(payload: bytes, own_config: str, inner_config_path: str) -> bytes:
     """A CreateTaskRequest as the inner shim must get it: options naming ``own_config`` swapped (see
-    ``for_inner``), everything else byte for byte; a payload that does not decode is passed on as it came
-    (not ours to judge: the inner shim answers it)."""
-    from google.protobuf.message import DecodeError
-
-    from shimstats._proto.containerd.task.v2 import shim_pb2
-
+    ``for_inner``), every other byte as it came; a payload that does not decode (by protobuf's rules, the
+    rootfs Mounts and strings included) is passed on as it came (not ours to judge: the inner shim answers
+    it)."""
+    bounds: list[tuple[int, int]] = []
     try:
-        request = shim_pb2.CreateTaskRequest.FromString(payload)
-    except DecodeError:
-        return payload
-    if not request.HasField("options"):
-        return payload
-    try:
-        options = for_inner(request.options, own_config, inner_config_path)
-    except OptionsError:
+        found = fields(payload, bounds)
+        chosen = [
+            i for i, (number, value) in enumerate(found) if number == _CREATE_OPTIONS and type(value) is bytes
+        ]
+        if not chosen:
+            return payload
+        _check_create(found)
+        # Every occurrence of a message field merges into one, as if their fields were sent together.
+        options = any_message([field for i in chosen for field in fields(_raw(found[i][1]))])
+        swapped = for_inner(options, own_config, inner_config_path)
+    except (WireError, OptionsError):
         return payload  # options that are not runtimeoptions we can read: not ours to judge either
-    if options is request.options:
+    if swapped is options:
         return payload
-    if options is None:
-        request.ClearField("options")
-    else:
-        request.options.type_url = options.type_url
-        request.options.value = options.value
-    return request.SerializeToString()
+    spliced = b"" if swapped is None else message_field(_CREATE_OPTIONS, swapped.encode())
+    parts, kept = [], 0
+    for index in chosen:  # the new field where the last one was, the others dropped
+        start, stop = bounds[index]
+        parts.append(payload[kept:start])
+        kept = stop
+    parts.append(spliced)
+    parts.append(payload[kept:])
+    return b"".join(parts)
+
+
+def _raw(value: "int | bytes") -> bytes:
+    return value if isinstance(value, bytes) else b""
+
+
+def _check_create(found: Fields) -> None:
+    """WireError where protobuf would refuse the request: a string that is not UTF-8, a Mount that does
+    not decode."""
+    for number, value in found:
+        if type(value) is not bytes:
+            continue
+        if number in _CREATE_STRINGS:
+            utf8(value, number)
+        elif number == _CREATE_ROOTFS:
+            for mount_number, mount_value in fields(value):
+                if 1 <= mount_number <= 4 and type(mount_value) is bytes:
+                    utf8(mount_value, mount_number)

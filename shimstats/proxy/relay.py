@@ -104,9 +104,7 @@ class Relay:
     def create(self, payload: bytes, ctx: CallContext) -> bytes:
         """Create, with the proxy's own runtime options replaced by the inner shim's."""
         if self.settings.own_config:
-            from shimstats.proxy.options import (
-                inner_create,  # protobuf descriptors: only when options are ours
-            )
+            from shimstats.proxy.options import inner_create
 
             payload = inner_create(payload, self.settings.own_config, self.settings.inner_config_path)
         return self.forward("Create", payload, ctx)

@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Generic, NamedTuple, TypeVar, Union
 
-from shimstats._proto.ttrpc.request_pb2 import KeyValue
 from shimstats.ttrpc.framing import (
     MAX_MESSAGE,
     MAX_STREAM_ID,
     Event,
     Frame,
+    KeyValue,
     MessageType,
     ProtocolError,
     decode_request,

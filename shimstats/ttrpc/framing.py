@@ -8,19 +8,35 @@ length is over the limit (which includes every header with a nonzero byte 0) is 
 :class:`OversizedFrame` and its body is skipped, exactly ``length`` bytes, however many feeds that takes. The
 stream then carries on with the next header; this is how containerd's Go server answers RESOURCE_EXHAUSTED
 without dropping the connection.
+
+The envelope is containerd/ttrpc's request.proto (``Request {string service = 1; string method = 2; bytes
+payload = 3; int64 timeout_nano = 4; repeated KeyValue metadata = 5}``, ``KeyValue {string key = 1; string
+value = 2}``, ``Response {google.rpc.Status status = 1; bytes payload = 2}``; ttrpc@4b166fb request.proto),
+read and written by shimstats.protowire's rules without the protobuf runtime: three tiny messages on every
+call, and importing protobuf for them was a quarter of what the proxy's serving process did before it could
+answer containerd's first call (docs/benchmarks.md).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the records below are NamedTuples (see shimstats.protowire).
 
 import enum
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
-from google.protobuf.message import DecodeError
-
-from shimstats._proto.ttrpc.request_pb2 import KeyValue, Request, Response
-from shimstats.ttrpc.status import Code, Status, TtrpcError
+from shimstats.protowire import (
+    Fields,
+    WireError,
+    bytes_field,
+    encode_varint,
+    fields,
+    int64,
+    message_field,
+    read_varint,
+    string_field,
+    utf8,
+)
+from shimstats.ttrpc.status import Code, Status, TtrpcError, encode_status, status_from_fields
 
 __all__ = [
     "FLAG_NO_DATA",
@@ -33,10 +49,13 @@ __all__ = [
     "Event",
     "Frame",
     "FrameDecoder",
+    "KeyValue",
     "MessageType",
     "Metadata",
     "OversizedFrame",
     "ProtocolError",
+    "Request",
+    "Response",
     "decode_request",
     "decode_response",
     "encode_frame",
@@ -44,6 +63,11 @@ __all__ = [
     "encode_response",
     "metadata_pairs",
 ]
+
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+_new = tuple.__new__
+"""Builds a record from a tuple of all its fields: a third of the cost of a NamedTuple's own ``__new__``
+(keywords and defaults), on every call's path."""
 
 HEADER_LEN = 10
 MAX_MESSAGE = 4 << 20  # payload bytes; exactly 4 MiB is still allowed
@@ -180,17 +204,69 @@ class FrameDecoder:
             raise ProtocolError(f"truncated frame: {len(self._buf)} of {self._need} bytes")
 
 
-def metadata_pairs(metadata: Metadata | None) -> list[KeyValue]:
+class KeyValue(NamedTuple):
+    """One metadata pair of a Request (a key may repeat)."""
+
+    key: str = ""
+    value: str = ""
+
+
+class Request(NamedTuple):
+    """A ttrpc Request envelope: ``timeout_nano`` 0 means no deadline."""
+
+    service: str = ""
+    method: str = ""
+    payload: bytes = b""
+    timeout_nano: int = 0
+    metadata: Sequence[KeyValue] = ()
+
+
+class Response(NamedTuple):
+    """A ttrpc Response envelope: ``status`` None when the peer left it out (Go's OK), an empty Status when it
+    sent one (Rust's OK)."""
+
+    status: Optional[Status] = None  # evaluated at run time: no X | None before 3.10
+    payload: bytes = b""
+
+
+def metadata_pairs(metadata: "Metadata | None") -> "list[KeyValue]":
     """Envelope KeyValues for a metadata mapping; a sequence value repeats the key, in order."""
     if not metadata:
         return []
     pairs: list[KeyValue] = []
     for key, value in metadata.items():
         if isinstance(value, str):
-            pairs.append(KeyValue(key=key, value=value))
+            pairs.append(KeyValue(key, value))
         else:
-            pairs.extend(KeyValue(key=key, value=v) for v in value)
+            pairs.extend(KeyValue(key, v) for v in value)
     return pairs
+
+
+# The envelope is on every call's path, both ways (docs/benchmarks.md counts it per Stats call), so each
+# codec has a straight path for the shapes every ttrpc peer writes (containerd's Go client and server, ours,
+# ttrpc-rust): protobuf's own field order, one-byte tags, lengths under 16 KiB (two varint bytes), no
+# unknown fields. Anything else, the malformed included, takes the general path, which reads by
+# shimstats.protowire's rules and says why it refuses; both give the same answer where both apply
+# (tests/unit/test_ttrpc_envelope.py against protobuf).
+
+
+def _length(value: int) -> bytes:
+    return _ONE_BYTE[value] if value < 0x80 else encode_varint(value)
+
+
+_HEADS: "dict[tuple[str, str], bytes]" = {}
+"""Encoded service and method fields, by (service, method): a client calls a handful of methods, over and
+over (at most _HEADS_KEPT are kept)."""
+_HEADS_KEPT = 64
+_PAYLOAD_TAGS = [b"\x1a" + bytes((size,)) for size in range(0x80)]
+"""Request.payload's tag and length, for payloads under 128 bytes."""
+
+
+def _head(service: str, method: str) -> bytes:
+    head = string_field(1, service) + string_field(2, method)
+    if len(_HEADS) < _HEADS_KEPT:
+        _HEADS[service, method] = head
+    return head
 
 
 def encode_request(
@@ -201,37 +277,155 @@ def encode_request(
     timeout_nano: int = 0,
     metadata: Iterable[KeyValue] = (),
 ) -> bytes:
-    """Serialize a Request envelope."""
-    request = Request(service=service, method=method, payload=payload, timeout_nano=timeout_nano)
-    if metadata:  # an empty repeated field is left off the wire either way; not filling it is cheaper
-        request.metadata.extend(metadata)
-    return request.SerializeToString()
+    """Serialize a Request envelope, byte for byte as protobuf does (ValueError for a timeout outside
+    int64, as protobuf)."""
+    out = _HEADS.get((service, method)) or _head(service, method)
+    size = len(payload)
+    if size:
+        out += (_PAYLOAD_TAGS[size] if size < 0x80 else b"\x1a" + encode_varint(size)) + payload
+    if timeout_nano:
+        if not -(1 << 63) <= timeout_nano < 1 << 63:
+            raise ValueError(f"timeout_nano {timeout_nano} out of range for int64")
+        out += b"\x20" + encode_varint(timeout_nano)
+    for pair in metadata:
+        body = string_field(1, pair.key) + string_field(2, pair.value)
+        out += b"\x2a" + _length(len(body)) + body
+    return out
 
 
 def decode_request(data: bytes) -> Request:
     """Parse a Request envelope; ProtocolError says why it is not one."""
-    request = Request()
+    service = method = ""
+    payload = b""
+    timeout_nano = 0
+    metadata: list[KeyValue] | None = None  # a list once a pair comes: most envelopes have none
+    pos, end = 0, len(data)
+    try:  # the common shape, field by field in number order; a field missing is a proto3 default
+        if data[0] == 0x0A and data[1] < 0x80:
+            pos = 2 + data[1]
+            service = data[2:pos].decode()
+        if pos < end and data[pos] == 0x12 and data[pos + 1] < 0x80:
+            start = pos + 2
+            pos = start + data[pos + 1]
+            method = data[start:pos].decode()
+        if pos < end and data[pos] == 0x1A:
+            length = data[pos + 1]
+            if length < 0x80:
+                start = pos + 2
+            elif data[pos + 2] < 0x80:
+                length = length & 0x7F | data[pos + 2] << 7
+                start = pos + 3
+            else:
+                return _decode_any_request(data)
+            pos = start + length
+            payload = data[start:pos]
+        if pos < end and data[pos] == 0x20:
+            timeout_nano, pos = read_varint(data, pos + 1)
+            if timeout_nano >> 63:
+                timeout_nano -= 1 << 64  # int64: two's complement
+        while pos < end and data[pos] == 0x2A and data[pos + 1] < 0x80:
+            stop = pos + 2 + data[pos + 1]
+            raw = data[pos + 2 : stop]
+            pair = _PAIRS.get(raw) or _pair(raw)
+            if pair is None:
+                return _decode_any_request(data)
+            if metadata is None:
+                metadata = [pair]
+            else:
+                metadata.append(pair)
+            pos = stop
+    except (IndexError, UnicodeDecodeError, WireError):
+        return _decode_any_request(data)
+    if pos != end:  # other fields, another order, or a field cut short
+        return _decode_any_request(data)
+    return _new(Request, (service, method, payload, timeout_nano, metadata or ()))
+
+
+_PAIRS: "dict[bytes, KeyValue]" = {}
+"""Metadata pairs by their encoded bytes: a caller sends the same few (a namespace) on every call (at most
+_HEADS_KEPT are kept)."""
+
+
+def _pair(raw: bytes) -> "KeyValue | None":
+    """A KeyValue written as its key then its value, both short and UTF-8; None for anything else (which
+    the general rules read, or refuse)."""
+    if len(raw) < 4 or raw[0] != 0x0A or raw[1] >= 0x80:
+        return None
+    middle = 2 + raw[1]
+    if middle + 2 > len(raw) or raw[middle] != 0x12 or middle + 2 + raw[middle + 1] != len(raw):
+        return None
     try:
-        request.ParseFromString(data)
-    except DecodeError as exc:
+        pair: KeyValue = _new(KeyValue, (raw[2:middle].decode(), raw[middle + 2 :].decode()))
+    except UnicodeDecodeError:
+        return None
+    if len(_PAIRS) < _HEADS_KEPT:
+        _PAIRS[raw] = pair
+    return pair
+
+
+def _decode_any_request(data: bytes) -> Request:
+    service = method = ""
+    payload = b""
+    timeout_nano = 0
+    metadata: list[KeyValue] = []
+    try:
+        for number, value in fields(data):
+            if isinstance(value, bytes):
+                if number == 3:
+                    payload = value
+                elif number == 1:
+                    service = utf8(value, 1)
+                elif number == 2:
+                    method = utf8(value, 2)
+                elif number == 5:
+                    metadata.append(_key_value(fields(value)))
+            elif number == 4:
+                timeout_nano = int64(value)
+    except WireError as exc:
         raise ProtocolError(f"undecodable request envelope ({len(data)} bytes): {exc}") from None
-    return request
+    return Request(service, method, payload, timeout_nano, metadata)
 
 
-def encode_response(payload: bytes, status: Status | None = None) -> bytes:
-    """Serialize a Response envelope; OK leaves the status out, as containerd's Go server does.
+def _key_value(found: Fields) -> KeyValue:
+    key = value = ""
+    for number, raw in found:
+        if isinstance(raw, bytes):
+            if number == 1:
+                key = utf8(raw, 1)
+            elif number == 2:
+                value = utf8(raw, 2)
+    return KeyValue(key, value)
+
+
+def encode_response(payload: bytes, status: "Status | None" = None) -> bytes:
+    """Serialize a Response envelope, byte for byte as protobuf does; OK leaves the status out, as
+    containerd's Go server does.
 
     (ttrpc-rust sends an empty status instead; every client, ours included, reads both as OK.)
     """
-    response = Response(payload=payload) if status is None else Response(status=status, payload=payload)
-    return response.SerializeToString()
+    if status is None:
+        return b"\x12" + _length(len(payload)) + payload if payload else b""
+    return message_field(1, encode_status(status)) + bytes_field(2, payload)
 
 
 def decode_response(data: bytes) -> Response:
     """Parse a Response envelope; ProtocolError says why it is not one."""
-    response = Response()
+    end = len(data)
+    if end > 1 and data[0] == 0x12:  # the common answer: a payload alone
+        length = data[1]
+        if length < 0x80 and length + 2 == end:
+            return _new(Response, (None, data[2:]))
+        if length >= 0x80 and end > 2 and data[2] < 0x80 and (length & 0x7F | data[2] << 7) + 3 == end:
+            return _new(Response, (None, data[3:]))
+    payload = b""
+    status: Fields | None = None
     try:
-        response.ParseFromString(data)
-    except DecodeError as exc:
+        for number, value in fields(data):
+            if isinstance(value, bytes):
+                if number == 2:
+                    payload = value
+                elif number == 1:  # a message field sent twice merges: its fields read as one
+                    status = fields(value) if status is None else status + fields(value)
+        return Response(None if status is None else status_from_fields(status), payload)
+    except WireError as exc:
         raise ProtocolError(f"undecodable response envelope ({len(data)} bytes): {exc}") from None
-    return response

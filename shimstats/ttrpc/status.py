@@ -1,20 +1,42 @@
-# googleapis-common-protos ships no type stubs; Status is typed as Any until a stubs package is installed.
-# mypy: disable-error-code="import-untyped"
 """ttrpc status codes and the error that carries one.
 
-ttrpc reuses gRPC's code numbers and puts a ``google.rpc.Status`` in every Response; this module is the one
-place that turns that message into a Python exception and back.
+ttrpc reuses gRPC's code numbers and puts a ``google.rpc.Status`` in a Response; this module is the one
+place that turns that message into a Python exception and back, and reads and writes it.
+
+``google.rpc.Status`` is ``{int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3}``
+(googleapis google/rpc/status.proto), read and written by shimstats.protowire's rules, without the protobuf
+runtime (the serving process of the proxy answers containerd's first call without importing it).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: Status is a NamedTuple (see shimstats.protowire).
 
 import enum
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from google.protobuf.any_pb2 import Any
-from google.rpc.status_pb2 import Status
+from shimstats.protowire import (
+    AnyMessage,
+    Fields,
+    HasAny,
+    any_message,
+    fields,
+    int32,
+    message_field,
+    string_field,
+    utf8,
+    varint_field,
+)
 
-__all__ = ["Code", "Status", "TtrpcError", "error_from_status", "make_status"]
+__all__ = [
+    "AnyMessage",
+    "Code",
+    "Status",
+    "TtrpcError",
+    "encode_status",
+    "error_from_status",
+    "make_status",
+    "status_from_fields",
+]
 
 
 class Code(enum.IntEnum):
@@ -44,9 +66,9 @@ class TtrpcError(Exception):
 
     code: Code
     message: str
-    details: list[Any]
+    details: "list[HasAny]"
 
-    def __init__(self, code: Code | int, message: str = "", details: Iterable[Any] = ()) -> None:
+    def __init__(self, code: "Code | int", message: str = "", details: Iterable[HasAny] = ()) -> None:
         try:
             resolved = Code(code)
         except ValueError:
@@ -64,19 +86,49 @@ class TtrpcError(Exception):
     def __repr__(self) -> str:
         return f"TtrpcError({self.code.name}, {self.message!r})"
 
-    def to_status(self) -> Status:
+    def to_status(self) -> "Status":
         """The ``google.rpc.Status`` a server puts in its Response for this error."""
         return make_status(self.code, self.message, self.details)
 
 
-def make_status(code: Code | int, message: str = "", details: Iterable[Any] = ()) -> Status:
-    """Build a ``google.rpc.Status`` (details are packed ``google.protobuf.Any`` values)."""
-    status = Status(code=int(code), message=message)
-    status.details.extend(details)
-    return status
+class Status(NamedTuple):
+    """A ``google.rpc.Status``: the code (an int32: a peer may send a number outside Code), a message, and
+    details (packed ``google.protobuf.Any`` values)."""
+
+    code: int = 0
+    message: str = ""
+    details: tuple[AnyMessage, ...] = ()
 
 
-def error_from_status(status: Status | None) -> TtrpcError | None:
+def make_status(code: "Code | int", message: str = "", details: Iterable[HasAny] = ()) -> Status:
+    """A ``google.rpc.Status`` with these fields (details protobuf's Any or ours)."""
+    return Status(int(code), message, tuple(AnyMessage(d.type_url, d.value) for d in details))
+
+
+def encode_status(status: Status) -> bytes:
+    """The Status's bytes, as protobuf writes them (ValueError for a code outside int32, as protobuf)."""
+    out = varint_field(1, status.code, 32) + string_field(2, status.message)
+    for detail in status.details:
+        out += message_field(3, detail.encode())
+    return out
+
+
+def status_from_fields(found: Fields) -> Status:
+    """The Status the fields of one message make (or of every occurrence of a Status field, merged: the last
+    code and message, every detail); WireError where protobuf refuses it."""
+    code, message, details = 0, "", []
+    for number, value in found:
+        if isinstance(value, bytes):
+            if number == 2:
+                message = utf8(value, 2)
+            elif number == 3:
+                details.append(any_message(fields(value)))
+        elif number == 1:
+            code = int32(value)
+    return Status(code, message, tuple(details))
+
+
+def error_from_status(status: "Status | None") -> "TtrpcError | None":
     """The error a Response status stands for, or None for OK (an absent and an empty status both mean OK)."""
     if status is None or status.code == Code.OK:
         return None

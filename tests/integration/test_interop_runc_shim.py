@@ -20,10 +20,9 @@ import pytest
 from shimstats import cri
 from shimstats._proto.cgroups.v1 import metrics_pb2 as v1
 from shimstats._proto.containerd.task.v2 import shim_pb2
-from shimstats._proto.ttrpc.request_pb2 import KeyValue
 from shimstats.fake_containerd import StatsResult, call_stats
 from shimstats.ttrpc import Client, Code, Frame, FrameDecoder, MessageType, TtrpcError, encode_frame
-from shimstats.ttrpc.framing import decode_response, encode_request, encode_response
+from shimstats.ttrpc.framing import KeyValue, decode_response, encode_request, encode_response
 from tests.containerd_env import Container, Containerd
 
 pytestmark = pytest.mark.containerd
@@ -197,5 +196,5 @@ def test_our_ok_envelope_has_the_go_servers_shape(busybox_container: Container) 
     go_envelope = frame.payload
     payload = decode_response(go_envelope).payload
     assert shim_pb2.ConnectResponse.FromString(payload).shim_pid > 0
-    assert not decode_response(go_envelope).HasField("status")
+    assert decode_response(go_envelope).status is None
     assert encode_response(payload) == go_envelope

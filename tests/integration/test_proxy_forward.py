@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from google.protobuf import any_pb2
 
 from shimstats import cri
 from shimstats._proto.containerd.task.v2 import shim_pb2
 from shimstats.adapter import TASK_METHODS
+from shimstats.protowire import AnyMessage
 from shimstats.proxy import relay
 from shimstats.proxy.options import AnyOptions, config_path_of, runtime_options
 from shimstats.proxy.settings import DaemonSettings
@@ -143,7 +143,7 @@ async def test_no_deadline_stays_no_deadline(agent: AgentProcess) -> None:
 
 
 async def test_the_inner_status_comes_back_unchanged(agent: AgentProcess) -> None:
-    detail = any_pb2.Any(type_url="containerd.v1.types.Detail", value=b"\x08\x01")
+    detail = AnyMessage(type_url="containerd.v1.types.Detail", value=b"\x08\x01")
     failure = TtrpcError(Code.FAILED_PRECONDITION, "task must be stopped before deletion: running", [detail])
     async with rig(agent.address) as r:
         r.inner.fail["Delete"] = failure

@@ -144,6 +144,7 @@ async def test_an_unbounded_later_past_its_deadline_is_cancelled_and_answered_de
     assert isinstance(frame, Frame)
     assert frame.stream_id == 1
     status = decode_response(frame.payload).status
+    assert status is not None
     assert (status.code, status.message) == (
         Code.DEADLINE_EXCEEDED,
         f"{SERVICE}/Never did not finish before the deadline",

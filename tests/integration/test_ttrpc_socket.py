@@ -41,7 +41,7 @@ from shimstats.ttrpc import (
     TtrpcError,
     encode_frame,
 )
-from shimstats.ttrpc.framing import decode_request, decode_response, encode_request, encode_response
+from shimstats.ttrpc.framing import decode_request, encode_request, encode_response
 from tests.kata_standins import HybridVsockMuxer
 
 SERVICE = "test.v1.Probe"
@@ -232,7 +232,7 @@ class RawConn:
         frame = await self.frame(timeout)
         assert frame.mtype == MessageType.RESPONSE
         assert frame.flags == 0
-        return frame.stream_id, decode_response(frame.payload)
+        return frame.stream_id, Response.FromString(frame.payload)  # read by protobuf: the reference
 
     async def closed_by_peer(self, timeout: float = 5.0) -> bool:
         while True:

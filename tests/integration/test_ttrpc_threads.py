@@ -27,7 +27,6 @@ from shimstats.ttrpc.framing import (
     Frame,
     FrameDecoder,
     MessageType,
-    decode_response,
     encode_frame,
     encode_request,
 )
@@ -134,7 +133,7 @@ class Raw:
                 self.frames.append(event)
         frame = self.frames.pop(0)
         assert frame.mtype == MessageType.RESPONSE
-        return frame.stream_id, decode_response(frame.payload)
+        return frame.stream_id, Response.FromString(frame.payload)  # read by protobuf: the reference
 
     def closed_by_peer(self) -> bool:
         while True:

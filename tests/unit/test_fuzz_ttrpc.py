@@ -61,7 +61,11 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(data=st.one_of(st.binary(max_size=200), mutated()))
 def test_envelopes_decode_or_raise_protocol_error(data: bytes) -> None:
     with contextlib.suppress(ProtocolError):
-        decode_request(data).SerializeToString()  # a decoded envelope is a usable message
+        request = decode_request(data)  # a decoded envelope is a usable message
+        assert (
+            decode_request(encode_request(*request[:3], timeout_nano=request[3], metadata=request[4]))
+            == request
+        )
     with contextlib.suppress(ProtocolError):
         error_from_status(decode_response(data).status)  # and its status reads as OK or an error
 

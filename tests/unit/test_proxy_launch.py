@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats._proto.containerd.types import mount_pb2
 from shimstats.proxy.cli import build_parser
 from shimstats.proxy.fork import SHARED_IMPORTS
 from shimstats.proxy.launch import (
@@ -24,6 +26,7 @@ from shimstats.proxy.launch import (
     sandbox_id,
 )
 from shimstats.proxy.launcher import search_path
+from shimstats.proxy.options import runtime_options
 from shimstats.proxy.settings import DaemonSettings
 from shimstats.proxy.sockets import listen_unix, proxy_address, remove_if_stale, unix_path
 from shimstats.ttrpc import AddressError
@@ -148,6 +151,26 @@ def test_start_forks_before_loading_what_only_it_needs() -> None:
     watched: tuple[str, ...] = ("subprocess", "tomllib", "tomli", "logging", "asyncio", "google", "shutil")
     watched = (*watched, "hashlib", "typing", "socket", "contextlib")
     assert _loaded_after(imports, watched) == []
+
+
+def test_the_serving_process_answers_create_without_protobuf() -> None:
+    """containerd's first call (Create, carrying the runtime options that name our TOML file) waits for the
+    serving process: its server, the ttrpc envelope both ways and the options swap load no protobuf (issue
+    16); the first Stats does (the agent's messages, the translation)."""
+    options = runtime_options("/etc/shimstats/kata.toml")
+    create = shim_pb2.CreateTaskRequest(id="c1", bundle="/run/c1", rootfs=[mount_pb2.Mount(type="overlay")])
+    create.options.type_url, create.options.value = options.type_url, options.value
+    code = (
+        "import setproctitle, shimstats.proxy.serving, shimstats.proxy.relay\n"
+        "from shimstats.proxy.options import inner_create\n"
+        "from shimstats.ttrpc import framing\n"
+        f"sent = framing.encode_request({TASK_SERVICE!r}, 'Create', {create.SerializeToString()!r})\n"
+        "request = framing.decode_request(sent)\n"
+        "payload = inner_create(request.payload, '/etc/shimstats/kata.toml', '/opt/kata.toml')\n"
+        "assert b'/opt/kata.toml' in payload\n"
+        "framing.decode_response(framing.encode_response(b'\\x08\\x01'))"
+    )
+    assert _loaded_after(code, ("google", "asyncio")) == []
 
 
 FORK_POINT = (

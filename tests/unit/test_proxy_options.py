@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shimstats._proto.cgroups.v1 import metrics_pb2
+from shimstats._proto.containerd.task.v2 import shim_pb2
+from shimstats._proto.containerd.types import mount_pb2
 from shimstats.proxy.options import (
     RUNTIME_OPTIONS_TYPE,
     OptionsError,
     config_path_of,
     decode_any,
     for_inner,
+    inner_create,
     runtime_options,
 )
 
@@ -79,3 +85,125 @@ def test_our_options_are_dropped_when_the_inner_shim_has_no_config_path() -> Non
 def test_anything_else_passes_unchanged(options: any_pb2.Any | None) -> None:
     assert for_inner(options, OURS, "/other.toml") is options
     assert for_inner(options, "", "/other.toml") is options
+
+
+# -- inner_create: the CreateTaskRequest splice, against protobuf's own reading and writing -----------------
+
+
+def _protobuf_inner_create(payload: bytes, own_config: str, inner_config_path: str) -> bytes:
+    """What inner_create did with protobuf's generated classes (before issue 16): the reference."""
+    try:
+        request = shim_pb2.CreateTaskRequest.FromString(payload)
+    except DecodeError:
+        return payload
+    if not request.HasField("options"):
+        return payload
+    try:
+        options = for_inner(request.options, own_config, inner_config_path)
+    except OptionsError:
+        return payload
+    if options is request.options:
+        return payload
+    if options is None:
+        request.ClearField("options")
+    else:
+        request.options.type_url = options.type_url
+        request.options.value = options.value
+    return request.SerializeToString()
+
+
+texts = st.text(max_size=12)
+paths = st.sampled_from((OURS, KATA, ""))
+option_values = st.one_of(
+    st.none(),
+    st.builds(runtime_options, paths, st.sampled_from((RUNTIME_OPTIONS_TYPE, "t"))),
+    st.builds(any_pb2.Any, type_url=texts, value=st.binary(max_size=12)),
+)
+mounts = st.builds(
+    mount_pb2.Mount, type=texts, source=texts, target=texts, options=st.lists(texts, max_size=3)
+)
+
+
+@st.composite
+def create_requests(draw: st.DrawFn) -> bytes:
+    """A CreateTaskRequest as containerd writes it, sometimes followed by fields our copy of shim.proto does
+    not know (upstream's oom_path = 11 is one)."""
+    options = draw(option_values)
+    request = shim_pb2.CreateTaskRequest(
+        id=draw(texts),
+        bundle=draw(texts),
+        rootfs=draw(st.lists(mounts, max_size=2)),
+        terminal=draw(st.booleans()),
+        stdin=draw(texts),
+        stdout=draw(texts),
+        stderr=draw(texts),
+        checkpoint=draw(texts),
+        parent_checkpoint=draw(texts),
+    )
+    if options is not None:
+        request.options.type_url, request.options.value = options.type_url, options.value
+    oom_path = draw(texts).encode()
+    unknown = bytes([0x5A, len(oom_path)]) + oom_path if oom_path else b""
+    return request.SerializeToString() + unknown
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=create_requests(), inner_config_path=st.sampled_from((KATA, "")))
+def test_inner_create_writes_what_protobuf_writes(payload: bytes, inner_config_path: str) -> None:
+    assert inner_create(payload, OURS, inner_config_path) == _protobuf_inner_create(
+        payload, OURS, inner_config_path
+    )
+
+
+def _options_field(any_bytes: bytes) -> bytes:
+    return bytes([0x52, len(any_bytes)]) + any_bytes
+
+
+OPTIONS_PIECES = (
+    runtime_options(OURS).encode(),
+    runtime_options(OURS).encode()[: 2 + len(RUNTIME_OPTIONS_TYPE)],  # only the type URL
+    runtime_options(OURS).encode()[2 + len(RUNTIME_OPTIONS_TYPE) :],  # only the value
+    b"\x0a\x02\xff\xfe",  # a type URL that is not UTF-8
+    b"\x0a\x05abc",  # an Any that does not decode
+)
+
+
+@st.composite
+def garbled_create_requests(draw: st.DrawFn) -> bytes:
+    """A request, with options fields inserted anywhere (a message field sent twice merges), then bytes
+    changed or the end cut off."""
+    payload = bytearray(draw(create_requests()))
+    for piece in draw(st.lists(st.sampled_from(OPTIONS_PIECES), max_size=3)):
+        position = draw(st.sampled_from(sorted({0, len(payload)})))
+        payload[position:position] = _options_field(piece)
+    for _ in range(draw(st.integers(0, 2))):
+        if payload:
+            payload[draw(st.integers(0, len(payload) - 1))] = draw(st.integers(0, 255))
+    return bytes(payload[: draw(st.integers(0, len(payload)))]) if draw(st.booleans()) else bytes(payload)
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=garbled_create_requests(), inner_config_path=st.sampled_from((KATA, "")))
+def test_inner_create_reads_what_protobuf_reads(payload: bytes, inner_config_path: str) -> None:
+    """Passed on as it came exactly when protobuf passes it on; otherwise the same request (ours keeps the
+    other fields where they were, protobuf writes them in number order)."""
+    ours = inner_create(payload, OURS, inner_config_path)
+    reference = _protobuf_inner_create(payload, OURS, inner_config_path)
+    if reference == payload:
+        assert ours == payload
+        return
+    assert ours != payload
+    parsed = [shim_pb2.CreateTaskRequest.FromString(b).SerializeToString() for b in (ours, reference)]
+    assert parsed[0] == parsed[1]
+
+
+def test_inner_create_keeps_every_other_byte() -> None:
+    """Fields out of number order and a long varint stay as they came; only field 10 is replaced."""
+    head = b"\x12\x03/b1" + b"\x0a\x02c1" + b"\x20\x81\x00"  # bundle before id; terminal as a 2-byte varint
+    ours = runtime_options(OURS).encode()
+    tail = b"\x3a\x03err"
+    payload = head + bytes([0x52, len(ours)]) + ours + tail
+    swapped = runtime_options(KATA).encode()
+    assert inner_create(payload, OURS, KATA) == head + bytes([0x52, len(swapped)]) + swapped + tail
+    assert inner_create(payload, OURS, "") == head + tail
+    assert inner_create(payload, "/not/ours.toml", KATA) == payload

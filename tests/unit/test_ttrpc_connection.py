@@ -83,6 +83,7 @@ def status_of(reply: object) -> tuple[int, int, str]:
     assert isinstance(frame, Frame)
     assert frame.mtype == MessageType.RESPONSE
     status = decode_response(frame.payload).status
+    assert status is not None
     return frame.stream_id, status.code, status.message
 
 

@@ -8,17 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from google.protobuf.any_pb2 import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shimstats._proto.ttrpc.request_pb2 import KeyValue, Request
+from shimstats._proto.ttrpc.request_pb2 import Request
+from shimstats.protowire import AnyMessage as Any
 from shimstats.ttrpc.framing import (
     HEADER_LEN,
     MAX_MESSAGE,
     Event,
     Frame,
     FrameDecoder,
+    KeyValue,
     MessageType,
     OversizedFrame,
     ProtocolError,
@@ -266,7 +267,7 @@ def test_ok_response_leaves_the_status_out_like_go() -> None:
 
 def test_absent_and_empty_status_both_mean_ok() -> None:
     absent = decode_response(b"\x12\x01x")  # payload only: how a server may omit the status
-    assert not absent.HasField("status")
+    assert absent.status is None
     assert error_from_status(absent.status) is None
     assert error_from_status(None) is None
     assert error_from_status(make_status(Code.OK, "ignored")) is None

@@ -1,7 +1,7 @@
 """The proxy's protobuf-free reading and writing of runtime options, checked against protobuf itself (upb).
 
 ``start`` reads containerd's ``Any``/``runtimeoptions.v1.Options`` without the protobuf runtime
-(shimstats.proxy.protowire); protobuf is the reference here: the same bytes out, the same fields in, and the
+(shimstats.protowire); protobuf is the reference here: the same bytes out, the same fields in, and the
 same inputs refused, except groups (wire types 3 and 4), which we refuse and upb skips.
 """
 
@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shimstats.protowire import WireError, length_delimited_fields, utf8
 from shimstats.proxy.options import (
     RUNTIME_OPTIONS_TYPE,
     AnyOptions,
@@ -21,7 +22,6 @@ from shimstats.proxy.options import (
     decode_any,
     runtime_options,
 )
-from shimstats.proxy.protowire import WireError, length_delimited_fields, utf8
 
 
 def _options_class() -> type[Message]:
