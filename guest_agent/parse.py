@@ -19,12 +19,37 @@ a three-line sample. The rules every parser shares:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import AnyStr, NamedTuple
 
 U64_MAX = 2**64 - 1
 """What an unlimited ("max") limit reads as; also the kernel's largest counter value."""
+
+POSSESSIVE = sys.version_info >= (3, 11)
+"""Whether ``re`` takes possessive quantifiers (``++``, ``*+``, ``{m,n}+``): Python 3.11 added them, and the
+agent runs on the guest's python3, 3.9 or later (Debian 11 ships 3.9, Ubuntu 22.04 3.10)."""
+_POSSESSIVE_MARKS = ("++", "*+", "?+", "}+")
+
+
+def greedy(pattern: AnyStr) -> AnyStr:
+    """``pattern`` with each possessive quantifier written as the greedy one (``x++`` as ``x+``). For the
+    fast paths' patterns below this is the same language: no part of them can match what follows it, so a
+    possessive quantifier never has anything to give back (tests/unit/test_fuzz_parsers.py compares the two
+    forms); it only spares the engine its backtracking state."""
+    for mark in _POSSESSIVE_MARKS:
+        if isinstance(pattern, str):
+            pattern = pattern.replace(mark, mark[0])
+        else:
+            pattern = pattern.replace(mark.encode(), mark[:1].encode())
+    return pattern
+
+
+def compile_fast_path(pattern: AnyStr) -> re.Pattern[AnyStr]:
+    """``re.compile`` of a fast path's possessive pattern, made greedy where ``re`` lacks possessive
+    quantifiers (``greedy``), so the agent imports and answers the same on Python 3.9 and 3.10."""
+    return re.compile(pattern if POSSESSIVE else greedy(pattern))
 
 
 class CgroupFormatError(ValueError):
@@ -40,7 +65,7 @@ class CgroupFormatError(ValueError):
         """The key of a malformed ``key value`` line, when there is one."""
 
 
-_FLAT_KEYED = re.compile(r"(?:[a-z0-9_.]++ [0-9]{1,19}+\n)*+")
+_FLAT_KEYED = compile_fast_path(r"(?:[a-z0-9_.]++ [0-9]{1,19}+\n)*+")
 """A ``key value`` file in which every line is well-formed, with keys as the kernel names them (lowercase,
 digits, ``_`` and ``.``, as in v2's ``core_sched.force_idle_usec``; values of at most 19 digits fit in 64
 bits): the fast path of parse_flat_keyed. Any other key goes through the line loop, which takes any key
@@ -159,7 +184,7 @@ def parse_single_bytes(data: bytes, source: str) -> int:
     return parse_single(decode(data, source), source)
 
 
-_PLAIN_SINGLES = re.compile(rb"(?:[0-9]{1,19}+|max)\n(?: (?:[0-9]{1,19}+|max)\n)*+")
+_PLAIN_SINGLES = compile_fast_path(rb"(?:[0-9]{1,19}+|max)\n(?: (?:[0-9]{1,19}+|max)\n)*+")
 """One-value files joined by spaces, each a plain value (digits that fit in 64 bits, or ``max``) and its
 newline."""
 _U64_MAX_BYTES = str(U64_MAX).encode()
@@ -183,7 +208,7 @@ def parse_int_list(text: str, source: str) -> list[int]:
     return [_u64(token, source, 1) for token in lines[0].split()]
 
 
-_PLAIN_INT_LIST = re.compile(rb"(?:[0-9]{1,19}+ )++\n")
+_PLAIN_INT_LIST = compile_fast_path(rb"(?:[0-9]{1,19}+ )++\n")
 """cpuacct.usage_percpu as the kernel writes it: a value and a space per CPU, then the newline."""
 
 
@@ -196,7 +221,7 @@ def parse_int_list_bytes(data: bytes, source: str) -> list[int]:
     return parse_int_list(decode(data, source), source)
 
 
-_PLAIN_CPU_V1 = re.compile(
+_PLAIN_CPU_V1 = compile_fast_path(
     rb"([0-9]{1,19}+)\n\0user ([0-9]{1,19}+)\nsystem ([0-9]{1,19}+)\n\0((?:[0-9]{1,19}+ )++)\n"
     rb"\0nr_periods ([0-9]{1,19}+)\nnr_throttled ([0-9]{1,19}+)\nthrottled_time ([0-9]{1,19}+)\n"
     rb"(?:nr_bursts [0-9]{1,19}+\nburst_time [0-9]{1,19}+\n)?"

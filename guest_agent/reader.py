@@ -41,7 +41,6 @@ ReadErrors, which logs it once per file.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar, cast
 
@@ -52,6 +51,7 @@ from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    compile_fast_path,
     decode,
     hugetlb_size_bytes,
     parse_blkio,
@@ -140,7 +140,7 @@ _CPU_STAT = ("cpu.stat",)
 _BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
 """The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
-_HUGETLB_V2_EVENTS = re.compile(rb"max ([0-9]{1,19}+)\n")
+_HUGETLB_V2_EVENTS = compile_fast_path(rb"max ([0-9]{1,19}+)\n")
 """A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
 _ZERO = b"0\n"
 """What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""

@@ -100,9 +100,11 @@ def accepts(path: Path) -> bool:
 
 
 class AgentProcess:
-    """``python -m guest_agent`` on ``DIR/agent.sock`` with the given extra flags; start, kill, restart."""
+    """``python -m guest_agent`` on ``DIR/agent.sock`` with the given extra flags; start, kill, restart.
+    ``python`` is the interpreter (default: the one running the tests)."""
 
-    def __init__(self, directory: Path, args: Sequence[str]) -> None:
+    def __init__(self, directory: Path, args: Sequence[str], *, python: str = sys.executable) -> None:
+        self.python = python
         self.socket = directory / "agent.sock"
         self.address = f"unix://{self.socket}"
         self.log_path = directory / "agent.log"
@@ -114,7 +116,7 @@ class AgentProcess:
         assert self.process is None, "agent already running"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "guest_agent", "--listen", self.address, *self.args],
+                [self.python, "-m", "guest_agent", "--listen", self.address, *self.args],
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -247,6 +247,7 @@ def test_possessive_fast_path_regexes_accept_what_the_backtracking_ones_do(name:
     expected = BACKTRACKING[name].fullmatch(subject)
     found = pattern.fullmatch(subject)
     assert (found is None) == (expected is None)
+    _same_under_greedy(pattern, subject)
 
 
 U19 = st.integers(0, 10**19 - 1)
@@ -304,6 +305,17 @@ def test_v1_cpu_files_read_in_one_go_read_as_each_alone(files: tuple[tuple[str, 
         assert plain is not None
     if plain is not None:
         assert plain == _cpu_v1_one_by_one(data)
+    _same_under_greedy(parse._PLAIN_CPU_V1, b"\0".join(data))
+
+
+def _same_under_greedy(pattern: re.Pattern[Any], subject: str | bytes) -> None:
+    """What Python 3.9 and 3.10 compile in place of ``pattern`` (parse.compile_fast_path) matches the same
+    subjects with the same groups."""
+    found = pattern.fullmatch(subject)
+    greedy = re.compile(parse.greedy(pattern.pattern)).fullmatch(subject)
+    assert (greedy is None) == (found is None)
+    if found is not None and greedy is not None:
+        assert greedy.groups() == found.groups()
 
 
 @BUDGET
@@ -343,6 +355,7 @@ def test_v2_hugetlb_events_in_one_go_read_as_the_flat_keyed_parser(text: str) ->
     no line left out, or does not match (the file is then read under its own rules)."""
     data = text.encode("utf-8")
     found = _HUGETLB_V2_EVENTS.fullmatch(data)
+    _same_under_greedy(_HUGETLB_V2_EVENTS, data)
     value = text[4:-1]
     if text[:4] == "max " and text[-1:] == "\n" and value.isascii() and value.isdigit() and len(value) <= 19:
         assert found is not None
