@@ -211,10 +211,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def proxy_process(directory: Path, inner_address: str, agent_address: str, namespace: str) -> Iterator[str]:
+def proxy_process(
+    directory: Path, inner_address: str, agent_address: str, namespace: str, name: str = "proxy"
+) -> Iterator[str]:
     """The proxy shim's serving process (``shimstats.proxy`` ``serve``: the relay, as ``start`` forks it) in
-    front of ``inner_address`` (a real runc shim), Stats from the agent as v1; yields its address."""
-    path = directory / "proxy.sock"
+    front of ``inner_address`` (a real runc shim), Stats from the agent as v1, listening at ``name``.sock;
+    yields its address."""
+    path = directory / f"{name}.sock"
     argv = [sys.executable, "-m", "shimstats.proxy", "-namespace", namespace, "-id", "bench"]
     argv += ["--listen", f"unix://{path}", "--inner", inner_address, "--agent", agent_address]
     argv += ["--metrics-format", "v1", "--stats-fallback", "error", "serve"]

@@ -2,11 +2,12 @@
 
 ``python -m bench.cpu_split [--calls N] [--rounds R]`` (root; a real containerd 1.6 + runc, as bench.e2e)
 
-The same three sides as bench.e2e (the runc shim; ``shimstats serve`` → guest agent; the proxy's serving
-process → guest agent), one caller, one call at a time. For each side it reads the user and system CPU of
-every process on the path from /proc/PID/stat (all threads) before and after R rounds of N calls, and
-prints each process's CPU per call beside the wall time per call. The servers are found by their listening
-sockets (/proc/net/unix), the agent is the one the harness started.
+The same four sides as bench.e2e (the runc shim; ``shimstats serve`` → guest agent; the proxy's serving
+process → guest agent; that relay → an agent answering ready bytes), one caller, one call at a time. For
+each side it reads the user and system CPU of every process on the path from /proc/PID/stat (all threads)
+before and after R rounds of N calls, and prints each process's CPU per call beside the wall time per call.
+The servers are found by their listening sockets (/proc/net/unix), the agent is the one the harness
+started.
 
 One caller waits for each answer, so the processes run one after another: when the CPU per call of the
 processes on a path adds up to about its wall time, the path is its CPU, and a process's share is what
@@ -25,9 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import print_rows
-from bench.e2e import FakeContainerdSide, three_sides
+from bench.e2e import NAMES, FakeContainerdSide, Sides, sides
 from shimstats.ttrpc import Client
-from tests.containerd_env import Container
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -82,14 +82,13 @@ async def split(side: FakeContainerdSide, pids: Sequence[int | None], calls: int
     return [*cells, f"{cpu_sum * per_call:.0f}"]
 
 
-async def measure(
-    addresses: Sequence[str], agent_pid: int, container: Container, args: argparse.Namespace
-) -> None:
+async def measure(found: Sides, args: argparse.Namespace) -> None:
     rows = []
-    for name, address in zip(("runc shim", "serve", "proxy"), addresses):
-        side = FakeContainerdSide(await Client.connect(address), container)
+    agents = (None, found.agent_pid, found.agent_pid, listener_pid(found.ready_agent))
+    for name, address, agent_pid in zip(NAMES, found.addresses, agents):
+        side = FakeContainerdSide(await Client.connect(address), found.container)
         try:
-            pids = [os.getpid(), listener_pid(address), None if name == "runc shim" else agent_pid]
+            pids = [os.getpid(), listener_pid(address), agent_pid]
             rows.append([name, *await split(side, pids, args.calls, args.rounds)])
         finally:
             await side.client.close()
@@ -105,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3000, help="calls per round and side")
     args = parser.parse_args(argv)
-    with three_sides() as (container, agent_pid, addresses):
-        asyncio.run(measure(addresses, agent_pid, container, args))
+    with sides() as found:
+        asyncio.run(measure(found, args))
     return 0
 
 

@@ -60,12 +60,16 @@ def _canned() -> bytes:
     return shim_pb2.StatsResponse(stats=cri.encode_metrics(metrics)).SerializeToString()
 
 
-def _kata_answer() -> bytes:
-    """A StatsContainerResponse for the captured page-cache container (the tree bench.throughput copies)."""
-    meta = json.loads((PAGECACHE_V1 / "meta.json").read_text())
-    reader = CgroupReader(detect_layout(str(PAGECACHE_V1 / "cgroup")), meminfo=str(PAGECACHE_V1 / "meminfo"))
+def _kata_answer(cgroup: str | None = None) -> bytes:
+    """A StatsContainerResponse read once: of the live ``cgroup`` under /sys/fs/cgroup, or else of the
+    captured page-cache container (the tree bench.throughput copies)."""
+    root, meminfo = "/sys/fs/cgroup", "/proc/meminfo"
+    if cgroup is None:
+        cgroup = json.loads((PAGECACHE_V1 / "meta.json").read_text())["container_path"]
+        root, meminfo = str(PAGECACHE_V1 / "cgroup"), str(PAGECACHE_V1 / "meminfo")
+    reader = CgroupReader(detect_layout(root), meminfo=meminfo)
     try:
-        return to_response(reader.read(meta["container_path"])).SerializeToString()
+        return to_response(reader.read(cgroup)).SerializeToString()
     finally:
         reader.close()
 
@@ -77,16 +81,17 @@ def _ready(answer: bytes) -> Callable[[bytes, CallContext], bytes]:
     return handler
 
 
-def _server() -> Server:
-    """Task/Stats and the agent's StatsContainer, each answering its ready bytes."""
+def _server(cgroup: str | None = None) -> Server:
+    """Task/Stats and the agent's StatsContainer (``cgroup``'s answer: see _kata_answer), each answering its
+    ready bytes."""
     server = Server()
     server.register(TASK_SERVICE, {"Stats": _ready(_canned())})
-    server.register(AGENT_SERVICE, {"StatsContainer": _ready(_kata_answer())})
+    server.register(AGENT_SERVICE, {"StatsContainer": _ready(_kata_answer(cgroup))})
     return server
 
 
-async def _serve(address: str) -> None:
-    await _server().serve(address)
+async def _serve(address: str, cgroup: str | None) -> None:
+    await _server(cgroup).serve(address)
 
 
 def _serve_threaded(address: str, agent_address: str) -> None:
@@ -120,6 +125,15 @@ def _process(path: Path, *args: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def ready_agent(path: Path, cgroup: str | None = None) -> Iterator[str]:
+    """An agent that does no work, serving at ``path``: StatsContainer answered with the bytes of one answer
+    read at its start (the live ``cgroup``'s, or the captured page-cache container's); yields its address."""
+    answer = ["--answer-cgroup", cgroup] if cgroup is not None else []
+    with _process(path, "--serve", f"unix://{path}", *answer) as address:
+        yield address
 
 
 class _Side:
@@ -174,18 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10_000, help="calls per server, over all rounds")
     parser.add_argument("--callers", type=int, default=1, help="concurrent calls per connection")
     parser.add_argument("--serve", metavar="ADDR", help=argparse.SUPPRESS)  # the other process's role
+    parser.add_argument("--answer-cgroup", help=argparse.SUPPRESS)  # --serve's answer: this live cgroup's
     parser.add_argument("--serve-threaded", nargs=2, metavar=("ADDR", "AGENT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve(args.serve))
+        asyncio.run(_serve(args.serve, args.answer_cgroup))
         return 0
     if args.serve_threaded:
         _serve_threaded(*args.serve_threaded)
         return 0
     with short_tmp() as directory, contextlib.ExitStack() as stack:
-        other = stack.enter_context(
-            _process(directory / "other.sock", "--serve", f"unix://{directory}/other.sock")
-        )
+        other = stack.enter_context(ready_agent(directory / "other.sock"))
         adapter = stack.enter_context(adapter_process(directory, other))
         threaded_path = directory / "threaded.sock"
         threaded = stack.enter_context(
