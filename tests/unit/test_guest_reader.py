@@ -21,7 +21,14 @@ from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
 from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio, parse_plain_v2
 from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import CgroupCounter, CgroupHugetlb, CgroupPids, CgroupRecord, CgroupThrottling
+from guest_agent.record import (
+    CgroupCounter,
+    CgroupHugetlb,
+    CgroupIo,
+    CgroupPids,
+    CgroupRecord,
+    CgroupThrottling,
+)
 from tests.translate_builders import FIXTURES, fixture_names
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
@@ -812,3 +819,27 @@ def test_v2_cpu_stat_without_the_cpu_controller_in_one_go(tmp_path, monkeypatch)
     assert expected.cpu.throttling is None
     assert expected.cpu.usage is not None
     assert expected.cpu.usage.total == 7000
+
+
+@pytest.mark.parametrize("change", ["garbled", "removed", "device line"])
+def test_v2_an_empty_io_stat_is_no_devices_and_a_changed_one_reads_as_alone(tmp_path, change):
+    # No block I/O: io.stat is empty, no devices and no miss; then rewritten or removed between reads, it
+    # reads as a reader that never saw it empty reads it.
+    layout = v2_tree(tmp_path)
+    path = tmp_path / "c1" / "io.stat"
+    path.write_bytes(b"")
+    reader = CgroupReader(layout)
+    assert reader.read("/c1").blkio == CgroupIo(())
+    assert reader.read("/c1").blkio == CgroupIo(())
+    if change == "removed":
+        path.unlink()
+    else:
+        path.write_text(
+            "8:0 rbytes=x\n" if change == "garbled" else "254:0 rbytes=1 wbytes=2 rios=3 wios=4\n"
+        )
+    fresh = CgroupReader(layout)
+    got = reader.read("/c1")
+    assert got == fresh.read("/c1")
+    assert reader.errors.snapshot() == fresh.errors.snapshot()
+    assert (got.blkio is None) == (change == "removed")
+    assert reader.errors.snapshot() == ({"io.stat": 1} if change == "garbled" else {})
