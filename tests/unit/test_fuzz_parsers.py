@@ -373,11 +373,10 @@ def _optional_line(key: str, value: int | None) -> str:
 
 V2_VALUE = U19.map(lambda n: f"{n}\n")
 V2_LIMIT = st.one_of(st.just("max\n"), V2_VALUE)
-V2_MEMORY_EVENTS = st.tuples(st.lists(U19, min_size=5, max_size=5), st.none() | U19, st.none() | U19).map(
+V2_MEMORY_EVENTS = st.tuples(st.lists(U19, min_size=5, max_size=5), st.none() | U19).map(
     lambda t: (
         "".join(f"{k} {v}\n" for k, v in zip(("low", "high", "max", "oom", "oom_kill"), t[0]))
         + _optional_line("oom_group_kill", t[1])
-        + _optional_line("sock_throttled", t[2])
     )
 )
 V2_SWAP_EVENTS = st.tuples(st.none() | U19, U19, U19).map(
