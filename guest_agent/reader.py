@@ -499,7 +499,8 @@ class CgroupReader:
             if c["memory"].version == 1:
                 memory_rec = self._memory_v1(mem, extras)
             else:
-                plain = None if root or cpu is None else self._plain_v2(mem, cpu)
+                if not root and cpu is not None and c["cpu"].version == 2:  # a hybrid may keep cpu on v1
+                    plain = self._plain_v2(mem, cpu)
                 memory_rec = self._memory_v2(mem, root, plain)
         cpu_rec = None
         if cpu is not None and c["cpu"].version == 2:
