@@ -263,6 +263,84 @@ def parse_plain_cpu_v1(data: Sequence[bytes]) -> PlainCpuV1 | None:
     )
 
 
+_PLAIN_V2_MEMORY = (
+    rb"([0-9]{1,19}+)\n\0([0-9]{1,19}+)\n\0([0-9]{1,19}+|max)\n"
+    rb"\0low ([0-9]{1,19}+)\nhigh ([0-9]{1,19}+)\nmax ([0-9]{1,19}+)\noom ([0-9]{1,19}+)\n"
+    rb"oom_kill ([0-9]{1,19}+)\n(?:oom_group_kill ([0-9]{1,19}+)\n)?"
+)
+_PLAIN_V2_SWAP_CURRENT = rb"\0([0-9]{1,19}+)\n"
+_PLAIN_V2_SWAP_REST = (
+    rb"\0([0-9]{1,19}+)\n\0([0-9]{1,19}+|max)\n"
+    rb"\0(?:high [0-9]{1,19}+\n)?max [0-9]{1,19}+\nfail ([0-9]{1,19}+)\n"
+)
+_PLAIN_V2_CPU = (
+    rb"\0usage_usec ([0-9]{1,19}+)\nuser_usec ([0-9]{1,19}+)\nsystem_usec ([0-9]{1,19}+)\n"
+    rb"(?:core_sched\.force_idle_usec [0-9]{1,19}+\n)?"
+    rb"(?:nr_periods ([0-9]{1,19}+)\nnr_throttled ([0-9]{1,19}+)\nthrottled_usec ([0-9]{1,19}+)\n"
+    rb"(?:nr_bursts [0-9]{1,19}+\nburst_usec [0-9]{1,19}+\n)?)?"
+)
+_PLAIN_V2 = compile_fast_path(_PLAIN_V2_MEMORY + _PLAIN_V2_SWAP_CURRENT + _PLAIN_V2_CPU + _PLAIN_V2_SWAP_REST)
+_PLAIN_V2_NO_SWAP = compile_fast_path(_PLAIN_V2_MEMORY + _PLAIN_V2_CPU)
+"""cgroup v2's memory.current, memory.peak, memory.max, memory.events, [memory.swap.current,] cpu.stat,
+[memory.swap.peak, memory.swap.max, memory.swap.events] as the kernel writes them, joined by NULs (in the
+order the reader finds them: without swap accounting it stops at memory.swap.current): the lines later
+kernels add to memory.events (``oom_group_kill``, 5.17+) and cpu.stat (``core_sched.force_idle_usec``, the
+burst lines) optional, cpu.stat with or without the cpu controller's lines; any other spelling goes file by
+file. No part of it matches a NUL, so
+a match holds each file in its own part."""
+
+
+class PlainV2(NamedTuple):
+    """What parse_plain_v2 reads; cpu times in µs, as cpu.stat has them."""
+
+    usage: int
+    peak: int
+    limit: int
+    events: dict[str, int]
+    swap: tuple[int, int, int, int] | None
+    """memory.swap.current, .peak, the ``fail`` count of memory.swap.events and memory.swap.max (a page
+    counter's order); None without ``swap``."""
+    cpu_usage: int
+    cpu_user: int
+    cpu_system: int
+    throttling: tuple[int, int, int] | None
+    """nr_periods, nr_throttled, throttled_usec: None when cpu.stat has no cpu controller lines."""
+
+
+_MEMORY_EVENTS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+def _limit(value: bytes) -> int:
+    return U64_MAX if value == b"max" else int(value)
+
+
+def parse_plain_v2(data: Sequence[bytes], swap: bool) -> PlainV2 | None:
+    """The v2 memory and cpu files (memory.current, memory.peak, memory.max, memory.events, with ``swap``
+    memory.swap.current, then cpu.stat, with ``swap`` memory.swap.peak, .max and .events) when each is as the
+    kernel writes it: one regex and the conversions in C, where the files one by one cost a read and a parser
+    call each and a dict per keyed file (some 130k instructions a Stats); None when any file is otherwise, and
+    the caller parses each under its own rules (parse_single, parse_flat_keyed)."""
+    found = (_PLAIN_V2 if swap else _PLAIN_V2_NO_SWAP).fullmatch(b"\0".join(data))
+    if found is None:
+        return None
+    groups = found.groups()
+    # memory.events by its kernel names, kept (a kept string carries its hash); zip stops at the last line.
+    events = dict(zip(_MEMORY_EVENTS if groups[8] is not None else _MEMORY_EVENTS[:5], map(int, groups[3:9])))
+    cpu = groups[10:16] if swap else groups[9:15]
+    periods = cpu[3]
+    return PlainV2(
+        int(groups[0]),
+        int(groups[1]),
+        _limit(groups[2]),
+        events,
+        (int(groups[9]), int(groups[16]), int(groups[18]), _limit(groups[17])) if swap else None,
+        int(cpu[0]),
+        int(cpu[1]),
+        int(cpu[2]),
+        None if periods is None else (int(periods), int(cpu[4]), int(cpu[5])),
+    )
+
+
 def _device(token: str, source: str, line: int) -> tuple[int, int]:
     """A ``major:minor`` device number."""
     major, sep, minor = token.partition(":")

@@ -51,6 +51,8 @@ from guest_agent.parse import (
     U64_MAX,
     BlkioLine,
     CgroupFormatError,
+    IoStatLine,
+    PlainV2,
     compile_fast_path,
     decode,
     hugetlb_size_bytes,
@@ -62,6 +64,7 @@ from guest_agent.parse import (
     parse_nested_keyed,
     parse_plain_cpu_v1,
     parse_plain_singles,
+    parse_plain_v2,
     parse_single_bytes,
 )
 from guest_agent.read_errors import ReadErrors
@@ -132,6 +135,10 @@ _V1_MEMORY_ALL = (*_V1_COUNTERS["memory.memsw."], *_V1_COUNTERS["memory.kmem."],
 """Swap first: without swap accounting the attempt stops at its first file."""
 _V2_MEMORY = ("memory.current", "memory.peak", "memory.max")
 _V2_SWAP = ("memory.swap.current", "memory.swap.peak", "memory.swap.max")
+_V2_MEMORY_IN_ONE_GO = (*_V2_MEMORY, "memory.events", "memory.swap.current")
+_V2_SWAP_REST = ("memory.swap.peak", "memory.swap.max", "memory.swap.events")
+"""A v2 cgroup's memory files but memory.stat, read in one go (_plain_v2): the first run, cpu.stat, then the
+swap files with swap accounting, in parse_plain_v2's order."""
 _PIDS = ("pids.current", "pids.max")
 _CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
 _CPU_STAT = ("cpu.stat",)
@@ -150,7 +157,6 @@ _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
 
 T = TypeVar("T")
-L = TypeVar("L")
 LenientParser = Callable[[str, str, list[CgroupFormatError]], T]
 """A multi-line parser that leaves a malformed line out and keeps it in its third argument."""
 
@@ -306,9 +312,14 @@ class _Dir:
         """A ``key value`` file, malformed lines left out (misses); None when absent."""
         return self._load(name, self._flat_keyed, strength)
 
-    def lines(self, name: str, parse: LenientParser[list[L]], strength: Strength) -> list[L] | None:
-        """A file of one record per line (io.stat), malformed lines left out (misses)."""
-        return self._load(name, lambda data, path: self._lenient(parse, data, path), strength)
+    def io_devices(self) -> list[IoStatLine] | None:
+        """v2 io.stat's device lines, malformed lines left out (misses); None when absent."""
+        return self._load("io.stat", self._io_lines, "optional")
+
+    def _io_lines(self, data: bytes, path: str) -> list[IoStatLine]:
+        # A cgroup whose processes have done no block I/O (the captured v2 container's) has an empty io.stat:
+        # parse_nested_keyed gives [] for it, here without its calls (some 6k instructions).
+        return self._lenient(parse_nested_keyed, data, path) if data else []
 
     def blkio(self, name: str, strength: Strength) -> list[BlkioLine] | None:
         """A v1 blkio file's device lines, as lines(name, parse_blkio) reads them."""
@@ -482,13 +493,18 @@ class CgroupReader:
         dirs = where.dirs
         root = path == "/"
         memory_rec = None
-        if (mem := dirs.get("memory")) is not None:
-            v1 = c["memory"].version == 1
-            memory_rec = self._memory_v1(mem, extras) if v1 else self._memory_v2(mem, root)
-        cpu_rec = None
         cpu = dirs.get("cpu")
+        plain = None
+        if (mem := dirs.get("memory")) is not None:
+            if c["memory"].version == 1:
+                memory_rec = self._memory_v1(mem, extras)
+            else:
+                if not root and cpu is not None and c["cpu"].version == 2:  # a hybrid may keep cpu on v1
+                    plain = self._plain_v2(mem, cpu)
+                memory_rec = self._memory_v2(mem, root, plain)
+        cpu_rec = None
         if cpu is not None and c["cpu"].version == 2:
-            cpu_rec = self._cpu_v2(cpu)
+            cpu_rec = self._cpu_v2(cpu, plain)
         elif cpu is not None or "cpuacct" in c:
             cpu_rec = self._cpu_v1(cpu, dirs.get("cpuacct"))
         blkio_rec: CgroupBlkio | CgroupIo | None = None
@@ -540,7 +556,32 @@ class CgroupReader:
             1, usage, swap, kernel, d.key(stat, "cache", "memory.stat"), use_hierarchy == 1, stat
         )
 
-    def _memory_v2(self, d: _Dir, root: bool) -> CgroupMemory | None:
+    def _plain_v2(self, mem: _Dir, cpu: _Dir) -> PlainV2 | None:
+        """The v2 memory files but memory.stat and cpu.stat, read in one go and parsed in one, when each is
+        open (or an optional file remembered absent) and as the kernel writes it; None otherwise, and each is
+        read on its own under its own rules. Why: memory.events, memory.swap.events and cpu.stat one by one
+        cost a read, a parser call and a dict each. An absent peak file reads as 0, as it does alone; without
+        memory.swap.current the other swap files are not looked at (no swap accounting), as alone."""
+        files = self.files
+        found = files.read_open(mem.paths.run(_V2_MEMORY_IN_ONE_GO) + cpu.paths.run(_CPU_STAT), absent=True)
+        if found is None:
+            return None
+        if found[1] is None:
+            found[1] = _ZERO
+        swap = found[4] is not None
+        if not swap:
+            del found[4]
+        elif (rest := files.read_open(mem.paths.run(_V2_SWAP_REST), absent=True)) is None:
+            return None
+        else:
+            found += rest
+            if found[6] is None:
+                found[6] = _ZERO
+        if None in found:
+            return None
+        return parse_plain_v2(cast("list[bytes]", found), swap)
+
+    def _memory_v2(self, d: _Dir, root: bool, one_go: PlainV2 | None) -> CgroupMemory | None:
         stat = d.required_stat()
         if stat is None:
             return None
@@ -550,6 +591,10 @@ class CgroupReader:
             anon_file = d.need_key(stat, "anon", "memory.stat") + d.need_key(stat, "file", "memory.stat")
             usage = CgroupCounter(usage=anon_file, max_usage=0, failcnt=0, limit=U64_MAX)
             swap = self._root_swap(d)
+        elif one_go is not None:  # read in one go (_plain_v2)
+            events = one_go.events
+            usage = CgroupCounter(one_go.usage, one_go.peak, events["max"], one_go.limit)
+            swap = None if one_go.swap is None else CgroupCounter._make(one_go.swap)
         else:
             events_read = d.keyed("memory.events", "expected")
             events = events_read or {}
@@ -565,16 +610,10 @@ class CgroupReader:
                 )
             swap = self._swap_v2(d)
         kernel = stat["kernel"] if "kernel" in stat else sum(stat.get(k, 0) for k in KERNEL_PARTS)
-        return CgroupMemory(
-            version=2,
-            usage=usage,
-            swap=swap,
-            kernel=CgroupCounter(usage=kernel, max_usage=0, failcnt=0, limit=U64_MAX),
-            cache=d.key(stat, "file", "memory.stat"),
-            use_hierarchy=True,
-            stat=stat,
-            events=events,
-        )
+        # Positional, in CgroupMemory's field order (keywords cost some 3k instructions); no kernel_tcp on v2.
+        kernel_counter = CgroupCounter(kernel, 0, 0, U64_MAX)
+        cache = d.key(stat, "file", "memory.stat")
+        return CgroupMemory(2, usage, swap, kernel_counter, cache, True, stat, None, events)
 
     @staticmethod
     def _swap_v2(d: _Dir) -> CgroupCounter | None:
@@ -637,7 +676,17 @@ class CgroupReader:
         return CgroupCpu(usage=usage, throttling=throttling)
 
     @staticmethod
-    def _cpu_v2(d: _Dir) -> CgroupCpu | None:
+    def _cpu_v2(d: _Dir, plain: PlainV2 | None) -> CgroupCpu | None:
+        if plain is not None:  # read in one go (_plain_v2)
+            throttled = plain.throttling
+            return CgroupCpu(
+                CgroupCpuUsage(
+                    plain.cpu_usage * _NS_PER_US, plain.cpu_user * _NS_PER_US, plain.cpu_system * _NS_PER_US
+                ),
+                None
+                if throttled is None
+                else CgroupThrottling(throttled[0], throttled[1], throttled[2] * _NS_PER_US),
+            )
         stat = d.keyed("cpu.stat")
         if stat is None:
             return None
@@ -688,7 +737,7 @@ class CgroupReader:
 
     @staticmethod
     def _io_v2(d: _Dir) -> CgroupIo | None:
-        devices = d.lines("io.stat", parse_nested_keyed, "optional")
+        devices = d.io_devices()
         return None if devices is None else CgroupIo(tuple(devices))
 
     def _hugetlb(self, h: Hierarchy, d: _Dir, path: str) -> dict[str, CgroupHugetlb]:

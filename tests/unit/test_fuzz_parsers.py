@@ -22,6 +22,7 @@ from guest_agent.parse import (
     BlkioLine,
     CgroupFormatError,
     PlainCpuV1,
+    PlainV2,
     decode,
     flat_keyed_lines,
     parse_blkio,
@@ -33,6 +34,7 @@ from guest_agent.parse import (
     parse_nested_keyed,
     parse_plain_cpu_v1,
     parse_plain_singles,
+    parse_plain_v2,
     parse_single,
     parse_single_bytes,
 )
@@ -363,3 +365,112 @@ def test_v2_hugetlb_events_in_one_go_read_as_the_flat_keyed_parser(text: str) ->
         skipped: list[CgroupFormatError] = []
         assert parse_flat_keyed(decode(data, "f"), "f", skipped) == {"max": int(found[1])}
         assert skipped == []
+
+
+def _optional_line(key: str, value: int | None) -> str:
+    return "" if value is None else f"{key} {value}\n"
+
+
+V2_VALUE = U19.map(lambda n: f"{n}\n")
+V2_LIMIT = st.one_of(st.just("max\n"), V2_VALUE)
+V2_MEMORY_EVENTS = st.tuples(st.lists(U19, min_size=5, max_size=5), st.none() | U19).map(
+    lambda t: (
+        "".join(f"{k} {v}\n" for k, v in zip(("low", "high", "max", "oom", "oom_kill"), t[0]))
+        + _optional_line("oom_group_kill", t[1])
+    )
+)
+V2_SWAP_EVENTS = st.tuples(st.none() | U19, U19, U19).map(
+    lambda t: _optional_line("high", t[0]) + f"max {t[1]}\nfail {t[2]}\n"
+)
+V2_CPU_STAT = st.tuples(
+    st.lists(U19, min_size=3, max_size=3),
+    st.none() | U19,
+    st.none() | st.tuples(st.lists(U19, min_size=3, max_size=3), st.none() | st.tuples(U19, U19)),
+).map(
+    lambda t: (
+        "".join(f"{k} {v}\n" for k, v in zip(("usage_usec", "user_usec", "system_usec"), t[0]))
+        + _optional_line("core_sched.force_idle_usec", t[1])
+        + (
+            ""
+            if t[2] is None
+            else "".join(
+                f"{k} {v}\n" for k, v in zip(("nr_periods", "nr_throttled", "throttled_usec"), t[2][0])
+            )
+            + ("" if t[2][1] is None else f"nr_bursts {t[2][1][0]}\nburst_usec {t[2][1][1]}\n")
+        )
+    )
+)
+V2_AS_WRITTEN = (
+    V2_VALUE,  # memory.current
+    V2_VALUE,  # memory.peak
+    V2_LIMIT,  # memory.max
+    V2_MEMORY_EVENTS,
+    V2_VALUE,  # memory.swap.current
+    V2_CPU_STAT,
+    V2_VALUE,  # memory.swap.peak
+    V2_LIMIT,  # memory.swap.max
+    V2_SWAP_EVENTS,
+)
+"""The files parse_plain_v2 takes with swap accounting, in its order, as a v2 kernel writes them; without
+it, memory.swap.current and the three after cpu.stat are not there."""
+_V2_SWAP_FILES = (4, 6, 7, 8)
+
+
+def _v2_one_by_one(data: list[bytes], swap: bool) -> PlainV2 | None:
+    """The files through the reader's file-by-file parsers and rules (_memory_v2, _swap_v2, _cpu_v2); None if
+    any figure would be left out."""
+    skipped: list[CgroupFormatError] = []
+    cpu_data, swap_read = data[5 if swap else 4], None
+    try:
+        usage, peak, limit = (parse_single_bytes(d, "f") for d in data[:3])
+        events = parse_flat_keyed(decode(data[3], "f"), "f", skipped)
+        if swap:
+            swap_events = parse_flat_keyed(decode(data[8], "f"), "f", skipped)
+            swap_read = (
+                parse_single_bytes(data[4], "f"),
+                parse_single_bytes(data[6], "f"),
+                swap_events.get("fail", 0),
+                parse_single_bytes(data[7], "f"),
+            )
+        stat = parse_flat_keyed(decode(cpu_data, "f"), "f", skipped)
+        throttling = None
+        if "nr_periods" in stat:
+            throttling = (stat["nr_periods"], stat["nr_throttled"], stat["throttled_usec"])
+        read = PlainV2(
+            usage,
+            peak,
+            limit,
+            events,
+            swap_read,
+            stat["usage_usec"],
+            stat["user_usec"],
+            stat["system_usec"],
+            throttling,
+        )
+        return None if skipped or "max" not in events else read
+    except (CgroupFormatError, KeyError):
+        return None
+
+
+@BUDGET
+@given(
+    files=st.tuples(*V2_AS_WRITTEN),
+    garbled=st.dictionaries(st.integers(0, len(V2_AS_WRITTEN) - 1), GARBLED, max_size=2),
+    swap=st.booleans(),
+)
+def test_v2_memory_and_cpu_files_read_in_one_go_read_as_each_alone(
+    files: tuple[str, ...], garbled: dict[int, str], swap: bool
+) -> None:
+    """parse_plain_v2 gives what the files' own parsers give when each is as the kernel writes it (with and
+    without swap accounting, with and without the lines only some kernels write), and None (each file then
+    read alone) for anything it does not take, never a different value."""
+    texts = [garbled.get(i, text) for i, text in enumerate(files)]
+    if not swap:
+        texts = [text for i, text in enumerate(texts) if i not in _V2_SWAP_FILES]
+    data = [text.encode("utf-8") for text in texts]
+    plain = parse_plain_v2(data, swap)
+    if not garbled:
+        assert plain is not None
+    if plain is not None:
+        assert plain == _v2_one_by_one(data, swap)
+    _same_under_greedy(parse._PLAIN_V2 if swap else parse._PLAIN_V2_NO_SWAP, b"\0".join(data))

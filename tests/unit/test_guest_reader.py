@@ -15,12 +15,20 @@ from typing import Any
 
 import pytest
 
+from guest_agent import reader as reader_module
 from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout, detect_layout
 from guest_agent.names import KERNEL_PARTS
-from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio
+from guest_agent.parse import U64_MAX, BlkioLine, CgroupFormatError, parse_blkio, parse_plain_v2
 from guest_agent.reader import _NO_DEVICES, MAX_WHERE, CgroupGone, CgroupReader, IncompleteCgroup
-from guest_agent.record import CgroupCounter, CgroupHugetlb, CgroupPids, CgroupThrottling
+from guest_agent.record import (
+    CgroupCounter,
+    CgroupHugetlb,
+    CgroupIo,
+    CgroupPids,
+    CgroupRecord,
+    CgroupThrottling,
+)
 from tests.translate_builders import FIXTURES, fixture_names
 
 V1_LIMIT = 9223372036854771712  # PAGE_COUNTER_MAX * PAGE_SIZE: v1's "no limit"
@@ -710,3 +718,130 @@ def test_v2_hugetlb_read_in_one_go_reads_as_file_by_file(tmp_path):
     (tmp_path / "c1" / "hugetlb.2MB.events").write_text("max five\n")
     assert reader.read("/c1").hugetlb == {"2MB": CgroupHugetlb(usage=4 << 20, max_usage=0, failcnt=0)}
     assert reader.errors.snapshot() == {"hugetlb.2MB.events": 1}
+
+
+V2_ONE_GO = (*reader_module._V2_MEMORY_IN_ONE_GO, "cpu.stat", *reader_module._V2_SWAP_REST)
+"""The files _plain_v2 reads in one go (every v2 memory and cpu file but memory.stat)."""
+
+
+def count_one_go(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the reads whose v2 memory and cpu files were taken in one go: [taken, fell back]."""
+    counts = [0, 0]
+
+    def counted(data: Sequence[bytes], swap: bool) -> Any:
+        found = parse_plain_v2(data, swap)
+        counts[found is None] += 1
+        return found
+
+    monkeypatch.setattr("guest_agent.reader.parse_plain_v2", counted)
+    return counts
+
+
+def read_outcome(reader: CgroupReader, path: str) -> object:
+    """The record, or the error the read raised (its type and text)."""
+    try:
+        return reader.read(path)
+    except (LookupError, RuntimeError, ValueError) as e:
+        return type(e), str(e)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "trusted"),
+    [(name, "garbled", trusted) for name in V2_ONE_GO for trusted in (False, True)]
+    + [(name, "removed", False) for name in V2_ONE_GO],
+)
+def test_v2_memory_and_cpu_in_one_go_a_changed_file_costs_what_it_costs_alone(
+    tmp_path, monkeypatch, name, change, trusted
+):
+    # Read in one go from the second read on; then one file garbled in place or removed: the read falls back
+    # to each file's own rules, so the record and the read errors are those of a reader that never took the
+    # one go (a captured tree's reader checks each inode, so a removed file is seen; the trusted one takes
+    # the tree as kernfs, where only an in-place rewrite can happen).
+    counts = count_one_go(monkeypatch)
+    layout = v2_tree(tmp_path)
+    files = CountingFiles(kernfs_devices=[os.stat(tmp_path).st_dev] if trusted else (), absent_for=ABSENT_FOR)
+    reader = CgroupReader(layout, files=files)
+    expected = CgroupReader(layout).read("/c1")
+    assert reader.read("/c1") == expected
+    assert reader.read("/c1") == expected
+    taken = counts[0]
+    assert taken >= 1
+    path = tmp_path / "c1" / name
+    original = path.read_bytes()
+    if change == "garbled":
+        path.write_text("garbled line\n")
+    else:
+        path.unlink()
+    fresh = CgroupReader(layout)
+    got = read_outcome(reader, "/c1")
+    assert got == read_outcome(fresh, "/c1")
+    assert reader.errors.snapshot() == fresh.errors.snapshot()
+    assert counts[0] == taken  # not taken with the changed file
+    if not isinstance(got, CgroupRecord):  # memory.current is required: both raise
+        assert name == "memory.current"
+    else:  # the rest of the record is untouched
+        assert got._replace(memory=None, cpu=None) == expected._replace(memory=None, cpu=None)
+    if change == "garbled":
+        path.write_bytes(original)
+        assert reader.read("/c1") == expected
+        assert counts[0] == taken + 1
+
+
+def read_in_one_go(layout: Layout, root: Path, counts: list[int]) -> tuple[CgroupReader, CgroupRecord]:
+    """A trusted reader that has read /c1 twice, the second time in one go, and what a fresh reader reads."""
+    reader = trusted_reader(layout, root)
+    expected = CgroupReader(layout).read("/c1")
+    assert reader.read("/c1") == expected
+    assert reader.read("/c1") == expected
+    assert counts[0] >= 1
+    return reader, expected
+
+
+@pytest.mark.parametrize(("peak", "swap"), [(True, True), (False, True), (True, False), (False, False)])
+def test_v2_memory_and_cpu_in_one_go_with_the_files_older_kernels_lack(tmp_path, monkeypatch, peak, swap):
+    # memory.peak (5.19+) and memory.swap.peak (6.5+) absent read as 0, no swap accounting as no swap:
+    # the one go gives what the files alone give, and it is taken.
+    counts = count_one_go(monkeypatch)
+    layout = v2_tree(tmp_path, peak=peak, swap=swap)
+    if swap and not peak:
+        os.unlink(tmp_path / "c1" / "memory.swap.peak")
+    reader, expected = read_in_one_go(layout, tmp_path, counts)
+    assert expected.memory is not None
+    assert (expected.memory.swap is None) == (not swap)
+    assert reader.errors.snapshot() == {}
+
+
+def test_v2_cpu_stat_without_the_cpu_controller_in_one_go(tmp_path, monkeypatch):
+    # The cpu controller not enabled for the cgroup: cpu.stat has its three usage lines alone, no throttling.
+    counts = count_one_go(monkeypatch)
+    layout = v2_tree(tmp_path)
+    write(tmp_path / "c1", {"cpu.stat": {"usage_usec": 7, "user_usec": 3, "system_usec": 4}})
+    _, expected = read_in_one_go(layout, tmp_path, counts)
+    assert expected.cpu is not None
+    assert expected.cpu.throttling is None
+    assert expected.cpu.usage is not None
+    assert expected.cpu.usage.total == 7000
+
+
+@pytest.mark.parametrize("change", ["garbled", "removed", "device line"])
+def test_v2_an_empty_io_stat_is_no_devices_and_a_changed_one_reads_as_alone(tmp_path, change):
+    # No block I/O: io.stat is empty, no devices and no miss; then rewritten or removed between reads, it
+    # reads as a reader that never saw it empty reads it.
+    layout = v2_tree(tmp_path)
+    path = tmp_path / "c1" / "io.stat"
+    path.write_bytes(b"")
+    reader = CgroupReader(layout)
+    assert reader.read("/c1").blkio == CgroupIo(())
+    assert reader.read("/c1").blkio == CgroupIo(())
+    if change == "removed":
+        path.unlink()
+    else:
+        path.write_text(
+            "8:0 rbytes=x\n" if change == "garbled" else "254:0 rbytes=1 wbytes=2 rios=3 wios=4\n"
+        )
+    fresh = CgroupReader(layout)
+    got = reader.read("/c1")
+    assert got == fresh.read("/c1")
+    assert reader.errors.snapshot() == fresh.errors.snapshot()
+    assert (got.blkio is None) == (change == "removed")
+    assert reader.errors.snapshot() == ({"io.stat": 1} if change == "garbled" else {})
