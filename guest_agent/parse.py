@@ -286,8 +286,7 @@ _PLAIN_V2_NO_SWAP = compile_fast_path(_PLAIN_V2_MEMORY + _PLAIN_V2_CPU)
 order the reader finds them: without swap accounting it stops at memory.swap.current): the lines later
 kernels add to memory.events (``oom_group_kill``, 5.17+) and cpu.stat (``core_sched.force_idle_usec``, the
 burst lines) optional, cpu.stat with or without the cpu controller's lines; any other spelling goes file by
-file. No part of it matches a NUL, so
-a match holds each file in its own part."""
+file. No part of it matches a NUL, so a match holds each file in its own part."""
 
 
 class PlainV2(NamedTuple):
