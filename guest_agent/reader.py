@@ -147,11 +147,18 @@ _CPU_STAT = ("cpu.stat",)
 _BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
 """The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
-_HUGETLB_V2_EVENTS = compile_fast_path(rb"max ([0-9]{1,19}+)\n")
+"""A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
+_HUGETLB_V2_EVENTS_SPELLING = rb"max ([0-9]{1,19}+)\n"
+_HUGETLB_V2_EVENTS = compile_fast_path(_HUGETLB_V2_EVENTS_SPELLING)
 """A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
+_HUGETLB_V2_SIZE = rb"[0-9]{1,19}+\n\0" + _HUGETLB_V2_EVENTS_SPELLING
+_HUGETLB_V2_SIZES = compile_fast_path(_HUGETLB_V2_SIZE + rb"(?:\0" + _HUGETLB_V2_SIZE + rb")*+")
+"""v2's hugetlb.<size>.rsvd.current and hugetlb.<size>.events per page size as the kernel writes them, joined
+by NULs. No part of it matches a NUL, so a match holds each file in its own part."""
+MAX_SPELLINGS = 64
+"""cgroup.controllers spellings the reader keeps the hugetlb answer of; beyond that it starts over."""
 _ZERO = b"0\n"
 """What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
-"""A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
@@ -428,7 +435,9 @@ class CgroupReader:
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
         self._where: dict[str, _Where] = {}
-        self._hugetlb_v2_names: dict[str, tuple[str, str]] = {}
+        self._hugetlb_v2_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._lists_hugetlb: dict[bytes, bool] = {}
+        """cgroup.controllers' spellings seen, and whether each lists hugetlb (names only, never a value)."""
 
     def close(self) -> None:
         """Close the files kept open between reads."""
@@ -745,14 +754,15 @@ class CgroupReader:
         out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
             return out
-        if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
+        if h.version == 2:
+            sizes = self._hugetlb_sizes.get(h.mount)
+            if sizes is not None and (plain := self._hugetlb_v2_plain(d, sizes)) is not None:
+                return plain
+            # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
             enabled = d._load("cgroup.controllers", _words, "optional")
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
-            if h.version == 2 and (plain := self._hugetlb_v2_plain(d, size)) is not None:
-                out[size] = plain
-                continue
             # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
             prefix = f"hugetlb.{size}.rsvd."
             usage = d.number(prefix + anchor)
@@ -769,17 +779,37 @@ class CgroupReader:
             out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
 
-    def _hugetlb_v2_plain(self, d: _Dir, size: str) -> CgroupHugetlb | None:
-        """A v2 page size's hugetlb.<size>.rsvd.current and .events in one go, when both are open and as the
-        kernel writes them; None otherwise, and the caller reads them one by one under their own rules."""
-        names = self._hugetlb_v2_names.get(size)
+    def _hugetlb_v2_plain(self, d: _Dir, sizes: tuple[str, ...]) -> dict[str, CgroupHugetlb] | None:
+        """A v2 cgroup's hugetlb: cgroup.controllers and each page size's hugetlb.<size>.rsvd.current and
+        .events in one go, when each is open and as the kernel writes it; None otherwise, and they are read
+        one by one under their own rules. Why: one by one they cost a read of cgroup.controllers, its decode
+        and split, and a read and two parses a page size (some 60k instructions a Stats with two sizes).
+        What is kept across reads is names only: the file names per set of sizes, and whether a
+        cgroup.controllers spelling lists hugetlb (the file itself is read every time)."""
+        names = self._hugetlb_v2_names.get(sizes)
         if names is None:
-            names = self._hugetlb_v2_names[size] = (f"hugetlb.{size}.rsvd.current", f"hugetlb.{size}.events")
+            names = self._hugetlb_v2_names[sizes] = (
+                "cgroup.controllers",
+                *(f"hugetlb.{size}.{name}" for size in sizes for name in ("rsvd.current", "events")),
+            )
         data = d.files.read_open(d.paths.run(names))
-        if data is None or (usage := parse_plain_singles(data[:1])) is None:
+        if data is None:
             return None
-        events = _HUGETLB_V2_EVENTS.fullmatch(data[1])
-        return None if events is None else CgroupHugetlb(usage[0], 0, int(events[1]))
+        controllers = data[0]
+        listed = self._lists_hugetlb.get(controllers)
+        if listed is None:
+            if not controllers.isascii():  # garbled: read alone, it is a miss
+                return None
+            if len(self._lists_hugetlb) >= MAX_SPELLINGS:
+                self._lists_hugetlb.clear()
+            listed = self._lists_hugetlb[controllers] = "hugetlb" in controllers.decode("ascii").split()
+        if not listed:
+            return {}
+        joined = b"\0".join(data[1:])
+        if _HUGETLB_V2_SIZES.fullmatch(joined) is None:
+            return None
+        values = map(int, joined.translate(None, b"\0max").split())  # usage, failcnt per size
+        return {size: CgroupHugetlb(usage, 0, failcnt) for size, usage, failcnt in zip(sizes, values, values)}
 
     def _page_sizes(self, h: Hierarchy, directory: str, anchor: str) -> tuple[str, ...]:
         """The huge page sizes of this hierarchy, from the first cgroup directory that lists any (cached)."""
