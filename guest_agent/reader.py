@@ -140,6 +140,8 @@ _V2_SWAP_REST = ("memory.swap.peak", "memory.swap.max", "memory.swap.events")
 """A v2 cgroup's memory files but memory.stat, read in one go (_plain_v2): the first run, cpu.stat, then the
 swap files with swap accounting, in parse_plain_v2's order."""
 _PIDS = ("pids.current", "pids.max")
+_PLAIN_PIDS = compile_fast_path(rb"([0-9]{1,19}+)\n\0(?:([0-9]{1,19}+)|max)\n")
+"""pids.current and pids.max as the kernel writes them, joined by a NUL (that no part matches)."""
 _CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
 _CPU_STAT = ("cpu.stat",)
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
@@ -715,8 +717,10 @@ class CgroupReader:
 
     @staticmethod
     def _pids(d: _Dir, root: bool) -> CgroupPids | None:
-        if (plain := d.plain(_PIDS)) is not None:
-            return CgroupPids._make(plain)
+        data = d.files.read_open(d.paths.run(_PIDS))  # both in one go, as the kernel writes them
+        if data is not None and (plain := _PLAIN_PIDS.fullmatch(b"\0".join(data))) is not None:
+            limit = plain[2]
+            return CgroupPids(int(plain[1]), U64_MAX if limit is None else int(limit))
         current = d.number("pids.current")
         if current is None:
             return None

@@ -1,5 +1,6 @@
-"""The v2 hugetlb read in one go (CgroupReader._hugetlb_v2_plain): cgroup.controllers and each page size's
-rsvd.current and events in one read, against a reader that reads them one by one under their own rules.
+"""The v2 hugetlb read in one go (CgroupReader._hugetlb_v2_plain: cgroup.controllers and each page size's
+rsvd.current and events in one read) and pids.current with pids.max in one go, against a reader that reads
+them one by one under their own rules.
 
 Trees are written in tmp_path in the kernel's spelling (tests.unit.test_guest_reader's helpers); the one go
 is taken from a reader's second read on, once every file is open.
@@ -8,6 +9,7 @@ is taken from a reader's second read on, once every file is open.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from hypothesis import strategies as st
 from guest_agent.files import ABSENT_FOR, FileCache
 from guest_agent.layout import Layout
 from guest_agent.parse import POSSESSIVE, greedy
-from guest_agent.reader import _HUGETLB_V2_SIZES, CgroupReader
-from guest_agent.record import CgroupHugetlb
+from guest_agent.reader import _HUGETLB_V2_SIZES, _PLAIN_PIDS, CgroupReader
+from guest_agent.record import CgroupHugetlb, CgroupPids
 from tests.unit.test_guest_reader import read_outcome, v2_tree, write
 
 SIZES = {
@@ -171,13 +173,59 @@ def test_v2_hugetlb_in_one_go_reads_what_the_files_give_alone(
         assert reader.errors.snapshot() == fresh.errors.snapshot()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=40) | st.lists(st.sampled_from([b"1", b"\n", b"\0", b"max ", b"x"])).map(b"".join))
-def test_v2_hugetlb_sizes_spelling_is_the_same_greedy(data: bytes) -> None:
-    # Python 3.9 and 3.10 compile the greedy form (compile_fast_path): it must match the same bytes.
-    import re
+PIDS = ("pids.current", "pids.max")
 
-    assert (_HUGETLB_V2_SIZES.fullmatch(data) is None) == (
-        re.compile(greedy(_HUGETLB_V2_SIZES.pattern)).fullmatch(data) is None
-    )
-    assert POSSESSIVE or _HUGETLB_V2_SIZES.pattern == greedy(_HUGETLB_V2_SIZES.pattern)
+
+@pytest.mark.parametrize("trusted", [False, True])
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [(name, change) for name in PIDS for change in ("garbled", "max", "empty", "removed", "negative")],
+)
+def test_pids_in_one_go_a_changed_file_costs_what_it_costs_alone(tmp_path, name, change, trusted):
+    # Read in one go from the second read on; then one file changed between reads: the record and the read
+    # errors are those of a reader that never took the one go (removed: only a captured tree's reader, which
+    # checks each inode, sees it; kernfs removes a file only with its cgroup).
+    layout = v2_tree(tmp_path)
+    reader, _ = counting_reader(layout, tmp_path, trusted)
+    assert reader.read("/c1").pids == CgroupPids(current=3, limit=100)
+    path = tmp_path / "c1" / name
+    if change == "removed":
+        if trusted:
+            return
+        path.unlink()
+    else:
+        path.write_text({"garbled": "3 4\n", "max": "max\n", "empty": "", "negative": "-1\n"}[change])
+    fresh = CgroupReader(layout)
+    got = reader.read("/c1")
+    assert got == fresh.read("/c1")
+    assert reader.errors.snapshot() == fresh.errors.snapshot()
+    if (name, change) == ("pids.current", "removed"):
+        assert got.pids is None
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(current=ONE_VALUE, limit=ONE_VALUE, trusted=st.booleans())
+def test_pids_in_one_go_reads_what_the_files_give_alone(current: str, limit: str, trusted: bool) -> None:
+    # Any content of the two files, kernel-spelled or not, written between a reader's reads.
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        layout = v2_tree(root)
+        reader, _ = counting_reader(layout, root, trusted)
+        reader.read("/c1")
+        (root / "c1" / "pids.current").write_bytes(current.encode())
+        (root / "c1" / "pids.max").write_bytes(limit.encode())
+        fresh = CgroupReader(layout)
+        assert read_outcome(reader, "/c1") == read_outcome(fresh, "/c1")
+        assert reader.errors.snapshot() == fresh.errors.snapshot()
+
+
+@pytest.mark.parametrize("pattern", [_HUGETLB_V2_SIZES, _PLAIN_PIDS], ids=["hugetlb", "pids"])
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=40)
+    | st.lists(st.sampled_from([b"1", b"\n", b"\0", b"max", b" ", b"x"])).map(b"".join)
+)
+def test_one_go_spellings_match_the_same_greedy(pattern: re.Pattern[bytes], data: bytes) -> None:
+    # Python 3.9 and 3.10 compile the greedy form (compile_fast_path): it must match the same bytes.
+    assert (pattern.fullmatch(data) is None) == (re.compile(greedy(pattern.pattern)).fullmatch(data) is None)
+    assert POSSESSIVE or pattern.pattern == greedy(pattern.pattern)
