@@ -52,10 +52,12 @@ from guest_agent.parse import (
     BlkioLine,
     CgroupFormatError,
     IoStatLine,
+    KeyedSpelling,
     PlainV2,
     compile_fast_path,
     decode,
     hugetlb_size_bytes,
+    keyed_spelling,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -241,7 +243,7 @@ class _Dir:
     Stats (bench.hops); runs of one-value files are first tried in one go (``plain``).
     """
 
-    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped")
+    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped", "stat_spelling")
 
     def __init__(
         self, files: FileCache, paths: _PathTable, misses: list[Miss], skipped: list[CgroupFormatError]
@@ -253,6 +255,8 @@ class _Dir:
         self.misses = misses
         self.skipped = skipped
         """The malformed lines left out of this read's files (shared by the cgroup's directories)."""
+        self.stat_spelling: KeyedSpelling | None = None
+        """memory.stat's keys as this cgroup's last well-formed one had them (names only, never a value)."""
 
     def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
         """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
@@ -366,7 +370,20 @@ class _Dir:
 
     def required_stat(self) -> dict[str, int] | None:
         """memory.stat, which the working set needs: None when absent, malformed lines left out (misses)."""
-        return self._load("memory.stat", self._flat_keyed, "required")
+        return self._load("memory.stat", self._stat, "required")
+
+    def _stat(self, data: bytes, path: str) -> dict[str, int]:
+        """memory.stat by the spelling its last well-formed read had, when it still has it (one regex, the
+        dict keyed by kept names: the split, the key strings and their hashes spared, some 40 lines); else
+        through parse_flat_keyed, whose well-formed result gives the spelling for the next read."""
+        spelling = self.stat_spelling
+        if spelling is not None and (found := spelling.parse(data)) is not None:
+            return found
+        skipped = len(self.skipped)
+        out = self._flat_keyed(data, path)
+        if out and len(self.skipped) == skipped:
+            self.stat_spelling = keyed_spelling(tuple(out))
+        return out
 
     def counter_v1(self, prefix: str) -> CgroupCounter | None:
         """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
