@@ -154,12 +154,13 @@ _NO_DEVICES = b"Total 0\n"
 """A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 _HUGETLB_V2_EVENTS_SPELLING = rb"max ([0-9]{1,19}+)\n"
 _HUGETLB_V2_EVENTS = compile_fast_path(_HUGETLB_V2_EVENTS_SPELLING)
-"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
+"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key): the part _HUGETLB_V2_SIZES is built
+of, held to parse_flat_keyed by tests/unit/test_fuzz_parsers.py."""
 _HUGETLB_V2_SIZE = rb"[0-9]{1,19}+\n\0" + _HUGETLB_V2_EVENTS_SPELLING
 _HUGETLB_V2_SIZES = compile_fast_path(_HUGETLB_V2_SIZE + rb"(?:\0" + _HUGETLB_V2_SIZE + rb")*+")
 """v2's hugetlb.<size>.rsvd.current and hugetlb.<size>.events per page size as the kernel writes them, joined
 by NULs. No part of it matches a NUL, so a match holds each file in its own part."""
-MAX_SPELLINGS = 64
+MAX_CONTROLLERS_SPELLINGS = 64
 """cgroup.controllers spellings the reader keeps the hugetlb answer of; beyond that it starts over."""
 _ZERO = b"0\n"
 """What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
@@ -821,7 +822,7 @@ class CgroupReader:
         if listed is None:
             if not controllers.isascii():  # garbled: read alone, it is a miss
                 return None
-            if len(self._lists_hugetlb) >= MAX_SPELLINGS:
+            if len(self._lists_hugetlb) >= MAX_CONTROLLERS_SPELLINGS:
                 self._lists_hugetlb.clear()
             listed = self._lists_hugetlb[controllers] = "hugetlb" in controllers.decode("ascii").split()
         if not listed:
