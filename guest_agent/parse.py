@@ -130,6 +130,38 @@ def parse_flat_keyed(
     return flat_keyed_lines(text, source, skipped)
 
 
+class KeyedSpelling(NamedTuple):
+    """The keys of a ``key value`` file in the order a kernel writes them, and the regex of that spelling:
+    each line its key and a value of at most 19 digits (that fit in 64 bits)."""
+
+    keys: tuple[str, ...]
+    pattern: re.Pattern[bytes]
+
+    def parse(self, data: bytes) -> dict[str, int] | None:
+        """parse_flat_keyed of ``data`` when it is this spelling, by one regex and the conversions in C, the
+        dict keyed by the kept names (a kept string carries its hash); None otherwise."""
+        found = self.pattern.fullmatch(data)
+        return None if found is None else dict(zip(self.keys, map(int, found.groups())))
+
+
+_SPELLINGS: dict[tuple[str, ...], KeyedSpelling] = {}
+MAX_KEYED_SPELLINGS = 32
+"""Spellings kept (shared by every cgroup that has one); beyond that the cache starts over."""
+
+
+def keyed_spelling(keys: tuple[str, ...]) -> KeyedSpelling:
+    """The spelling of a file whose keys are ``keys`` (distinct, without a space or a newline, as
+    parse_flat_keyed gives them), compiled once for every cgroup that has it."""
+    spelling = _SPELLINGS.get(keys)
+    if spelling is None:
+        if len(_SPELLINGS) >= MAX_KEYED_SPELLINGS:
+            _SPELLINGS.clear()
+        line = rb" ([0-9]{1,19}+)\n"
+        pattern = compile_fast_path(b"".join(re.escape(key.encode("ascii")) + line for key in keys))
+        spelling = _SPELLINGS[keys] = KeyedSpelling(keys, pattern)
+    return spelling
+
+
 def flat_keyed_lines(
     text: str, source: str, skipped: list[CgroupFormatError] | None = None
 ) -> dict[str, int]:

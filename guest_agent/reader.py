@@ -52,10 +52,12 @@ from guest_agent.parse import (
     BlkioLine,
     CgroupFormatError,
     IoStatLine,
+    KeyedSpelling,
     PlainV2,
     compile_fast_path,
     decode,
     hugetlb_size_bytes,
+    keyed_spelling,
     parse_blkio,
     parse_flat_keyed,
     parse_hugetlb_name,
@@ -140,6 +142,8 @@ _V2_SWAP_REST = ("memory.swap.peak", "memory.swap.max", "memory.swap.events")
 """A v2 cgroup's memory files but memory.stat, read in one go (_plain_v2): the first run, cpu.stat, then the
 swap files with swap accounting, in parse_plain_v2's order."""
 _PIDS = ("pids.current", "pids.max")
+_PLAIN_PIDS = compile_fast_path(rb"([0-9]{1,19}+)\n\0(?:([0-9]{1,19}+)|max)\n")
+"""pids.current and pids.max as the kernel writes them, joined by a NUL (that no part matches)."""
 _CPUACCT = ("cpuacct.usage", "cpuacct.stat", "cpuacct.usage_percpu")
 _CPU_STAT = ("cpu.stat",)
 """The one-value files read in one go (_Dir.plain) when all are there and plainly written."""
@@ -147,11 +151,19 @@ _CPU_STAT = ("cpu.stat",)
 _BLKIO_PROBES = tuple(group[0][1] for group in BLKIO_GROUPS)
 """The file each policy group of BLKIO_GROUPS is probed by."""
 _NO_DEVICES = b"Total 0\n"
-_HUGETLB_V2_EVENTS = compile_fast_path(rb"max ([0-9]{1,19}+)\n")
-"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key)."""
+"""A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
+_HUGETLB_V2_EVENTS_SPELLING = rb"max ([0-9]{1,19}+)\n"
+_HUGETLB_V2_EVENTS = compile_fast_path(_HUGETLB_V2_EVENTS_SPELLING)
+"""A v2 hugetlb.<size>.events file as the kernel writes it (its one key): the part _HUGETLB_V2_SIZES is built
+of, held to parse_flat_keyed by tests/unit/test_fuzz_parsers.py."""
+_HUGETLB_V2_SIZE = rb"[0-9]{1,19}+\n\0" + _HUGETLB_V2_EVENTS_SPELLING
+_HUGETLB_V2_SIZES = compile_fast_path(_HUGETLB_V2_SIZE + rb"(?:\0" + _HUGETLB_V2_SIZE + rb")*+")
+"""v2's hugetlb.<size>.rsvd.current and hugetlb.<size>.events per page size as the kernel writes them, joined
+by NULs. No part of it matches a NUL, so a match holds each file in its own part."""
+MAX_CONTROLLERS_SPELLINGS = 64
+"""cgroup.controllers spellings the reader keeps the hugetlb answer of; beyond that it starts over."""
 _ZERO = b"0\n"
 """What an optional peak file remembered absent reads as in one go (_Dir.plain): 0, as it does alone."""
-"""A v1 blkio per-op file of a cgroup that has done no block I/O: its sum line alone."""
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_US = 1_000
@@ -232,7 +244,7 @@ class _Dir:
     Stats (bench.hops); runs of one-value files are first tried in one go (``plain``).
     """
 
-    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped")
+    __slots__ = ("files", "misses", "path", "paths", "prefix", "skipped", "stat_spelling")
 
     def __init__(
         self, files: FileCache, paths: _PathTable, misses: list[Miss], skipped: list[CgroupFormatError]
@@ -244,6 +256,8 @@ class _Dir:
         self.misses = misses
         self.skipped = skipped
         """The malformed lines left out of this read's files (shared by the cgroup's directories)."""
+        self.stat_spelling: KeyedSpelling | None = None
+        """memory.stat's keys as this cgroup's last well-formed one had them (names only, never a value)."""
 
     def _load(self, name: str, convert: Callable[[bytes, str], T], strength: Strength) -> T | None:
         """``convert(data, path)`` of the file ``name``, or None when it does not exist; what a missing,
@@ -357,7 +371,20 @@ class _Dir:
 
     def required_stat(self) -> dict[str, int] | None:
         """memory.stat, which the working set needs: None when absent, malformed lines left out (misses)."""
-        return self._load("memory.stat", self._flat_keyed, "required")
+        return self._load("memory.stat", self._stat, "required")
+
+    def _stat(self, data: bytes, path: str) -> dict[str, int]:
+        """memory.stat by the spelling its last well-formed read had, when it still has it (one regex, the
+        dict keyed by kept names: the split, the key strings and their hashes spared, some 40 lines); else
+        through parse_flat_keyed, whose well-formed result gives the spelling for the next read."""
+        spelling = self.stat_spelling
+        if spelling is not None and (found := spelling.parse(data)) is not None:
+            return found
+        skipped = len(self.skipped)
+        out = self._flat_keyed(data, path)
+        if out and len(self.skipped) == skipped:
+            self.stat_spelling = keyed_spelling(tuple(out))
+        return out
 
     def counter_v1(self, prefix: str) -> CgroupCounter | None:
         """An optional v1 page counter: ``<prefix>usage_in_bytes`` and the three files beside it."""
@@ -428,7 +455,9 @@ class CgroupReader:
         self.errors = errors if errors is not None else ReadErrors()
         self._hugetlb_sizes: dict[str, tuple[str, ...]] = {}
         self._where: dict[str, _Where] = {}
-        self._hugetlb_v2_names: dict[str, tuple[str, str]] = {}
+        self._hugetlb_v2_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._lists_hugetlb: dict[bytes, bool] = {}
+        """cgroup.controllers' spellings seen, and whether each lists hugetlb (names only, never a value)."""
 
     def close(self) -> None:
         """Close the files kept open between reads."""
@@ -706,8 +735,10 @@ class CgroupReader:
 
     @staticmethod
     def _pids(d: _Dir, root: bool) -> CgroupPids | None:
-        if (plain := d.plain(_PIDS)) is not None:
-            return CgroupPids._make(plain)
+        data = d.files.read_open(d.paths.run(_PIDS))  # both in one go, as the kernel writes them
+        if data is not None and (plain := _PLAIN_PIDS.fullmatch(b"\0".join(data))) is not None:
+            limit = plain[2]
+            return CgroupPids(int(plain[1]), U64_MAX if limit is None else int(limit))
         current = d.number("pids.current")
         if current is None:
             return None
@@ -745,14 +776,15 @@ class CgroupReader:
         out: dict[str, CgroupHugetlb] = {}
         if h.version == 2 and path == "/":  # no hugetlb files on the v2 root (as seen on this 6.18 host)
             return out
-        if h.version == 2:  # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
+        if h.version == 2:
+            sizes = self._hugetlb_sizes.get(h.mount)
+            if sizes is not None and (plain := self._hugetlb_v2_plain(d, sizes)) is not None:
+                return plain
+            # v2 lists the controllers enabled for a cgroup: no hugetlb there, no files
             enabled = d._load("cgroup.controllers", _words, "optional")
             if enabled is None or "hugetlb" not in enabled:
                 return out
         for size in self._page_sizes(h, d.path, anchor):
-            if h.version == 2 and (plain := self._hugetlb_v2_plain(d, size)) is not None:
-                out[size] = plain
-                continue
             # The reservation counters (kernel 5.7+) where present, as runc does (fs/hugetlb.go GetStats).
             prefix = f"hugetlb.{size}.rsvd."
             usage = d.number(prefix + anchor)
@@ -769,17 +801,37 @@ class CgroupReader:
             out[size] = CgroupHugetlb(usage=usage, max_usage=max_usage, failcnt=failcnt)
         return out
 
-    def _hugetlb_v2_plain(self, d: _Dir, size: str) -> CgroupHugetlb | None:
-        """A v2 page size's hugetlb.<size>.rsvd.current and .events in one go, when both are open and as the
-        kernel writes them; None otherwise, and the caller reads them one by one under their own rules."""
-        names = self._hugetlb_v2_names.get(size)
+    def _hugetlb_v2_plain(self, d: _Dir, sizes: tuple[str, ...]) -> dict[str, CgroupHugetlb] | None:
+        """A v2 cgroup's hugetlb: cgroup.controllers and each page size's hugetlb.<size>.rsvd.current and
+        .events in one go, when each is open and as the kernel writes it; None otherwise, and they are read
+        one by one under their own rules. Why: one by one they cost a read of cgroup.controllers, its decode
+        and split, and a read and two parses a page size (some 60k instructions a Stats with two sizes).
+        What is kept across reads is names only: the file names per set of sizes, and whether a
+        cgroup.controllers spelling lists hugetlb (the file itself is read every time)."""
+        names = self._hugetlb_v2_names.get(sizes)
         if names is None:
-            names = self._hugetlb_v2_names[size] = (f"hugetlb.{size}.rsvd.current", f"hugetlb.{size}.events")
+            names = self._hugetlb_v2_names[sizes] = (
+                "cgroup.controllers",
+                *(f"hugetlb.{size}.{name}" for size in sizes for name in ("rsvd.current", "events")),
+            )
         data = d.files.read_open(d.paths.run(names))
-        if data is None or (usage := parse_plain_singles(data[:1])) is None:
+        if data is None:
             return None
-        events = _HUGETLB_V2_EVENTS.fullmatch(data[1])
-        return None if events is None else CgroupHugetlb(usage[0], 0, int(events[1]))
+        controllers = data[0]
+        listed = self._lists_hugetlb.get(controllers)
+        if listed is None:
+            if not controllers.isascii():  # garbled: read alone, it is a miss
+                return None
+            if len(self._lists_hugetlb) >= MAX_CONTROLLERS_SPELLINGS:
+                self._lists_hugetlb.clear()
+            listed = self._lists_hugetlb[controllers] = "hugetlb" in controllers.decode("ascii").split()
+        if not listed:
+            return {}
+        joined = b"\0".join(data[1:])
+        if _HUGETLB_V2_SIZES.fullmatch(joined) is None:
+            return None
+        values = map(int, joined.translate(None, b"\0max").split())  # usage, failcnt per size
+        return {size: CgroupHugetlb(usage, 0, failcnt) for size, usage, failcnt in zip(sizes, values, values)}
 
     def _page_sizes(self, h: Hierarchy, directory: str, anchor: str) -> tuple[str, ...]:
         """The huge page sizes of this hierarchy, from the first cgroup directory that lists any (cached)."""
